@@ -1,0 +1,204 @@
+"""Train-step time of one model with different neuron engines, measured side by side in one process.
+
+    python benchmarks/engine_speed.py                      # convnet, Fashion-MNIST shapes
+    python benchmarks/engine_speed.py --model vgg16 --width 0.25 --image-size 32 --channels 3
+
+Engines (same architecture, same weights, same batch, same optimizer):
+  spikeprune        spikeprune.LIF, fp32 eager (the default)
+  spikeprune-bf16   the same under bfloat16 autocast (``--bf16``)
+  spikeprune-compile  the same through torch.compile (``--compile``)
+  autograd-lif      Eq. 2-4 written with plain tensor ops, differentiated by autograd (unfused)
+  spikingjelly      SpikingJelly 2.0 ``LIFNode(step_mode="m")`` (its CPU backend), installed --no-deps
+  snntorch          snnTorch ``Leaky(reset_mechanism="zero")`` stepped over T
+  ann-x-T           ReLU in place of the neuron at batch T*B: what an SNN step cannot beat
+
+Rounds are interleaved (every engine once per round) so drift in machine load hits all engines alike;
+the table reports the median step time and the ratio to spikeprune's default. ``--json`` writes raw
+numbers; ``--markdown`` appends a dated section to a results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from spikeprune import LIF, create_model
+from spikeprune.train import spike_loss
+
+
+class AutogradLIF(nn.Module):
+    """Eq. 2-4 step by step with an ATan surrogate spike; autograd records every op (no fusion)."""
+
+    class _Spike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            return (z >= 0).to(z.dtype)
+
+        @staticmethod
+        def backward(ctx, g):
+            (z,) = ctx.saved_tensors
+            return g / (1 + (math.pi * z) ** 2)  # ATan, alpha = 2
+
+    def forward(self, x):
+        h = torch.zeros_like(x[0])
+        out = []
+        for t in range(x.shape[0]):
+            u = h + x[t]
+            s = self._Spike.apply(u - 1.0)
+            h = 0.5 * u * (1 - s)
+            out.append(s)
+        return torch.stack(out)
+
+
+class SpikingJellyLIF(nn.Module):
+    """SpikingJelly's multi-step LIFNode with Eq. 2-4 settings; reset each call (it is stateful)."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import neuron, surrogate
+
+        self.node = neuron.LIFNode(tau=2.0, decay_input=False, v_reset=0.0, v_threshold=1.0,
+                                   surrogate_function=surrogate.ATan(alpha=2.0), step_mode="m")
+
+    def forward(self, x):
+        self.node.reset()
+        return self.node(x)
+
+
+class SnnTorchLIF(nn.Module):
+    """snnTorch's Leaky (reset to zero, ATan surrogate) stepped over T with explicit state."""
+
+    def __init__(self):
+        super().__init__()
+        import snntorch as snn
+
+        self.leaky = snn.Leaky(beta=0.5, threshold=1.0, reset_mechanism="zero")
+
+    def forward(self, x):
+        mem = torch.zeros_like(x[0])
+        out = []
+        for t in range(x.shape[0]):
+            spk, mem = self.leaky(x[t], mem)
+            out.append(spk)
+        return torch.stack(out)
+
+
+ENGINES = {
+    "spikeprune": dict(neuron=None),
+    "spikeprune-bf16": dict(neuron=None, bf16=True),
+    "spikeprune-compile": dict(neuron=None, compile=True),
+    "autograd-lif": dict(neuron=AutogradLIF),
+    "spikingjelly": dict(neuron=SpikingJellyLIF),
+    "snntorch": dict(neuron=SnnTorchLIF),
+    "ann-x-T": dict(neuron="relu"),
+}
+
+
+def build(args, engine):
+    spec = ENGINES[engine]
+    torch.manual_seed(0)
+    model = create_model(args.model, 10, args.channels, args.timesteps, args.width,
+                         image_size=args.image_size, neuron=spec["neuron"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    forward = torch.compile(model) if spec.get("compile") else model
+    bf16 = spec.get("bf16", False)
+
+    def step(x, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = spike_loss(forward(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return model, step
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="convnet")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--timesteps", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per engine per round")
+    p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--json", help="write raw results here")
+    p.add_argument("--markdown", help="append a dated results section to this file")
+    args = p.parse_args(argv)
+
+    engines = [e for e in args.engines.split(",") if e]
+    available = {}
+    for e in engines:
+        try:
+            available[e] = build(args, e)
+        except ImportError as exc:  # an optional oracle package is missing: say so, measure the rest
+            print(f"skipping {e}: {exc}", file=sys.stderr)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, args.channels, args.image_size, args.image_size, generator=g)
+    y = torch.randint(0, 10, (args.batch_size,), generator=g)
+    warm = {}
+    for name, (_, step) in available.items():  # warm-up (compilation happens here)
+        t = time.perf_counter()
+        step(x, y)
+        step(x, y)
+        warm[name] = time.perf_counter() - t
+    times: dict[str, list[float]] = {n: [] for n in available}
+    for _ in range(args.rounds):
+        for name, (_, step) in available.items():
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                step(x, y)
+            times[name].append((time.perf_counter() - t) / args.steps)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    base = med.get("spikeprune")
+    params = sum(q.numel() for q in next(iter(available.values()))[0].parameters())
+    header = (f"{args.model} width {args.width}, input {args.channels}x{args.image_size}x{args.image_size}, "
+              f"batch {args.batch_size}, T = {args.timesteps}, {params:,} parameters; "
+              f"median of {args.rounds} interleaved rounds x {args.steps} steps")
+    lines = [f"| engine | train step (ms) | vs spikeprune | vs ANN x T |", "|---|---:|---:|---:|"]
+    for n in available:
+        ratio = f"{med[n] / base:.2f}x" if base else "-"
+        vs_ann = f"{med[n] / med['ann-x-T']:.2f}x" if "ann-x-T" in med else "-"
+        lines.append(f"| {n} | {1000 * med[n]:.1f} | {ratio} | {vs_ann} |")
+    table = "\n".join(lines)
+    print(header)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": vars(args), "machine": machine(), "median_s": med, "times_s": times,
+                       "warmup_s": warm}, f, indent=2)
+    if args.markdown:
+        stamp = dt.date.today().isoformat()
+        cmd = "python benchmarks/engine_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        with open(args.markdown, "a") as f:
+            f.write(f"\n### Engine speed: {args.model} ({stamp})\n\nMachine: {machine()}.  \n"
+                    f"Command: `{cmd.strip()}`  \n{header}.\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""spikeprune: compress spiking neural networks and explain what compression does to their spikes."""
+
+__version__ = "0.1.0"
+
+from .data import BatchLoader, ImageDataset, list_datasets, load_dataset
+from .models import create_model, list_models, register_model
+from .neuron import LIF, lif_multistep, record_statistics
+
+__all__ = [
+    "BatchLoader",
+    "ImageDataset",
+    "LIF",
+    "create_model",
+    "lif_multistep",
+    "list_datasets",
+    "list_models",
+    "load_dataset",
+    "record_statistics",
+    "register_model",
+]

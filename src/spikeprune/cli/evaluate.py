@@ -1,0 +1,48 @@
+"""``spikeprune evaluate``: accuracy and firing rates of a saved model on a dataset's test split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .args import add_run_arguments
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a test set", description=__doc__)
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a spikeprune .safetensors checkpoint")
+    p.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N")
+    p.add_argument("--encoding", choices=("direct", "poisson"), help="default: the checkpoint's")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for Poisson encoding")
+    add_run_arguments(p, out_default=None, resume=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import BatchLoader, load_dataset
+    from ..io import check_writable_dir, write_json
+    from ..train import evaluate, load_model
+
+    if args.batch_size < 1:
+        raise ValueError(f"batch size must be >= 1; got {args.batch_size}")
+    out = check_writable_dir(args.out)
+    model, meta = load_model(args.checkpoint)
+    trained_on = meta.get("config", {})
+    dataset = load_dataset(args.dataset or trained_on.get("dataset", "digits"), args.data_dir)
+    config = model.spikeprune_config
+    if (dataset.in_channels, list(dataset.image_size)) != (config["in_channels"], config["image_size"]):
+        raise ValueError(f"{args.checkpoint} expects {config['in_channels']}x{config['image_size']} inputs; "
+                         f"{dataset.name} has {dataset.in_channels}x{list(dataset.image_size)}")
+    encoding = args.encoding or trained_on.get("encoding", "direct")
+    loader = BatchLoader(dataset, "test", args.batch_size, shuffle=False, seed=args.seed, encoding=encoding,
+                         timesteps=config["T"])
+    result = evaluate(model, loader)
+    metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
+               "firing_rate": result["firing_rate"], "firing_rates": result["firing_rates"],
+               "checkpoint": str(Path(args.checkpoint)), "dataset": dataset.name, "encoding": encoding}
+    write_json(out / "metrics.json", metrics)
+    print(json.dumps({k: metrics[k] for k in ("test_accuracy", "firing_rate")}, indent=2))
+    return 0

@@ -1,0 +1,28 @@
+"""``spikeprune train``: train one SNN, checkpointing every epoch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import TrainConfig
+from .args import add_config_arguments, add_run_arguments, config_from_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an SNN (resumable)", description=__doc__)
+    add_run_arguments(p)
+    add_config_arguments(p, TrainConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import fit
+
+    cfg = config_from_args(TrainConfig, args)
+    result = fit(cfg, args.out, resume=args.resume, progress=args.progress)
+    m = result.metrics
+    print(json.dumps({k: m[k] for k in ("test_accuracy", "best_test_accuracy", "train_loss", "epochs",
+                                        "seconds", "firing_rate", "num_parameters")}, indent=2))
+    print(f"results: {args.out}/metrics.json")
+    return 0

@@ -1,0 +1,215 @@
+"""Hyperparameters, defined once.
+
+Every hyperparameter is a dataclass field with its default, help text and allowed values. The CLI
+flags (``--field-name``), the YAML preset keys (``field_name``) and a run's identity (a hash of its
+non-default values, as in open_lth) are all derived from these fields, so nothing is spelled twice.
+Commands extend :class:`TrainConfig` by inheritance. Adding a field with a default never changes
+the identity of existing runs, because only non-default values enter the hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "hparam", "load_yaml", "run_id", "from_mapping", "to_dict", "NOT_HPARAMS"]
+
+#: fields that describe where/how a run executes, not what it computes (excluded from run identity)
+NOT_HPARAMS = frozenset({"data_dir", "progress", "compile", "threads"})
+
+
+def hparam(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
+    """A dataclass field carrying its CLI help text and allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Model, data and optimisation of one training run (LTH-SNN / Kim et al. defaults)."""
+
+    model: str = hparam("convnet", "registered model (mlp, convnet, vgg16, resnet19)")
+    dataset: str = hparam("digits", "dataset (digits, fashion_mnist, mnist, cifar10, cifar100, synthetic)")
+    width: float = hparam(1.0, "channel width multiplier (> 0)")
+    timesteps: int = hparam(4, "simulation timesteps T (>= 1)")
+    beta: float = hparam(0.5, "LIF membrane decay beta in (0, 1)")
+    u_th: float = hparam(1.0, "LIF firing threshold u_th")
+    v_reset: float = hparam(0.0, "LIF reset potential V_reset")
+    surrogate: str = hparam("atan", "surrogate gradient", ("atan", "sigmoid", "triangle", "rectangle"))
+    surrogate_alpha: float | None = hparam(None, "surrogate sharpness (default: the surrogate's own)")
+    detach_reset: bool = hparam(False, "detach the reset path from the gradient")
+    tdbn: bool = hparam(False, "threshold-dependent BatchNorm (resnet19)")
+    encoding: str = hparam("direct", "input encoding", ("direct", "poisson"))
+    epochs: int = hparam(10, "training epochs (>= 1)")
+    batch_size: int = hparam(128, "batch size (>= 1)")
+    optimizer: str = hparam("sgd", "optimizer", ("sgd", "adam"))
+    lr: float = hparam(0.1, "initial learning rate (> 0)")
+    momentum: float = hparam(0.9, "SGD momentum in [0, 1)")
+    weight_decay: float = hparam(5e-4, "weight decay (>= 0)")
+    schedule: str = hparam("cosine", "learning-rate schedule per epoch", ("cosine", "constant"))
+    loss: str = hparam("per_timestep", "per_timestep: mean_t CE(out_t); mean_output: CE(mean_t out_t)",
+                       ("per_timestep", "mean_output"))
+    train_limit: int | None = hparam(None, "use only the first N training samples")
+    test_limit: int | None = hparam(None, "use only the first N test samples")
+    seed: int = hparam(0, "random seed (model init, data order, Poisson spikes)")
+    bf16: bool = hparam(False, "bfloat16 autocast for the forward pass (~1.7x on CPU)")
+    compile: bool = hparam(False, "torch.compile the model (~1.5x on CPU after ~20 s of compilation)")
+    data_dir: str | None = hparam(None, "directory holding the dataset files (default: system paths, then cache)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and coercion. Every message names the bad value: the CLI prints it as one line.
+# ---------------------------------------------------------------------------------------------
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise ValueError naming it."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(value, args[0], name)
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list; got {value!r}")
+        inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
+        return tuple(_coerce(v, inner, name) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError(f"{name} must be true or false; got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer; got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer; got {value!r}") from None
+        if not as_float.is_integer():
+            raise ValueError(f"{name} must be an integer; got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be a number; got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number; got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"{name} must be a string; got {value!r}")
+        return str(value)
+    return value
+
+
+def validate(cfg: Any) -> None:
+    """Coerce every field to its type, check choices, then the cross-field rules of TrainConfig."""
+    cls = type(cfg)
+    for f in fields(cfg):
+        value = _coerce(getattr(cfg, f.name), _field_type(cls, f.name), f.name)
+        choices = f.metadata.get("choices")
+        if choices is not None and value is not None and value not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        object.__setattr__(cfg, f.name, value)
+    _check(isinstance(cfg.timesteps, int) and cfg.timesteps >= 1, "timesteps (T) must be >= 1", cfg.timesteps)
+    _check(0.0 < cfg.beta < 1.0, "beta must be in (0, 1)", cfg.beta)
+    _check(math.isfinite(cfg.u_th) and cfg.u_th > 0, "u_th must be a finite number > 0", cfg.u_th)
+    _check(math.isfinite(cfg.v_reset), "v_reset must be finite", cfg.v_reset)
+    _check(cfg.surrogate_alpha is None or cfg.surrogate_alpha > 0, "surrogate_alpha must be > 0",
+           cfg.surrogate_alpha)
+    _check(cfg.width > 0 and math.isfinite(cfg.width), "width must be > 0", cfg.width)
+    _check(cfg.epochs >= 1, "epochs must be >= 1", cfg.epochs)
+    _check(cfg.batch_size >= 1, "batch_size must be >= 1", cfg.batch_size)
+    _check(cfg.lr > 0 and math.isfinite(cfg.lr), "lr must be > 0", cfg.lr)
+    _check(0.0 <= cfg.momentum < 1.0, "momentum must be in [0, 1)", cfg.momentum)
+    _check(cfg.weight_decay >= 0, "weight_decay must be >= 0", cfg.weight_decay)
+    _check(cfg.train_limit is None or cfg.train_limit >= 1, "train_limit must be >= 1", cfg.train_limit)
+    _check(cfg.test_limit is None or cfg.test_limit >= 1, "test_limit must be >= 1", cfg.test_limit)
+    # Names are checked against the live registries so a typo fails before any work starts.
+    from .data import list_datasets
+    from .models import list_models
+
+    _check(cfg.model in list_models(), f"unknown model; available: {', '.join(list_models())}", cfg.model)
+    _check(cfg.dataset in list_datasets(), f"unknown dataset; available: {', '.join(list_datasets())}",
+           cfg.dataset)
+
+
+def _check(ok: bool, message: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{message}; got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Mappings, YAML and identity.
+# ---------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """All fields as JSON-serialisable values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def from_mapping(cls: type, values: dict[str, Any], source: str = "config") -> Any:
+    """Build ``cls`` from a mapping; an unknown key raises ValueError naming it and the valid keys."""
+    names = {f.name for f in fields(cls)}
+    normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(normalised) - names)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in {source}; valid keys: {', '.join(sorted(names))}")
+    return cls(**normalised)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML preset (a flat mapping of field names to values)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read config {p}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {p} must be a mapping of option: value; got {type(data).__name__}")
+    return data
+
+
+def run_id(cfg: Any) -> str:
+    """Short hash of the non-default hyperparameters (open_lth): equal configs share an id."""
+    defaults = type(cfg)()  # type: ignore[call-arg]
+    changed = {
+        k: v for k, v in to_dict(cfg).items()
+        if k not in NOT_HPARAMS and v != to_dict(defaults).get(k)
+    }
+    blob = json.dumps({"kind": type(cfg).__name__, **changed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def hyperparameters(cfg: Any) -> dict[str, Any]:
+    """The fields that define what a run computes (everything but execution details)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in NOT_HPARAMS}

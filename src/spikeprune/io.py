@@ -1,0 +1,127 @@
+"""Atomic result files and safetensors checkpoints (never pickle).
+
+Every file is written to a temporary sibling and moved into place with ``os.replace``, so a killed
+run leaves either the previous complete file or the new complete file, never half of one.
+
+A checkpoint is one ``.safetensors`` file: tensors (model state, optimizer buffers, RNG state) plus a
+JSON document in the safetensors header's metadata under the key ``"spikeprune"`` (epoch, config,
+scheduler, history...). One file means one atomic rename, and ``safetensors`` parses no code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "atomic_path",
+    "check_writable_dir",
+    "load_checkpoint",
+    "read_json",
+    "save_checkpoint",
+    "write_json",
+    "write_text",
+]
+
+FORMAT = "spikeprune-checkpoint"
+FORMAT_VERSION = 1
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def check_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` if needed and prove it is writable, or raise ValueError naming it."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write to output directory {p}: {e.strerror or e}") from None
+    return p
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``tensors`` and the JSON-serialisable ``meta`` to one safetensors file, atomically."""
+    header = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
+    metadata = {"spikeprune": json.dumps(header, default=_json_default)}
+    # safetensors refuses tensors that share storage (views); a copy is cheap next to training.
+    flat = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=metadata)
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by :func:`save_checkpoint`. Raises ValueError if it is not one."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"checkpoint {p} does not exist")
+    try:
+        tensors = load_file(str(p))
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{p} is not a readable safetensors checkpoint (corrupt or truncated): "
+                         f"{str(e).splitlines()[0]}") from None
+    try:
+        meta = json.loads(metadata["spikeprune"])
+    except (KeyError, json.JSONDecodeError):
+        raise ValueError(f"{p} is a safetensors file but not a spikeprune checkpoint "
+                         "(no 'spikeprune' metadata)") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{p} is not a spikeprune checkpoint (format {meta.get('format')!r})")
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{p} was written by a newer spikeprune (checkpoint version {meta['version']})")
+    return tensors, meta

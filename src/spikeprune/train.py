@@ -1,0 +1,413 @@
+"""Training and evaluation (SPEC §2): SGD/Adam + cosine, per-timestep loss, resumable checkpoints.
+
+Loss (default ``per_timestep``): ``mean_t CE(out_t, y)``; ``mean_output``: ``CE(mean_t out_t, y)``.
+Prediction: ``argmax_c sum_t out_t[c]``.
+
+Exact resume. A run directory holds ``checkpoint.safetensors`` (rewritten atomically after every
+epoch), ``history.csv`` and, when finished, ``metrics.json``. The data order, augmentation and Poisson
+spikes of epoch ``e`` are a pure function of ``(seed, e)`` (see :class:`~spikeprune.data.BatchLoader`),
+so restoring model, optimizer, scheduler and the global RNG from the checkpoint of epoch ``e`` makes
+the continued run bit-identical to an uninterrupted one on the CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from .config import TrainConfig, hyperparameters, run_id, to_dict
+from .data import BatchLoader, ImageDataset, load_dataset
+from .io import check_writable_dir, load_checkpoint, save_checkpoint, write_json, write_text
+from .models import create_model
+from .neuron import LIF, observe, spiking_layers
+
+__all__ = [
+    "build_model",
+    "evaluate",
+    "fit",
+    "load_model",
+    "make_loaders",
+    "make_optimizer",
+    "make_scheduler",
+    "save_model",
+    "spike_loss",
+    "train_epoch",
+]
+
+CHECKPOINT = "checkpoint.safetensors"
+HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                  "firing_rate", "seconds"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks.
+# ---------------------------------------------------------------------------------------------
+
+
+def neuron_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """LIF arguments of a config (what ``create_model(neuron=...)`` receives)."""
+    kw: dict[str, Any] = {"beta": cfg.beta, "u_th": cfg.u_th, "v_reset": cfg.v_reset,
+                          "surrogate": cfg.surrogate, "detach_reset": cfg.detach_reset}
+    if cfg.surrogate_alpha is not None:
+        kw["alpha"] = cfg.surrogate_alpha
+    return kw
+
+
+def build_model(cfg: TrainConfig, dataset: ImageDataset) -> nn.Module:
+    """The registered model of ``cfg`` sized for ``dataset``; initialised from ``cfg.seed``."""
+    options = {"tdbn": True} if cfg.tdbn and cfg.model == "resnet19" else {}
+    if cfg.tdbn and cfg.model != "resnet19":
+        raise ValueError(f"tdbn is an option of resnet19 only; got model {cfg.model!r}")
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model, dataset.num_classes, dataset.in_channels, cfg.timesteps, cfg.width,
+                        image_size=dataset.image_size, neuron=neuron_kwargs(cfg), **options)
+
+
+def make_loaders(cfg: TrainConfig, dataset: ImageDataset) -> tuple[BatchLoader, BatchLoader]:
+    """(train, test) loaders; the train split is shuffled (and augmented where the dataset says so)."""
+    common = dict(seed=cfg.seed, encoding=cfg.encoding, timesteps=cfg.timesteps)
+    train = BatchLoader(dataset, "train", cfg.batch_size, shuffle=True, limit=cfg.train_limit, **common)
+    test = BatchLoader(dataset, "test", max(cfg.batch_size, 256), shuffle=False, limit=cfg.test_limit, **common)
+    return train, test
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay; Kim et al.) or Adam over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine annealing over ``cfg.epochs`` (stepped once per epoch), or constant."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def spike_loss(out: torch.Tensor, target: torch.Tensor, kind: str = "per_timestep") -> torch.Tensor:
+    """Loss of per-timestep logits ``out`` ``[T, B, C]`` against labels ``target`` ``[B]``."""
+    if kind == "per_timestep":  # mean_t CE(out_t): every timestep is pushed to be right
+        return F.cross_entropy(out.flatten(0, 1), target.repeat(out.shape[0]))
+    return F.cross_entropy(out.mean(0), target)
+
+
+def _autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# One epoch / one evaluation.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: BatchLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    loss: str = "per_timestep",
+    bf16: bool = False,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over ``loader``; ``after_step`` runs after every optimizer step (e.g. mask enforcement).
+
+    Returns mean loss and accuracy over the samples seen.
+    """
+    model.train()
+    forward = forward or model
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not progress, file=sys.stderr)
+    for x, y in loader:
+        with _autocast(bf16):
+            out = forward(x)
+            batch_loss = spike_loss(out.float(), y, loss)
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        if not math.isfinite(batch_loss.item()):
+            raise FloatingPointError("training diverged (loss is not finite); lower --lr")
+        n = y.shape[0]
+        total_loss += batch_loss.item() * n
+        correct += int((out.detach().sum(0).argmax(-1) == y).sum())
+        seen += n
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+    bar.close()
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: BatchLoader,
+    *,
+    loss: str = "per_timestep",
+    bf16: bool = False,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Accuracy, loss and firing rates of ``model`` on ``loader`` (eval mode).
+
+    ``firing_rate``: spikes per neuron per timestep over all LIF layers; ``firing_rates``: per layer.
+    """
+    was_training = model.training
+    model.eval()
+    forward = forward or model
+    names = {id(m): n for n, m in spiking_layers(model).items()}
+    spikes = dict.fromkeys(names.values(), 0.0)
+    slots = dict.fromkeys(names.values(), 0)
+
+    def count(lif: LIF, u: torch.Tensor, s: torch.Tensor) -> None:
+        spikes[names[id(lif)]] += float(s.sum())
+        slots[names[id(lif)]] += s.numel()
+
+    total_loss, correct, seen = 0.0, 0, 0
+    with observe(model, count):
+        for x, y in loader:
+            with _autocast(bf16):
+                out = forward(x).float()
+            total_loss += spike_loss(out, y, loss).item() * y.shape[0]
+            correct += int((out.sum(0).argmax(-1) == y).sum())
+            seen += y.shape[0]
+    model.train(was_training)
+    rates = {n: spikes[n] / slots[n] for n in spikes if slots[n]}
+    return {
+        "accuracy": correct / max(seen, 1),
+        "loss": total_loss / max(seen, 1),
+        "firing_rate": sum(spikes.values()) / max(sum(slots.values()), 1),
+        "firing_rates": rates,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# State (de)serialisation.
+# ---------------------------------------------------------------------------------------------
+
+
+def _pack_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer/{idx}/{key}"] = value
+            else:
+                plain.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "state": plain}
+
+
+def _unpack_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta["state"].items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"model/{k}": v for k, v in model.state_dict().items()}
+
+
+def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``model/...`` tensors into ``model``; a mismatch raises ValueError naming the first key."""
+    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+        raise ValueError(f"{source} does not fit this model ({what}); it was made for another architecture")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise ValueError(f"{source} does not fit this model: {k} has shape {tuple(v.shape)}, "
+                             f"the model expects {tuple(expected[k].shape)}")
+    model.load_state_dict(state)
+
+
+def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> None:
+    """Save a model (weights + its ``spikeprune_config``) so :func:`load_model` can rebuild it."""
+    config = getattr(model, "spikeprune_config", None)
+    save_checkpoint(path, model_tensors(model), {"kind": "model", "model_config": config, **(meta or {})})
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a registered model from any spikeprune checkpoint; returns ``(model, metadata)``."""
+    tensors, meta = load_checkpoint(path)
+    config = meta.get("model_config")
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(f"{path} does not describe its model (no model_config); cannot rebuild it")
+    if config.get("neuron") == "custom":
+        raise ValueError(f"{path} was made with a custom neuron; rebuild the model yourself and load "
+                         "its state with spikeprune.train.load_model_state")
+    model = create_model(config["name"], config["num_classes"], config["in_channels"], config["T"],
+                         config["width"], image_size=tuple(config["image_size"]),
+                         neuron=config.get("neuron"), **config.get("options", {}))
+    load_model_state(model, tensors, str(path))
+    return model, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# fit: the resumable training run.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """What :func:`fit` returns: the final metrics dict and the trained model."""
+
+    metrics: dict[str, Any]
+    model: nn.Module
+
+
+def _history_csv(rows: list[dict[str, Any]]) -> str:
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def fit(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    dataset: ImageDataset | None = None,
+    model: nn.Module | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    extra_tensors: Callable[[], dict[str, torch.Tensor]] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = _log,
+) -> RunResult:
+    """Train ``cfg`` into the run directory ``out``, checkpointing every epoch.
+
+    Args:
+        cfg: hyperparameters.
+        out: run directory (created). Holds checkpoint.safetensors, history.csv, metrics.json.
+        resume: continue from ``out/checkpoint.safetensors`` if it exists. Without ``resume`` a
+            directory that already holds a checkpoint is refused, so nothing is overwritten by accident.
+        dataset: a loaded dataset (default: ``load_dataset(cfg.dataset, cfg.data_dir)``).
+        model: a model to train instead of ``build_model(cfg)`` (e.g. a masked lottery ticket).
+        after_step: called with the model after every optimizer step (mask enforcement).
+        on_epoch_end: called with (epoch index, model) after each epoch's checkpoint is written.
+        extra_tensors: extra tensors stored in every checkpoint (e.g. masks), keys prefixed ``extra/``.
+        progress: show a tqdm bar per epoch.
+        log: receives one summary line per epoch (default: stderr); ``None`` silences it.
+    """
+    out = check_writable_dir(out)
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise ValueError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
+                         "or choose another --out")
+    dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
+    model = model if model is not None else build_model(cfg, dataset)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    train_loader, test_loader = make_loaders(cfg, dataset)
+    history: list[dict[str, Any]] = []
+    start_epoch, seconds, best = 0, 0.0, 0.0
+    identity = hyperparameters(cfg)
+
+    if resume and ckpt_path.exists():
+        tensors, meta = load_checkpoint(ckpt_path)
+        if meta.get("kind") != "train":
+            raise ValueError(f"{ckpt_path} is not a training checkpoint (kind {meta.get('kind')!r})")
+        saved = meta.get("hyperparameters", {})
+        changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        if changed:
+            k = changed[0]
+            raise ValueError(f"cannot resume {out}: it was trained with {k}={saved.get(k)!r}, "
+                             f"now {k}={identity.get(k)!r}; use another --out")
+        load_model_state(model, tensors, str(ckpt_path))
+        optimizer.load_state_dict(_unpack_optimizer(tensors, meta["optimizer"]))
+        scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng/torch"])
+        start_epoch, seconds = int(meta["epoch"]), float(meta["seconds"])
+        history, best = list(meta["history"]), float(meta["best_test_accuracy"])
+        if log and start_epoch < cfg.epochs:
+            log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
+
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if cfg.compile:
+        forward = torch.compile(model)
+    step_hook = (lambda: after_step(model)) if after_step is not None else None
+
+    for epoch in range(start_epoch, cfg.epochs):
+        tick = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        tr = train_epoch(model, train_loader, optimizer, loss=cfg.loss, bf16=cfg.bf16, forward=forward,
+                         after_step=step_hook, progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        scheduler.step()
+        ev = evaluate(model, test_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward)
+        seconds += time.perf_counter() - tick
+        best = max(best, ev["accuracy"])
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+               "test_loss": ev["loss"], "test_accuracy": ev["accuracy"], "firing_rate": ev["firing_rate"],
+               "firing_rates": ev["firing_rates"], "seconds": seconds}
+        history.append(row)
+        opt_tensors, opt_meta = _pack_optimizer(optimizer)
+        tensors = {**model_tensors(model), **opt_tensors, "rng/torch": torch.get_rng_state()}
+        if extra_tensors is not None:
+            tensors.update({f"extra/{k}": v for k, v in extra_tensors().items()})
+        save_checkpoint(ckpt_path, tensors, {
+            "kind": "train", "epoch": epoch + 1, "seconds": seconds, "best_test_accuracy": best,
+            "config": to_dict(cfg), "hyperparameters": identity, "run_id": run_id(cfg),
+            "model_config": getattr(model, "spikeprune_config", None),
+            "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "history": history,
+        })
+        write_text(out / "history.csv", _history_csv(history))
+        if log:
+            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f}  train {tr['accuracy']:.4f}  "
+                f"test {ev['accuracy']:.4f}  rate {ev['firing_rate']:.3f}  {seconds:.0f}s")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
+
+    last = history[-1]
+    metrics = {
+        "test_accuracy": last["test_accuracy"],
+        "best_test_accuracy": best,
+        "train_loss": last["train_loss"],
+        "train_accuracy": last["train_accuracy"],
+        "test_loss": last["test_loss"],
+        "epochs": cfg.epochs,
+        "seconds": seconds,
+        "firing_rate": last["firing_rate"],
+        "firing_rates": last["firing_rates"],
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "timesteps": cfg.timesteps,
+        "run_id": run_id(cfg),
+        "config": to_dict(cfg),
+    }
+    write_json(out / "metrics.json", metrics)
+    return RunResult(metrics, model)
