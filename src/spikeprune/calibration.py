@@ -1,0 +1,156 @@
+"""Calibration pass: the statistics that firing-aware criteria need (SPEC §4), for any model.
+
+One forward pass over a few training batches (eval mode, no gradients) records, for every prunable
+layer (conv/linear weight):
+
+* ``input_rate[i]``: mean of its input per input channel i over (T, B, H, W): the firing rate r_i
+  when the input is spikes (``input_is_spikes``); the encoding layer sees analog values instead;
+* the BatchNorm that runs right after it (``bn``) and the first spiking layer that runs after that BN
+  (``neuron``), found from the order in which modules execute. Execution order, not module order,
+  so a residual block's second conv is paired with the block's output neuron that fires after the add;
+* for every spiking layer, per output channel: mean and variance of the pre-spike membrane potential
+  u_t and the firing rate (:class:`~spikeprune.neuron.NeuronStatistics`).
+
+Works on any ``nn.Module`` whose spiking layers are :class:`~spikeprune.LIF`; batches may be
+``(inputs, labels)`` pairs or bare input tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .masks import PRUNABLE_TYPES, prunable_weights
+from .neuron import LIF, StatisticsRecorder, record_statistics
+
+__all__ = ["Calibration", "LayerRecord", "calibrate"]
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class LayerRecord:
+    """What calibration learned about one prunable layer."""
+
+    weight: str  # parameter name, e.g. "features.1.conv.weight"
+    module: str  # module name, e.g. "features.1.conv"
+    kind: str  # "conv" or "linear"
+    input_rate: torch.Tensor  # [C_in] mean input per input channel (firing rate when spiking)
+    input_is_spikes: bool  # every input value seen was 0 or 1
+    bn: str | None = None  # BatchNorm module executed right after the layer
+    neuron: str | None = None  # first spiking layer executed after that BatchNorm
+
+
+@dataclass
+class Calibration:
+    """Result of :func:`calibrate`: per-layer records and per-neuron-layer statistics."""
+
+    layers: dict[str, LayerRecord]  # keyed by weight name
+    neurons: StatisticsRecorder
+    num_batches: int
+    num_samples: int
+    modules: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    def neuron_of(self, weight: str) -> tuple[LIF, Any] | None:
+        """(LIF module, its statistics) driven by the layer owning ``weight``, if any."""
+        rec = self.layers[weight]
+        if rec.neuron is None or rec.neuron not in self.neurons.layers:
+            return None
+        return self.modules[rec.neuron], self.neurons[rec.neuron]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None = 8) -> Calibration:
+    """Run up to ``num_batches`` batches through ``model`` (eval mode) and collect statistics.
+
+    Args:
+        model: any module whose spiking layers are :class:`~spikeprune.LIF`.
+        batches: iterable of ``(x, y)`` or ``x``; ``x`` is what ``model(x)`` takes.
+        num_batches: how many batches to use (``None``: all).
+    """
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
+                                    or num_batches < 1):
+        raise ValueError(f"calibration batches must be a positive integer; got {num_batches!r}")
+    weights = prunable_weights(model)
+    named = dict(model.named_modules())
+    owner = {f"{n}.weight" if n else "weight": n for n, m in named.items() if isinstance(m, PRUNABLE_TYPES)}
+    layer_modules = {owner[w]: w for w in weights}
+
+    order: list[str] = []
+    rate_sum: dict[str, torch.Tensor] = {}
+    rate_count: dict[str, int] = {}
+    binary: dict[str, bool] = {}
+    tracing = [True]
+
+    def pre_hook(name: str):
+        def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            x = inputs[0].detach()
+            if tracing[0]:
+                order.append(name)
+            # Channel axis: dim 1 for conv inputs [N, C, ...]; the last dim for linear inputs [..., C].
+            if isinstance(module, nn.Linear):
+                flat = x.reshape(-1, x.shape[-1])
+            else:
+                flat = x.transpose(0, 1).reshape(x.shape[1], -1).T
+            rate_sum[name] = rate_sum.get(name, 0) + flat.double().sum(0)
+            rate_count[name] = rate_count.get(name, 0) + flat.shape[0]
+            binary[name] = binary.get(name, True) and bool(((x == 0) | (x == 1)).all())
+        return hook
+
+    def trace_hook(name: str):
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if tracing[0]:
+                order.append(name)
+        return hook
+
+    handles = []
+    for name, module in named.items():
+        if name in layer_modules:
+            handles.append(module.register_forward_pre_hook(pre_hook(name)))
+        elif isinstance(module, _BN_TYPES + (LIF,)):
+            handles.append(module.register_forward_hook(trace_hook(name)))
+
+    was_training = model.training
+    model.eval()
+    seen_batches = seen_samples = 0
+    try:
+        with record_statistics(model) as neurons:
+            for batch in batches:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x)
+                tracing[0] = False
+                seen_batches += 1
+                seen_samples += x.shape[0] if x.dim() == 4 or x.dim() == 2 else x.shape[1]
+                if num_batches is not None and seen_batches >= num_batches:
+                    break
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen_batches == 0:
+        raise ValueError("calibration needs at least one batch; the calibration data was empty")
+
+    layers: dict[str, LayerRecord] = {}
+    for module_name, weight_name in layer_modules.items():
+        module = named[module_name]
+        if module_name not in rate_count:  # never executed (e.g. an unused branch)
+            continue
+        rec = LayerRecord(
+            weight=weight_name, module=module_name,
+            kind="linear" if isinstance(module, nn.Linear) else "conv",
+            input_rate=(rate_sum[module_name] / rate_count[module_name]).float(),
+            input_is_spikes=binary[module_name],
+        )
+        i = order.index(module_name)
+        out_channels = module.weight.shape[0]
+        if i + 1 < len(order) and isinstance(named[order[i + 1]], _BN_TYPES) \
+                and named[order[i + 1]].num_features == out_channels:
+            rec.bn = order[i + 1]
+            rec.neuron = next((n for n in order[i + 2:] if isinstance(named[n], LIF)), None)
+        layers[weight_name] = rec
+    lifs = {n: m for n, m in named.items() if isinstance(m, LIF)}
+    return Calibration(layers, neurons, seen_batches, seen_samples, lifs)

@@ -1,0 +1,126 @@
+"""Weight criteria: pure functions (model, calibration) -> importance scores (higher = keep).
+
+* ``magnitude``: |w| (Han et al.; the IMP criterion of Frankle & Carbin and Kim et al.).
+* ``random``: i.i.d. uniform scores (the baseline every criterion must beat).
+* ``sf``: the spiking-firing criterion of LTH-SNN Eq. 12-13 / Appendix D (SPEC §4). For a weight
+  ``w[j, i, ...]`` of a layer that reads spikes and is followed by BN then a LIF neuron::
+
+      P[j, i, ...] = r_i * |w[j, i, ...]| * |gamma_j| / sqrt(var_B_j + eps) * N(0 | mu_j - u_th, var_j)
+
+  ``r_i |w|`` is E_act[|w|], the expected weight magnitude that reaches the neuron (input channel i
+  fires with rate r_i); ``|gamma_j| / sqrt(var_B_j + eps)`` is how BN scales that current into the
+  membrane; ``N(0 | mu_j - u_th, var_j)`` is the Gaussian density of the membrane potential at the
+  threshold, i.e. how many neurons of channel j sit where a small current change flips a spike
+  (the crisis neighbourhood of LTH-SNN Eq. 6). Layers without that structure (the encoding layer,
+  whose input is not spikes, and FC layers without BN+LIF) keep the magnitude criterion; the scores
+  record which criterion each layer used so strategies can normalise mixed scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .calibration import Calibration
+from .masks import prunable_weights
+
+__all__ = ["CRITERIA", "Scores", "compute_scores", "magnitude", "random", "sf"]
+
+
+@dataclass
+class Scores:
+    """Per-weight importance, same names/shapes as the prunable weights, and the criterion per layer."""
+
+    values: dict[str, torch.Tensor]
+    kinds: dict[str, str]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.values[name]
+
+
+def magnitude(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """|w| for every prunable weight."""
+    weights = prunable_weights(model)
+    return Scores({n: w.detach().abs().float() for n, w in weights.items()}, dict.fromkeys(weights, "magnitude"))
+
+
+def random(model: nn.Module, calibration: Calibration | None = None, *, seed: int = 0, **_: object) -> Scores:
+    """Uniform random scores, reproducible for a seed."""
+    g = torch.Generator().manual_seed(seed)
+    weights = prunable_weights(model)
+    return Scores({n: torch.rand(w.shape, generator=g) for n, w in weights.items()}, dict.fromkeys(weights, "random"))
+
+
+def gaussian_density_at_threshold(mean: torch.Tensor, var: torch.Tensor, u_th: float) -> torch.Tensor:
+    """``N(0 | mean - u_th, var) = exp(-(mean - u_th)^2 / (2 var)) / sqrt(2 pi var)`` per channel.
+
+    A channel whose potential never varies (var = 0) has no mass near the threshold unless it sits
+    exactly on it; the variance is floored at 1e-12 so such channels score ~0 instead of NaN.
+    """
+    v = var.double().clamp_min(1e-12)
+    d = mean.double() - u_th
+    return (torch.exp(-d * d / (2 * v)) / torch.sqrt(2 * math.pi * v)).float()
+
+
+def bn_gain(bn: nn.Module) -> torch.Tensor:
+    """|gamma_j| / sqrt(var_B_j + eps) per channel (times tdBN's alpha * u_th scale, if any)."""
+    gamma = bn.weight.detach().abs() if getattr(bn, "weight", None) is not None else torch.ones(bn.num_features)
+    gain = gamma / torch.sqrt(bn.running_var.detach() + bn.eps)
+    return gain * float(getattr(bn, "scale", 1.0))
+
+
+def sf(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """LTH-SNN Eq. 12-13 scores where the layer reads spikes and drives BN + LIF; magnitude elsewhere."""
+    if calibration is None:
+        raise ValueError("the sf criterion needs calibration data (pass calibration=<batches>)")
+    named = dict(model.named_modules())
+    scores = magnitude(model)
+    for name, w in prunable_weights(model).items():
+        rec = calibration.layers.get(name)
+        if rec is None or not rec.input_is_spikes or rec.bn is None:
+            continue  # encoding layer (analog input) or an FC layer without BN: magnitude
+        found = calibration.neuron_of(name)
+        if found is None:
+            continue
+        lif, stats = found
+        if stats.membrane_mean is None or stats.membrane_mean.numel() != w.shape[0]:
+            continue
+        gain = bn_gain(named[rec.bn]) * gaussian_density_at_threshold(stats.membrane_mean, stats.membrane_var,
+                                                                       lif.u_th)
+        extra = (1,) * (w.dim() - 2)
+        scores.values[name] = (rec.input_rate.view(1, -1, *extra) * w.detach().abs()
+                               * gain.view(-1, 1, *extra)).float()
+        scores.kinds[name] = "sf"
+    return scores
+
+
+Criterion = Callable[..., Scores]
+
+CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random, "sf": sf}
+
+
+def compute_scores(criterion: str | Criterion, model: nn.Module, calibration: Calibration | None = None,
+                   *, seed: int = 0) -> Scores:
+    """Scores of a named (or callable) criterion; validates the result's names and shapes."""
+    if isinstance(criterion, str):
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+        fn = CRITERIA[criterion]
+    elif callable(criterion):
+        fn = criterion
+    else:
+        raise TypeError(f"criterion must be a name or a callable; got {type(criterion).__name__}")
+    scores = fn(model, calibration, seed=seed)
+    if not isinstance(scores, Scores):  # a user criterion may return a plain dict
+        scores = Scores(dict(scores), dict.fromkeys(scores, getattr(fn, "__name__", "custom")))
+    weights = prunable_weights(model)
+    for name, s in scores.values.items():
+        if name not in weights or s.shape != weights[name].shape:
+            raise ValueError(f"criterion returned scores for {name!r} that do not match the model's weights")
+        if torch.isnan(s).any():
+            raise ValueError(f"criterion returned NaN scores for {name!r}")
+    return scores

@@ -1,0 +1,180 @@
+"""Masks over prunable weights (SPEC §3): the Mask type, enforcement, reports, safetensors I/O.
+
+A mask is ``{parameter name: bool tensor}`` over the *prunable* weights: every conv and linear weight
+(``dim > 1``), first and last layers included. ``True`` keeps a weight. Pruned weights must stay
+exactly zero through training, which :func:`enforce` guarantees two ways: their gradients are zeroed
+(so momentum buffers and weight decay see nothing to update) and the mask is re-applied after every
+optimizer step (so nothing else can revive them either).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .io import load_checkpoint, save_checkpoint
+
+__all__ = ["Mask", "MaskEnforcement", "enforce", "prunable_weights"]
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{qualified name: weight}`` of every conv/linear layer of ``model``, in module order.
+
+    Raises ValueError if there is none, since nothing could then be pruned.
+    """
+    found = {
+        f"{name}.weight" if name else "weight": m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, PRUNABLE_TYPES) and getattr(m, "weight", None) is not None and m.weight.dim() > 1
+    }
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no prunable layer (no conv or linear weight)")
+    return found
+
+
+class Mask(Mapping[str, torch.Tensor]):
+    """Immutable mapping ``{weight name: bool tensor}``; ``True`` = kept.
+
+    ``density`` = fraction kept, ``sparsity`` = fraction removed, both over all masked weights.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._t: dict[str, torch.Tensor] = {}
+        self._kept: int | None = None
+        for name, t in tensors.items():
+            if not torch.is_tensor(t):
+                raise TypeError(f"mask entry {name!r} is not a tensor")
+            self._t[name] = t.detach().to(torch.bool)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def ones(cls, model: nn.Module) -> "Mask":
+        """Keep everything: the mask of a dense model."""
+        return cls({n: torch.ones_like(w, dtype=torch.bool) for n, w in prunable_weights(model).items()})
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "Mask":
+        """Weights that are exactly zero count as pruned (how an already-pruned model is read)."""
+        return cls({n: w.detach() != 0 for n, w in prunable_weights(model).items()})
+
+    # -- mapping ------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._t[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t)
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def __repr__(self) -> str:
+        return f"Mask({len(self)} tensors, density={self.density:.4f})"
+
+    # -- numbers ------------------------------------------------------------------------------
+    @property
+    def numel(self) -> int:
+        return sum(t.numel() for t in self._t.values())
+
+    @property
+    def num_kept(self) -> int:
+        if self._kept is None:  # a Mask is immutable, so count once
+            self._kept = sum(int(t.sum()) for t in self._t.values())
+        return self._kept
+
+    @property
+    def density(self) -> float:
+        """Fraction of masked weights kept."""
+        return self.num_kept / max(self.numel, 1)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of masked weights removed."""
+        return 1.0 - self.density
+
+    def report(self) -> list[dict[str, Any]]:
+        """One row per layer plus a final ``"total"`` row: numel, kept, density, sparsity."""
+        rows = []
+        for name, t in self._t.items():
+            kept = int(t.sum())
+            rows.append({"name": name, "shape": list(t.shape), "numel": t.numel(), "kept": kept,
+                         "density": kept / t.numel(), "sparsity": 1 - kept / t.numel()})
+        rows.append({"name": "total", "shape": [], "numel": self.numel, "kept": self.num_kept,
+                     "density": self.density, "sparsity": self.sparsity})
+        return rows
+
+    def equal(self, other: "Mask") -> bool:
+        return self.keys() == other.keys() and all(torch.equal(self[k], other[k]) for k in self)
+
+    def __and__(self, other: "Mask") -> "Mask":
+        if self.keys() != other.keys():
+            raise ValueError("cannot intersect masks over different weights")
+        return Mask({k: self[k] & other[k] for k in self})
+
+    # -- model interaction ----------------------------------------------------------------------
+    def check_fits(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """The model's prunable weights, after checking every entry names one with the same shape."""
+        weights = prunable_weights(model)
+        for name, t in self._t.items():
+            if name not in weights:
+                raise ValueError(f"mask entry {name!r} names no prunable weight of this model")
+            if tuple(t.shape) != tuple(weights[name].shape):
+                raise ValueError(f"mask entry {name!r} has shape {tuple(t.shape)}, "
+                                 f"the model's weight has {tuple(weights[name].shape)}")
+        return weights
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> None:
+        """Zero the pruned weights of ``model`` in place (the only function here that mutates it)."""
+        weights = self.check_fits(model)
+        for name, keep in self._t.items():
+            w = weights[name]
+            w.mul_(keep.to(device=w.device, dtype=w.dtype))
+
+    # -- files ----------------------------------------------------------------------------------
+    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> None:
+        """Write ``path`` (safetensors, bool tensors) atomically, with density/sparsity in the header."""
+        save_checkpoint(path, dict(self._t), {"kind": "mask", "density": self.density,
+                                              "sparsity": self.sparsity, **(meta or {})})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Mask":
+        """Read a mask written by :meth:`save`."""
+        tensors, meta = load_checkpoint(path)
+        if meta.get("kind") != "mask":
+            raise ValueError(f"{path} is a spikeprune file but not a mask (kind {meta.get('kind')!r})")
+        return cls(tensors)
+
+
+class MaskEnforcement:
+    """Keeps pruned weights exactly zero while a model trains; see :func:`enforce`."""
+
+    def __init__(self, model: nn.Module, mask: Mask) -> None:
+        self.mask = mask
+        self._weights = mask.check_fits(model)
+        self._keep = {n: mask[n].to(dtype=w.dtype, device=w.device) for n, w in self._weights.items() if n in mask}
+        self._handles = [self._weights[n].register_hook(lambda g, k=k: g * k) for n, k in self._keep.items()]
+        self.after_step()
+
+    @torch.no_grad()
+    def after_step(self, *_: Any) -> None:
+        """Re-apply the mask (call after every optimizer step)."""
+        for name, keep in self._keep.items():
+            self._weights[name].mul_(keep)
+
+    def remove(self) -> None:
+        """Stop zeroing gradients (the weights keep whatever values they have)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def enforce(model: nn.Module, mask: Mask) -> MaskEnforcement:
+    """Apply ``mask`` and keep it: gradients of pruned weights are zeroed, and
+    ``enforcement.after_step()`` (pass it as ``fit(after_step=...)``) re-zeroes them after each step."""
+    return MaskEnforcement(model, mask)
