@@ -44,14 +44,21 @@ def weight_scale(w: torch.Tensor, method: str = "mean", *, per_channel: bool = F
     return g.view(-1, *([1] * (w.dim() - 1))) if per_channel else g.reshape(())
 
 
-class _RoundSTE(torch.autograd.Function):
+class _QuantizeSTE(torch.autograd.Function):
+    """Forward: the exact 2^b levels of SPEC §7. Backward: straight-through, exactly 1 inside
+    ``[-gamma, gamma]`` and 0 outside (the clamp's gradient), with no rounding error from gamma/gamma."""
+
     @staticmethod
-    def forward(ctx, x):  # type: ignore[override]
-        return torch.round(x)
+    def forward(ctx, w, gamma, s):  # type: ignore[override]
+        inside = w.abs() <= gamma
+        ctx.save_for_backward(inside)
+        w_int = torch.round((s / 2) * (torch.clamp(w / gamma, -1.0, 1.0) + 1))
+        return gamma * ((2.0 / s) * w_int - 1.0)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        return g
+        (inside,) = ctx.saved_tensors
+        return g * inside.to(g.dtype), None, None
 
 
 def quantize_weight(w: torch.Tensor, bits: int, scale: torch.Tensor | float | None = None, *,
@@ -62,6 +69,4 @@ def quantize_weight(w: torch.Tensor, bits: int, scale: torch.Tensor | float | No
     """
     s = (1 << _check_bits(bits)) - 1
     gamma = weight_scale(w, method, per_channel=per_channel) if scale is None else torch.as_tensor(scale, dtype=w.dtype)
-    normalized = torch.clamp(w / gamma, -1.0, 1.0)  # clamp's gradient is 0 outside [-1, 1]
-    w_int = _RoundSTE.apply((s / 2) * (normalized + 1))
-    return gamma * ((2.0 / s) * w_int - 1.0)
+    return _QuantizeSTE.apply(w, gamma.detach(), s)
