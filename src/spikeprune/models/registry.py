@@ -15,6 +15,7 @@ from torch import nn
 from .layers import make_neuron_factory
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_BASE_ARGS = frozenset({"num_classes", "in_channels", "T", "width", "image_size", "neuron"})
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -76,16 +77,23 @@ def create_model(
     accepted = set(inspect.signature(constructor).parameters)
     unknown = sorted(set(options) - accepted)
     if unknown:
-        allowed = sorted(accepted - {"num_classes", "in_channels", "T", "width", "image_size", "neuron"})
+        allowed = sorted(accepted - _BASE_ARGS)
         raise ValueError(f"model {name!r} has no option {unknown[0]!r}; its options: {allowed or 'none'}")
     model = constructor(
         num_classes=num_classes, in_channels=in_channels, T=T, width=float(width),
         image_size=size, neuron=make_neuron_factory(neuron), **options,
     )
+    # Record every option with its default resolved, so a checkpoint rebuilds the same architecture
+    # even if a later release changes a default.
+    resolved = {
+        k: p.default for k, p in inspect.signature(constructor).parameters.items()
+        if k not in _BASE_ARGS and p.default is not inspect.Parameter.empty
+    }
+    resolved.update(options)
     model.spikeprune_config = {
         "name": name, "num_classes": num_classes, "in_channels": in_channels, "T": T,
         "width": float(width), "image_size": list(size),
         "neuron": neuron if (neuron is None or isinstance(neuron, (dict, str))) else "custom",
-        "options": dict(options),
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()},
     }
     return model
