@@ -39,6 +39,7 @@ from .neuron import LIF, observe, spiking_layers
 
 __all__ = [
     "ESTIMATORS",
+    "FLIP_FIELDS",
     "FlipRow",
     "MODES",
     "PERTURBATIONS",
@@ -51,8 +52,10 @@ __all__ = [
     "crisis_report",
     "density_sup",
     "flip_analysis",
+    "flip_rows_csv",
     "flip_summary",
     "parse_perturbation",
+    "plot_flip_summary",
     "plot_flips",
     "scott_bandwidth",
 ]
@@ -229,7 +232,13 @@ def density_sup(u: torch.Tensor, u_th: float, radius: float, method: str = "kde"
 
 
 def bound_lemma33(p_sup: float, eps: float) -> float:
-    """Lemma 3.3 / B.2: ``P[flip] <= 2 p_sup eps`` when both neurons share the temporal input h_{t-1}."""
+    """Lemma 3.3 / B.2: ``P[flip] <= 2 p_sup eps`` when both neurons share the temporal input h_{t-1}.
+
+    ``p_sup = inf`` (a point mass of u in the neighbourhood: Definition 3.1 fails) gives an infinite
+    bound, except at ``eps = 0`` where nothing can flip and the bound is 0.
+    """
+    if isinstance(p_sup, (int, float)) and not isinstance(p_sup, bool) and p_sup == math.inf:
+        return 0.0 if _nonnegative(eps, "eps") == 0.0 else math.inf
     return 2.0 * _nonnegative(p_sup, "p_sup") * _nonnegative(eps, "eps")
 
 
@@ -422,6 +431,9 @@ class FlipRow:
     tightness: float | None  # cond_flip_rate / bound
     layer_flip_rate: float | None  # P(some neuron flips at t | none flipped before), over samples
     bound_theorem35: float  # N * bound_lemma34 (often > 1: vacuous)
+    eps_refined: float  # the per-neuron error level that minimises bound_refined
+    tail_refined: float  # fraction of neurons whose own error up to t exceeds eps_refined
+    bound_refined: float  # min over e of P(e_n > e) + the lemma's bound at e (this library's refinement)
     atom_mass: float  # largest point mass of u_t inside the neighbourhood (Definition 3.1 fails if > 0)
     firing_rate: float  # reference spikes per neuron at t
     extra: dict[str, Any] = field(default_factory=dict)
@@ -500,6 +512,7 @@ class _Acc:
     flips: int = 0
     first: int = 0
     premise: int = 0
+    e_parts: list = field(default_factory=list)
     flips_crisis: int = 0
     first_crisis: int = 0
     crisis: int = 0
@@ -578,18 +591,23 @@ def flip_analysis(
     try:
         # Pass 1: eps_t = max |x' - x| per (mode, layer, t).
         eps_t: dict[tuple[str, str], torch.Tensor] = {}
+        errors: dict[tuple[str, str], list[torch.Tensor]] = {}
         T = None
         seen = 0
         for i, x in batches_used():
             seen += 1
             ref_cap.run(x)
             for mode in perturbed_runs(i, x):
-                for name in names:
+                for li, name in enumerate(names):
                     d = (pert_cap.x[name].float() - ref_cap.x[name].float()).abs()
                     T = d.shape[0]
+                    flat = torch.cummax(d.reshape(T, -1), dim=0).values  # e_n(t) = max_{t'<=t} |x' - x|
                     m = d.reshape(T, -1).amax(dim=1).double()
                     key = (mode, name)
                     eps_t[key] = m if key not in eps_t else torch.maximum(eps_t[key], m)
+                    g = torch.Generator().manual_seed(1_000_003 * i + 7919 * li + 17)
+                    pick = torch.randperm(flat.shape[1], generator=g)[:u_samples_per_batch]
+                    errors.setdefault(key, []).append(flat[:, pick].clone())
         if seen == 0:
             raise ValueError("the flip analysis got no batch (empty data)")
 
@@ -669,6 +687,10 @@ def flip_analysis(
                 cond = a.first / a.premise if a.premise else None
                 neurons = a.n // a.samples
                 atom = cached(atom_cache, (name, t, p_radius), lambda: _atom_mass(u_sample, lif.u_th, p_radius))
+                e_sample = torch.cat([e[t] for e in errors[(mode, name)]]).double()
+                eps_ref, tail_ref, bound_ref = _refined_bound(
+                    e_sample, t, lif.beta,
+                    lambda r, _t=t: cached(p_sup_cache, (name, _t, r), lambda: _p_sup(u_sample, lif.u_th, r, p_sup_method)))
                 rows.append(FlipRow(
                     perturbation=label, mode=mode, layer=name, t=t + 1, neurons=neurons, samples=a.samples,
                     eps_t=float(eps_t[(mode, name)][t]), eps=eps, radius=float(radius[(mode, name)][t]),
@@ -680,9 +702,32 @@ def flip_analysis(
                     holds=None if cond is None else cond <= bound,
                     tightness=None if cond is None or bound == 0 else cond / bound,
                     layer_flip_rate=a.layer_first / a.layer_premise if a.layer_premise else None,
-                    bound_theorem35=neurons * b34, atom_mass=atom, firing_rate=a.spikes / a.n,
+                    bound_theorem35=neurons * b34, eps_refined=eps_ref, tail_refined=tail_ref,
+                    bound_refined=bound_ref, atom_mass=atom, firing_rate=a.spikes / a.n,
                 ))
     return rows
+
+
+#: quantiles of the per-neuron error tried by the refined bound (plus the maximum)
+REFINED_QUANTILES = (0.5, 0.9, 0.99, 0.999, 0.9999)
+
+
+def _refined_bound(errors: torch.Tensor, t: int, beta: float, p_sup: Callable[[float], float]
+                   ) -> tuple[float, float, float]:
+    """``min_e [P(e_n(t) > e) + 2 p_sup(R(e)) R(e)]`` over candidate levels e, R(e) = e (t = 0) or
+    e / (1 - beta): a neuron can only flip first at t if its own error exceeded e at some step (the
+    first term) or it lay in the crisis neighbourhood of radius R(e) (Lemma 3.3/3.4 at level e).
+    The paper's bound is the special case e = max error (first term 0)."""
+    levels = sorted(set(torch.quantile(errors, torch.tensor(REFINED_QUANTILES, dtype=torch.float64)).tolist())
+                    | {float(errors.max())})
+    best = (math.inf, 0.0, math.inf)
+    for e in levels:
+        tail = float((errors > e).double().mean())
+        r = e if t == 0 else e / (1.0 - beta)
+        b = tail + 2.0 * p_sup(r) * r
+        if b < best[2]:
+            best = (e, tail, b)
+    return best
 
 
 def _p_sup(u: torch.Tensor, u_th: float, radius: float, method: str) -> float:
@@ -714,6 +759,10 @@ def flip_summary(rows: list[FlipRow]) -> list[dict[str, Any]]:
             "max_flip_rate": max(r.flip_rate for r in rs), "max_cond_flip_rate": max(conds) if conds else None,
             "max_bound": max(r.bound for r in rs), "holds": all(r.holds is not False for r in rs),
             "max_tightness": max(tight) if tight else None,
+            "max_bound_refined": max(r.bound_refined for r in rs),
+            "holds_refined": all(r.cond_flip_rate is None or r.first_flip_rate <= r.bound_refined for r in rs),
+            "max_tightness_refined": max((r.first_flip_rate / r.bound_refined for r in rs if r.bound_refined > 0),
+                                         default=None),
             "min_first_flip_crisis_share": min(shares) if shares else None,
             "first_flips_outside": sum(r.first_flips_outside for r in rs),
             "max_atom_mass": max(r.atom_mass for r in rs),
@@ -744,6 +793,7 @@ def plot_flips(rows: list[FlipRow], path: str | Path, title: str = "") -> None:
             rs = sorted((r for r in rows if r.mode == mode and r.layer == layer), key=lambda r: r.t)
             t = [r.t for r in rs]
             ax.plot(t, [max(r.bound, floor) for r in rs], "k-", marker="s", label="bound (L3.3 / L3.4)")
+            ax.plot(t, [max(r.bound_refined, floor) for r in rs], "C1-.", marker="d", label="refined bound")
             ax.plot(t, [max(r.crisis_empirical, floor) for r in rs], "C2--", marker="^",
                     label="crisis prob. P(|u-u_th|<=r_t)")
             ax.plot(t, [max(r.cond_flip_rate or 0.0, floor) for r in rs], "C3-", marker="o",
@@ -764,3 +814,60 @@ def plot_flips(rows: list[FlipRow], path: str | Path, title: str = "") -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def plot_flip_summary(rows: list[FlipRow], path: str | Path) -> None:
+    """PNG: per mode, for every perturbation, the worst timestep's conditional flip rate (markers) and
+    the largest bound (dashes) per layer, on a log scale: does the bound hold everywhere, how tight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    summary = flip_summary(rows)
+    if not summary:
+        raise ValueError("no flip rows to plot")
+    modes = [m for m in MODES if any(s["mode"] == m for s in summary)]
+    perts = list(dict.fromkeys(s["perturbation"] for s in summary))
+    layers = list(dict.fromkeys(s["layer"] for s in summary))
+    fig, axes = plt.subplots(1, len(modes), figsize=(1.2 + 1.6 * len(layers) * len(modes), 3.8), squeeze=False)
+    floor = 1e-7
+    for ax, mode in zip(axes[0], modes):
+        for pi, pert in enumerate(perts):
+            pts = {s["layer"]: s for s in summary if s["mode"] == mode and s["perturbation"] == pert}
+            xs = [li + (pi - (len(perts) - 1) / 2) * 0.8 / max(len(perts), 1) for li, l in enumerate(layers) if l in pts]
+            ls = [l for l in layers if l in pts]
+            color = f"C{pi % 10}"
+            ax.scatter(xs, [max(pts[l]["max_cond_flip_rate"] or 0.0, floor) for l in ls], color=color, marker="o",
+                       s=18, label=pert, zorder=3)
+            ax.scatter(xs, [max(pts[l]["max_bound"], floor) for l in ls], color=color, marker="_", s=120, zorder=2)
+            for x, l in zip(xs, ls):
+                ax.plot([x, x], [max(pts[l]["max_cond_flip_rate"] or 0.0, floor), max(pts[l]["max_bound"], floor)],
+                        color=color, lw=0.6, alpha=0.5)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels(layers, rotation=20, fontsize=7)
+        ax.set_title(f"{mode}: flip rate | no earlier flip (o) vs bound (-), worst timestep", fontsize=8)
+        ax.grid(True, which="both", axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("probability")
+    axes[0][-1].legend(fontsize=6, loc="lower right", ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def flip_rows_csv(rows: list[FlipRow]) -> str:
+    """The rows as CSV text (header = :data:`FLIP_FIELDS`; undefined rates are empty cells)."""
+    import csv
+    import io as _io
+
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FLIP_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in r.as_dict().items()})
+    return buf.getvalue()

@@ -158,7 +158,7 @@ class TargetSNN:
 
     weights: tuple[torch.Tensor, ...]
     beta: float = 0.5
-    u_th: float = 0.5
+    u_th: float = 0.2
     v_reset: float = 0.0
 
     def __post_init__(self) -> None:
@@ -181,9 +181,14 @@ class TargetSNN:
         return len(self.weights)
 
 
-def random_target(N: int, L: int, *, beta: float = 0.5, u_th: float = 0.5, v_reset: float = 0.0,
+def random_target(N: int, L: int, *, beta: float = 0.5, u_th: float = 0.2, v_reset: float = 0.0,
                   seed: int = 0) -> TargetSNN:
-    """A target with weights i.i.d. U[-1/sqrt(N), 1/sqrt(N)] (the largest range Theorem 4.3 allows)."""
+    """A target with weights i.i.d. U[-1/sqrt(N), 1/sqrt(N)] (the largest range Theorem 4.3 allows).
+
+    Default ``u_th = 0.2``: with zero-mean weights, Bernoulli(0.3) inputs and beta = 0.5 it keeps every
+    layer firing at ~10-30 % through L = 3 layers (at u_th = 0.5 the second layer is nearly silent,
+    which would make output equality trivially true).
+    """
     N, L = _int(N, "N"), _int(L, "L")
     g = torch.Generator().manual_seed(int(seed))
     a = 1.0 / math.sqrt(N)
@@ -665,9 +670,12 @@ def width_bound(N: int, L: int, T: int, eps: float, delta: float, u_th: float, C
 # --------------------------------------------------------------------------------------------------
 
 
-def _auto_ks(target: TargetSNN, eps: float, points: int = 12) -> list[int]:
+def _auto_ks(target: TargetSNN, eps: float, max_memory: int | None, points: int = 12) -> list[int]:
     """k grid spanning the construction's transition (exact success probability 1 % ... 99.9 %)."""
     N = target.N
+    # Refuse before searching: the width where success is likely, from the union bound (delta = 1e-3).
+    _memory_guard(N, target.L, 2 * width_bound(N, target.L, 1, eps, 1e-3, target.u_th, 0.0, form="proof"),
+                  max_memory)
 
     def p(kp: int) -> float:
         return construction_success_probability(target, kp * N, eps)
@@ -698,7 +706,7 @@ def slth_experiment(
     samples: int = 256,
     rate: float = 0.3,
     beta: float = 0.5,
-    u_th: float = 0.5,
+    u_th: float = 0.2,
     v_reset: float = 0.0,
     delta: float = 0.1,
     seed: int = 0,
@@ -728,7 +736,7 @@ def slth_experiment(
         ks = sorted({_int(k, "k", low=N) for k in ks})
         _memory_guard(N, L, ks[-1], max_memory)
     else:
-        ks = _auto_ks(target, eps)
+        ks = _auto_ks(target, eps, max_memory)
     spikes = random_spikes(T, samples, N, rate, seed=seed)
     ref = run_target(target, spikes)
     p_sup = target_p_sup(target, ref, eps / (1.0 - beta))
