@@ -873,6 +873,10 @@ def plot_slth(result: dict[str, Any], path: str | Path) -> None:
     a2.set_ylabel("P[output equal]")
     a2.legend(fontsize=7)
     a2.grid(True, which="both", alpha=0.3)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in (a1, a2):
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.suptitle(f"SLTH construction: N={cfg['N']}, L={cfg['L']}, T={cfg['T']}, ε={cfg['eps']:g}, "
                  f"u_th={cfg['u_th']:g}, β={cfg['beta']:g}, C={b['C']:.3g}", fontsize=9)
     fig.tight_layout()
