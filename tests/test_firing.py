@@ -140,11 +140,12 @@ def test_parse_perturbation():
     assert parse_perturbation("prune:0.8:sf") == Perturbation("prune", sparsity=0.8, criterion="sf")
     assert parse_perturbation("prune:0.5") == Perturbation("prune", sparsity=0.5, criterion="magnitude")
     assert parse_perturbation("prune:runs/m.safetensors").mask == "runs/m.safetensors"
-    assert parse_perturbation("quantize:4").bits == 4
+    assert parse_perturbation("quantize:4") == Perturbation("quantize", bits=4, scale="mean")
+    assert parse_perturbation("quantize:8:max").label == "quantize-8b-max"
     assert parse_perturbation("weight-noise:0.1").sigma == 0.1
     assert parse_perturbation("input-noise:0.3").label == "input-noise-0.3"
     for bad in ("prune", "prune:1.5", "prune:0.5:l2", "quantize:0", "quantize:4.5", "weight-noise:-1",
-                "weight-noise:x", "dropout:0.1", "input-noise:nan"):
+                "weight-noise:x", "dropout:0.1", "input-noise:nan", "quantize:4:median"):
         with pytest.raises(ValueError):
             parse_perturbation(bad)
 
@@ -156,6 +157,11 @@ def test_apply_perturbation_changes_only_the_copy(tmp_path):
     assert fn is None
     for name, w in prunable_weights(q).items():
         assert torch.unique(w).numel() <= 4
+    # max scale: no weight is clipped, so the error is at most half a level, gamma / s.
+    q8, _ = apply_perturbation(model, "quantize:8:max")
+    for name, w in prunable_weights(q8).items():
+        w0 = prunable_weights(model)[name].detach()
+        assert float((w.detach() - w0).abs().max()) <= float(w0.abs().max()) / 255 * 1.0001
     p, _ = apply_perturbation(model, "prune:0.6:magnitude")
     assert sp.Mask.from_model(p).sparsity == pytest.approx(0.6, abs=0.01)
     n, _ = apply_perturbation(model, "weight-noise:0.1", seed=3)
@@ -186,6 +192,7 @@ def test_unperturbed_model_has_zero_flips_in_both_modes():
     for r in rows:
         assert r.flip_rate == 0.0 and r.first_flip_rate == 0.0 and r.cond_flip_rate == 0.0
         assert r.eps == 0.0 and r.bound == 0.0 and r.holds
+        assert r.radius == 0.0 and r.crisis_empirical == 0.0 and r.bound_refined == 0.0
     assert any(r.firing_rate > 0 for r in rows)  # the model does fire: zero flips is not vacuous
 
 

@@ -9,7 +9,7 @@
         --out benchmarks/theory/results/flips/<label>
 
 (skipping perturbations whose flips.json exists) and `report` rebuilds flips_summary.csv and
-flips_summary.png from those files.
+flips_summary.png from those files (and redraws each flips-<label>.png from its flips.json).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ PERTURBATIONS = [
     "prune:0.5:magnitude", "prune:0.8:magnitude", "prune:0.95:magnitude",
     "prune:0.5:sf", "prune:0.8:sf", "prune:0.95:sf",
     "quantize:8", "quantize:4", "quantize:2",
+    "quantize:8:max", "quantize:4:max", "quantize:2:max",
     "weight-noise:0.01", "weight-noise:0.05", "weight-noise:0.2",
     "input-noise:0.1",
 ]
@@ -51,19 +52,21 @@ def run(checkpoint: str) -> None:
 
 
 def report() -> None:
-    from spikeprune.firing import FlipRow, plot_flip_summary
+    from spikeprune.firing import FlipRow, parse_perturbation, plot_flip_summary, plot_flips
 
     rows, summary = [], []
     for spec in PERTURBATIONS:
-        from spikeprune.firing import parse_perturbation
-
         path = RESULTS / parse_perturbation(spec).label / "flips.json"
         if not path.exists():
             continue
         data = json.loads(path.read_text())
         summary += data["summary"]
         names = {f for f in FlipRow.__dataclass_fields__ if f != "extra"}
-        rows += [FlipRow(**{k: v for k, v in r.items() if k in names}) for r in data["rows"]]
+        these = [FlipRow(**{k: v for k, v in r.items() if k in names}) for r in data["rows"]]
+        rows += these
+        # Redraw the per-perturbation figure from its JSON (same function `analyze flips` uses).
+        label = parse_perturbation(spec).label
+        plot_flips(these, path.parent / f"flips-{label}.png", f"{Path(data['checkpoint']).name}: {label}")
     if not rows:
         sys.exit("no results yet: run first")
     buf = io.StringIO()

@@ -303,6 +303,7 @@ class Perturbation:
     criterion: str | None = None  # prune: magnitude | sf | random
     mask: str | None = None  # prune: a mask file (Mask.save) instead of sparsity + criterion
     bits: int | None = None  # quantize
+    scale: str | None = None  # quantize: ReScaW scale gamma (mean | max | percentile)
     sigma: float | None = None  # weight-noise (relative to each tensor's std) / input-noise (absolute)
 
     @property
@@ -311,13 +312,16 @@ class Perturbation:
         if self.kind == "prune":
             return f"prune-{Path(self.mask).stem}" if self.mask else f"prune-{self.sparsity:g}-{self.criterion}"
         if self.kind == "quantize":
-            return f"quantize-{self.bits}b"
+            return f"quantize-{self.bits}b" + ("" if self.scale in (None, "mean") else f"-{self.scale}")
         return f"{self.kind}-{self.sigma:g}"
 
 
 def parse_perturbation(text: str) -> Perturbation:
-    """Parse ``prune:<mask file>``, ``prune:<sparsity>[:<criterion>]``, ``quantize:<bits>``,
+    """Parse ``prune:<mask file>``, ``prune:<sparsity>[:<criterion>]``, ``quantize:<bits>[:<scale>]``,
     ``weight-noise:<sigma>`` or ``input-noise:<sigma>``.
+
+    ``quantize`` uses :func:`spikeprune.quant.quantize_weight` per layer with the ReScaW scale
+    ``mean`` (default, QP-SNN's choice), ``max`` or ``percentile`` (99th).
 
     ``weight-noise`` adds ``sigma * std(W) * N(0, 1)`` to every conv/linear weight W (relative, so one
     sigma means the same for every layer); ``input-noise`` adds ``sigma * N(0, 1)`` to the model input.
@@ -327,7 +331,7 @@ def parse_perturbation(text: str) -> Perturbation:
     kind, _, arg = text.partition(":")
     if kind not in PERTURBATIONS or not arg:
         raise ValueError(f"bad perturbation {text!r}; use prune:<mask file>, prune:<sparsity>[:<criterion>], "
-                         "quantize:<bits>, weight-noise:<sigma> or input-noise:<sigma>")
+                         "quantize:<bits>[:mean|max|percentile], weight-noise:<sigma> or input-noise:<sigma>")
     if kind == "prune":
         head, _, criterion = arg.partition(":")
         try:
@@ -341,9 +345,13 @@ def parse_perturbation(text: str) -> Perturbation:
             raise ValueError(f"unknown pruning criterion {criterion!r} in {text!r}; use magnitude, sf or random")
         return Perturbation("prune", sparsity=sparsity, criterion=criterion)
     if kind == "quantize":
-        if not re.fullmatch(r"\d+", arg) or not 1 <= int(arg) <= 16:
-            raise ValueError(f"quantize bits must be an integer in [1, 16]; got {arg!r} in {text!r}")
-        return Perturbation("quantize", bits=int(arg))
+        bits, _, scale = arg.partition(":")
+        if not re.fullmatch(r"\d+", bits) or not 1 <= int(bits) <= 16:
+            raise ValueError(f"quantize bits must be an integer in [1, 16]; got {bits!r} in {text!r}")
+        scale = scale or "mean"
+        if scale not in ("mean", "max", "percentile"):
+            raise ValueError(f"unknown quantization scale {scale!r} in {text!r}; use mean, max or percentile")
+        return Perturbation("quantize", bits=int(bits), scale=scale)
     try:
         sigma = float(arg)
     except ValueError:
@@ -379,7 +387,7 @@ def apply_perturbation(model: nn.Module, perturbation: Perturbation | str, *, ca
                 prune(perturbed, p.criterion, p.sparsity, calibration=calibration, seed=seed)
         elif p.kind == "quantize":
             for w in prunable_weights(perturbed).values():
-                w.copy_(quantize_weight(w, p.bits, method="mean"))
+                w.copy_(quantize_weight(w, p.bits, method=p.scale or "mean"))
         elif p.kind == "weight-noise":
             g = torch.Generator().manual_seed(seed)
             for w in prunable_weights(perturbed).values():
@@ -619,8 +627,9 @@ def flip_analysis(
             cum = torch.cummax(e, dim=0).values
             geo = torch.tensor([sum(beta**n for n in range(t + 1)) for t in range(e.numel())], dtype=torch.float64)
             eps_cum[(mode, name)] = cum
-            # Float rounding: u and u' are float32 sums, so allow a relative slack of 1e-5.
-            radius[(mode, name)] = cum * geo * (1 + 1e-5) + 1e-6
+            # Float rounding: u and u' are float32 sums, so allow a slack of 1e-5 relative + 1e-6 (none
+            # when eps = 0: nothing can flip then, and a slack would count potentials at u_th as in crisis).
+            radius[(mode, name)] = torch.where(cum > 0, cum * geo * (1 + 1e-5) + 1e-6, torch.zeros_like(cum))
 
         # Pass 2: flip counts.
         acc: dict[tuple[str, str, int], _Acc] = {}
@@ -766,6 +775,8 @@ def flip_summary(rows: list[FlipRow]) -> list[dict[str, Any]]:
             "min_first_flip_crisis_share": min(shares) if shares else None,
             "first_flips_outside": sum(r.first_flips_outside for r in rs),
             "max_atom_mass": max(r.atom_mass for r in rs),
+            "max_layer_flip_rate": max((r.layer_flip_rate for r in rs if r.layer_flip_rate is not None), default=None),
+            "min_bound_theorem35": min(r.bound_theorem35 for r in rs),
         })
     return out
 
@@ -807,10 +818,11 @@ def plot_flips(rows: list[FlipRow], path: str | Path, title: str = "") -> None:
             if mi == len(modes) - 1:
                 ax.set_xlabel("timestep t")
             ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=6, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             description=__doc__)
     f.add_argument("--checkpoint", required=True, metavar="FILE", help="a spikeprune .safetensors checkpoint")
     f.add_argument("--perturb", required=True, action="append", metavar="SPEC",
-                   help="prune:<mask file> | prune:<sparsity>[:magnitude|sf|random] | quantize:<bits> | "
+                   help="prune:<mask file> | prune:<sparsity>[:magnitude|sf|random] | quantize:<bits>[:mean|max|percentile] | "
                         "weight-noise:<sigma, relative to each weight tensor's std> | input-noise:<sigma>; "
                         "repeat to analyse several perturbations")
     f.add_argument("--mode", choices=("local", "end_to_end", "both"), default="both",
