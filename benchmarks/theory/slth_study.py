@@ -206,6 +206,7 @@ def report() -> None:
                         "k_equality": b["k_equality"], "ratio_proof_vs_success": b["ratio_proof_vs_success"],
                         "ratio_paper_vs_success": b["ratio_paper_vs_success"],
                         "ratio_proof_vs_equality": b["ratio_proof_vs_equality"],
+                        "k_equality_99": next((x["k"] for x in e["rows"] if x["output_equal_rate"] >= 0.99), None),
                         "equal_at_k_proof": e["rows"][-1]["output_equal_rate"],
                         "one_minus_delta_at_k_proof": e["rows"][-1]["theorem_1_minus_delta"],
                         "theorem_holds": all(x["output_equal_rate"] >= x["theorem_1_minus_delta"] for x in e["rows"]),
