@@ -684,22 +684,22 @@ def flip_analysis(
                 r34 = eps / (1.0 - lif.beta)
                 p_radius = eps if t == 0 else r34
 
-                def cached(cache, key, fn):
-                    if key not in cache:
-                        cache[key] = fn()
-                    return cache[key]
+                def p_sup(r: float) -> float:  # the same radius recurs across modes and in the refinement
+                    key = (name, t, r)
+                    if key not in p_sup_cache:
+                        p_sup_cache[key] = _p_sup(u_sample, lif.u_th, r, p_sup_method)
+                    return p_sup_cache[key]
 
-                p33 = cached(p_sup_cache, (name, t, eps), lambda: _p_sup(u_sample, lif.u_th, eps, p_sup_method))
-                p34 = cached(p_sup_cache, (name, t, r34), lambda: _p_sup(u_sample, lif.u_th, r34, p_sup_method))
+                p33, p34 = p_sup(eps), p_sup(r34)
                 b33, b34 = bound_lemma33(p33, eps), bound_lemma34(p34, eps, lif.beta)
                 bound = b33 if t == 0 else b34
                 cond = a.first / a.premise if a.premise else None
                 neurons = a.n // a.samples
-                atom = cached(atom_cache, (name, t, p_radius), lambda: _atom_mass(u_sample, lif.u_th, p_radius))
+                if (name, t, p_radius) not in atom_cache:
+                    atom_cache[(name, t, p_radius)] = _atom_mass(u_sample, lif.u_th, p_radius)
+                atom = atom_cache[(name, t, p_radius)]
                 e_sample = torch.cat([e[t] for e in errors[(mode, name)]]).double()
-                eps_ref, tail_ref, bound_ref = _refined_bound(
-                    e_sample, t, lif.beta,
-                    lambda r, _t=t: cached(p_sup_cache, (name, _t, r), lambda: _p_sup(u_sample, lif.u_th, r, p_sup_method)))
+                eps_ref, tail_ref, bound_ref = _refined_bound(e_sample, t, lif.beta, p_sup)
                 rows.append(FlipRow(
                     perturbation=label, mode=mode, layer=name, t=t + 1, neurons=neurons, samples=a.samples,
                     eps_t=float(eps_t[(mode, name)][t]), eps=eps, radius=float(radius[(mode, name)][t]),
@@ -829,8 +829,9 @@ def plot_flips(rows: list[FlipRow], path: str | Path, title: str = "") -> None:
 
 
 def plot_flip_summary(rows: list[FlipRow], path: str | Path) -> None:
-    """PNG: per mode, for every perturbation, the worst timestep's conditional flip rate (markers) and
-    the largest bound (dashes) per layer, on a log scale: does the bound hold everywhere, how tight."""
+    """PNG: per mode, for every perturbation, the worst timestep's conditional flip rate (dots) and
+    the largest bound (bars) per layer, on a log scale: does the bound hold everywhere, how tight.
+    Layers the perturbation did not change (eps = 0, e.g. input noise in local mode) are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -838,35 +839,40 @@ def plot_flip_summary(rows: list[FlipRow], path: str | Path) -> None:
 
     from .io import atomic_path
 
-    summary = flip_summary(rows)
+    summary = [s for s in flip_summary(rows) if s["eps"] > 0]
     if not summary:
-        raise ValueError("no flip rows to plot")
+        raise ValueError("no flip rows with a non-zero input error to plot")
     modes = [m for m in MODES if any(s["mode"] == m for s in summary)]
     perts = list(dict.fromkeys(s["perturbation"] for s in summary))
     layers = list(dict.fromkeys(s["layer"] for s in summary))
-    fig, axes = plt.subplots(1, len(modes), figsize=(1.2 + 1.6 * len(layers) * len(modes), 3.8), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, len(modes), figsize=(1.5 + 2.2 * len(layers) * len(modes), 4.4), squeeze=False,
+                             sharey=True)
     floor = 1e-7
+    width = 0.8 / max(len(perts), 1)
     for ax, mode in zip(axes[0], modes):
         for pi, pert in enumerate(perts):
             pts = {s["layer"]: s for s in summary if s["mode"] == mode and s["perturbation"] == pert}
-            xs = [li + (pi - (len(perts) - 1) / 2) * 0.8 / max(len(perts), 1) for li, l in enumerate(layers) if l in pts]
             ls = [l for l in layers if l in pts]
-            color = f"C{pi % 10}"
-            ax.scatter(xs, [max(pts[l]["max_cond_flip_rate"] or 0.0, floor) for l in ls], color=color, marker="o",
-                       s=18, label=pert, zorder=3)
-            ax.scatter(xs, [max(pts[l]["max_bound"], floor) for l in ls], color=color, marker="_", s=120, zorder=2)
-            for x, l in zip(xs, ls):
-                ax.plot([x, x], [max(pts[l]["max_cond_flip_rate"] or 0.0, floor), max(pts[l]["max_bound"], floor)],
-                        color=color, lw=0.6, alpha=0.5)
+            xs = [layers.index(l) + (pi - (len(perts) - 1) / 2) * width for l in ls]
+            color = cmap(pi % 20)
+            rate = [max(pts[l]["max_cond_flip_rate"] or 0.0, floor) for l in ls]
+            bound = [max(pts[l]["max_bound"], floor) for l in ls]
+            ax.scatter(xs, rate, color=color, marker="o", s=16, label=pert, zorder=3)
+            ax.scatter(xs, bound, color=color, marker="_", s=90, zorder=2)
+            for x, r, b in zip(xs, rate, bound):
+                ax.plot([x, x], [r, b], color=color, lw=0.7, alpha=0.6)
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_yscale("log")
         ax.set_xticks(range(len(layers)))
-        ax.set_xticklabels(layers, rotation=20, fontsize=7)
-        ax.set_title(f"{mode}: flip rate | no earlier flip (o) vs bound (-), worst timestep", fontsize=8)
-        ax.grid(True, which="both", axis="y", alpha=0.3)
+        ax.set_xticklabels(layers, fontsize=8)
+        ax.set_title(f"{mode}: flip rate | no earlier flip (dot) vs bound (bar), worst timestep", fontsize=8)
+        ax.grid(True, which="major", axis="y", alpha=0.3)
     axes[0][0].set_ylabel("probability")
-    axes[0][-1].legend(fontsize=6, loc="lower right", ncol=2)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(perts)), fontsize=7, frameon=False)
+    rows_of_legend = -(-len(perts) // 6)
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
