@@ -8,6 +8,8 @@ from .calibration import calibrate
 from .masks import Mask, enforce
 from .neuron import LIF, lif_multistep, record_statistics
 from .pruning import prune
+from .firing import crisis_probability, density_sup, flip_analysis
+from .slth import construct, verify as verify_ticket
 
 __all__ = [
     "BatchLoader",
@@ -15,6 +17,10 @@ __all__ = [
     "LIF",
     "Mask",
     "calibrate",
+    "construct",
+    "crisis_probability",
+    "density_sup",
+    "flip_analysis",
     "enforce",
     "prune",
     "create_model",
@@ -24,4 +30,5 @@ __all__ = [
     "load_dataset",
     "record_statistics",
     "register_model",
+    "verify_ticket",
 ]

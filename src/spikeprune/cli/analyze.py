@@ -1,0 +1,106 @@
+"""``spikeprune analyze flips``: which spikes a compression flips, against LTH-SNN's bounds (§3).
+
+Runs a checkpoint (reference) and perturbed copies of it on the same test inputs and writes, per
+spiking layer and timestep: the input-feature error eps, flip rates, the share of flips inside the
+crisis neighbourhood and the bounds of Lemma 3.3 / 3.4 / Theorem 3.5 (docs/theory.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from .args import add_run_arguments
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="analyses of a trained SNN (spike flips vs LTH-SNN bounds)",
+                       description=__doc__)
+    analyses = p.add_subparsers(dest="analysis", metavar="<analysis>", parser_class=type(p))
+    analyses.required = True
+    f = analyses.add_parser("flips", help="spike flips caused by pruning / quantization / noise vs the bounds",
+                            description=__doc__)
+    f.add_argument("--checkpoint", required=True, metavar="FILE", help="a spikeprune .safetensors checkpoint")
+    f.add_argument("--perturb", required=True, action="append", metavar="SPEC",
+                   help="prune:<mask file> | prune:<sparsity>[:magnitude|sf|random] | quantize:<bits>[:mean|max|percentile] | "
+                        "weight-noise:<sigma, relative to each weight tensor's std> | input-noise:<sigma>; "
+                        "repeat to analyse several perturbations")
+    f.add_argument("--mode", choices=("local", "end_to_end", "both"), default="both",
+                   help="local: every layer fed the reference spikes (the lemmas' setting); end_to_end: errors "
+                        "propagate (default: both)")
+    f.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
+    f.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
+    f.add_argument("--samples", type=int, default=512, metavar="N", help="test samples analysed (default: 512)")
+    f.add_argument("--batch-size", type=int, default=128, metavar="N", help="default: 128")
+    f.add_argument("--p-sup", choices=("kde", "gaussian", "empirical"), default="kde",
+                   help="estimator of p_sup, the density of u near u_th (default: kde)")
+    f.add_argument("--calibration-batches", type=int, default=8, metavar="N",
+                   help="training batches for the SF criterion's statistics (default: 8)")
+    f.add_argument("--seed", type=int, default=0, metavar="N", help="seed of noise and random pruning (default: 0)")
+    add_run_arguments(f, out_default=None, resume=False)
+    f.set_defaults(func=run_flips)
+
+
+def run_flips(args: argparse.Namespace) -> int:
+    from ..data import BatchLoader, load_dataset
+    from ..firing import (apply_perturbation, flip_analysis, flip_rows_csv, flip_summary, parse_perturbation,
+                          plot_flip_summary, plot_flips)
+    from ..io import check_writable_dir, write_json, write_text
+    from ..train import load_model
+
+    for name in ("samples", "batch_size", "calibration_batches"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    perturbations = [parse_perturbation(s) for s in args.perturb]  # fail on a typo before any work
+    out = check_writable_dir(args.out)
+    model, meta = load_model(args.checkpoint)
+    trained_on = meta.get("config", {})
+    dataset = load_dataset(args.dataset or trained_on.get("dataset", "digits"), args.data_dir)
+    config = model.spikeprune_config
+    if (dataset.in_channels, list(dataset.image_size)) != (config["in_channels"], config["image_size"]):
+        raise ValueError(f"{args.checkpoint} expects {config['in_channels']}x{config['image_size']} inputs; "
+                         f"{dataset.name} has {dataset.in_channels}x{list(dataset.image_size)}")
+    encoding = trained_on.get("encoding", "direct")
+    test = BatchLoader(dataset, "test", args.batch_size, shuffle=False, seed=args.seed, encoding=encoding,
+                       timesteps=config["T"], limit=args.samples)
+    calibration = BatchLoader(dataset, "train", args.batch_size, shuffle=True, seed=args.seed, encoding=encoding,
+                              timesteps=config["T"], augment=False)
+    modes = ["local", "end_to_end"] if args.mode == "both" else [args.mode]
+    rows = []
+    for p in perturbations:
+        perturbed, input_fn = apply_perturbation(
+            model, p, seed=args.seed,
+            calibration=_first_batches(calibration, args.calibration_batches) if p.criterion == "sf" else None)
+        got = flip_analysis(model, perturbed, test, modes=modes, input_fn=input_fn, p_sup_method=args.p_sup,
+                            label=p.label)
+        rows += got
+        plot_flips(got, out / f"flips-{_slug(p.label)}.png", f"{Path(args.checkpoint).name}: {p.label}")
+    summary = flip_summary(rows)
+    write_text(out / "flips.csv", flip_rows_csv(rows))
+    write_json(out / "flips.json", {
+        "checkpoint": str(args.checkpoint), "dataset": dataset.name, "samples": test.num_samples,
+        "modes": modes, "p_sup_estimator": args.p_sup, "seed": args.seed,
+        "perturbations": [p.label for p in perturbations], "summary": summary,
+        "rows": [r.as_dict() for r in rows]})
+    plot_flip_summary(rows, out / "flips.png")
+    print(f"{'perturbation':<22} {'mode':<11} {'layer':<16} {'eps':>8} {'flip|premise':>12} {'bound':>9} holds")
+    for s in summary:
+        cond = "-" if s["max_cond_flip_rate"] is None else f"{s['max_cond_flip_rate']:.2e}"
+        print(f"{s['perturbation']:<22} {s['mode']:<11} {s['layer']:<16} {s['eps']:>8.3g} {cond:>12} "
+              f"{s['max_bound']:>9.3g} {'yes' if s['holds'] else 'NO'}")
+    print(f"results: {out}/flips.csv, flips.json, flips.png")
+    return 0
+
+
+def _first_batches(loader, n: int) -> list:
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) >= n:
+            break
+    return batches
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
