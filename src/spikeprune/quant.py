@@ -55,6 +55,7 @@ __all__ = [
     "quantize_weight",
     "quantized_layers",
     "quantize_membranes",
+    "reestimate_batchnorm",
     "unfreeze",
     "utilisation_report",
     "weight_codes",
@@ -316,6 +317,42 @@ def unfreeze(model: nn.Module) -> None:
     """Let gamma follow the weights again (ReScaW during training)."""
     for layer in quantized_layers(model).values():
         layer.frozen = False
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: Iterable[Any], num_batches: int | None = None) -> int:
+    """Recompute every BatchNorm's running mean and variance from ``batches`` (no weight changes).
+
+    Quantizing the weights (ReScaW clips every |W| above gamma = mean|W|) or removing channels changes
+    the distribution each BatchNorm sees, and the running statistics from training no longer fit: on a
+    trained Fashion-MNIST convnet, 4-bit mean|W| quantization alone drops accuracy from 90.7 % to 30 %,
+    and re-estimating the statistics on 16 training batches brings it back to 81 % (no training).
+    Runs the model in train mode without gradients; the statistics become the plain average over
+    the batches (momentum None). Returns the number of batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    was_training = model.training
+    model.train()
+    seen = 0
+    try:
+        for batch in batches:
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            seen += 1
+            if num_batches is not None and seen >= num_batches:
+                break
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("BatchNorm re-estimation needs at least one batch; the data was empty")
+    return seen
 
 
 # ---------------------------------------------------------------------------------------------
