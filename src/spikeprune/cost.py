@@ -213,6 +213,9 @@ def cost_report(
     for label, value in (("e_mac_pj", e_mac_pj), ("e_ac_pj", e_ac_pj)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or not math.isfinite(value):
             raise ValueError(f"{label} must be a finite number >= 0; got {value!r}")
+    for name, b in (bits.items() if isinstance(bits, Mapping) else [("all layers", bits)]):
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32):
+            raise ValueError(f"bits for {name} must be an integer in [1, 32]; got {b!r}")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, _LAYERS) and getattr(m, "weight", None) is not None}
     if not layers:
         raise ValueError(f"{type(model).__name__} has no conv or linear layer to cost")
