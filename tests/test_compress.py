@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,17 @@ def test_compress_smoke_resume_and_cost(capsys, tmp_path, dense_checkpoint, orde
     code, _, err = run_cli(capsys, *argv, "--resume")
     assert code == 0, err
     assert json.loads((out / "metrics.json").read_text()) == m
+    # a run killed during fine-tuning continues from the pruned model and ends with the same weights
+    from safetensors.torch import load_file
+
+    first = load_file(str(out / "model.safetensors"))
+    for name in ("metrics.json", "model.safetensors", "cost.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "finetune")
+    code, _, err = run_cli(capsys, *argv, "--resume")
+    assert code == 0, err
+    again = load_file(str(out / "model.safetensors"))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
     # the cost command on the result
     code, stdout, err = run_cli(capsys, "cost", "--checkpoint", out / "model.safetensors", "--batches", "1",
                                 "--latency-repeats", "1", "--out", tmp_path / "cost")

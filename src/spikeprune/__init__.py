@@ -8,6 +8,9 @@ from .calibration import calibrate
 from .masks import Mask, enforce
 from .neuron import LIF, lif_multistep, record_statistics
 from .pruning import prune
+from .quant import quantize_model
+from .structured import prune_channels
+from .cost import cost_report
 
 __all__ = [
     "BatchLoader",
@@ -17,6 +20,9 @@ __all__ = [
     "calibrate",
     "enforce",
     "prune",
+    "prune_channels",
+    "quantize_model",
+    "cost_report",
     "create_model",
     "lif_multistep",
     "list_datasets",
