@@ -123,10 +123,10 @@ def plots(dense, rows):
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     bits_list = [8, 4, 2]
     for j, (scale, label) in enumerate((("max", "vanilla max|W|"), ("mean", "ReScaW mean|W|"))):
-        acc = [next((100 * r["qat_accuracy"] for r in rows if r["bits"] == b and r["scale"] == scale
-                     and r["sparsity"] == 0 and r["tag"] in ("grid", "vanilla")), float("nan")) for b in bits_list]
-        util = [next((100 * r["qat_util_effective"] for r in rows if r["bits"] == b and r["scale"] == scale
-                      and r["qat_util_effective"] is not None), float("nan")) for b in bits_list]
+        same = [r for r in rows if r["scale"] == scale and r["order"] == "quantize-first" and not r["membrane_bits"]
+                and r["qat_accuracy"] is not None and r["qat_util_effective"] is not None]
+        acc = [next((100 * r["qat_accuracy"] for r in same if r["bits"] == b), float("nan")) for b in bits_list]
+        util = [next((100 * r["qat_util_effective"] for r in same if r["bits"] == b), float("nan")) for b in bits_list]
         xs = [i + (j - 0.5) * 0.35 for i in range(3)]
         ax[0].bar(xs, acc, 0.35, label=label)
         ax[1].bar(xs, util, 0.35, label=label)

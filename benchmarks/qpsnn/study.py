@@ -53,22 +53,23 @@ def cell(bits, sparsity, criterion="svs", scale="mean", order="quantize-first", 
 
 
 def plan() -> list[dict]:
-    cells = []
-    for bits in (4, 8, 2):  # the main grid: ReScaW + SVS, QP-SNN order; the target cell first
-        for s in (0.5, 0.3, 0.7, 0.0):
-            cells.append(cell(bits, s))
-    for crit in ("l1", "sf"):  # channel criteria at 4 bits
-        for s in (0.5, 0.3, 0.7):
-            cells.append(cell(4, s, crit, tag="criteria"))
-    for bits in (4, 8, 2):  # vanilla (max|W|) scale vs ReScaW
-        for s in (0.0, 0.5):
-            cells.append(cell(bits, s, scale="max", tag="vanilla"))
+    """All cells, most important first (a study cut short still answers the main questions)."""
+    cells = [cell(4, 0.5)]  # the target: 4-bit ReScaW + 50 % of channels removed by SVS
+    cells += [cell(4, 0.5, "l1", tag="criteria"), cell(4, 0.5, "sf", tag="criteria")]
+    for bits in (4, 8, 2):  # vanilla vs ReScaW: accuracy and utilisation right after QAT (no fine-tuning)
+        for scale in ("mean", "max"):
+            cells.append(cell(bits, 0.0, scale=scale, ft_epochs=0, tag="qat-only"))
+    cells += [cell(4, s) for s in (0.3, 0.7, 0.0)]  # the main grid: ReScaW + SVS, QP-SNN order
+    cells += [cell(8, s) for s in (0.5, 0.3, 0.7, 0.0)]
+    cells += [cell(2, s) for s in (0.5, 0.3, 0.7, 0.0)]
+    cells += [cell(4, s, crit, tag="criteria") for crit in ("l1", "sf") for s in (0.3, 0.7)]
+    cells.append(cell(4, 0.5, scale="max", tag="vanilla"))
     cells.append(cell(32, 0.5, tag="fp32-prune"))  # channel pruning alone, float weights
     cells.append(cell(4, 0.5, order="prune-first", tag="order"))
-    for crit in ("bn", "membrane", "random"):
-        cells.append(cell(4, 0.5, crit, tag="criteria"))
-    cells.append(cell(4, 0.5, membrane_bits=8, tag="membrane"))
     cells.append(cell(4, 0.5, ft_epochs=3, tag="longer-ft"))
+    cells += [cell(4, 0.5, crit, tag="criteria") for crit in ("bn", "membrane", "random")]
+    cells.append(cell(4, 0.5, membrane_bits=8, tag="membrane"))
+    cells += [cell(8, 0.5, scale="max", tag="vanilla"), cell(2, 0.5, scale="max", tag="vanilla")]
     return cells
 
 
@@ -130,7 +131,7 @@ class Study:
 
     def run_cell(self, c) -> dict:
         tick = time.perf_counter()
-        ft_epochs = c["ft_epochs"] or self.args.ft_epochs
+        ft_epochs = self.args.ft_epochs if c["ft_epochs"] is None else c["ft_epochs"]
         cell_dir = self.out / "cells" / c["id"]
         calib = self.calib
         if c["order"] == "quantize-first":
@@ -148,9 +149,10 @@ class Study:
             history = {}
         pruned_acc = evaluate(model, self.test)["accuracy"]
         log(f"{c['id']}: removed channels, accuracy before fine-tuning {pruned_acc:.4f}")
-        result = fit(train_cfg(ft_epochs, self.args.lr), cell_dir / "finetune", resume=True, dataset=self.dataset,
-                     model=model, progress=False, log=log)
-        model = result.model
+        if ft_epochs > 0:
+            result = fit(train_cfg(ft_epochs, self.args.lr), cell_dir / "finetune", resume=True,
+                         dataset=self.dataset, model=model, progress=False, log=log)
+            model = result.model
         if c["order"] != "quantize-first":
             model = self.quantized(model, c)
             result = fit(train_cfg(self.args.qat_epochs, self.args.lr), cell_dir / "qat", resume=True,
