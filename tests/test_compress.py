@@ -137,3 +137,11 @@ def test_cost_bad_input(capsys, tmp_path, dense_checkpoint):
     Mask.ones(sp.create_model("mlp", 10, 1, 2, 0.25, image_size=8)).save(tmp_path / "mask.safetensors")
     assert_user_error(capsys, ["cost", "--checkpoint", dense_checkpoint, "--mask", tmp_path / "mask.safetensors",
                                "--latency-repeats", "0"], "mask entry")
+
+
+def test_compress_preset_loads():
+    from spikeprune.compress import CompressConfig
+    from spikeprune.config import from_mapping, load_yaml
+
+    cfg = from_mapping(CompressConfig, load_yaml(Path(__file__).parent.parent / "configs" / "qpsnn_fashion_mnist.yaml"))
+    assert (cfg.bits, cfg.channel_sparsity, cfg.criterion) == (4, 0.5, "svs")
