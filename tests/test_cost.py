@@ -154,3 +154,27 @@ def test_latency_is_measured():
 def test_bad_energy_constants():
     with pytest.raises(ValueError, match="e_mac_pj"):
         cost_report(Tiny(), [tiny_input()], e_mac_pj=-1.0)
+
+
+def test_measured_sops_equal_spikingjelly_synops_on_dense_and_fall_below_them_when_masked():
+    """SpikingJelly's SynOpCounter is the independent reference for the exact count on a dense model;
+    it counts every synapse of a firing input, so it does not fall when weights are pruned."""
+    op_counter = pytest.importorskip("spikingjelly.activation_based.op_counter")
+    torch.manual_seed(0)
+    model = sp.create_model("convnet", 10, 1, 2, 0.25, image_size=8).eval()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.bias.fill_(0.7)
+    x = torch.randn(16, 1, 8, 8)
+
+    def synops():
+        counter = op_counter.SynOpCounter()
+        with torch.no_grad(), op_counter.DispatchCounterMode([counter]):
+            model(x)
+        return counter.get_total() / 16  # per sample
+
+    dense = cost_report(model, [x]).totals
+    assert dense["sops_measured"] == synops() > 0
+    sp.prune(model, "magnitude", 0.6)
+    sparse = cost_report(model, [x]).totals
+    assert sparse["sops_measured"] < 0.7 * synops()
