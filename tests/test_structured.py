@@ -197,3 +197,14 @@ def test_prune_channels_on_a_quantized_model_keeps_it_quantized():
     assert model(data[0]).shape == (2, 8, 10)
     model.train()
     model(data[0]).sum().backward()
+
+
+def test_history_replays_on_a_fresh_model():
+    """Torch-Pruning's lesson: a pruned model is (original model, history of (layer, channels))."""
+    data = [torch.randn(8, 1, 16, 16)]
+    model = tiny("resnet19", size=16)
+    fresh = tiny("resnet19", size=16)
+    history = st.prune_channels(model, 0.4, criterion="l1", scope="global")
+    st.replay(fresh, [history])
+    assert fresh.spikeprune_config == model.spikeprune_config
+    assert torch.equal(fresh.eval()(data[0]), model.eval()(data[0]))
