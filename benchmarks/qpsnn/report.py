@@ -30,9 +30,7 @@ COLUMNS = ["id", "tag", "bits", "scale", "sparsity", "criterion", "order", "memb
 def load(results: Path) -> tuple[dict, list[dict]]:
     dense = json.loads((results / "dense.json").read_text()) if (results / "dense.json").exists() else {}
     rows = []
-    for p in sorted(results.glob("*.json")):
-        if p.name in ("dense.json", "latency.json"):
-            continue
+    for p in sorted(results.glob("b*.json")):  # cells are named b<bits>-...
         r = json.loads(p.read_text())
         u, qu = r.get("utilisation") or {}, r.get("qat_utilisation") or {}
         r["util_levels"], r["util_effective"] = u.get("utilisation"), u.get("effective_utilisation")
