@@ -6,12 +6,16 @@ inside a cell resume from their last epoch (``train.fit``).
     OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/qpsnn/study.py > runs/qpsnn/study.log 2>&1 &
     .venv/bin/python benchmarks/qpsnn/study.py --list          # the cells, in the order they run
 
-Every cell starts from the same dense checkpoint (``--dense``: width 1.0, T = 4, 10 epochs, seed 0).
-QP-SNN order (default): QAT for ``--qat-epochs`` (shared by all cells with the same scale and bits)
--> channel scores on 8 training batches -> physical removal -> fine-tuning ``--ft-epochs`` at the same
-bit-width. Recorded per cell: accuracy after QAT, right after removal, and after fine-tuning;
-bit-width utilisation; size, FLOPs, SOPs, energy (spikeprune.cost on 4 test batches); latency of the
-compressed and of the dense model, measured alternately in the same process (batch 256, 1 thread).
+Every cell starts from the same dense checkpoint (``--dense``: the shared convnet run, width 1.0, T = 4,
+seed 0, copied after its 7th of 10 epochs because the machine was too loaded to wait; see RESULTS.md).
+QP-SNN order (default): quantize + BatchNorm re-estimation -> QAT for ``--qat-epochs`` (shared by all
+cells with the same scale and bits) -> channel scores on 16 training batches of 128 -> physical removal
++ BatchNorm re-estimation -> fine-tuning ``--ft-epochs`` at the same bit-width. An "epoch" is
+``--train-limit`` (20000) training images, lr ``--lr`` (0.01, SGD as in training). Float controls
+(bits 32) get the same number of epochs. Recorded per cell: accuracy after QAT and right after removal
+(first 2000 test images), final accuracy (all 10000); bit-width utilisation; size, FLOPs, SOPs,
+energy (spikeprune.cost on 4 test batches of 256); latency of the compressed and the dense model,
+measured alternately in the same process (batch 256, 1 thread).
 """
 
 from __future__ import annotations
@@ -53,8 +57,14 @@ def cell(bits, sparsity, criterion="svs", scale="mean", order="quantize-first", 
 
 
 def plan() -> list[dict]:
-    """All cells, most important first (a study cut short still answers the main questions)."""
+    """All cells, most important first (a study cut short still answers the main questions).
+
+    Quantized cells get qat_epochs + ft_epochs of training after the dense checkpoint; the float
+    controls (bits 32) get the same number of epochs, all as fine-tuning, so every accuracy is compared
+    with a dense model trained exactly as long (``b32-mean-s00-svs-ft2``).
+    """
     cells = [cell(4, 0.5)]  # the target: 4-bit ReScaW + 50 % of channels removed by SVS
+    cells.append(cell(32, 0.0, ft_epochs=2, tag="dense-control"))  # dense fp32, trained as long
     cells += [cell(4, 0.5, "l1", tag="criteria"), cell(4, 0.5, "sf", tag="criteria")]
     for bits in (4, 8, 2):  # vanilla vs ReScaW: accuracy and utilisation right after QAT (no fine-tuning)
         for scale in ("mean", "max"):
@@ -63,9 +73,9 @@ def plan() -> list[dict]:
     cells += [cell(8, s) for s in (0.5, 0.3, 0.7, 0.0)]
     cells += [cell(2, s) for s in (0.5, 0.3, 0.7, 0.0)]
     cells += [cell(4, s, crit, tag="criteria") for crit in ("l1", "sf") for s in (0.3, 0.7)]
-    cells.append(cell(4, 0.5, scale="max", tag="vanilla"))
-    cells.append(cell(32, 0.5, tag="fp32-prune"))  # channel pruning alone, float weights
+    cells.append(cell(32, 0.5, ft_epochs=2, tag="fp32-prune"))  # channel pruning alone, float weights
     cells.append(cell(4, 0.5, order="prune-first", tag="order"))
+    cells.append(cell(4, 0.5, scale="max", tag="vanilla"))
     cells.append(cell(4, 0.5, ft_epochs=3, tag="longer-ft"))
     cells += [cell(4, 0.5, crit, tag="criteria") for crit in ("bn", "membrane", "random")]
     cells.append(cell(4, 0.5, membrane_bits=8, tag="membrane"))
@@ -74,11 +84,13 @@ def plan() -> list[dict]:
 
 
 LIMIT: int | None = None  # --limit: a smoke test on the first N train/test images
+TRAIN_LIMIT: int | None = None  # --train-limit: images per training epoch
+MONITOR = 2000  # test images for the per-epoch and right-after-removal accuracies (final: all 10k)
 
 
 def train_cfg(epochs: int, lr: float) -> TrainConfig:
     return TrainConfig(model="convnet", dataset="fashion_mnist", width=1.0, timesteps=4, epochs=epochs, lr=lr,
-                       train_limit=LIMIT, test_limit=LIMIT)
+                       train_limit=LIMIT or TRAIN_LIMIT, test_limit=LIMIT or MONITOR)
 
 
 def log(msg: str) -> None:
@@ -95,6 +107,8 @@ class Study:
         self.calib = [b for _, b in zip(range(16), BatchLoader(self.dataset, "train", 128, shuffle=True, seed=0,
                                                                  timesteps=4, augment=False))]
         self.test = BatchLoader(self.dataset, "test", 256, shuffle=False, seed=0, timesteps=4, limit=LIMIT)
+        self.monitor = BatchLoader(self.dataset, "test", 256, shuffle=False, seed=0, timesteps=4,
+                                   limit=LIMIT or MONITOR)
         self.cost_batches = [b for _, b in zip(range(4), self.test)]
         self.example = self.calib[0][0]
         info = self.results / "dense.json"
@@ -147,7 +161,7 @@ class Study:
             reestimate_batchnorm(model, calib)
         else:
             history = {}
-        pruned_acc = evaluate(model, self.test)["accuracy"]
+        pruned_acc = evaluate(model, self.monitor)["accuracy"]  # first 2000 test images
         log(f"{c['id']}: removed channels, accuracy before fine-tuning {pruned_acc:.4f}")
         if ft_epochs > 0:
             result = fit(train_cfg(ft_epochs, self.args.lr), cell_dir / "finetune", resume=True,
@@ -170,7 +184,8 @@ class Study:
             comp_ms.append(measure_latency(model, x, repeats=3)["median_ms"])
         t, d = rep.totals, self.dense_info
         return {
-            **c, "ft_epochs": ft_epochs, "qat_epochs": self.args.qat_epochs, "lr": self.args.lr,
+            **c, "ft_epochs": ft_epochs, "qat_epochs": self.args.qat_epochs if c["bits"] < 32 else 0,
+            "lr": self.args.lr, "train_limit": TRAIN_LIMIT, "monitor_test_images": MONITOR,
             "dense_accuracy": d["test_accuracy"], "qat_accuracy": qinfo["test_accuracy"],
             "pruned_accuracy": pruned_acc, "test_accuracy": ev["accuracy"],
             "accuracy_drop_pts": 100 * (d["test_accuracy"] - ev["accuracy"]), "firing_rate": ev["firing_rate"],
@@ -189,7 +204,9 @@ class Study:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dense", default="/work/runs/fmnist_convnet_v1/checkpoint.safetensors")
+    p.add_argument("--dense", default=str(ROOT / "runs" / "qpsnn" / "dense_e7" / "checkpoint.safetensors"),
+                   help="dense checkpoint (default: a copy of the shared run after epoch 7, see RESULTS.md)")
+    p.add_argument("--train-limit", type=int, default=20000, help="images per QAT / fine-tuning epoch")
     p.add_argument("--out", default=str(ROOT / "runs" / "qpsnn"))
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "qpsnn" / "results"))
     p.add_argument("--qat-epochs", type=int, default=1)
@@ -199,8 +216,8 @@ def main() -> int:
     p.add_argument("--list", action="store_true")
     p.add_argument("--limit", type=int, help="smoke test: only the first N train and test images")
     args = p.parse_args()
-    global LIMIT
-    LIMIT = args.limit
+    global LIMIT, TRAIN_LIMIT
+    LIMIT, TRAIN_LIMIT = args.limit, args.train_limit
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cells = plan()
     if args.only:
