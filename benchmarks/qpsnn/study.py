@@ -61,11 +61,12 @@ def plan() -> list[dict]:
 
     Quantized cells get qat_epochs + ft_epochs of training after the dense checkpoint; the float
     controls (bits 32) get the same number of epochs, all as fine-tuning, so every accuracy is compared
-    with a dense model trained exactly as long (``b32-mean-s00-svs-ft2``).
+    with a dense model trained exactly as long (``b32-mean-s00-svs-ft4``).
     """
     cells = [cell(4, 0.5)]  # the target: 4-bit ReScaW + 50 % of channels removed by SVS
-    cells.append(cell(32, 0.0, ft_epochs=2, tag="dense-control"))  # dense fp32, trained as long
+    cells.append(cell(32, 0.0, ft_epochs=4, tag="dense-control"))  # dense fp32, trained as long
     cells += [cell(4, 0.5, "l1", tag="criteria"), cell(4, 0.5, "sf", tag="criteria")]
+    cells.append(cell(4, 0.5, ft_epochs=10, tag="longer-ft"))
     for bits in (4, 8, 2):  # vanilla vs ReScaW: accuracy and utilisation right after QAT (no fine-tuning)
         for scale in ("mean", "max"):
             cells.append(cell(bits, 0.0, scale=scale, ft_epochs=0, tag="qat-only"))
@@ -73,10 +74,9 @@ def plan() -> list[dict]:
     cells += [cell(8, s) for s in (0.5, 0.3, 0.7, 0.0)]
     cells += [cell(2, s) for s in (0.5, 0.3, 0.7, 0.0)]
     cells += [cell(4, s, crit, tag="criteria") for crit in ("l1", "sf") for s in (0.3, 0.7)]
-    cells.append(cell(32, 0.5, ft_epochs=2, tag="fp32-prune"))  # channel pruning alone, float weights
+    cells.append(cell(32, 0.5, ft_epochs=4, tag="fp32-prune"))  # channel pruning alone, float weights
     cells.append(cell(4, 0.5, order="prune-first", tag="order"))
     cells.append(cell(4, 0.5, scale="max", tag="vanilla"))
-    cells.append(cell(4, 0.5, ft_epochs=3, tag="longer-ft"))
     cells += [cell(4, 0.5, crit, tag="criteria") for crit in ("bn", "membrane", "random")]
     cells.append(cell(4, 0.5, membrane_bits=8, tag="membrane"))
     cells += [cell(8, 0.5, scale="max", tag="vanilla"), cell(2, 0.5, scale="max", tag="vanilla")]
@@ -210,7 +210,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "qpsnn"))
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "qpsnn" / "results"))
     p.add_argument("--qat-epochs", type=int, default=1)
-    p.add_argument("--ft-epochs", type=int, default=1)
+    p.add_argument("--ft-epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--only", nargs="*", help="cell ids or tags to run")
     p.add_argument("--list", action="store_true")
