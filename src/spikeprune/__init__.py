@@ -10,6 +10,9 @@ from .neuron import LIF, lif_multistep, record_statistics
 from .pruning import prune
 from .firing import crisis_probability, density_sup, flip_analysis
 from .slth import construct, verify as verify_ticket
+from .quant import quantize_model
+from .structured import prune_channels
+from .cost import cost_report
 
 __all__ = [
     "BatchLoader",
@@ -23,6 +26,9 @@ __all__ = [
     "flip_analysis",
     "enforce",
     "prune",
+    "prune_channels",
+    "quantize_model",
+    "cost_report",
     "create_model",
     "lif_multistep",
     "list_datasets",

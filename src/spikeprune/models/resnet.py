@@ -10,6 +10,7 @@ added *before* the block's output neuron. With ``tdbn=True`` every BatchNorm is 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -29,11 +30,13 @@ def _bn_factory(tdbn: bool, u_th: float):
 class SpikingBasicBlock(nn.Module):
     """conv-BN-LIF -> conv-BN, plus shortcut, then LIF. ``[T, B, C, H, W]`` -> ``[T, B, C', H', W']``."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, neuron: NeuronFactory, bn) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, neuron: NeuronFactory, bn,
+                 mid_channels: int | None = None) -> None:
         super().__init__()
         half = 1 / math.sqrt(2)  # tdBN: both branches meeting in the add get alpha = 1/sqrt(2)
-        self.conv1 = ConvBNLIF(in_channels, out_channels, neuron, stride=stride, bn=bn(out_channels))
-        self.conv2 = ConvBN(out_channels, out_channels, bn=bn(out_channels, half))
+        mid = out_channels if mid_channels is None else mid_channels
+        self.conv1 = ConvBNLIF(in_channels, mid, neuron, stride=stride, bn=bn(mid))
+        self.conv2 = ConvBN(mid, out_channels, bn=bn(out_channels, half))
         self.shortcut: nn.Module
         if stride != 1 or in_channels != out_channels:
             self.shortcut = ConvBN(in_channels, out_channels, kernel_size=1, stride=stride, padding=0,
@@ -47,21 +50,24 @@ class SpikingBasicBlock(nn.Module):
 
 
 class SpikingResNet(nn.Module):
-    def __init__(self, stages, in_channels, num_classes, T, width, neuron, tdbn: bool, u_th: float):
+    def __init__(self, stages, in_channels, num_classes, T, width, neuron, tdbn: bool, u_th: float,
+                 stem: int = 128, block_channels: Sequence[int] | None = None, hidden: int = 256):
         super().__init__()
         self.T = T
         bn = _bn_factory(tdbn, u_th)
-        stem = scaled(128, width)
+        stem = scaled(stem, width)
         self.conv1 = ConvBNLIF(in_channels, stem, neuron, bn=bn(stem))
         blocks: list[nn.Module] = []
         channels = stem
+        mids = iter(block_channels) if block_channels is not None else None
         for base, count, stride in stages:
             out = scaled(base, width)
             for i in range(count):
-                blocks.append(SpikingBasicBlock(channels, out, stride if i == 0 else 1, neuron, bn))
+                mid = scaled(int(next(mids)), width) if mids is not None else None
+                blocks.append(SpikingBasicBlock(channels, out, stride if i == 0 else 1, neuron, bn, mid))
                 channels = out
         self.layers = nn.Sequential(*blocks)
-        hidden = scaled(256, width)
+        hidden = scaled(hidden, width)
         self.fc1 = nn.Linear(channels, hidden)
         self.lif_fc = neuron()
         self.classifier = nn.Linear(hidden, num_classes)
@@ -74,8 +80,24 @@ class SpikingResNet(nn.Module):
 
 
 @register_model
-def resnet19(num_classes, in_channels, T, width, image_size, neuron, tdbn: bool = False) -> nn.Module:
-    """Res-SNN-19; ``tdbn=True`` uses threshold-dependent BatchNorm (scale from the LIF threshold)."""
+def resnet19(num_classes, in_channels, T, width, image_size, neuron, tdbn: bool = False,
+             stage_channels: Sequence[int] | None = None, block_channels: Sequence[int] | None = None,
+             hidden: int = 256) -> nn.Module:
+    """Res-SNN-19; ``tdbn=True`` uses threshold-dependent BatchNorm (scale from the LIF threshold).
+
+    Channel options (how a channel-pruned ResNet is rebuilt; all scaled by ``width``):
+    ``stage_channels`` = the 3 stage widths (stage 1 shares its width with the stem through the
+    identity shortcuts), ``block_channels`` = the inner width (conv1 output) of each of the 8 blocks,
+    ``hidden`` = the width of the FC layer before the classifier.
+    """
     u_th = getattr(neuron(), "u_th", 1.0)
-    return SpikingResNet([(128, 3, 1), (256, 3, 2), (512, 2, 2)], in_channels, num_classes, T, width,
-                         neuron, bool(tdbn), float(u_th))
+    stages = [(128, 3, 1), (256, 3, 2), (512, 2, 2)]
+    if stage_channels is not None:
+        if len(stage_channels) != len(stages):
+            raise ValueError(f"resnet19 stage_channels needs {len(stages)} entries; got {len(stage_channels)}")
+        stages = [(int(c), n, s) for c, (_, n, s) in zip(stage_channels, stages)]
+    if block_channels is not None and len(block_channels) != sum(n for _, n, _ in stages):
+        raise ValueError(f"resnet19 block_channels needs {sum(n for _, n, _ in stages)} entries; "
+                         f"got {len(block_channels)}")
+    return SpikingResNet(stages, in_channels, num_classes, T, width, neuron, bool(tdbn), float(u_th),
+                         stem=stages[0][0], block_channels=block_channels, hidden=int(hidden))

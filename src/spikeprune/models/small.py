@@ -21,12 +21,13 @@ from .registry import register_model
 class SpikingMLP(nn.Module):
     """Flatten -> [Linear -> BN -> LIF] x depth -> Linear. Input ``[B, C, H, W]`` or ``[T, B, C, H, W]``."""
 
-    def __init__(self, in_features: int, hidden: int, depth: int, num_classes: int, T: int, neuron: NeuronFactory):
+    def __init__(self, in_features: int, hidden: int | Sequence[int], depth: int, num_classes: int, T: int,
+                 neuron: NeuronFactory):
         super().__init__()
         self.T = T
-        sizes = [in_features] + [hidden] * depth
+        sizes = [in_features] + ([hidden] * depth if isinstance(hidden, int) else [int(h) for h in hidden])
         self.features = nn.ModuleList(LinearBNLIF(a, b, neuron) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.classifier = nn.Linear(hidden, num_classes)
+        self.classifier = nn.Linear(sizes[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         static = x.dim() == 4
@@ -64,11 +65,18 @@ class SpikingConvNet(nn.Module):
 
 
 @register_model
-def mlp(num_classes, in_channels, T, width, image_size, neuron, hidden: int = 256, depth: int = 2) -> nn.Module:
-    """Spiking MLP with ``depth`` hidden layers of ``hidden * width`` LIF neurons."""
+def mlp(num_classes, in_channels, T, width, image_size, neuron, hidden: int = 256, depth: int = 2,
+        hidden_sizes: Sequence[int] | None = None) -> nn.Module:
+    """Spiking MLP with ``depth`` hidden layers of ``hidden * width`` LIF neurons; ``hidden_sizes``
+    (one int per layer, scaled by ``width``) overrides both (how a neuron-pruned MLP is rebuilt)."""
     if depth < 1:
         raise ValueError(f"mlp depth must be >= 1; got {depth!r}")
-    return SpikingMLP(in_channels * image_size[0] * image_size[1], scaled(hidden, width), depth, num_classes, T, neuron)
+    in_features = in_channels * image_size[0] * image_size[1]
+    if hidden_sizes is not None:
+        if len(hidden_sizes) < 1:
+            raise ValueError("mlp hidden_sizes needs at least one entry")
+        return SpikingMLP(in_features, [scaled(int(h), width) for h in hidden_sizes], 0, num_classes, T, neuron)
+    return SpikingMLP(in_features, scaled(hidden, width), depth, num_classes, T, neuron)
 
 
 @register_model

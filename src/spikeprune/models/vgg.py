@@ -8,6 +8,8 @@ is skipped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from .layers import scaled
@@ -36,7 +38,16 @@ class SpikingVGG(SpikingConvNet):
 
 
 @register_model
-def vgg16(num_classes, in_channels, T, width, image_size, neuron) -> nn.Module:
-    """SNN-VGG-16 with a width multiplier."""
-    cfg = [c if c == "M" else scaled(c, width) for c in VGG16_CFG]
+def vgg16(num_classes, in_channels, T, width, image_size, neuron,
+          channels: Sequence[int] | None = None) -> nn.Module:
+    """SNN-VGG-16 with a width multiplier; ``channels`` (13 ints, scaled by ``width``) replaces the
+    conv widths of ``VGG16_CFG`` (how a channel-pruned VGG is rebuilt from its checkpoint)."""
+    base = VGG16_CFG
+    if channels is not None:
+        convs = [c for c in VGG16_CFG if c != "M"]
+        if len(channels) != len(convs):
+            raise ValueError(f"vgg16 channels needs {len(convs)} entries; got {len(channels)}")
+        it = iter(channels)
+        base = [c if c == "M" else int(next(it)) for c in VGG16_CFG]
+    cfg = [c if c == "M" else scaled(c, width) for c in base]
     return SpikingVGG(cfg, in_channels, image_size, num_classes, T, neuron)

@@ -1,0 +1,30 @@
+"""``spikeprune compress``: QP-SNN joint compression (QAT -> channel scores -> removal -> fine-tune)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .args import add_config_arguments, add_run_arguments, config_from_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..compress import CompressConfig
+
+    p = sub.add_parser("compress", help="quantize + channel-prune a model (QP-SNN pipeline, resumable)",
+                       description=__doc__)
+    add_run_arguments(p)
+    add_config_arguments(p, CompressConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compress import CompressConfig, compress
+
+    cfg = config_from_args(CompressConfig, args)
+    m = compress(cfg, args.out, resume=args.resume, progress=args.progress)
+    print(json.dumps({k: m[k] for k in ("test_accuracy", "dense_test_accuracy", "size_bytes", "size_reduction",
+                                        "flop_reduction", "energy_reduction", "speedup", "weight_bits",
+                                        "membrane_bits")}, indent=2))
+    print(f"results: {args.out}/metrics.json, cost.json, model.safetensors")
+    return 0

@@ -1,0 +1,147 @@
+"""The joint pipeline and its CLI: ``spikeprune compress`` and ``spikeprune cost`` (smoke + bad input)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikeprune.cli import main
+from spikeprune.compress import load_compressed
+from spikeprune.quant import QuantConv2d, weight_codes
+from spikeprune.structured import channel_groups
+from spikeprune.train import load_model
+
+TINY = ["--dataset", "digits", "--width", "0.25", "--timesteps", "2", "--batch-size", "64", "--train-limit", "256",
+        "--test-limit", "128", "--calibration-batches", "2", "--cost-batches", "1", "--latency-repeats", "1",
+        "--no-progress"]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(capsys, argv, match, out_dir=None):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (code, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert match.lower() in lines[0].lower(), lines[0]
+    if out_dir is not None:
+        left = [p for p in Path(out_dir).rglob("*") if p.is_file()] if Path(out_dir).exists() else []
+        assert not left, f"files left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def dense_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dense")
+    assert main(["train", "--dataset", "digits", "--width", "0.25", "--timesteps", "2", "--batch-size", "64",
+                 "--epochs", "1", "--train-limit", "256", "--test-limit", "128", "--no-progress",
+                 "--out", str(out)]) == 0
+    return out / "checkpoint.safetensors"
+
+
+@pytest.mark.parametrize("order", ["quantize-first", "prune-first"])
+def test_compress_smoke_resume_and_cost(capsys, tmp_path, dense_checkpoint, order):
+    out = tmp_path / "c"
+    argv = ["compress", *TINY, "--checkpoint", dense_checkpoint, "--bits", "3", "--channel-sparsity", "0.5",
+            "--criterion", "svs", "--qat-epochs", "1", "--finetune-epochs", "1", "--order", order, "--out", out]
+    code, stdout, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["weight_bits"] == 3 and 0 <= m["test_accuracy"] <= 1
+    assert m["size_reduction"] > 10 and m["flop_reduction"] > 3
+    model, meta = load_compressed(out / "model.safetensors")
+    assert [g.size for g in channel_groups(model)] == [4, 8, 16]  # half of (8, 16, 32)
+    conv = model.features[2].conv
+    assert isinstance(conv, QuantConv2d) and conv.frozen
+    codes = weight_codes(conv.weight, 3, conv.weight_gamma)
+    assert torch.equal(conv.weight, conv.weight_gamma * ((2 / 7) * codes.float() - 1))  # stored on the grid
+    plain, _ = load_model(out / "model.safetensors")  # an ordinary checkpoint too
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(plain.eval()(x), model.eval()(x))
+    # resume: finished phases are not repeated, the metrics come back unchanged
+    code, _, err = run_cli(capsys, *argv, "--resume")
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text()) == m
+    # a run killed during fine-tuning continues from the pruned model and ends with the same weights
+    from safetensors.torch import load_file
+
+    first = load_file(str(out / "model.safetensors"))
+    for name in ("metrics.json", "model.safetensors", "cost.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "finetune")
+    code, _, err = run_cli(capsys, *argv, "--resume")
+    assert code == 0, err
+    again = load_file(str(out / "model.safetensors"))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    # the cost command on the result
+    code, stdout, err = run_cli(capsys, "cost", "--checkpoint", out / "model.safetensors", "--batches", "1",
+                                "--latency-repeats", "1", "--out", tmp_path / "cost")
+    assert code == 0, err
+    assert "features.2.conv" in stdout and "latency" in stdout
+    report = json.loads((tmp_path / "cost" / "cost.json").read_text())
+    assert report["layers"][1]["bits"] == 3 and report["total"]["size_dense_bytes"] == pytest.approx(m["size_bytes"])
+
+
+def test_compress_with_membrane_quantization(capsys, tmp_path, dense_checkpoint):
+    out = tmp_path / "m"
+    code, _, err = run_cli(capsys, "compress", *TINY, "--checkpoint", dense_checkpoint, "--bits", "4",
+                           "--membrane-bits", "8", "--channel-sparsity", "0.3", "--qat-epochs", "1",
+                           "--finetune-epochs", "0", "--out", out)
+    assert code == 0, err
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["membrane_bits"] == 8
+    code, stdout, err = run_cli(capsys, "cost", "--checkpoint", out / "model.safetensors", "--batches", "1",
+                                "--latency-repeats", "0")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--bits", "0"], "bits must be an integer in [1, 16]"),
+    (["--bits", "17"], "bits must be an integer in [1, 16]"),
+    (["--membrane-bits", "1"], "membrane_bits"),
+    (["--channel-sparsity", "1.0"], "channel_sparsity"),
+    (["--channel-sparsity", "-0.1"], "channel_sparsity"),
+    (["--criterion", "nope"], "criterion"),
+    # width 0.0625: the first conv has 2 channels; removing 90 % of them would remove both
+    (["--width", "0.0625", "--channel-sparsity", "0.9"], "every channel of layer features.0"),
+])
+def test_compress_bad_input_is_one_line(capsys, tmp_path, flags, match):
+    out = tmp_path / "bad"
+    assert_user_error(capsys, ["compress", *TINY, "--qat-epochs", "1", *flags, "--out", out], match, out)
+
+
+def test_compress_checkpoint_from_another_architecture(capsys, tmp_path, dense_checkpoint):
+    out = tmp_path / "arch"
+    assert_user_error(capsys, ["compress", *TINY, "--model", "mlp", "--checkpoint", dense_checkpoint, "--out", out],
+                      "holds a convnet model", out)
+    assert_user_error(capsys, ["compress", *TINY, "--width", "0.5", "--checkpoint", dense_checkpoint, "--out", out],
+                      "width", out)
+
+
+def test_cost_bad_input(capsys, tmp_path, dense_checkpoint):
+    assert_user_error(capsys, ["cost", "--checkpoint", tmp_path / "missing.safetensors"], "does not exist")
+    assert_user_error(capsys, ["cost", "--checkpoint", dense_checkpoint, "--e-mac", "-1"], "e_mac_pj")
+    assert_user_error(capsys, ["cost", "--checkpoint", dense_checkpoint, "--bits", "40"], "bits")
+    # a mask made for another architecture
+    import spikeprune as sp
+    from spikeprune.masks import Mask
+
+    Mask.ones(sp.create_model("mlp", 10, 1, 2, 0.25, image_size=8)).save(tmp_path / "mask.safetensors")
+    assert_user_error(capsys, ["cost", "--checkpoint", dense_checkpoint, "--mask", tmp_path / "mask.safetensors",
+                               "--latency-repeats", "0"], "mask entry")
+
+
+def test_compress_preset_loads():
+    from spikeprune.compress import CompressConfig
+    from spikeprune.config import from_mapping, load_yaml
+
+    cfg = from_mapping(CompressConfig, load_yaml(Path(__file__).parent.parent / "configs" / "qpsnn_fashion_mnist.yaml"))
+    assert (cfg.bits, cfg.channel_sparsity, cfg.criterion) == (4, 0.5, "svs")
