@@ -8,6 +8,7 @@ from .calibration import calibrate
 from .masks import Mask, enforce
 from .neuron import LIF, lif_multistep, record_statistics
 from .pruning import prune
+from .edgepopup import EdgePopupConfig, export_subnetwork, subnet_mask, to_edgepopup
 
 __all__ = [
     "BatchLoader",
@@ -24,4 +25,8 @@ __all__ = [
     "load_dataset",
     "record_statistics",
     "register_model",
+    "EdgePopupConfig",
+    "export_subnetwork",
+    "subnet_mask",
+    "to_edgepopup",
 ]
