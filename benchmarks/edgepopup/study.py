@@ -9,7 +9,7 @@ an interrupted one resumes at its last epoch).
 
     python benchmarks/edgepopup/study.py run --queue A     # queues run one after another
     python benchmarks/edgepopup/study.py run --queue B     # (a second, parallel process)
-    python benchmarks/edgepopup/study.py report            # tables + Fig.-3-style plots here
+    python benchmarks/edgepopup/summarize.py               # tables + Fig.-3-style plot here
 
 Single-threaded (OMP_NUM_THREADS=1) because the machine's 2 cores are shared.
 """
@@ -57,9 +57,10 @@ def search_job(seed: int, width: float = 1.0, densities: str = DENSITIES, epochs
 
 
 QUEUES = {  # jobs are built when they start (so a sweep sees the dense references finished before it)
-    # A and B: the main grid; seed 0 first (the first complete curve)
-    "A": [lambda: search_job(0), lambda: search_job(2)],
+    # A, B, C: the main grid, one seed each, run in parallel (single-threaded processes)
+    "A": [lambda: search_job(0)],
     "B": [lambda: search_job(1)],
+    "C": [lambda: search_job(2)],
     # dense baselines of seeds 1 and 2 (the lead trained seed 0)
     "dense": [lambda: dense_job(1), lambda: dense_job(2)],
 }
@@ -91,11 +92,5 @@ if __name__ == "__main__":
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--queue", choices=sorted(QUEUES), required=True)
-    sub.add_parser("report")
     args = parser.parse_args()
-    if args.cmd == "run":
-        run_queue(args.queue)
-    else:
-        from report import main as report_main  # noqa: E402  (benchmarks/edgepopup/report.py)
-
-        report_main()
+    run_queue(args.queue)

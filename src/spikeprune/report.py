@@ -27,6 +27,7 @@ def plot_accuracy_vs_sparsity(
     title: str = "",
     label: str = "subnetwork",
     reference_label: str = "dense trained",
+    fraction_line: float | None = None,
 ) -> None:
     """Accuracy vs sparsity, like LTH-SNN Fig. 3: solid lines = subnetworks, dashed = dense reference.
 
@@ -41,6 +42,8 @@ def plot_accuracy_vs_sparsity(
         title: figure title.
         label: legend entry of the curve when ``points`` carry no ``series``.
         reference_label: legend entry of the dashed line.
+        fraction_line: also draw a dotted line at this fraction of the (first) reference mean,
+            e.g. 0.97 for "97 % of the dense trained accuracy".
     """
     import matplotlib
 
@@ -76,6 +79,9 @@ def plot_accuracy_vs_sparsity(
                    label=f"{name} ({m:.2f}%" + (f" ± {s:.2f}, n={len(values)})" if len(values) > 1 else ")"))
         if s > 0:
             ax.axhspan(m - s, m + s, color=color, alpha=0.1)
+        if fraction_line is not None and j == 0:
+            ax.axhline(fraction_line * m, color=color, linestyle=":",
+                       label=f"{100 * fraction_line:g} % of {name} ({fraction_line * m:.2f}%)")
     ax.set_xlabel("sparsity (fraction of weights removed)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlim(-0.02, 1.02)
