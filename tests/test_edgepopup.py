@@ -247,6 +247,20 @@ def test_conv1d_conv3d_in_an_unregistered_model():
         assert set(plain.state_dict()) == set(net.state_dict())  # biases and BN affinity as in the original
 
 
+def test_exported_subnetwork_is_accepted_by_the_pruning_tools(synthetic):
+    """The export is an ordinary model + Mask: calibration and SF pruning continue from it."""
+    from spikeprune import prune
+
+    searched = to_edgepopup(_tiny_model(), 0.5, seed=1)
+    x, y = _batch()
+    searched(x)  # BN statistics
+    plain, mask = export_subnetwork(searched)
+    loader = BatchLoader(synthetic, "train", 32, shuffle=False, timesteps=2)
+    pruned = prune(plain, "sf", sparsity=0.75, mask=mask, calibration=loader, calibration_batches=2)
+    assert pruned.density == pytest.approx(0.25, abs=0.01)
+    assert all(not (pruned[k] & ~mask[k]).any() for k in mask)  # only removes, never revives
+
+
 def _build(cfg, dataset):
     from spikeprune.train import build_model
 

@@ -61,6 +61,9 @@ QUEUES = {  # jobs are built when they start (so a sweep sees the dense referenc
     "A": [lambda: search_job(0)],
     "B": [lambda: search_job(1)],
     "C": [lambda: search_job(2)],
+    # the explanation experiment: is the narrow network the limit? the same search (seed 0, density
+    # 0.5, 2 epochs) in a convnet of twice the width (4x the weights), against the same dense width-1 line
+    "W": [lambda: search_job(0, width=2.0, densities="0.5")],
     # dense baselines of seeds 1 and 2 (the lead trained seed 0)
     "dense": [lambda: dense_job(1), lambda: dense_job(2)],
 }
