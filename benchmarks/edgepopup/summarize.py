@@ -47,6 +47,24 @@ def rows() -> list[dict]:
     return out
 
 
+def empty_filters() -> list[dict]:
+    """Per density (seed 0): fraction of each layer's output units left with NO kept input weight.
+
+    A per-layer density applied to the 288-weight encoding layer (32 filters x 9) leaves ~29 weights
+    at density 0.1: most filters then see nothing at all (a structural limit of uniform per-layer k).
+    """
+    from spikeprune.masks import Mask
+
+    out = []
+    for f in sorted(RUNS.glob("ep_w1_s0/density-*/mask.safetensors")):
+        mask = Mask.load(f)
+        row = {"density": float(f.parent.name.split("-", 1)[1])}
+        for name, keep in mask.items():
+            row[name] = float((keep.flatten(1).sum(1) == 0).float().mean())
+        out.append(row)
+    return out
+
+
 def main() -> None:
     data = rows()
     refs = dense_references()
@@ -87,18 +105,23 @@ def main() -> None:
         "target": "best density mean >= 0.97 x dense trained mean",
         "target_met": (best["relative_to_dense"] >= 0.97) if best and dense_mean else None,
         "experiments": experiments,
+        "empty_output_units_seed0": empty_filters(),
         "complete": not missing,
         "missing": missing,
     }
     write_json(HERE / "summary.json", summary)
     if main_rows:
+        series = {"ep_w2_s0": "untrained subnetwork, width 2 (seed 0)"}
         plot_accuracy_vs_sparsity(
-            [{"sparsity": r["sparsity"], "accuracy": r["test_accuracy"]} for r in main_rows],
+            [{"sparsity": r["sparsity"], "accuracy": r["test_accuracy"], "series": "untrained subnetwork, width 1"}
+             for r in main_rows]
+            + [{"sparsity": r["sparsity"], "accuracy": r["test_accuracy"], "series": series[r["run"]]}
+               for r in data if r["run"] in series],
             HERE / "fig3_fashion_mnist_convnet.png", reference=ref_acc,
             title="Fashion-MNIST convnet (width 1, T=4): untrained subnetworks (edge-popup, "
                   f"{main_rows[0]['epochs']} epochs)\nvs the dense network trained 10 epochs"
                   + ("" if not missing else "  [PARTIAL]"),
-            label="untrained subnetwork", reference_label="dense trained", fraction_line=0.97)
+            reference_label="dense trained, width 1", fraction_line=0.97)
     print(json.dumps({k: summary[k] for k in ("best_density", "target_met", "complete")}, indent=1))
     for p in per_density:
         print(f"density {p['density']:.1f}: {100 * p['mean']:.2f}% (n={p['n']}) "
