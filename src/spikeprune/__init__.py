@@ -13,6 +13,7 @@ from .slth import construct, verify as verify_ticket
 from .quant import quantize_model
 from .structured import prune_channels
 from .cost import cost_report
+from .edgepopup import EdgePopupConfig, export_subnetwork, subnet_mask, to_edgepopup
 
 __all__ = [
     "BatchLoader",
@@ -37,4 +38,8 @@ __all__ = [
     "record_statistics",
     "register_model",
     "verify_ticket",
+    "EdgePopupConfig",
+    "export_subnetwork",
+    "subnet_mask",
+    "to_edgepopup",
 ]

@@ -39,4 +39,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"  firing rate     {m['firing_rate']:.3f} spikes / neuron / timestep")
     print(f"  training time   {m['seconds']:.1f} s over {m['epochs']} epochs")
     print(f"  results         {args.out}/metrics.json, history.csv, checkpoint.safetensors")
+
+    # --- edge-popup (issue 4): the same network, weights left at random init, only a subnetwork learnt ---
+    from ..edgepopup import demo
+
+    ep = demo(cfg, f"{args.out}/edgepopup", density=0.5, progress=args.progress)
+    print(f"edge-popup: the same {cfg.model}, UNTRAINED random weights, best 50 % of each layer searched")
+    print(f"  test accuracy   {ep['test_accuracy']:.4f}  (dense trained above: {m['test_accuracy']:.4f}; "
+          f"exported subnetwork: {ep['exported_test_accuracy']:.4f})")
+    print(f"  search time     {ep['seconds']:.1f} s over {ep['epochs']} epochs")
+    print(f"  results         {args.out}/edgepopup/results.json, density-0.5/subnet.safetensors")
     return 0

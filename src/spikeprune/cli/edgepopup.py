@@ -1,0 +1,45 @@
+"""``spikeprune edgepopup``: find subnetworks of a random SNN without training any weight (edge-popup).
+
+One search:  spikeprune edgepopup --model convnet --dataset fashion_mnist --density 0.5 --out runs/ep
+A sweep:     spikeprune edgepopup ... --densities 0.1,0.3,0.5,0.7,0.9 --reference runs/dense --out runs/ep
+
+``density`` = fraction of weights KEPT in every prunable layer (sparsity = 1 - density). Each density
+runs in OUT/density-<d>/ (search checkpoint, history.csv, subnet.safetensors = the found subnetwork
+as an ordinary model for ``spikeprune evaluate --checkpoint``, mask.safetensors, result.json);
+OUT/results.{json,csv,png} compare them (with the dense trained --reference as a dashed line).
+A killed sweep continues with --resume: finished densities are not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .args import add_config_arguments, add_run_arguments, config_from_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..edgepopup import EdgePopupConfig
+
+    p = sub.add_parser("edgepopup", help="edge-popup: search subnetworks of a random SNN (strong tickets)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p)
+    p.add_argument("--reference", action="append", default=[], metavar="RUN",
+                   help="a dense TRAINED run of the same architecture (its folder or metrics.json): the "
+                        "dashed line of the plot; repeat for several seeds")
+    add_config_arguments(p, EdgePopupConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..edgepopup import EdgePopupConfig, sweep
+
+    cfg = config_from_args(EdgePopupConfig, args)
+    summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress)
+    print(summary["bn"])
+    print(f"{'density':>8} {'sparsity':>8} {'accuracy':>9} {'exported':>9} {'vs dense':>9}")
+    for r in summary["rows"]:
+        rel = f"{100 * r['relative_to_dense']:8.1f}%" if r["relative_to_dense"] is not None else f"{'-':>9}"
+        print(f"{r['density']:8.3g} {r['sparsity']:8.3g} {r['test_accuracy']:9.4f} "
+              f"{r['exported_test_accuracy']:9.4f} {rel}")
+    print(f"results: {args.out}/results.json, results.csv, results.png")
+    return 0
