@@ -27,8 +27,9 @@ from torch import nn
 
 from .calibration import Calibration
 from .masks import prunable_weights
+from .neuron import LIF
 
-__all__ = ["CRITERIA", "Scores", "compute_scores", "magnitude", "random", "sf"]
+__all__ = ["CRITERIA", "FIRING_AWARE", "Scores", "compute_scores", "magnitude", "random", "sf", "sf_layers"]
 
 
 @dataclass
@@ -73,27 +74,43 @@ def bn_gain(bn: nn.Module) -> torch.Tensor:
     return gain * float(getattr(bn, "scale", 1.0))
 
 
+def sf_layers(model: nn.Module, calibration: Calibration) -> dict[str, tuple[nn.Module, LIF, object]]:
+    """Layers where LTH-SNN Eq. 13 applies: ``{weight name: (bn, lif, lif statistics)}``.
+
+    A layer qualifies when its input was spikes (so ``r_i`` is a firing rate), a BatchNorm ran right
+    after it and a LIF after that BN, with one membrane statistic per output channel. The rest (the
+    encoding layer, whose input is analog, and FC layers without BN + LIF) keep magnitude; SF-IMP-2
+    gives exactly those layers dynamic masks.
+    """
+    named = dict(model.named_modules())
+    found = {}
+    for name, w in prunable_weights(model).items():
+        rec = calibration.layers.get(name)
+        if rec is None or not rec.input_is_spikes or rec.bn is None:
+            continue
+        neuron = calibration.neuron_of(name)
+        if neuron is None:
+            continue
+        lif, stats = neuron
+        if stats.membrane_mean is None or stats.membrane_mean.numel() != w.shape[0]:
+            continue
+        found[name] = (named[rec.bn], lif, stats)
+    return found
+
+
 def sf(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
     """LTH-SNN Eq. 12-13 scores where the layer reads spikes and drives BN + LIF; magnitude elsewhere."""
     if calibration is None:
         raise ValueError("the sf criterion needs calibration data (pass calibration=<batches>)")
-    named = dict(model.named_modules())
+    weights = prunable_weights(model)
     scores = magnitude(model)
-    for name, w in prunable_weights(model).items():
-        rec = calibration.layers.get(name)
-        if rec is None or not rec.input_is_spikes or rec.bn is None:
-            continue  # encoding layer (analog input) or an FC layer without BN: magnitude
-        found = calibration.neuron_of(name)
-        if found is None:
-            continue
-        lif, stats = found
-        if stats.membrane_mean is None or stats.membrane_mean.numel() != w.shape[0]:
-            continue
-        gain = bn_gain(named[rec.bn]) * gaussian_density_at_threshold(stats.membrane_mean, stats.membrane_var,
-                                                                       lif.u_th)
+    for name, (bn, lif, stats) in sf_layers(model, calibration).items():
+        w = weights[name]
+        rate = calibration.layers[name].input_rate
+        # Eq. 13: E(|u' - u|) = r_i |w| |gamma_j| / sqrt(var_B_j + eps); Eq. 12: times N(0 | mu_j - u_th, var_j)
+        gain = bn_gain(bn) * gaussian_density_at_threshold(stats.membrane_mean, stats.membrane_var, lif.u_th)
         extra = (1,) * (w.dim() - 2)
-        scores.values[name] = (rec.input_rate.view(1, -1, *extra) * w.detach().abs()
-                               * gain.view(-1, 1, *extra)).float()
+        scores.values[name] = (rate.view(1, -1, *extra) * w.detach().abs() * gain.view(-1, 1, *extra)).float()
         scores.kinds[name] = "sf"
     return scores
 
@@ -101,6 +118,9 @@ def sf(model: nn.Module, calibration: Calibration | None = None, **_: object) ->
 Criterion = Callable[..., Scores]
 
 CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random, "sf": sf}
+
+#: criteria that read calibration statistics (firing rates, membrane potentials)
+FIRING_AWARE: set[str] = {"sf"}
 
 
 def compute_scores(criterion: str | Criterion, model: nn.Module, calibration: Calibration | None = None,

@@ -15,7 +15,7 @@ import sys
 from .args import OneLineParser
 
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ["quickstart", "train", "evaluate"]
+COMMANDS = ["quickstart", "train", "evaluate", "lottery"]
 
 
 def build_parser() -> OneLineParser:
