@@ -29,7 +29,8 @@ from .calibration import Calibration
 from .masks import prunable_weights
 from .neuron import LIF
 
-__all__ = ["CRITERIA", "FIRING_AWARE", "Scores", "compute_scores", "magnitude", "random", "sf", "sf_layers"]
+__all__ = ["CRITERIA", "FIRING_AWARE", "Scores", "compute_scores", "magnitude", "random", "sf", "sf_current", "sf_empirical",
+           "sf_layers"]
 
 
 @dataclass
@@ -98,29 +99,61 @@ def sf_layers(model: nn.Module, calibration: Calibration) -> dict[str, tuple[nn.
     return found
 
 
-def sf(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
-    """LTH-SNN Eq. 12-13 scores where the layer reads spikes and drives BN + LIF; magnitude elsewhere."""
+def _firing_scores(model: nn.Module, calibration: Calibration | None, density: str, kind: str) -> Scores:
+    """``r_i |w| gain_j * d_j`` on the layers of :func:`sf_layers`, magnitude elsewhere.
+
+    ``density``: ``"gaussian"`` (LTH-SNN Eq. 12: d_j = N(0 | mu_j - u_th, var_j)), ``"empirical"``
+    (d_j = the measured density of u at u_th, ``Calibration.threshold_density``) or ``"none"`` (d_j = 1:
+    Eq. 13 alone, the expected membrane-potential change E|u' - u| from removing the weight).
+    """
     if calibration is None:
-        raise ValueError("the sf criterion needs calibration data (pass calibration=<batches>)")
+        raise ValueError(f"the {kind} criterion needs calibration data (pass calibration=<batches>)")
     weights = prunable_weights(model)
     scores = magnitude(model)
     for name, (bn, lif, stats) in sf_layers(model, calibration).items():
         w = weights[name]
         rate = calibration.layers[name].input_rate
-        # Eq. 13: E(|u' - u|) = r_i |w| |gamma_j| / sqrt(var_B_j + eps); Eq. 12: times N(0 | mu_j - u_th, var_j)
-        gain = bn_gain(bn) * gaussian_density_at_threshold(stats.membrane_mean, stats.membrane_var, lif.u_th)
+        # Eq. 13: E(|u' - u|) = r_i |w| |gamma_j| / sqrt(var_B_j + eps)
+        gain = bn_gain(bn)
+        if density == "gaussian":  # Eq. 12: times N(0 | mu_j - u_th, var_j)
+            gain = gain * gaussian_density_at_threshold(stats.membrane_mean, stats.membrane_var, lif.u_th)
+        elif density == "empirical":
+            lif_name = calibration.layers[name].neuron
+            gain = gain * calibration.threshold_density[lif_name].to(gain)
         extra = (1,) * (w.dim() - 2)
         scores.values[name] = (rate.view(1, -1, *extra) * w.detach().abs() * gain.view(-1, 1, *extra)).float()
-        scores.kinds[name] = "sf"
+        scores.kinds[name] = kind
     return scores
+
+
+def sf(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """LTH-SNN Eq. 12-13 scores where the layer reads spikes and drives BN + LIF; magnitude elsewhere."""
+    return _firing_scores(model, calibration, "gaussian", "sf")
+
+
+def sf_empirical(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """Eq. 12 with the *measured* density of the membrane potential at u_th instead of a Gaussian fit.
+
+    u_t of a LIF neuron is not Gaussian: it is a mixture of freshly reset potentials (``u_t = x_t``
+    after a spike) and leaky sums, often skewed and with a mass far below threshold; its density at
+    u_th is what Eq. 6 (the crisis probability) needs, and calibration measures it directly.
+    """
+    return _firing_scores(model, calibration, "empirical", "sf-empirical")
+
+
+def sf_current(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """Eq. 13 alone: ``r_i |w| |gamma_j| / sqrt(var_B_j + eps)``, the expected change of the membrane
+    potential (no threshold-density factor); an ablation of the SF criterion."""
+    return _firing_scores(model, calibration, "none", "sf-current")
 
 
 Criterion = Callable[..., Scores]
 
-CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random, "sf": sf}
+CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random, "sf": sf, "sf-empirical": sf_empirical,
+                                  "sf-current": sf_current}
 
 #: criteria that read calibration statistics (firing rates, membrane potentials)
-FIRING_AWARE: set[str] = {"sf"}
+FIRING_AWARE: set[str] = {"sf", "sf-empirical", "sf-current"}
 
 
 def compute_scores(criterion: str | Criterion, model: nn.Module, calibration: Calibration | None = None,

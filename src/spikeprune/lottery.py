@@ -59,7 +59,7 @@ from .pruning import prune_step
 from .strategies import NORMALIZATIONS, STRATEGIES
 from .train import CHECKPOINT, build_model, fit, load_model_state, model_tensors
 
-__all__ = ["LotteryConfig", "LotteryResult", "VARIANTS", "load_ticket", "run_lottery"]
+__all__ = ["LotteryConfig", "LotteryResult", "VARIANTS", "collect_rows", "load_ticket", "rewind_saver", "rewound_ticket", "run_lottery", "train_dense", "adopt_dense"]
 
 VARIANTS = ("imp", "sf-imp-1", "sf-imp-2")
 REWIND = "rewind.safetensors"
@@ -77,7 +77,7 @@ class LotteryConfig(TrainConfig):
 
     variant: str = hparam("imp", "imp (static masks), sf-imp-1 (IMP with the SF criterion), sf-imp-2 "
                           "(SF-IMP-1 + dynamic masks on the encoding and FC layers)", VARIANTS)
-    criterion: str | None = hparam(None, "pruning criterion: magnitude, sf or random "
+    criterion: str | None = hparam(None, "pruning criterion: magnitude, random, sf, sf-empirical or sf-current "
                                    "(default: magnitude for imp, sf for sf-imp-1/2)")
     rounds: int = hparam(5, "pruning rounds K (>= 1); a finished run resumes with a larger K to go on")
     prune_fraction: float = hparam(0.25, "fraction p of the surviving weights removed per round, in (0, 1)")
@@ -188,9 +188,7 @@ def _dense(cfg: LotteryConfig, out: Path, dataset: ImageDataset, progress: bool,
     ckpt = where / CHECKPOINT
     model = build_model(tcfg, dataset)
     if not rewind.exists():
-        if R == 0:
-            if ckpt.exists():
-                raise ValueError(f"{where} has a training checkpoint but no {REWIND}; delete {where} to restart it")
+        if R == 0:  # the initialisation is a pure function of the config (build_model seeds it)
             _save_rewind(rewind, model_tensors(model), 0, tcfg)
         elif ckpt.exists():
             # Killed between the checkpoint of epoch R and the rewind file: that checkpoint *is* the rewind state.
@@ -267,16 +265,26 @@ def _prune(cfg: LotteryConfig, out: Path, k: int, dataset: ImageDataset, log: Ca
             + (f" ({revived} weights revived in dynamic layers)" if dynamic else ""))
 
 
+def rewound_ticket(cfg: LotteryConfig, out: str | Path, k: int, dataset: ImageDataset) -> tuple[nn.Module, Mask, list[str]]:
+    """Round ``k``'s starting point: the rewind state with round ``k``'s mask, as the round trains it.
+
+    Static layers hold ``rewind ⊙ mask``; dynamic layers (SF-IMP-2) hold the dense rewind weights and
+    compute with ``weight ⊙ mask``. Returns ``(model, mask, dynamic layer names)``.
+    """
+    out = Path(out)
+    mask, dynamic, _ = _read_mask(round_dir(out, k) / MASK)
+    rewind, _ = load_checkpoint(round_dir(out, 0) / REWIND)
+    return _masked_model(cfg, dataset, rewind, mask, dynamic, str(round_dir(out, 0) / REWIND)), mask, dynamic
+
+
 def _train_round(cfg: LotteryConfig, out: Path, k: int, dataset: ImageDataset, progress: bool,
                  log: Callable | None) -> None:
     where = round_dir(out, k)
-    mask, dynamic, _ = _read_mask(where / MASK)
-    rewind, meta = load_checkpoint(round_dir(out, 0) / REWIND)
-    ticket = _masked_model(cfg, dataset, rewind, mask, dynamic, str(round_dir(out, 0) / REWIND))
+    ticket, mask, dynamic = rewound_ticket(cfg, out, k, dataset)
     guard = enforce(ticket, Mask({n: mask[n] for n in mask if n not in dynamic}))
     if log:
         log(f"[lottery] round {k}: training the ticket (density {mask.density:.4f}) for "
-            f"{cfg.epochs - cfg.rewind_epoch} epochs from the rewind state (epoch {meta.get('epoch')})")
+            f"{cfg.epochs - cfg.rewind_epoch} epochs from the rewind state (epoch {cfg.rewind_epoch})")
     fit(round_config(cfg), where, resume=True, dataset=dataset, model=ticket, after_step=lambda _: guard.after_step(),
         extra_tensors=lambda: {f"mask/{n}": t for n, t in mask.items()}, progress=progress, log=log)
     guard.remove()
@@ -326,6 +334,52 @@ def _write_results(out: Path, cfg: LotteryConfig, rows: list[dict[str, Any]]) ->
                                       "run_id": run_id(cfg), "config": to_dict(cfg), "rounds": rows})
     plot_accuracy_vs_sparsity({label: rows}, out / "accuracy_vs_sparsity.png",
                               title=f"{cfg.model} on {cfg.dataset}: lottery tickets (T={cfg.timesteps})")
+
+
+def rewind_saver(out: str | Path, cfg: TrainConfig, epoch: int) -> Callable[[int, nn.Module], None]:
+    """An ``on_epoch_end`` for :func:`~spikeprune.train.fit` that writes ``out/rewind.safetensors`` after
+    ``epoch`` epochs, so an ordinary training run can later serve as a lottery run's dense phase
+    (:func:`adopt_dense`). ``epoch = 0`` writes the initialisation, which is rebuilt from ``cfg``."""
+    path = Path(out) / REWIND
+    tcfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
+
+    def save(done: int, model: nn.Module) -> None:
+        if done + 1 == epoch:
+            _save_rewind(path, model_tensors(model), epoch, tcfg)
+
+    return save
+
+
+def adopt_dense(run: str | Path, out: str | Path) -> None:
+    """Make the finished training run ``run`` (with ``rewind.safetensors``, see :func:`rewind_saver`) the
+    dense phase of the lottery run ``out``: its files are hard-linked (copied where links are impossible)
+    into ``out/dense``. The lottery run still checks that their configurations match."""
+    import shutil
+
+    run, target = Path(run), round_dir(Path(out), 0)
+    for name in ("metrics.json", CHECKPOINT, REWIND):
+        if not (run / name).is_file():
+            raise ValueError(f"{run} is not a finished training run with a rewind state (no {name})")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "history.csv", CHECKPOINT, REWIND):
+        if (run / name).is_file() and not (target / name).exists():
+            try:
+                (target / name).hardlink_to(run / name)
+            except OSError:
+                shutil.copy2(run / name, target / name)
+
+
+def train_dense(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
+                progress: bool = False, log: Callable[[str], None] | None = _log) -> Path:
+    """Only round 0 of :func:`run_lottery`: the dense run and its rewind state, in ``out/dense``.
+
+    Lets several variants share one dense run (copy or hard-link ``dense/`` into their directories).
+    """
+    out = check_writable_dir(out)
+    dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
+    _check_identity(out, cfg, resume)
+    _dense(cfg, out, dataset, progress, log)
+    return round_dir(out, 0)
 
 
 def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
