@@ -339,7 +339,8 @@ def _write_results(out: Path, cfg: LotteryConfig, rows: list[dict[str, Any]]) ->
 def rewind_saver(out: str | Path, cfg: TrainConfig, epoch: int) -> Callable[[int, nn.Module], None]:
     """An ``on_epoch_end`` for :func:`~spikeprune.train.fit` that writes ``out/rewind.safetensors`` after
     ``epoch`` epochs, so an ordinary training run can later serve as a lottery run's dense phase
-    (:func:`adopt_dense`). ``epoch = 0`` writes the initialisation, which is rebuilt from ``cfg``."""
+    (:func:`adopt_dense`). For ``epoch = 0`` nothing is written: the lottery run rebuilds the
+    initialisation from the config (``build_model`` is seeded)."""
     path = Path(out) / REWIND
     tcfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
 
@@ -351,13 +352,14 @@ def rewind_saver(out: str | Path, cfg: TrainConfig, epoch: int) -> Callable[[int
 
 
 def adopt_dense(run: str | Path, out: str | Path) -> None:
-    """Make the finished training run ``run`` (with ``rewind.safetensors``, see :func:`rewind_saver`) the
-    dense phase of the lottery run ``out``: its files are hard-linked (copied where links are impossible)
-    into ``out/dense``. The lottery run still checks that their configurations match."""
+    """Make the finished training run ``run`` the dense phase of the lottery run ``out``: its files are
+    hard-linked (copied where links are impossible) into ``out/dense``. ``run`` needs the rewind state
+    of :func:`rewind_saver` unless the lottery rewinds to epoch 0. The lottery run still checks that
+    the configurations match."""
     import shutil
 
     run, target = Path(run), round_dir(Path(out), 0)
-    for name in ("metrics.json", CHECKPOINT, REWIND):
+    for name in ("metrics.json", CHECKPOINT):
         if not (run / name).is_file():
             raise ValueError(f"{run} is not a finished training run with a rewind state (no {name})")
     target.mkdir(parents=True, exist_ok=True)
