@@ -41,6 +41,28 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
+def legacy_global_step(model, mask: Mask, fraction: float) -> Mask:
+    """The foundation's global magnitude step (before issue 3), kept here only as the speed baseline:
+    scores, ``torch.cat`` of ``torch.where(mask, s, inf)`` and ``torch.kthvalue`` over all weights."""
+    from spikeprune.masks import prunable_weights
+
+    scores = {n: w.detach().abs().float() for n, w in prunable_weights(model).items()}
+    inf = torch.tensor(float("inf"))
+    flat = torch.cat([torch.where(mask[n], scores[n], inf).flatten() for n in mask])
+    k = round(fraction * mask.num_kept)
+    threshold = torch.kthvalue(flat, k).values
+    chosen = flat < threshold
+    short = k - int(chosen.sum())
+    if short > 0:
+        chosen[torch.nonzero(flat == threshold).flatten()[:short]] = True
+    new, offset = {}, 0
+    for n in mask:
+        size = mask[n].numel()
+        new[n] = mask[n] & ~chosen[offset:offset + size].view_as(mask[n])
+        offset += size
+    return Mask(new)
+
+
 def pruning_speed() -> dict:
     torch.manual_seed(0)
     model = create_model("vgg16", 10, 3, 1, 1.0, image_size=32)
@@ -62,12 +84,30 @@ def pruning_speed() -> dict:
         "sf, global, budget, dynamic enc+FC (SF-IMP-2)": dict(criterion="sf", calibration=calib, dynamic=dynamic),
     }
     results = {}
+    # side by side, interleaved: the foundation's step vs this one (same mask, same answer)
+    legacy, current = [], []
+    for _ in range(3):
+        tick = time.perf_counter()
+        old = legacy_global_step(model, mask, 0.25)
+        legacy.append(time.perf_counter() - tick)
+        tick = time.perf_counter()
+        new = prune_step(model, 0.25, mask=mask)
+        current.append(time.perf_counter() - tick)
+    assert old.equal(new), "the fast step must select exactly the same weights"
+    x = torch.rand(15_000_000)
+    reference = best_of(lambda: x.clone())
+    results["foundation step (cat + kthvalue), magnitude global"] = {"seconds": min(legacy)}
+    results["this step, magnitude global (same mask)"] = {"seconds": min(current)}
+    print(f"  foundation magnitude/global step {min(legacy):.3f} s, this one {min(current):.3f} s "
+          f"-> {min(legacy) / min(current):.1f}x (masks identical); machine reference: copying 15 M floats "
+          f"{reference:.3f} s", flush=True)
     for label, kw in cases.items():
         seconds = best_of(lambda: prune_step(model, 0.25, mask=mask, **kw))
         new = prune_step(model, 0.25, mask=mask, **kw)
         results[label] = {"seconds": seconds, "kept_before": mask.num_kept, "kept_after": new.num_kept}
         print(f"  {label:48s} {seconds:6.3f} s  ({mask.num_kept:,} -> {new.num_kept:,} kept)", flush=True)
     return {"model": "vgg16 width 1.0 (CIFAR-10 shape)", "prunable_weights": mask.numel,
+            "reference_copy_15M_floats_seconds": reference,
             "calibration_seconds_1x4_images_T1": calibration_seconds, "steps": results}
 
 

@@ -66,17 +66,18 @@ def log(message: str) -> None:
 
 def work(root: Path, seeds: list[int], worker: int, workers: int) -> None:
     dataset = load_dataset("fashion_mnist")
-    # 1. dense runs, one per seed, split across workers; the others wait for them.
-    for i, seed in enumerate(seeds):
+    # 1. dense runs: seed s belongs to worker s % workers; a worker needing another's waits for it.
+    def ensure_dense(i: int, seed: int) -> None:
         first = run_dir(root, "IMP (magnitude)", seed)
         if i % workers == worker:
             train_dense(config("IMP (magnitude)", seed), first, resume=True, dataset=dataset, log=log)
-    for seed in seeds:
-        dense = run_dir(root, "IMP (magnitude)", seed) / "dense"
+        dense = first / "dense"
         while not ((dense / "metrics.json").exists() and (dense / "rewind.safetensors").exists()):
             time.sleep(20)
+
     # 2. seed by seed; within a seed the workers split the variants (longest-first greedy balance).
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
+        ensure_dense(i, seed)
         load, share = [0] * workers, [[] for _ in range(workers)]
         for name in sorted(VARIANTS, key=lambda n: -VARIANTS[n]["rounds"]):
             w = load.index(min(load))

@@ -7,7 +7,8 @@ from .models import create_model, list_models, register_model
 from .calibration import calibrate
 from .masks import Mask, enforce
 from .neuron import LIF, lif_multistep, record_statistics
-from .pruning import prune
+from .pruning import prune, prune_step
+from .lottery import LotteryConfig, run_lottery
 
 __all__ = [
     "BatchLoader",
@@ -17,6 +18,9 @@ __all__ = [
     "calibrate",
     "enforce",
     "prune",
+    "prune_step",
+    "LotteryConfig",
+    "run_lottery",
     "create_model",
     "lif_multistep",
     "list_datasets",

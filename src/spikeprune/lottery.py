@@ -414,14 +414,10 @@ def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
 def load_ticket(out: str | Path, k: int) -> nn.Module:
     """The trained network of round ``k`` of a lottery run, as an ordinary sparse model (mask applied,
     dynamic layers included): what evaluates to that round's ``test_accuracy``."""
-    out = Path(out)
-    cfg_data = read_json(out / "lottery.json")["config"]
-    cfg = LotteryConfig(**cfg_data)
-    dataset = load_dataset(cfg.dataset, cfg.data_dir)
-    where = round_dir(out, k)
-    tensors, _ = load_checkpoint(where / CHECKPOINT)
-    model = build_model(train_config(cfg), dataset)
-    load_model_state(model, tensors, str(where / CHECKPOINT))
+    from .train import load_model
+
+    where = round_dir(Path(out), k)
+    model, _ = load_model(where / CHECKPOINT)  # rebuilt from the checkpoint's own model description
     if k > 0:
         mask, _, _ = _read_mask(where / MASK)
         mask.apply(model)
