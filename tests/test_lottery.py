@@ -381,3 +381,23 @@ def test_plot_is_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="density"):
         plot_accuracy_vs_sparsity({"z": [{"test_accuracy": 0.5}]}, tmp_path / "q.png")
+
+
+def test_an_ordinary_training_run_can_be_adopted_as_the_dense_phase(digits, tmp_path, imp_run):
+    from spikeprune.lottery import adopt_dense, rewind_saver, train_config
+    from spikeprune.train import fit
+
+    cfg = tiny()
+    run_dir = tmp_path / "train"
+    fit(train_config(cfg), run_dir, dataset=digits, progress=False, log=None,
+        on_epoch_end=rewind_saver(run_dir, cfg, cfg.rewind_epoch))
+    adopt_dense(run_dir, tmp_path / "lottery")
+    result = run(cfg, tmp_path / "lottery", digits)
+    # identical to the lottery run that trained its own dense phase (imp_run, same config)
+    reference, out = imp_run
+    assert [r["test_accuracy"] for r in result.rows] == [r["test_accuracy"] for r in reference.rows]
+    a, _ = load_checkpoint(tmp_path / "lottery" / "dense" / "rewind.safetensors")
+    b, _ = load_checkpoint(out / "dense" / "rewind.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    with pytest.raises(ValueError, match="not a finished training run"):
+        adopt_dense(tmp_path / "nowhere", tmp_path / "other")
