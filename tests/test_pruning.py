@@ -351,5 +351,7 @@ def test_empirical_threshold_density_and_sf_variants_by_hand():
     cur = compute_scores("sf-current", model, calib)["conv.weight"]
     assert torch.allclose(emp, r.view(1, 2, 1, 1) * w * (gain * near).view(3, 1, 1, 1), rtol=1e-5, atol=1e-8)
     assert torch.allclose(cur, r.view(1, 2, 1, 1) * w * gain.view(3, 1, 1, 1), rtol=1e-5, atol=1e-8)
+    rms = compute_scores("sf-rms", model, calib)["conv.weight"]
+    assert torch.allclose(rms, r.sqrt().view(1, 2, 1, 1) * w * gain.view(3, 1, 1, 1), rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match="crisis_eps"):
         calibrate(model, [spikes], crisis_eps=0)

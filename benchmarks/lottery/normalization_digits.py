@@ -4,7 +4,7 @@ convnet width 0.5, T = 4, 12 epochs (batch 64, SGD 0.1, cosine), rewind to epoch
 p = 0.4 (density 0.6^8 = 1.7 %). Variants: IMP (magnitude, raw global ranking), random, SF-IMP-1
 with each normalisation (none, budget, max, l2, mean) and, as controls for the *allocation* effect,
 magnitude IMP with max and l2 normalisation, and two criterion ablations at IMP's allocation
-(``sf-empirical`` and ``sf-current`` with ``budget``). One dense run per seed is shared (hard links).
+(``sf-empirical``, ``sf-current`` and ``sf-rms`` with ``budget``). One dense run per seed is shared (hard links).
 
     python benchmarks/lottery/normalization_digits.py --root runs/norm_digits
 """
@@ -34,6 +34,7 @@ VARIANTS["imp-l2"] = dict(variant="imp", normalize="l2")
 # criterion ablations at IMP's allocation (budget): the measured threshold density, and no density factor
 VARIANTS["sf-empirical-budget"] = dict(variant="sf-imp-1", criterion="sf-empirical", normalize="budget")
 VARIANTS["sf-current-budget"] = dict(variant="sf-imp-1", criterion="sf-current", normalize="budget")
+VARIANTS["sf-rms-budget"] = dict(variant="sf-imp-1", criterion="sf-rms", normalize="budget")
 
 
 def main() -> None:

@@ -46,11 +46,14 @@ VARIANTS = {
     "SF-IMP-2": dict(variant="sf-imp-2", prune_fraction=P, rounds=ROUNDS),
     "random": dict(variant="imp", criterion="random", prune_fraction=P, rounds=ROUNDS),
 }
-SLUG = {"IMP (magnitude)": "imp", "SF-IMP-1": "sf-imp-1", "SF-IMP-2": "sf-imp-2", "random": "random"}
+#: the firing-aware criterion proposed after the first results (RESULTS.md §2), run as an extra variant
+EXTRA = {"SF-IMP-1 (sf-rms)": dict(variant="sf-imp-1", criterion="sf-rms", prune_fraction=P, rounds=ROUNDS)}
+SLUG = {"IMP (magnitude)": "imp", "SF-IMP-1": "sf-imp-1", "SF-IMP-2": "sf-imp-2", "random": "random",
+        "SF-IMP-1 (sf-rms)": "sf-imp-1-rms"}
 
 
 def config(name: str, seed: int, rounds: int | None = None) -> LotteryConfig:
-    v = dict(VARIANTS[name])
+    v = dict({**VARIANTS, **EXTRA}[name])
     if rounds is not None:
         v["rounds"] = rounds
     return LotteryConfig(**BASE, **v, seed=seed)
@@ -64,7 +67,7 @@ def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def work(root: Path, seeds: list[int], worker: int, workers: int) -> None:
+def work(root: Path, seeds: list[int], worker: int, workers: int, names: list[str] | None = None) -> None:
     dataset = load_dataset("fashion_mnist")
     # 1. dense runs: seed s belongs to worker s % workers; a worker needing another's waits for it.
     def ensure_dense(i: int, seed: int) -> None:
@@ -79,9 +82,10 @@ def work(root: Path, seeds: list[int], worker: int, workers: int) -> None:
     for i, seed in enumerate(seeds):
         ensure_dense(i, seed)
         load, share = [0] * workers, [[] for _ in range(workers)]
-        for name in sorted(VARIANTS, key=lambda n: -VARIANTS[n]["rounds"]):
+        table = {**VARIANTS, **EXTRA}
+        for name in sorted(names or VARIANTS, key=lambda n: -table[n]["rounds"]):
             w = load.index(min(load))
-            load[w] += VARIANTS[name]["rounds"]
+            load[w] += table[name]["rounds"]
             share[w].append(name)
         for name in share[worker]:
             out = run_dir(root, name, seed)
@@ -89,7 +93,7 @@ def work(root: Path, seeds: list[int], worker: int, workers: int) -> None:
             if not (out / "dense").exists():
                 out.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(shared, out / "dense", copy_function=os.link)
-            for k in range(1, VARIANTS[name]["rounds"] + 1):
+            for k in range(1, table[name]["rounds"] + 1):
                 tick = time.perf_counter()
                 result = run_lottery(config(name, seed, rounds=k), out, resume=True, dataset=dataset, log=None)
                 row = result.rows[-1]
@@ -99,7 +103,7 @@ def work(root: Path, seeds: list[int], worker: int, workers: int) -> None:
 
 def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
     series, per_seed = {}, {}
-    for name in VARIANTS:
+    for name in {**VARIANTS, **EXTRA}:
         runs = [collect_rows(run_dir(root, name, s)) for s in seeds]
         runs = [r for r in runs if r]
         if not runs:
@@ -112,7 +116,7 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
         raise SystemExit(f"no finished rounds under {root}")
     dense = series["IMP (magnitude)"][0]["test_accuracy"] if "IMP (magnitude)" in series else None
     n_seeds = min(len(v) for v in per_seed.values())
-    partial = any(len(s) < VARIANTS[n]["rounds"] + 1 for n, s in series.items()) or n_seeds < len(seeds)
+    partial = any(len(s) < {**VARIANTS, **EXTRA}[n]["rounds"] + 1 for n, s in series.items()) or n_seeds < len(seeds)
     title = (f"Fashion-MNIST (10k train), convnet w=0.5, T=4: lottery tickets (mean ± 95 % CI, {n_seeds} seeds)"
              + (" [PARTIAL]" if partial else ""))
     plot_accuracy_vs_sparsity(series, dest / "fmnist_lottery.png", title=title, reference=dense,
@@ -149,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--worker", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", help="only these variants (names of VARIANTS or EXTRA)")
     parser.add_argument("--aggregate", action="store_true", help="only rebuild the table/plot from the run files")
     parser.add_argument("--dest", default=str(HERE), help="where the aggregate goes")
     args = parser.parse_args()
@@ -157,7 +162,10 @@ def main() -> None:
     if args.aggregate:
         aggregate(root, args.seeds, Path(args.dest))
     else:
-        work(root, args.seeds, args.worker, args.workers)
+        unknown = set(args.variants or []) - set(VARIANTS) - set(EXTRA)
+        if unknown:
+            raise SystemExit(f"unknown variant(s) {sorted(unknown)}; choose from {sorted({**VARIANTS, **EXTRA})}")
+        work(root, args.seeds, args.worker, args.workers, args.variants)
 
 
 if __name__ == "__main__":

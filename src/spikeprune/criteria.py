@@ -30,7 +30,7 @@ from .masks import prunable_weights
 from .neuron import LIF
 
 __all__ = ["CRITERIA", "FIRING_AWARE", "Scores", "compute_scores", "magnitude", "random", "sf", "sf_current", "sf_empirical",
-           "sf_layers"]
+           "sf_layers", "sf_rms"]
 
 
 @dataclass
@@ -103,8 +103,9 @@ def _firing_scores(model: nn.Module, calibration: Calibration | None, density: s
     """``r_i |w| gain_j * d_j`` on the layers of :func:`sf_layers`, magnitude elsewhere.
 
     ``density``: ``"gaussian"`` (LTH-SNN Eq. 12: d_j = N(0 | mu_j - u_th, var_j)), ``"empirical"``
-    (d_j = the measured density of u at u_th, ``Calibration.threshold_density``) or ``"none"`` (d_j = 1:
-    Eq. 13 alone, the expected membrane-potential change E|u' - u| from removing the weight).
+    (d_j = the measured density of u at u_th, ``Calibration.threshold_density``), ``"none"`` (d_j = 1:
+    Eq. 13 alone, the expected membrane-potential change E|u' - u| from removing the weight) or
+    ``"rms"`` (d_j = 1 and ``sqrt(r_i)`` for ``r_i``: the root-mean-square change).
     """
     if calibration is None:
         raise ValueError(f"the {kind} criterion needs calibration data (pass calibration=<batches>)")
@@ -113,6 +114,8 @@ def _firing_scores(model: nn.Module, calibration: Calibration | None, density: s
     for name, (bn, lif, stats) in sf_layers(model, calibration).items():
         w = weights[name]
         rate = calibration.layers[name].input_rate
+        if density == "rms":  # root-mean-square instead of mean perturbation: sqrt(E[(s_i w g_j)^2])
+            rate = rate.sqrt()
         # Eq. 13: E(|u' - u|) = r_i |w| |gamma_j| / sqrt(var_B_j + eps)
         gain = bn_gain(bn)
         if density == "gaussian":  # Eq. 12: times N(0 | mu_j - u_th, var_j)
@@ -147,13 +150,24 @@ def sf_current(model: nn.Module, calibration: Calibration | None = None, **_: ob
     return _firing_scores(model, calibration, "none", "sf-current")
 
 
+def sf_rms(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """``sqrt(r_i) |w| |gamma_j| / sqrt(var_B_j + eps)``: the root-mean-square membrane-potential change
+    per timestep from removing the weight, ``sqrt(E[(s_i w gain_j)^2])`` for spikes ``s_i ~ Bernoulli(r_i)``.
+
+    Proposed here (benchmarks/lottery/RESULTS.md): Eq. 13's mean ``r_i |w| gain_j`` and Eq. 12's per-channel
+    density factor spread over orders of magnitude and prune whole channels; the RMS keeps the firing
+    information but tempers the rate factor (rare but present inputs are not written off).
+    """
+    return _firing_scores(model, calibration, "rms", "sf-rms")
+
+
 Criterion = Callable[..., Scores]
 
 CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random, "sf": sf, "sf-empirical": sf_empirical,
-                                  "sf-current": sf_current}
+                                  "sf-current": sf_current, "sf-rms": sf_rms}
 
 #: criteria that read calibration statistics (firing rates, membrane potentials)
-FIRING_AWARE: set[str] = {"sf", "sf-empirical", "sf-current"}
+FIRING_AWARE: set[str] = {"sf", "sf-empirical", "sf-current", "sf-rms"}
 
 
 def compute_scores(criterion: str | Criterion, model: nn.Module, calibration: Calibration | None = None,

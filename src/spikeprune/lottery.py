@@ -77,7 +77,7 @@ class LotteryConfig(TrainConfig):
 
     variant: str = hparam("imp", "imp (static masks), sf-imp-1 (IMP with the SF criterion), sf-imp-2 "
                           "(SF-IMP-1 + dynamic masks on the encoding and FC layers)", VARIANTS)
-    criterion: str | None = hparam(None, "pruning criterion: magnitude, random, sf, sf-empirical or sf-current "
+    criterion: str | None = hparam(None, "pruning criterion: magnitude, random, sf, sf-empirical, sf-current or sf-rms "
                                    "(default: magnitude for imp, sf for sf-imp-1/2)")
     rounds: int = hparam(5, "pruning rounds K (>= 1); a finished run resumes with a larger K to go on")
     prune_fraction: float = hparam(0.25, "fraction p of the surviving weights removed per round, in (0, 1)")
