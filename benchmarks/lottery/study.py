@@ -104,29 +104,32 @@ def work(root: Path, seeds: list[int], worker: int, workers: int, names: list[st
 def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
     series, per_seed = {}, {}
     for name in {**VARIANTS, **EXTRA}:
-        runs = [collect_rows(run_dir(root, name, s)) for s in seeds]
-        runs = [r for r in runs if r]
-        if not runs:
+        found = {s: collect_rows(run_dir(root, name, s)) for s in seeds}
+        found = {s: rows for s, rows in found.items() if rows}
+        if not found:
             continue
-        depth = min(len(r) for r in runs)
-        per_seed[name] = runs
-        series[name] = summarize([r[:depth] for r in runs], metrics=("test_accuracy", "best_test_accuracy",
-                                                                     "firing_rate"))
+        runs = list(found.values())
+        per_seed[name] = found
+        series[name] = summarize(runs, metrics=("test_accuracy", "best_test_accuracy", "firing_rate"),
+                                 require_all=False)
     if not series:
         raise SystemExit(f"no finished rounds under {root}")
     dense = series["IMP (magnitude)"][0]["test_accuracy"] if "IMP (magnitude)" in series else None
-    n_seeds = min(len(v) for v in per_seed.values())
-    partial = any(len(s) < {**VARIANTS, **EXTRA}[n]["rounds"] + 1 for n, s in series.items()) or n_seeds < len(seeds)
-    title = (f"Fashion-MNIST (10k train), convnet w=0.5, T=4: lottery tickets (mean ± 95 % CI, {n_seeds} seeds)"
-             + (" [PARTIAL]" if partial else ""))
+    n_seeds = min(p["n"] for s in series.values() for p in s)
+    partial = (any(len(s) < {**VARIANTS, **EXTRA}[n]["rounds"] + 1 for n, s in series.items())
+               or n_seeds < len(seeds))
+    title = (f"Fashion-MNIST (10k train), convnet w=0.5, T=4: lottery tickets\n(mean ± 95 % CI, "
+             + (f"{len(seeds)} seeds)" if not partial else f"PARTIAL: {n_seeds}-{len(seeds)} seeds per point)"))
     plot_accuracy_vs_sparsity(series, dest / "fmnist_lottery.png", title=title, reference=dense,
                               reference_label="dense (mean)")
-    write_json(dest / "fmnist_lottery.json", {"protocol": BASE, "variants": VARIANTS, "seeds": seeds,
-                                              "partial": partial, "summary": series, "per_seed": per_seed})
+    write_json(dest / "fmnist_lottery.json", {"protocol": BASE, "variants": {**VARIANTS, **EXTRA}, "seeds": seeds,
+                                              "partial": partial, "summary": series,
+                                              "per_seed": {n: {str(s): r for s, r in v.items()}
+                                                           for n, v in per_seed.items()}})
     # a flat CSV of every (variant, seed, round)
     lines = ["variant,seed,round,sparsity,test_accuracy,best_test_accuracy,firing_rate,seconds,prune_seconds"]
     for name, runs in per_seed.items():
-        for s, rows in zip(seeds, runs):
+        for s, rows in runs.items():
             for r in rows:
                 lines.append(f"{SLUG[name]},{s},{r['round']},{r['sparsity']:.6f},{r['test_accuracy']:.4f},"
                              f"{r['best_test_accuracy']:.4f},{r['firing_rate']:.5f},{r['seconds']:.1f},"
@@ -138,13 +141,14 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
                for name, s in series.items()}
     table = ["| sparsity | " + " | ".join(aligned) + " |", "|---:|" + "---:|" * len(aligned)]
     for i, lv in enumerate(levels):
-        cells = [f"{100 * p['test_accuracy']:.2f} ± {100 * p['test_accuracy_ci']:.2f}" if p else ""
+        cells = [(f"{100 * p['test_accuracy']:.2f} ± {100 * p['test_accuracy_ci']:.2f}"
+                  + ("" if p["n"] == len(seeds) else f" (n={p['n']})")) if p else ""
                  for p in (aligned[n][i] for n in aligned)]
         table.append(f"| {100 * lv:.1f} % | " + " | ".join(cells) + " |")
     write_text(dest / "fmnist_lottery_table.md", "\n".join(table) + "\n")
     print("\n".join(table))
-    print(f"\n{'PARTIAL: ' if partial else ''}seeds per variant: "
-          + ", ".join(f"{n}: {len(v)} x {len(series[n])} levels" for n, v in per_seed.items()))
+    print(f"\n{'PARTIAL: ' if partial else ''}finished rounds per variant and seed: "
+          + "; ".join(f"{n}: " + ", ".join(f"seed {s} {len(r) - 1}" for s, r in v.items()) for n, v in per_seed.items()))
 
 
 def main() -> None:

@@ -52,25 +52,30 @@ def _t_quantile(dof: int) -> float:
 
 
 def summarize(runs: Sequence[Sequence[Mapping[str, Any]]], metrics: Sequence[str] = ("test_accuracy",),
-              key: str = "round") -> list[dict[str, Any]]:
+              key: str = "round", require_all: bool = True) -> list[dict[str, Any]]:
     """Aggregate runs (e.g. seeds) point by point.
 
     Args:
         runs: one list of points per run; points are matched by ``key`` (default: the round index).
         metrics: the values to aggregate.
+        require_all: keep only ``key`` values present in every run; ``False`` aggregates each value
+            over the runs that have it (partial studies; ``n`` says how many).
 
     Returns:
-        one point per ``key`` value present in *every* run, with ``density``/``sparsity`` (mean over
-        runs), and per metric ``<m>`` (mean), ``<m>_std`` (sample std), ``<m>_ci`` (half-width of the
-        95 % confidence interval of the mean, t-distribution; 0 for a single run) and ``n``.
+        one point per ``key`` value, with ``density``/``sparsity`` (mean over runs), and per metric
+        ``<m>`` (mean), ``<m>_std`` (sample std), ``<m>_ci`` (half-width of the 95 % confidence
+        interval of the mean, t-distribution; 0 for a single run) and ``n``.
     """
     if not runs:
         return []
     by_key = [{p[key]: p for p in run} for run in runs]
-    common = [k for k in by_key[0] if all(k in other for other in by_key[1:])]
+    if require_all:
+        keys = [k for k in by_key[0] if all(k in other for other in by_key[1:])]
+    else:
+        keys = sorted({k for run in by_key for k in run})
     out = []
-    for k in common:
-        points = [run[k] for run in by_key]
+    for k in keys:
+        points = [run[k] for run in by_key if k in run]
         n = len(points)
         density = sum(_density(p) for p in points) / n
         row: dict[str, Any] = {key: k, "density": density, "sparsity": 1.0 - density, "n": n}
