@@ -212,3 +212,146 @@ def test_bad_arguments(kwargs, match):
 def test_model_without_prunable_layer():
     with pytest.raises(ValueError, match="no prunable layer"):
         prune(nn.Sequential(LIF()), "magnitude", 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 3 additions: exact fast selection, dynamic candidates, budget normalisation, forward-only
+# masks, the empirical threshold density and the firing-aware criteria built on it.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,k", [(3_000_000, 1), (3_000_000, 1_234_567), (3_000_000, 2_999_999)])
+def test_kth_smallest_is_exact_on_large_inputs_with_ties_infs_and_negatives(n, k):
+    from spikeprune.strategies import kth_smallest
+
+    g = torch.Generator().manual_seed(n + k)
+    x = torch.randn(n, generator=g)
+    x[::5] = float("inf")
+    x[1::7] = 0.25
+    assert kth_smallest(x, k).item() == torch.kthvalue(x, k).values.item()
+    y = x.abs()  # the non-negative fast path
+    assert kth_smallest(y, k).item() == torch.kthvalue(y, k).values.item()
+
+
+def test_dynamic_layers_compete_again_and_keep_the_count():
+    model = small_model()
+    mask = prune(model, "magnitude", 0.5)
+    weights = prunable_weights(model)
+    # pretend the dense weights of a dynamic layer kept training: its pruned weights are now large
+    scores = {n: w.detach().abs().clone() for n, w in weights.items()}
+    dyn = "classifier.weight"
+    scores[dyn] = torch.where(mask[dyn], scores[dyn], 10.0)  # pruned ones now score highest
+    new = global_prune(scores, mask, 0.25, dynamic=[dyn])
+    assert new.num_kept == mask.num_kept - round(0.25 * mask.num_kept)
+    assert bool((new[dyn] & ~mask[dyn]).any())  # some came back
+    for n in new:
+        if n != dyn:
+            assert bool((new[n] <= mask[n]).all())  # static layers: survivors only
+    lw = layerwise_prune(scores, mask, 0.25, dynamic=[dyn])
+    assert bool((lw[dyn] & ~mask[dyn]).any())
+    assert int(lw[dyn].sum()) == int(mask[dyn].sum()) - round(0.25 * int(mask[dyn].sum()))
+    with pytest.raises(ValueError, match="not in the mask"):
+        global_prune(scores, mask, 0.25, dynamic=["nope.weight"])
+
+
+def test_budget_normalisation_keeps_magnitude_allocation():
+    model = small_model()
+    weights = prunable_weights(model)
+    magnitudes = {n: w.detach().abs() for n, w in weights.items()}
+    mask = Mask.ones(model)
+    g = torch.Generator().manual_seed(0)
+    other = {n: torch.rand(w.shape, generator=g) * (1e-6 if i % 2 else 1e3) for i, (n, w) in enumerate(weights.items())}
+    by_magnitude = global_prune(magnitudes, mask, 0.7)
+    budget = global_prune(other, mask, 0.7, normalize="budget", allocation=magnitudes)
+    for n in mask:  # the same number per layer as global magnitude pruning, chosen by the other scores
+        assert int(budget[n].sum()) == int(by_magnitude[n].sum())
+        kept, gone = other[n][budget[n]], other[n][~budget[n]]
+        if kept.numel() and gone.numel():
+            assert gone.max() <= kept.min()
+    # with the magnitude criterion itself, budget == plain global magnitude pruning
+    assert global_prune(magnitudes, mask, 0.7, normalize="budget", allocation=magnitudes).equal(by_magnitude)
+    with pytest.raises(ValueError, match="allocation"):
+        global_prune(other, mask, 0.7, normalize="budget")
+
+
+def test_auto_normalisation_resolves_by_criteria_mix():
+    from spikeprune.strategies import resolve_normalization
+
+    assert resolve_normalization("auto", {"a": "magnitude", "b": "magnitude"}) == "none"
+    assert resolve_normalization("auto", {"a": "magnitude", "b": "sf"}) == sf_default_normalization()
+    assert resolve_normalization("max", None) == "max"
+
+
+def sf_default_normalization():
+    from spikeprune.strategies import MIXED_DEFAULT
+
+    return MIXED_DEFAULT
+
+
+def test_sf_prune_on_untrained_model_does_not_collapse_a_layer():
+    # The lead's observation: global SF at 0.8 pruned features.4 to density 0 with "mean" normalisation.
+    torch.manual_seed(0)
+    model = sp.create_model("convnet", 10, 1, 4, 0.5, image_size=8)
+    mask = prune(model, "sf", 0.8, calibration=batches(4))
+    assert min(r["density"] for r in mask.report()[:-1]) > 0.0
+
+
+def test_forward_mask_is_straight_through_and_state_dict_neutral():
+    from spikeprune.masks import mask_forward
+
+    model = small_model()
+    keys = list(model.state_dict())
+    x, y = batches(1)[0]
+    keep = {n: torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+            for n, w in prunable_weights(model).items() if n in ("features.0.conv.weight", "classifier.weight")}
+    reference = sp.create_model("convnet", 10, 1, 2, 0.25, image_size=8)
+    reference.load_state_dict(model.state_dict())
+    Mask(keep).apply(reference)
+    handle = mask_forward(model, Mask(keep))
+    assert list(model.state_dict()) == keys  # checkpoints stay interchangeable
+    model.eval(), reference.eval()
+    assert torch.equal(model(x), reference(x))  # forward = the masked network, bit for bit
+    model.train()
+    nn.functional.cross_entropy(model(x).mean(0), y).backward()
+    g = model.classifier.weight.grad
+    assert torch.count_nonzero(g[~keep["classifier.weight"]]) > 0  # dense (straight-through) gradient
+    w_before = model.classifier.weight.detach().clone()
+    handle.remove()
+    assert type(model.classifier) is nn.Linear and torch.equal(model.classifier.weight, w_before)
+
+
+def test_empirical_threshold_density_and_sf_variants_by_hand():
+    torch.manual_seed(0)
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 1, bias=False)
+            self.bn = nn.BatchNorm2d(3)
+            self.lif = LIF(beta=0.5, u_th=0.7)
+
+        def forward(self, x):
+            return self.lif(self.bn(self.conv(x.flatten(0, 1))).unflatten(0, x.shape[:2]))
+
+    model = Tiny()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([0.5, -2.0, 1.0]))
+        model.bn.running_var.copy_(torch.tensor([4.0, 1.0, 0.25]))
+    spikes = (torch.rand(3, 8, 2, 5, 5) < torch.tensor([0.3, 0.7]).view(1, 1, 2, 1, 1)).float()
+    calib = calibrate(model, [spikes], num_batches=1, crisis_eps=0.1)
+    with torch.no_grad():
+        y = model.bn.eval()(model.conv(spikes.flatten(0, 1))).unflatten(0, (3, 8))
+    _, u = sp.lif_multistep(y, beta=0.5, u_th=0.7)
+    near = ((u - 0.7).abs() <= 0.1).float().mean(dim=(0, 1, 3, 4)) / 0.2
+    assert torch.allclose(calib.threshold_density["lif"], near)
+    r = spikes.mean(dim=(0, 1, 3, 4))
+    gain = (model.bn.weight.abs() / torch.sqrt(model.bn.running_var + model.bn.eps)).detach()
+    w = model.conv.weight.detach().abs()
+    emp = compute_scores("sf-empirical", model, calib)["conv.weight"]
+    cur = compute_scores("sf-current", model, calib)["conv.weight"]
+    assert torch.allclose(emp, r.view(1, 2, 1, 1) * w * (gain * near).view(3, 1, 1, 1), rtol=1e-5, atol=1e-8)
+    assert torch.allclose(cur, r.view(1, 2, 1, 1) * w * gain.view(3, 1, 1, 1), rtol=1e-5, atol=1e-8)
+    rms = compute_scores("sf-rms", model, calib)["conv.weight"]
+    assert torch.allclose(rms, r.sqrt().view(1, 2, 1, 1) * w * gain.view(3, 1, 1, 1), rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="crisis_eps"):
+        calibrate(model, [spikes], crisis_eps=0)

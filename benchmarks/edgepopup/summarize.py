@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 from study import DENSITIES, RUNS, dense_dir  # noqa: E402
 
 from spikeprune.io import write_json, write_text  # noqa: E402
-from spikeprune.report import plot_accuracy_vs_sparsity  # noqa: E402
+from spikeprune.report import plot_subnetwork_accuracy  # noqa: E402
 
 GRID = [float(d) for d in DENSITIES.split(",")]
 FIELDS = ["run", "width", "seed", "density", "sparsity", "epochs", "init", "affine_bn", "test_accuracy",
@@ -112,7 +112,7 @@ def main() -> None:
     write_json(HERE / "summary.json", summary)
     if main_rows:
         series = {"ep_w2_s0": "untrained subnetwork, width 2 (seed 0)"}
-        plot_accuracy_vs_sparsity(
+        plot_subnetwork_accuracy(
             [{"sparsity": r["sparsity"], "accuracy": r["test_accuracy"], "series": "untrained subnetwork, width 1"}
              for r in main_rows]
             + [{"sparsity": r["sparsity"], "accuracy": r["test_accuracy"], "series": series[r["run"]]}

@@ -2,44 +2,34 @@
 
 __version__ = "0.1.0"
 
-from .data import BatchLoader, ImageDataset, list_datasets, load_dataset
+# foundation: neuron, models, data
+from .neuron import LIF, lif_multistep, record_statistics
 from .models import create_model, list_models, register_model
+from .data import BatchLoader, ImageDataset, list_datasets, load_dataset
+# lottery tickets (unstructured pruning)
 from .calibration import calibrate
 from .masks import Mask, enforce
-from .neuron import LIF, lif_multistep, record_statistics
-from .pruning import prune
+from .pruning import prune, prune_step
+from .lottery import LotteryConfig, run_lottery
+from .edgepopup import EdgePopupConfig, export_subnetwork, subnet_mask, to_edgepopup
+# theory as measurements
 from .firing import crisis_probability, density_sup, flip_analysis
 from .slth import construct, verify as verify_ticket
+# QP-SNN compression and cost
 from .quant import quantize_model
 from .structured import prune_channels
 from .cost import cost_report
-from .edgepopup import EdgePopupConfig, export_subnetwork, subnet_mask, to_edgepopup
 
 __all__ = [
-    "BatchLoader",
-    "ImageDataset",
-    "LIF",
-    "Mask",
-    "calibrate",
-    "construct",
-    "crisis_probability",
-    "density_sup",
-    "flip_analysis",
-    "enforce",
-    "prune",
-    "prune_channels",
-    "quantize_model",
-    "cost_report",
-    "create_model",
-    "lif_multistep",
-    "list_datasets",
-    "list_models",
-    "load_dataset",
-    "record_statistics",
-    "register_model",
-    "verify_ticket",
-    "EdgePopupConfig",
-    "export_subnetwork",
-    "subnet_mask",
-    "to_edgepopup",
+    # foundation
+    "LIF", "lif_multistep", "record_statistics",
+    "create_model", "list_models", "register_model",
+    "BatchLoader", "ImageDataset", "list_datasets", "load_dataset",
+    # lottery tickets
+    "calibrate", "Mask", "enforce", "prune", "prune_step", "LotteryConfig", "run_lottery",
+    "EdgePopupConfig", "export_subnetwork", "subnet_mask", "to_edgepopup",
+    # theory
+    "crisis_probability", "density_sup", "flip_analysis", "construct", "verify_ticket",
+    # compression
+    "quantize_model", "prune_channels", "cost_report",
 ]

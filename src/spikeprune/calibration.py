@@ -9,7 +9,9 @@ layer (conv/linear weight):
   (``neuron``), found from the order in which modules execute. Execution order, not module order,
   so a residual block's second conv is paired with the block's output neuron that fires after the add;
 * for every spiking layer, per output channel: mean and variance of the pre-spike membrane potential
-  u_t and the firing rate (:class:`~spikeprune.neuron.NeuronStatistics`).
+  u_t and the firing rate (:class:`~spikeprune.neuron.NeuronStatistics`), and the *empirical* density
+  of u_t at the threshold, ``P(|u_t - u_th| <= crisis_eps) / (2 crisis_eps)`` (the crisis probability of
+  LTH-SNN Eq. 6 per unit width), which the ``sf-empirical`` criterion uses instead of a Gaussian fit.
 
 Works on any ``nn.Module`` whose spiking layers are :class:`~spikeprune.LIF`; batches may be
 ``(inputs, labels)`` pairs or bare input tensors.
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from .masks import PRUNABLE_TYPES, prunable_weights
-from .neuron import LIF, StatisticsRecorder, record_statistics
+from .neuron import LIF, NeuronStatistics, StatisticsRecorder, observe
 
 __all__ = ["Calibration", "LayerRecord", "calibrate"]
 
@@ -54,6 +56,9 @@ class Calibration:
     num_batches: int
     num_samples: int
     modules: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    #: per LIF layer, per channel: empirical density of u_t at u_th (box kernel of half-width crisis_eps)
+    threshold_density: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    crisis_eps: float = 0.05
 
     def neuron_of(self, weight: str) -> tuple[LIF, Any] | None:
         """(LIF module, its statistics) driven by the layer owning ``weight``, if any."""
@@ -64,14 +69,18 @@ class Calibration:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None = 8) -> Calibration:
+def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None = 8, *,
+              crisis_eps: float = 0.05) -> Calibration:
     """Run up to ``num_batches`` batches through ``model`` (eval mode) and collect statistics.
 
     Args:
         model: any module whose spiking layers are :class:`~spikeprune.LIF`.
         batches: iterable of ``(x, y)`` or ``x``; ``x`` is what ``model(x)`` takes.
         num_batches: how many batches to use (``None``: all).
+        crisis_eps: half-width of the window around u_th for the empirical threshold density.
     """
+    if isinstance(crisis_eps, bool) or not isinstance(crisis_eps, (int, float)) or not crisis_eps > 0:
+        raise ValueError(f"crisis_eps must be a number > 0; got {crisis_eps!r}")
     if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
                                     or num_batches < 1):
         raise ValueError(f"calibration batches must be a positive integer; got {num_batches!r}")
@@ -114,11 +123,23 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
         elif isinstance(module, _BN_TYPES + (LIF,)):
             handles.append(module.register_forward_hook(trace_hook(name)))
 
+    lif_names = {id(m): n for n, m in named.items() if isinstance(m, LIF)}
+    neurons = StatisticsRecorder({n: NeuronStatistics() for n in lif_names.values()})
+    near: dict[str, torch.Tensor] = {}
+
+    def observer(lif: LIF, u: torch.Tensor, spikes: torch.Tensor) -> None:
+        name = lif_names[id(lif)]
+        neurons.layers[name].update(u, spikes)
+        # per channel (dim 2 of [T, B, C, ...]): how many u_t lie within crisis_eps of the threshold
+        channels = u.shape[2] if u.dim() > 2 else 1
+        hits = ((u.detach() - lif.u_th).abs() <= crisis_eps).reshape(u.shape[0], u.shape[1], channels, -1)
+        near[name] = near.get(name, 0) + hits.sum(dim=(0, 1, 3)).double()
+
     was_training = model.training
     model.eval()
     seen_batches = seen_samples = 0
     try:
-        with record_statistics(model) as neurons:
+        with observe(model, observer):
             for batch in batches:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 model(x)
@@ -153,4 +174,5 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
             rec.neuron = next((n for n in order[i + 2:] if isinstance(named[n], LIF)), None)
         layers[weight_name] = rec
     lifs = {n: m for n, m in named.items() if isinstance(m, LIF)}
-    return Calibration(layers, neurons, seen_batches, seen_samples, lifs)
+    density = {n: (near[n] / max(neurons[n].count, 1) / (2 * crisis_eps)).float() for n in near}
+    return Calibration(layers, neurons, seen_batches, seen_samples, lifs, density, float(crisis_eps))

@@ -27,8 +27,10 @@ from torch import nn
 
 from .calibration import Calibration
 from .masks import prunable_weights
+from .neuron import LIF
 
-__all__ = ["CRITERIA", "Scores", "compute_scores", "magnitude", "random", "sf"]
+__all__ = ["CRITERIA", "FIRING_AWARE", "Scores", "compute_scores", "magnitude", "random", "sf", "sf_current", "sf_empirical",
+           "sf_layers", "sf_rms"]
 
 
 @dataclass
@@ -73,34 +75,99 @@ def bn_gain(bn: nn.Module) -> torch.Tensor:
     return gain * float(getattr(bn, "scale", 1.0))
 
 
-def sf(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
-    """LTH-SNN Eq. 12-13 scores where the layer reads spikes and drives BN + LIF; magnitude elsewhere."""
-    if calibration is None:
-        raise ValueError("the sf criterion needs calibration data (pass calibration=<batches>)")
+def sf_layers(model: nn.Module, calibration: Calibration) -> dict[str, tuple[nn.Module, LIF, object]]:
+    """Layers where LTH-SNN Eq. 13 applies: ``{weight name: (bn, lif, lif statistics)}``.
+
+    A layer qualifies when its input was spikes (so ``r_i`` is a firing rate), a BatchNorm ran right
+    after it and a LIF after that BN, with one membrane statistic per output channel. The rest (the
+    encoding layer, whose input is analog, and FC layers without BN + LIF) keep magnitude; SF-IMP-2
+    gives exactly those layers dynamic masks.
+    """
     named = dict(model.named_modules())
-    scores = magnitude(model)
+    found = {}
     for name, w in prunable_weights(model).items():
         rec = calibration.layers.get(name)
         if rec is None or not rec.input_is_spikes or rec.bn is None:
-            continue  # encoding layer (analog input) or an FC layer without BN: magnitude
-        found = calibration.neuron_of(name)
-        if found is None:
             continue
-        lif, stats = found
+        neuron = calibration.neuron_of(name)
+        if neuron is None:
+            continue
+        lif, stats = neuron
         if stats.membrane_mean is None or stats.membrane_mean.numel() != w.shape[0]:
             continue
-        gain = bn_gain(named[rec.bn]) * gaussian_density_at_threshold(stats.membrane_mean, stats.membrane_var,
-                                                                       lif.u_th)
+        found[name] = (named[rec.bn], lif, stats)
+    return found
+
+
+def _firing_scores(model: nn.Module, calibration: Calibration | None, density: str, kind: str) -> Scores:
+    """``r_i |w| gain_j * d_j`` on the layers of :func:`sf_layers`, magnitude elsewhere.
+
+    ``density``: ``"gaussian"`` (LTH-SNN Eq. 12: d_j = N(0 | mu_j - u_th, var_j)), ``"empirical"``
+    (d_j = the measured density of u at u_th, ``Calibration.threshold_density``), ``"none"`` (d_j = 1:
+    Eq. 13 alone, the expected membrane-potential change E|u' - u| from removing the weight) or
+    ``"rms"`` (d_j = 1 and ``sqrt(r_i)`` for ``r_i``: the root-mean-square change).
+    """
+    if calibration is None:
+        raise ValueError(f"the {kind} criterion needs calibration data (pass calibration=<batches>)")
+    weights = prunable_weights(model)
+    scores = magnitude(model)
+    for name, (bn, lif, stats) in sf_layers(model, calibration).items():
+        w = weights[name]
+        rate = calibration.layers[name].input_rate
+        if density == "rms":  # root-mean-square instead of mean perturbation: sqrt(E[(s_i w g_j)^2])
+            rate = rate.sqrt()
+        # Eq. 13: E(|u' - u|) = r_i |w| |gamma_j| / sqrt(var_B_j + eps)
+        gain = bn_gain(bn)
+        if density == "gaussian":  # Eq. 12: times N(0 | mu_j - u_th, var_j)
+            gain = gain * gaussian_density_at_threshold(stats.membrane_mean, stats.membrane_var, lif.u_th)
+        elif density == "empirical":
+            lif_name = calibration.layers[name].neuron
+            gain = gain * calibration.threshold_density[lif_name].to(gain)
         extra = (1,) * (w.dim() - 2)
-        scores.values[name] = (rec.input_rate.view(1, -1, *extra) * w.detach().abs()
-                               * gain.view(-1, 1, *extra)).float()
-        scores.kinds[name] = "sf"
+        scores.values[name] = (rate.view(1, -1, *extra) * w.detach().abs() * gain.view(-1, 1, *extra)).float()
+        scores.kinds[name] = kind
     return scores
+
+
+def sf(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """LTH-SNN Eq. 12-13 scores where the layer reads spikes and drives BN + LIF; magnitude elsewhere."""
+    return _firing_scores(model, calibration, "gaussian", "sf")
+
+
+def sf_empirical(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """Eq. 12 with the *measured* density of the membrane potential at u_th instead of a Gaussian fit.
+
+    u_t of a LIF neuron is not Gaussian: it is a mixture of freshly reset potentials (``u_t = x_t``
+    after a spike) and leaky sums, often skewed and with a mass far below threshold; its density at
+    u_th is what Eq. 6 (the crisis probability) needs, and calibration measures it directly.
+    """
+    return _firing_scores(model, calibration, "empirical", "sf-empirical")
+
+
+def sf_current(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """Eq. 13 alone: ``r_i |w| |gamma_j| / sqrt(var_B_j + eps)``, the expected change of the membrane
+    potential (no threshold-density factor); an ablation of the SF criterion."""
+    return _firing_scores(model, calibration, "none", "sf-current")
+
+
+def sf_rms(model: nn.Module, calibration: Calibration | None = None, **_: object) -> Scores:
+    """``sqrt(r_i) |w| |gamma_j| / sqrt(var_B_j + eps)``: the root-mean-square membrane-potential change
+    per timestep from removing the weight, ``sqrt(E[(s_i w gain_j)^2])`` for spikes ``s_i ~ Bernoulli(r_i)``.
+
+    Proposed here (benchmarks/lottery/RESULTS.md): Eq. 13's mean ``r_i |w| gain_j`` and Eq. 12's per-channel
+    density factor spread over orders of magnitude and prune whole channels; the RMS keeps the firing
+    information but tempers the rate factor (rare but present inputs are not written off).
+    """
+    return _firing_scores(model, calibration, "rms", "sf-rms")
 
 
 Criterion = Callable[..., Scores]
 
-CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random, "sf": sf}
+CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random, "sf": sf, "sf-empirical": sf_empirical,
+                                  "sf-current": sf_current, "sf-rms": sf_rms}
+
+#: criteria that read calibration statistics (firing rates, membrane potentials)
+FIRING_AWARE: set[str] = {"sf", "sf-empirical", "sf-current", "sf-rms"}
 
 
 def compute_scores(criterion: str | Criterion, model: nn.Module, calibration: Calibration | None = None,

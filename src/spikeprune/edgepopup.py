@@ -579,12 +579,12 @@ def write_results(out: str | Path, rows: Sequence[dict[str, Any]], *, cfg: EdgeP
     write_json(out / "results.json", summary)
     write_text(out / "results.csv", _csv(rows))
     if plot and rows:
-        from .report import plot_accuracy_vs_sparsity
+        from .report import plot_subnetwork_accuracy
 
         title = f"edge-popup: {cfg.model} (width {cfg.width:g}) on {cfg.dataset}, T={cfg.timesteps}"
         if cfg.affine_bn:
             title += "\n(AFFINE BN TRAINED)"
-        plot_accuracy_vs_sparsity(
+        plot_subnetwork_accuracy(
             [{"sparsity": r["sparsity"], "accuracy": r["test_accuracy"], "seed": r["seed"]} for r in rows],
             out / "results.png", reference=reference, title=title,
             label="untrained subnetwork (edge-popup)", reference_label="dense trained")

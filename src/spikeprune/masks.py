@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .io import load_checkpoint, save_checkpoint
 
-__all__ = ["Mask", "MaskEnforcement", "enforce", "prunable_weights"]
+__all__ = ["ForwardMasking", "Mask", "MaskEnforcement", "enforce", "mask_forward", "prunable_weights"]
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -178,3 +179,83 @@ def enforce(model: nn.Module, mask: Mask) -> MaskEnforcement:
     """Apply ``mask`` and keep it: gradients of pruned weights are zeroed, and
     ``enforcement.after_step()`` (pass it as ``fit(after_step=...)``) re-zeroes them after each step."""
     return MaskEnforcement(model, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward-only (dynamic) masks: Dynamic Network Surgery (Guo et al., NeurIPS 2016), SF-IMP-2.
+# ---------------------------------------------------------------------------------------------
+
+
+def _straight_through(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``weight * keep`` in the forward pass, identity in the backward pass.
+
+    ``w - (w * ~keep).detach()`` is exactly ``w`` where kept and exactly 0 where pruned, and its
+    gradient w.r.t. ``w`` is 1 everywhere: the dense weights receive the gradient of the masked
+    weights ("dense updates"), so a pruned weight that the loss wants back can grow back.
+    """
+    return weight - (weight * ~keep).detach()
+
+
+class _ForwardMaskedConv(nn.modules.conv._ConvNd):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, _straight_through(self.weight, self.forward_mask), self.bias)
+
+
+class ForwardMaskedConv1d(_ForwardMaskedConv, nn.Conv1d):
+    """An ``nn.Conv1d`` whose forward pass uses ``weight * forward_mask`` (see :func:`mask_forward`)."""
+
+
+class ForwardMaskedConv2d(_ForwardMaskedConv, nn.Conv2d):
+    """An ``nn.Conv2d`` whose forward pass uses ``weight * forward_mask`` (see :func:`mask_forward`)."""
+
+
+class ForwardMaskedConv3d(_ForwardMaskedConv, nn.Conv3d):
+    """An ``nn.Conv3d`` whose forward pass uses ``weight * forward_mask`` (see :func:`mask_forward`)."""
+
+
+class ForwardMaskedLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward pass uses ``weight * forward_mask`` (see :func:`mask_forward`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, _straight_through(self.weight, self.forward_mask), self.bias)
+
+
+_FORWARD_MASKED = {nn.Conv1d: ForwardMaskedConv1d, nn.Conv2d: ForwardMaskedConv2d, nn.Conv3d: ForwardMaskedConv3d,
+                   nn.Linear: ForwardMaskedLinear}
+
+
+class ForwardMasking:
+    """Handle returned by :func:`mask_forward`; ``remove()`` restores the plain layers."""
+
+    def __init__(self, model: nn.Module, mask: Mask) -> None:
+        mask.check_fits(model)
+        self.mask = mask
+        owners = {f"{n}.weight" if n else "weight": m for n, m in model.named_modules()}
+        self._modules: list[tuple[nn.Module, type]] = []
+        for name, keep in mask.items():
+            module = owners[name]
+            plain = type(module)
+            if plain not in _FORWARD_MASKED:
+                raise TypeError(f"forward-only masks support Conv1d/2d/3d and Linear; {name!r} is a {plain.__name__}")
+            # Swapping the class of the instance keeps its parameters, hooks and state_dict keys
+            # (checkpoints of masked and unmasked models stay interchangeable); the mask is a
+            # non-persistent buffer, so it never enters a state_dict.
+            module.register_buffer("forward_mask", keep.to(module.weight.device), persistent=False)
+            module.__class__ = _FORWARD_MASKED[plain]
+            self._modules.append((module, plain))
+
+    def remove(self) -> None:
+        """Plain layers again (the dense weights are left as they are)."""
+        for module, plain in self._modules:
+            module.__class__ = plain
+            del module._buffers["forward_mask"]
+        self._modules.clear()
+
+
+def mask_forward(model: nn.Module, mask: Mask) -> ForwardMasking:
+    """Forward-only masks (SF-IMP-2): the layers in ``mask`` compute with ``weight * mask`` while their
+    dense ``weight`` keeps receiving every gradient (straight-through) and every optimizer update.
+
+    Nothing is zeroed in the stored weights; ``Mask.apply`` turns the result into an ordinary sparse model.
+    """
+    return ForwardMasking(model, mask)

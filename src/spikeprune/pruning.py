@@ -14,9 +14,9 @@ from typing import Any
 from torch import nn
 
 from .calibration import Calibration, calibrate
-from .criteria import Criterion, compute_scores
+from .criteria import FIRING_AWARE, Criterion, compute_scores, magnitude
 from .masks import Mask
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES, resolve_normalization
 
 __all__ = ["prune", "prune_step"]
 
@@ -29,8 +29,8 @@ def _check_sparsity(sparsity: Any) -> float:
 
 def _calibration(model: nn.Module, criterion: str | Criterion, calibration: Any, batches: int) -> Calibration | None:
     if isinstance(calibration, Calibration) or calibration is None:
-        if calibration is None and criterion == "sf":
-            raise ValueError("criterion 'sf' needs calibration data: pass calibration=<loader or batches>")
+        if calibration is None and isinstance(criterion, str) and criterion in FIRING_AWARE:
+            raise ValueError(f"criterion {criterion!r} needs calibration data: pass calibration=<loader or batches>")
         return calibration
     if isinstance(calibration, Iterable):
         return calibrate(model, calibration, batches)
@@ -48,15 +48,24 @@ def prune_step(
     calibration_batches: int = 8,
     normalize: str = "auto",
     seed: int = 0,
+    dynamic: Iterable[str] = (),
 ) -> Mask:
-    """Remove ``fraction`` of the surviving weights (one IMP round); returns the new mask, unapplied."""
+    """Remove ``fraction`` of the surviving weights (one IMP round); returns the new mask, unapplied.
+
+    ``dynamic`` names layers with forward-only masks (SF-IMP-2) whose pruned weights compete again;
+    the other arguments are those of :func:`prune`.
+    """
     if scope not in STRATEGIES:
         raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(STRATEGIES)}")
     current = mask if mask is not None else Mask.from_model(model)
     current.check_fits(model)
     calib = _calibration(model, criterion, calibration, calibration_batches)
     scores = compute_scores(criterion, model, calib, seed=seed)
-    return STRATEGIES[scope](scores.values, current, fraction, normalize=normalize, kinds=scores.kinds)
+    method = resolve_normalization(normalize, scores.kinds)
+    # `budget` takes the per-layer counts from global magnitude ranking (IMP's allocation).
+    allocation = magnitude(model).values if method == "budget" else None
+    return STRATEGIES[scope](scores.values, current, fraction, normalize=method, kinds=scores.kinds,
+                             dynamic=tuple(dynamic), allocation=allocation)
 
 
 def prune(

@@ -15,7 +15,7 @@ import sys
 from .args import OneLineParser
 
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ["quickstart", "train", "evaluate", "edgepopup", "compress", "cost", "analyze", "theory"]
+COMMANDS = ["quickstart", "train", "evaluate", "lottery", "edgepopup", "compress", "cost", "analyze", "theory"]
 
 
 def build_parser() -> OneLineParser:

@@ -1,9 +1,17 @@
-"""``spikeprune quickstart``: the main job on the embedded digits dataset, offline, in minutes."""
+"""``spikeprune quickstart``: the main job on the embedded digits dataset, offline, in minutes.
+
+Trains a dense SNN, then finds lottery tickets from it with IMP (magnitude) and SF-IMP-1 (the
+firing-aware criterion of LTH-SNN Eq. 12-13): a few rounds each, rewinding to an early epoch of the
+dense run. Prints a table and writes a plot of accuracy against sparsity. Last, an edge-popup
+search finds a 50 %-dense subnetwork inside the same network left at its random initialisation
+(a strong ticket, LTH-SNN §5) and exports it as an ordinary masked model.
+"""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import TrainConfig, hparam
 from .args import add_config_arguments, add_run_arguments, config_from_args
@@ -16,10 +24,13 @@ class QuickstartConfig(TrainConfig):
     dataset: str = hparam("digits", "dataset")
     epochs: int = hparam(30, "training epochs (>= 1)")
     batch_size: int = hparam(64, "batch size (>= 1)")
+    rounds: int = hparam(3, "lottery-ticket rounds per criterion after the dense run (0: skip that part)")
+    prune_fraction: float = hparam(0.5, "fraction of the surviving weights pruned per round, in (0, 1)")
+    rewind_epoch: int | None = hparam(None, "epoch of the dense run the tickets rewind to (default: epochs // 10)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="train on the embedded digits and print a report",
+    p = sub.add_parser("quickstart", help="train on the embedded digits, find lottery tickets, print a report",
                        description=__doc__)
     add_run_arguments(p, out_default="runs/quickstart", resume=False)
     add_config_arguments(p, QuickstartConfig)
@@ -27,11 +38,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lottery import rewind_saver
     from ..train import fit
 
     cfg = config_from_args(QuickstartConfig, args)
-    # A demo: re-running it continues (or just re-reports) the same run instead of refusing.
-    result = fit(cfg, args.out, resume=True, progress=args.progress)
+    rewind_epoch = cfg.epochs // 10 if cfg.rewind_epoch is None else cfg.rewind_epoch
+    lottery = _lottery_configs(cfg, rewind_epoch) if cfg.rounds > 0 else {}  # validate before training
+    # A demo: re-running it continues (or just re-reports) the same run instead of refusing. The dense run
+    # is identified by its TrainConfig alone, so changing only the lottery flags re-uses it.
+    dense = TrainConfig(**{f: getattr(cfg, f) for f in TrainConfig.__dataclass_fields__})
+    result = fit(dense, args.out, resume=True, progress=args.progress,
+                 on_epoch_end=rewind_saver(args.out, cfg, rewind_epoch))
     m = result.metrics
     print(f"spikeprune quickstart: {cfg.model} (T={cfg.timesteps}, {m['num_parameters']:,} parameters) "
           f"on {cfg.dataset}")
@@ -40,13 +57,47 @@ def run(args: argparse.Namespace) -> int:
     print(f"  training time   {m['seconds']:.1f} s over {m['epochs']} epochs")
     print(f"  results         {args.out}/metrics.json, history.csv, checkpoint.safetensors")
 
+    if lottery:
+        _lottery_part(args, cfg, lottery, rewind_epoch)
+
     # --- edge-popup (issue 4): the same network, weights left at random init, only a subnetwork learnt ---
     from ..edgepopup import demo
 
     ep = demo(cfg, f"{args.out}/edgepopup", density=0.5, progress=args.progress)
-    print(f"edge-popup: the same {cfg.model}, UNTRAINED random weights, best 50 % of each layer searched")
+    print(f"\nedge-popup: the same {cfg.model}, UNTRAINED random weights, best 50 % of each layer searched")
     print(f"  test accuracy   {ep['test_accuracy']:.4f}  (dense trained above: {m['test_accuracy']:.4f}; "
           f"exported subnetwork: {ep['exported_test_accuracy']:.4f})")
     print(f"  search time     {ep['seconds']:.1f} s over {ep['epochs']} epochs")
     print(f"  results         {args.out}/edgepopup/results.json, density-0.5/subnet.safetensors")
     return 0
+
+
+def _lottery_configs(cfg: QuickstartConfig, rewind_epoch: int) -> dict:
+    from ..lottery import LotteryConfig
+
+    base = {f: getattr(cfg, f) for f in TrainConfig.__dataclass_fields__}
+    common = dict(rounds=cfg.rounds, prune_fraction=cfg.prune_fraction, rewind_epoch=rewind_epoch)
+    return {"IMP (magnitude)": LotteryConfig(**base, **common, variant="imp"),
+            "SF-IMP-1 (sf)": LotteryConfig(**base, **common, variant="sf-imp-1")}
+
+
+def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict, rewind_epoch: int) -> None:
+    from ..data import load_dataset
+    from ..lottery import adopt_dense, run_lottery
+    from ..report import format_table, plot_accuracy_vs_sparsity
+
+    out = Path(args.out)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir)
+    series = {}
+    for label, lcfg in configs.items():
+        where = out / "lottery" / lcfg.variant
+        adopt_dense(out, where)  # every criterion starts from the dense run above
+        series[label] = run_lottery(lcfg, where, resume=True, dataset=dataset, progress=args.progress, log=None).rows
+    plot = plot_accuracy_vs_sparsity(series, out / "lottery.png", reference=series["IMP (magnitude)"][0]["test_accuracy"],
+                                     title=f"{cfg.model} on {cfg.dataset}: lottery tickets "
+                                           f"(p = {cfg.prune_fraction}, rewind to epoch {rewind_epoch})")
+    print(f"\nlottery tickets: prune {cfg.prune_fraction:.0%} of the surviving weights per round, rewind to epoch "
+          f"{rewind_epoch}, retrain {cfg.epochs - rewind_epoch} epochs (test accuracy, %)")
+    print(format_table(series), end="")
+    seconds = sum(r["seconds"] + r["prune_seconds"] for rows in series.values() for r in rows[1:])
+    print(f"  search time     {seconds:.1f} s;  results {out}/lottery/<variant>/rounds.csv, plot {plot}")

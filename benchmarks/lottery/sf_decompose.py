@@ -1,0 +1,48 @@
+"""Which factor of the SF score hurts? One-shot pruning (no retraining) at IMP's allocation (budget).
+
+Scores on the spiking conv layers (magnitude elsewhere, as SF): |w| g (BN-folded magnitude),
+|w| g phi (Eq. 12 without the input rate), r |w| (input rate only), sqrt(r) |w| g (= the ``sf-rms``
+criterion). Compare with sf_analysis.json (magnitude, sf, sf-empirical, sf-current).
+
+    python benchmarks/lottery/sf_decompose.py --checkpoint <dense convnet checkpoint>
+"""
+import argparse
+from pathlib import Path
+import torch, copy, json
+torch.set_num_threads(1)
+from spikeprune.train import load_model, evaluate
+from spikeprune.data import load_dataset, BatchLoader
+from spikeprune.calibration import calibrate
+from spikeprune.pruning import prune
+from spikeprune.masks import Mask, prunable_weights
+from spikeprune.criteria import magnitude, sf_layers, bn_gain, gaussian_density_at_threshold, Scores
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument('--checkpoint', required=True)
+args = parser.parse_args()
+m, _ = load_model(args.checkpoint)
+ds = load_dataset('fashion_mnist')
+cal = calibrate(m, BatchLoader(ds,'train',128,shuffle=True,seed=0,timesteps=4,augment=False), 8)
+test = BatchLoader(ds, 'test', 500, shuffle=False, timesteps=4, limit=3000)
+def make(use_rate, use_gain, use_density, sqrt_rate=False):
+    def crit(model, calibration=None, **_):
+        w = prunable_weights(model); sc = magnitude(model)
+        for name, (bn, lif, st) in sf_layers(model, calibration).items():
+            f = torch.ones(w[name].shape[0])
+            if use_gain: f = f * bn_gain(bn)
+            if use_density: f = f * gaussian_density_at_threshold(st.membrane_mean, st.membrane_var, lif.u_th)
+            r = calibration.layers[name].input_rate
+            r = r.sqrt() if sqrt_rate else r
+            if not use_rate: r = torch.ones_like(r)
+            sc.values[name] = (r.view(1,-1,1,1) * w[name].detach().abs() * f.view(-1,1,1,1)).float(); sc.kinds[name] = "x"
+        return sc
+    return crit
+variants = {"|w| g": make(0,1,0), "|w| g phi": make(0,1,1), "r |w|": make(1,0,0), "sqrt(r) |w| g": make(1,1,0,True)}
+res = {}
+for label, c in variants.items():
+    accs = []
+    for s in (0.7, 0.8, 0.9):
+        net = copy.deepcopy(m); prune(net, c, s, calibration=cal, normalize="budget", mask=Mask.ones(net))
+        accs.append(round(100*evaluate(net, test)["accuracy"], 1))
+    res[label] = accs; print(label, accs, flush=True)
+json.dump({'checkpoint': args.checkpoint, 'sparsities': [0.7, 0.8, 0.9], 'test_limit': 3000, 'accuracy': res},
+          open(Path(__file__).resolve().parent / 'sf_decompose.json', 'w'), indent=2)

@@ -1,0 +1,176 @@
+"""Fashion-MNIST lottery-ticket study: IMP (magnitude), SF-IMP-1, SF-IMP-2 and random pruning, 3 seeds.
+
+Protocol (sized for 2 CPU cores shared by six people; RESULTS.md says why): convnet width 0.5,
+T = 4, bf16 autocast, the first 10 000 training images (``train_limit``) and the full 10 000 test
+images. Dense training 4 epochs (SGD 0.1, momentum 0.9, wd 5e-4, cosine, batch 128); rewind to
+epoch 1; every round retrains 3 epochs from the rewind state with a fresh cosine schedule (Kim et
+al.). Each round removes p = 1 - 0.75^2 = 43.75 % of the surviving weights, 7 rounds: the densities
+0.75^2k are every other level of Kim et al.'s p = 25 % schedule, including 90.0 % and 98.2 %
+sparsity, at half the rounds.
+
+One dense run per seed is shared by all variants (same TrainConfig; each variant's ``dense/`` is a
+hard-linked copy). Work proceeds seed by seed (the workers split the variants of a seed), so a partial
+study holds complete curves for the first seeds. Every phase is resumable: re-running the
+same command continues where it stopped.
+
+    # two workers in parallel (each single-threaded), then the aggregate:
+    python benchmarks/lottery/study.py --root runs/lottery_study --worker 0 --workers 2 &
+    python benchmarks/lottery/study.py --root runs/lottery_study --worker 1 --workers 2 &
+    python benchmarks/lottery/study.py --root runs/lottery_study --aggregate
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from spikeprune.data import load_dataset
+from spikeprune.io import write_json, write_text
+from spikeprune.lottery import LotteryConfig, collect_rows, run_lottery, train_dense
+from spikeprune.report import format_table, plot_accuracy_vs_sparsity, summarize
+
+HERE = Path(__file__).resolve().parent
+BASE = dict(model="convnet", dataset="fashion_mnist", width=0.5, timesteps=4, bf16=True, train_limit=10000,
+            epochs=4, rewind_epoch=1, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine")
+P = 1 - 0.75 ** 2
+ROUNDS = 7
+VARIANTS = {
+    "IMP (magnitude)": dict(variant="imp", prune_fraction=P, rounds=ROUNDS),
+    "SF-IMP-1": dict(variant="sf-imp-1", prune_fraction=P, rounds=ROUNDS),
+    "SF-IMP-2": dict(variant="sf-imp-2", prune_fraction=P, rounds=ROUNDS),
+    "random": dict(variant="imp", criterion="random", prune_fraction=P, rounds=ROUNDS),
+}
+#: the firing-aware criterion proposed after the first results (RESULTS.md §2), run as an extra variant
+EXTRA = {"SF-IMP-1 (sf-rms)": dict(variant="sf-imp-1", criterion="sf-rms", prune_fraction=P, rounds=ROUNDS)}
+SLUG = {"IMP (magnitude)": "imp", "SF-IMP-1": "sf-imp-1", "SF-IMP-2": "sf-imp-2", "random": "random",
+        "SF-IMP-1 (sf-rms)": "sf-imp-1-rms"}
+
+
+def config(name: str, seed: int, rounds: int | None = None) -> LotteryConfig:
+    v = dict({**VARIANTS, **EXTRA}[name])
+    if rounds is not None:
+        v["rounds"] = rounds
+    return LotteryConfig(**BASE, **v, seed=seed)
+
+
+def run_dir(root: Path, name: str, seed: int) -> Path:
+    return root / f"seed{seed}" / SLUG[name]
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def work(root: Path, seeds: list[int], worker: int, workers: int, names: list[str] | None = None) -> None:
+    dataset = load_dataset("fashion_mnist")
+    # 1. dense runs: seed s belongs to worker s % workers; a worker needing another's waits for it.
+    def ensure_dense(i: int, seed: int) -> None:
+        first = run_dir(root, "IMP (magnitude)", seed)
+        if i % workers == worker:
+            train_dense(config("IMP (magnitude)", seed), first, resume=True, dataset=dataset, log=log)
+        dense = first / "dense"
+        while not ((dense / "metrics.json").exists() and (dense / "rewind.safetensors").exists()):
+            time.sleep(20)
+
+    # 2. seed by seed; within a seed the workers split the variants (longest-first greedy balance).
+    for i, seed in enumerate(seeds):
+        ensure_dense(i, seed)
+        load, share = [0] * workers, [[] for _ in range(workers)]
+        table = {**VARIANTS, **EXTRA}
+        for name in sorted(names or VARIANTS, key=lambda n: -table[n]["rounds"]):
+            w = load.index(min(load))
+            load[w] += table[name]["rounds"]
+            share[w].append(name)
+        for name in share[worker]:
+            out = run_dir(root, name, seed)
+            shared = run_dir(root, "IMP (magnitude)", seed) / "dense"
+            if not (out / "dense").exists():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(shared, out / "dense", copy_function=os.link)
+            for k in range(1, table[name]["rounds"] + 1):
+                tick = time.perf_counter()
+                result = run_lottery(config(name, seed, rounds=k), out, resume=True, dataset=dataset, log=None)
+                row = result.rows[-1]
+                log(f"worker {worker}: {name} seed {seed} round {row['round']}: sparsity {row['sparsity']:.4f} "
+                    f"acc {row['test_accuracy']:.4f} ({time.perf_counter() - tick:.0f} s)")
+
+
+def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
+    series, per_seed = {}, {}
+    for name in {**VARIANTS, **EXTRA}:
+        found = {s: collect_rows(run_dir(root, name, s)) for s in seeds}
+        found = {s: rows for s, rows in found.items() if rows}
+        if not found:
+            continue
+        runs = list(found.values())
+        per_seed[name] = found
+        series[name] = summarize(runs, metrics=("test_accuracy", "best_test_accuracy", "firing_rate"),
+                                 require_all=False)
+    if not series:
+        raise SystemExit(f"no finished rounds under {root}")
+    dense = series["IMP (magnitude)"][0]["test_accuracy"] if "IMP (magnitude)" in series else None
+    n_seeds = min(p["n"] for s in series.values() for p in s)
+    partial = (any(len(s) < {**VARIANTS, **EXTRA}[n]["rounds"] + 1 for n, s in series.items())
+               or n_seeds < len(seeds))
+    title = (f"Fashion-MNIST (10k train), convnet w=0.5, T=4: lottery tickets\n(mean ± 95 % CI, "
+             + (f"{len(seeds)} seeds)" if not partial else f"PARTIAL: {n_seeds}-{len(seeds)} seeds per point)"))
+    plot_accuracy_vs_sparsity(series, dest / "fmnist_lottery.png", title=title, reference=dense,
+                              reference_label="dense (mean)")
+    write_json(dest / "fmnist_lottery.json", {"protocol": BASE, "variants": {**VARIANTS, **EXTRA}, "seeds": seeds,
+                                              "partial": partial, "summary": series,
+                                              "per_seed": {n: {str(s): r for s, r in v.items()}
+                                                           for n, v in per_seed.items()}})
+    # a flat CSV of every (variant, seed, round)
+    lines = ["variant,seed,round,sparsity,test_accuracy,best_test_accuracy,firing_rate,seconds,prune_seconds"]
+    for name, runs in per_seed.items():
+        for s, rows in runs.items():
+            for r in rows:
+                lines.append(f"{SLUG[name]},{s},{r['round']},{r['sparsity']:.6f},{r['test_accuracy']:.4f},"
+                             f"{r['best_test_accuracy']:.4f},{r['firing_rate']:.5f},{r['seconds']:.1f},"
+                             f"{r['prune_seconds']:.2f}")
+    write_text(dest / "fmnist_lottery.csv", "\n".join(lines) + "\n")
+    # random has every other level: align the table by sparsity
+    levels = sorted({round(p["sparsity"], 4) for s in series.values() for p in s})
+    aligned = {name: [next((p for p in s if round(p["sparsity"], 4) == lv), None) for lv in levels]
+               for name, s in series.items()}
+    table = ["| sparsity | " + " | ".join(aligned) + " |", "|---:|" + "---:|" * len(aligned)]
+    for i, lv in enumerate(levels):
+        cells = [(f"{100 * p['test_accuracy']:.2f} ± {100 * p['test_accuracy_ci']:.2f}"
+                  + ("" if p["n"] == len(seeds) else f" (n={p['n']})")) if p else ""
+                 for p in (aligned[n][i] for n in aligned)]
+        table.append(f"| {100 * lv:.1f} % | " + " | ".join(cells) + " |")
+    write_text(dest / "fmnist_lottery_table.md", "\n".join(table) + "\n")
+    print("\n".join(table))
+    print(f"\n{'PARTIAL: ' if partial else ''}finished rounds per variant and seed: "
+          + "; ".join(f"{n}: " + ", ".join(f"seed {s} {len(r) - 1}" for s, r in v.items()) for n, v in per_seed.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="runs/lottery_study")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", help="only these variants (names of VARIANTS or EXTRA)")
+    parser.add_argument("--aggregate", action="store_true", help="only rebuild the table/plot from the run files")
+    parser.add_argument("--dest", default=str(HERE), help="where the aggregate goes")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    root = Path(args.root)
+    if args.aggregate:
+        aggregate(root, args.seeds, Path(args.dest))
+    else:
+        unknown = set(args.variants or []) - set(VARIANTS) - set(EXTRA)
+        if unknown:
+            raise SystemExit(f"unknown variant(s) {sorted(unknown)}; choose from {sorted({**VARIANTS, **EXTRA})}")
+        work(root, args.seeds, args.worker, args.workers, args.variants)
+
+
+if __name__ == "__main__":
+    main()
