@@ -652,7 +652,9 @@ def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, progress: 
     Searches ``base``'s model/dataset/hyperparameters at ``density`` into ``out`` (resuming, or just
     re-reporting, an earlier demo there). Returns the result row plus ``wall_seconds``.
     """
-    cfg = EdgePopupConfig(**{**to_dict(base), "density": density})
+    # only TrainConfig's fields carry over: ``base`` may be a command config with extra knobs
+    train_fields = {k: v for k, v in to_dict(base).items() if k in TrainConfig.__dataclass_fields__}
+    cfg = EdgePopupConfig(**{**train_fields, "density": density})
     t0 = time.perf_counter()
     summary = sweep(cfg, out, resume=True, progress=progress, log=log)
     return {**summary["rows"][0], "wall_seconds": time.perf_counter() - t0}
