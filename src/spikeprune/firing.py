@@ -574,6 +574,9 @@ def flip_analysis(
     if list(ref_lifs) != list(pert_lifs):
         raise ValueError("reference and perturbed models do not have the same spiking layers")
     for name, lif in ref_lifs.items():
+        if not 0.0 < lif.beta < 1.0:  # e.g. an adapted SpikingJelly IFNode (beta = 1, spikeprune.interop)
+            raise ValueError(f"spiking layer {name} has beta={lif.beta:g}; the flip bounds of Lemma 3.4 need a "
+                             "leaky neuron (0 < beta < 1)")
         other = pert_lifs[name]
         if (lif.beta, lif.u_th, lif.v_reset) != (other.beta, other.u_th, other.v_reset):
             raise ValueError(f"spiking layer {name} has different neuron parameters in the two models")

@@ -590,6 +590,9 @@ def quantize_membranes(model: nn.Module, bits: int, example_input: torch.Tensor 
             raise ValueError(f"neuron {lif_name!r} is driven by {layer!r}, which is not quantized; the membrane "
                              "scale is shared with the driving layer's weights (quantize that layer too)")
         old = model.get_submodule(lif_name)
+        if getattr(old, "third_party", False):  # an interop adapter: its dynamics are the package's own
+            raise ValueError(f"membrane quantization needs spikeprune's LIF; {lif_name!r} is an adapted "
+                             f"{old.mapping()['source']} (weights can still be quantized)")
         new = old if isinstance(old, QuantizedLIF) else QuantizedLIF.from_lif(old, bits)
         new.membrane_bits = bits
         _set_submodule(model, lif_name, new)
