@@ -295,3 +295,57 @@ def test_record_statistics_and_if_neurons():
         flip_analysis(model, copy.deepcopy(model), [x])
     with pytest.raises(ValueError, match="membrane quantization"):
         quantize_model(model, 4, membrane_bits=8, example_input=x)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: spikeprune interop
+# --------------------------------------------------------------------------------------------------
+
+NETS = '''
+import torch.nn as nn
+import snntorch as snn
+from spikingjelly.activation_based import layer, neuron
+
+def leaky():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), snn.Leaky(beta=0.7, init_hidden=True),
+                         nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16),
+                         snn.Leaky(beta=0.7, init_hidden=True), nn.Flatten(), nn.Linear(256, 10))
+
+def qif():
+    return nn.Sequential(layer.Conv2d(1, 8, 3, padding=1), layer.BatchNorm2d(8), neuron.QIFNode(),
+                         layer.Flatten(), layer.Linear(512, 10))
+'''
+
+
+def test_cli_interop_unsupported_neuron_is_one_line_exit_2(tmp_path, capsys):
+    from spikeprune.cli import main
+
+    (tmp_path / "nets.py").write_text(NETS)
+    out = tmp_path / "out"
+    code = main(["interop", "--model", f"{tmp_path / 'nets.py'}:qif", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "QIFNode" in err and "supported: " + ", ".join(SUPPORTED_NEURONS) in err
+    assert not out.exists()  # nothing written
+    assert main(["interop", "--model", "no_colon_here", "--out", str(out)]) == 2
+    assert main(["interop", "--model", f"{tmp_path / 'nets.py'}:missing", "--out", str(out)]) == 2
+
+
+def test_cli_interop_runs_the_pipeline(tmp_path, capsys):
+    import json
+
+    from spikeprune.cli import main
+
+    (tmp_path / "nets.py").write_text(NETS)
+    out = tmp_path / "out"
+    code = main(["interop", "--model", f"{tmp_path / 'nets.py'}:leaky", "--epochs", "1", "--timesteps", "2",
+                 "--analysis-batches", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    for f in ("neurons.json", "mask.safetensors", "cost.json", "flips.csv", "flip_summary.json", "metrics.json"):
+        assert (out / f).is_file(), f
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert metrics["dense"]["accuracy"] > 0.5
+    neurons = json.loads((out / "neurons.json").read_text())
+    assert [n["source"] for n in neurons.values()] == ["snntorch._neurons.leaky.Leaky"] * 2

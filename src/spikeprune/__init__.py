@@ -19,6 +19,8 @@ from .slth import construct, verify as verify_ticket
 from .quant import quantize_model
 from .structured import prune_channels
 from .cost import cost_report
+# interop and export
+from .interop import adapt
 
 __all__ = [
     # foundation
@@ -32,4 +34,6 @@ __all__ = [
     "crisis_probability", "density_sup", "flip_analysis", "construct", "verify_ticket",
     # compression
     "quantize_model", "prune_channels", "cost_report",
+    # interop and export
+    "adapt",
 ]

@@ -30,7 +30,11 @@ spiking neuron of those packages raises ``ValueError`` naming its class and list
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -38,7 +42,7 @@ from torch import nn
 from .neuron import LIF
 
 __all__ = ["AdaptedModel", "NeuronAdapter", "SUPPORTED_NEURONS", "SpikeMismatchError", "adapt",
-           "find_neurons", "neuron_summary"]
+           "find_neurons", "load_factory", "neuron_summary"]
 
 #: what :func:`adapt` accepts, as shown in error messages
 SUPPORTED_NEURONS = (
@@ -482,3 +486,32 @@ def adapt(model: nn.Module, timesteps: int, *, static_dims: int = 4) -> AdaptedM
 def neuron_summary(model: nn.Module) -> dict[str, dict[str, Any]]:
     """``{adapter name: its mapping}`` for every :class:`NeuronAdapter` in ``model``."""
     return {n: m.mapping() for n, m in model.named_modules() if isinstance(m, NeuronAdapter)}
+
+
+def load_factory(spec: str) -> Callable[[], nn.Module]:
+    """The model factory named by ``"package.module:function"`` or ``"path/to/file.py:function"``.
+
+    This imports (runs) the user's own code, as ``python -c`` would; it never unpickles a file. The
+    callable takes no arguments and returns the network.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ValueError(f"a model factory is 'package.module:function' or 'file.py:function'; got {spec!r}")
+    where, attr = spec.split(":")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ValueError(f"model file {where!r} does not exist")
+        name = f"spikeprune_user_model_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ValueError(f"cannot import model module {where!r}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"{where!r} has no callable {attr!r}")
+    return fn

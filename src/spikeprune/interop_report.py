@@ -1,0 +1,122 @@
+"""``spikeprune interop``: a SpikingJelly / snnTorch network through spikeprune's pipeline.
+
+adapt (interop.py) -> optionally train a few epochs -> accuracy -> calibrate -> prune (SF by default) ->
+accuracy -> cost report -> flip analysis (dense vs pruned) -> result files. Every result file is written
+atomically; nothing is written before the model has been adapted (an unsupported neuron fails first).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .calibration import calibrate
+from .cost import cost_report
+from .criteria import CRITERIA
+from .data import BatchLoader, load_dataset
+from .firing import flip_analysis, flip_rows_csv, flip_summary
+from .interop import adapt, load_factory, neuron_summary
+from .io import check_writable_dir, load_checkpoint, write_json, write_text
+from .pruning import prune
+from .train import evaluate, train_epoch
+
+__all__ = ["analyse_third_party"]
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return value
+
+
+def analyse_third_party(
+    factory: str,
+    out: str | Path,
+    *,
+    timesteps: int = 4,
+    dataset: str = "digits",
+    data_dir: str | None = None,
+    weights: str | None = None,
+    epochs: int = 0,
+    lr: float = 5e-3,
+    batch_size: int = 64,
+    sparsity: float = 0.8,
+    criterion: str = "sf",
+    calibration_batches: int = 4,
+    analysis_batches: int = 2,
+    seed: int = 0,
+    log=print,
+) -> dict[str, Any]:
+    """Adapt the network ``factory`` builds, (train it,) prune it and analyse what pruning did.
+
+    Args:
+        factory: ``"package.module:function"`` or ``"file.py:function"`` returning the network.
+        weights: a safetensors file of the network's ``state_dict`` (loaded before adapting).
+        epochs: training epochs with Adam at ``lr`` before pruning (0: use the weights as they are).
+        sparsity: fraction of prunable weights removed (global, ``criterion``).
+    Writes ``neurons.json``, ``mask.safetensors``, ``cost.json``, ``flips.csv``, ``flip_summary.json`` and
+    ``metrics.json`` to ``out``; returns the metrics.
+    """
+    _positive_int(timesteps, "timesteps")
+    _positive_int(epochs, "epochs", 0)
+    _positive_int(batch_size, "batch size")
+    _positive_int(calibration_batches, "calibration batches")
+    _positive_int(analysis_batches, "analysis batches")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity (fraction removed) must be in [0, 1); got {sparsity!r}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a number > 0; got {lr!r}")
+    torch.manual_seed(seed)
+    net = load_factory(factory)()
+    if not isinstance(net, torch.nn.Module):
+        raise TypeError(f"{factory} returned a {type(net).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        tensors, _ = load_checkpoint(weights)
+        missing, unexpected = net.load_state_dict(tensors, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{weights} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model = adapt(net, timesteps)  # an unsupported neuron fails here, before any file is written
+    out = check_writable_dir(out)
+    data = load_dataset(dataset, data_dir)
+    train = BatchLoader(data, "train", batch_size, shuffle=True, seed=seed)
+    test = BatchLoader(data, "test", max(batch_size, 128), shuffle=False)
+    history = []
+    if epochs:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        for epoch in range(epochs):
+            train.set_epoch(epoch)
+            stats = train_epoch(model, train, optimizer)
+            history.append({"epoch": epoch + 1, **stats})
+            log(f"epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train accuracy {stats['accuracy']:.3f}")
+    dense = evaluate(model, test)
+    reference = copy.deepcopy(model).eval()
+    train.set_epoch(0)
+    calib = [b for _, b in zip(range(calibration_batches), train)]
+    mask = prune(model, criterion, sparsity, calibration=calib, seed=seed)
+    pruned = evaluate(model, test)
+    analysis = [b for _, b in zip(range(analysis_batches), test)]
+    report = cost_report(model, analysis)
+    rows = flip_analysis(reference, model, analysis, p_sup_method="gaussian", label=f"prune-{sparsity:g}-{criterion}")
+    metrics = {
+        "factory": factory, "timesteps": timesteps, "dataset": dataset, "epochs": epochs, "criterion": criterion,
+        "sparsity": mask.sparsity, "history": history,
+        "dense": {"accuracy": dense["accuracy"], "firing_rate": dense["firing_rate"]},
+        "pruned": {"accuracy": pruned["accuracy"], "firing_rate": pruned["firing_rate"]},
+        "energy_uj": report.totals["energy_uj"], "sops": report.totals["sops"],
+    }
+    write_json(out / "neurons.json", neuron_summary(model))
+    mask.save(out / "mask.safetensors", {"factory": factory, "criterion": criterion})
+    write_json(out / "cost.json", report.to_dict())
+    write_text(out / "flips.csv", flip_rows_csv(rows))
+    write_json(out / "flip_summary.json", flip_summary(rows))
+    write_json(out / "metrics.json", metrics)
+    log(report.table())
+    log(f"accuracy dense {dense['accuracy']:.4f} -> pruned ({mask.sparsity:.1%} removed, {criterion}) "
+        f"{pruned['accuracy']:.4f}; results in {out}")
+    return metrics
