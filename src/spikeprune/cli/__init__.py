@@ -16,7 +16,7 @@ from .args import OneLineParser
 
 #: command modules, in the order ``--help`` lists them
 COMMANDS = ["quickstart", "train", "evaluate", "lottery", "edgepopup", "compress", "cost", "analyze", "theory",
-            "interop"]
+            "interop", "export"]
 
 
 def build_parser() -> OneLineParser:
