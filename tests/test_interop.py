@@ -349,3 +349,32 @@ def test_cli_interop_runs_the_pipeline(tmp_path, capsys):
     assert metrics["dense"]["accuracy"] > 0.5
     neurons = json.loads((out / "neurons.json").read_text())
     assert [n["source"] for n in neurons.values()] == ["snntorch._neurons.leaky.Leaky"] * 2
+
+
+class _SJMultiStepCSNN(nn.Module):
+    """SpikingJelly's own style: a custom class in multi-step mode whose forward takes [T, B, ...]."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = sj_csnn("plif", "m")
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x_seq):
+        return self.features(x_seq)
+
+
+def test_custom_multistep_spikingjelly_model_and_reset_net():
+    torch.manual_seed(2)
+    net = _SJMultiStepCSNN()
+    _randomize_bn(net)
+    net.eval()
+    x = torch.rand(8, 1, 8, 8) * 3
+    ref = _reference(net, x, multistep=True)
+    model = adapt(net, T).eval()
+    assert not model.sequential
+    with record_statistics(model) as rec, torch.no_grad():
+        out = model(x)
+    assert torch.equal(out, ref) and set(rec.layers) == {"net.features.2", "net.features.6"}
+    functional.reset_net(model)  # SpikingJelly's reset walks every module: the adapters must not break it
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)

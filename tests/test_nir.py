@@ -1,4 +1,4 @@
-"""NIR export (spikeprune.nir_export): export -> nir.read -> rebuild -> identical spikes on digits."""
+"""NIR export (spikeprune.interop.nir_export): export -> nir.read -> rebuild -> identical spikes on digits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from spikeprune import create_model, prune, prune_channels, quantize_model
 from spikeprune.compress import save_compressed
 from spikeprune.data import BatchLoader, load_dataset
-from spikeprune.nir_export import from_nir, read_nir, to_nir, write_nir
+from spikeprune.interop.nir_export import from_nir, read_nir, to_nir, write_nir
 from spikeprune.neuron import LIF, observe
 from spikeprune.train import train_epoch
 

@@ -21,6 +21,7 @@ from .structured import prune_channels
 from .cost import cost_report
 # interop and export
 from .interop import adapt
+from .interop.nir_export import from_nir, to_nir
 
 __all__ = [
     # foundation
@@ -35,5 +36,5 @@ __all__ = [
     # compression
     "quantize_model", "prune_channels", "cost_report",
     # interop and export
-    "adapt",
+    "adapt", "to_nir", "from_nir",
 ]

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..nir_export import export_checkpoint
+    from ..interop.nir_export import export_checkpoint
 
     summary = export_checkpoint(args.checkpoint, args.out, format=args.format, mask=args.mask, dt=args.dt)
     print(f"wrote {summary['out']}: {len(summary['nodes'])} NIR nodes, {summary['nonzero']}/{summary['weights']} "

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..interop_report import analyse_third_party
+    from ..interop.pipeline import analyse_third_party
 
     analyse_third_party(args.model, args.out, timesteps=args.timesteps, dataset=args.dataset,
                         data_dir=args.data_dir, weights=args.weights, epochs=args.epochs, lr=args.lr,

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .io import atomic_path
-from .neuron import LIF
+from ..io import atomic_path
+from ..neuron import LIF
 
 __all__ = ["FORMATS", "NIRNetwork", "export_checkpoint", "from_nir", "read_nir", "to_nir", "write_nir"]
 
@@ -400,8 +400,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
                       dt: float = 1e-4, seed: int = 0) -> dict[str, Any]:
     """Load a spikeprune checkpoint (dense, channel-pruned or quantized; ``mask`` applied on top), export it
     to ``out`` and return a summary (nodes, timesteps, dt, exported weights and non-zeros)."""
-    from .compress import load_compressed
-    from .masks import Mask
+    from ..compress import load_compressed
+    from ..masks import Mask
 
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")

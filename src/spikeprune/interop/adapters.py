@@ -39,7 +39,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .neuron import LIF
+from ..neuron import LIF
 
 __all__ = ["AdaptedModel", "NeuronAdapter", "SUPPORTED_NEURONS", "SpikeMismatchError", "adapt",
            "find_neurons", "load_factory", "neuron_summary"]
@@ -174,7 +174,7 @@ class NeuronAdapter(LIF):
     Holds the original module as ``.neuron`` and runs the package's own forward (and so its surrogate
     gradient and learnable parameters). Attributes read live from the neuron: ``u_th`` (threshold),
     ``beta`` (membrane decay per step: SpikingJelly ``1 - 1/tau``, PLIF ``1 - sigmoid(w)``, IF ``1``;
-    snnTorch ``beta``), ``v_reset`` (hard-reset value, ``None`` for a soft reset), ``reset``
+    snnTorch ``beta``), ``v_reset`` (hard-reset value, ``None`` for a soft reset), ``reset_mode``
     (``"hard"``, ``"soft"`` = subtract the threshold, ``"none"``), ``input_gain`` (the factor the input
     current enters the membrane with: ``1/tau`` with SpikingJelly's ``decay_input=True``, else 1) and
     ``fires_at_threshold`` (SpikingJelly fires at ``u >= u_th``, snnTorch at ``u > u_th``).
@@ -209,7 +209,8 @@ class NeuronAdapter(LIF):
         return min(max(_scalar(n.beta, "beta", "", n), 0.0), 1.0)  # snnTorch clamps beta to [0, 1]
 
     @property
-    def reset(self) -> str:
+    def reset_mode(self) -> str:
+        # not called ``reset``: SpikingJelly's functional.reset_net calls every module's ``reset()``
         n = self.neuron
         if self.kind.startswith("sj"):
             return "soft" if n.v_reset is None else "hard"
@@ -217,7 +218,7 @@ class NeuronAdapter(LIF):
 
     @property
     def v_reset(self) -> float | None:  # type: ignore[override]
-        if self.reset != "hard":
+        if self.reset_mode != "hard":
             return None
         return float(self.neuron.v_reset) if self.kind.startswith("sj") else 0.0
 
@@ -239,7 +240,7 @@ class NeuronAdapter(LIF):
     def mapping(self) -> dict[str, Any]:
         """The neuron's parameters in spikeprune's terms (JSON-ready)."""
         return {"source": _qualname(self.neuron), "kind": self.kind, "beta": self.beta, "u_th": self.u_th,
-                "reset": self.reset, "v_reset": self.v_reset, "input_gain": self.input_gain,
+                "reset": self.reset_mode, "v_reset": self.v_reset, "input_gain": self.input_gain,
                 "fires_at_threshold": self.fires_at_threshold, "step_mode": self.step_mode}
 
     # -- state handling -----------------------------------------------------------------------------
@@ -325,7 +326,7 @@ class NeuronAdapter(LIF):
                     f"{_qualname(self.neuron)}'s spikes at {int(far.sum())} of {far.numel()} positions")
 
     def extra_repr(self) -> str:
-        return (f"beta={self.beta:.4g}, u_th={self.u_th}, reset={self.reset}, v_reset={self.v_reset}, "
+        return (f"beta={self.beta:.4g}, u_th={self.u_th}, reset={self.reset_mode}, v_reset={self.v_reset}, "
                 f"input_gain={self.input_gain:.4g}")
 
 

@@ -14,15 +14,14 @@ from typing import Any
 
 import torch
 
-from .calibration import calibrate
-from .cost import cost_report
-from .criteria import CRITERIA
-from .data import BatchLoader, load_dataset
-from .firing import flip_analysis, flip_rows_csv, flip_summary
-from .interop import adapt, load_factory, neuron_summary
-from .io import check_writable_dir, load_checkpoint, write_json, write_text
-from .pruning import prune
-from .train import evaluate, train_epoch
+from ..cost import cost_report
+from ..criteria import CRITERIA
+from ..data import BatchLoader, load_dataset
+from ..firing import flip_analysis, flip_rows_csv, flip_summary
+from .adapters import adapt, load_factory, neuron_summary
+from ..io import check_writable_dir, load_checkpoint, write_json, write_text
+from ..pruning import prune
+from ..train import evaluate, train_epoch
 
 __all__ = ["analyse_third_party"]
 

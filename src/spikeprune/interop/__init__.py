@@ -1,0 +1,15 @@
+"""Meet users where they are: SpikingJelly / snnTorch models and NIR export (docs/interop.md).
+
+* :mod:`.adapters`: :func:`adapt` wraps a third-party SNN so spikeprune's statistics, criteria, pruning,
+  flip analysis, weight quantization and cost report run on it unchanged.
+* :mod:`.pipeline`: :func:`analyse_third_party`, what ``spikeprune interop`` runs (adapt -> train ->
+  prune -> cost report + flip analysis).
+* :mod:`.nir_export`: :func:`to_nir` / :func:`from_nir` and ``spikeprune export --format nir``
+  (needs the optional ``nir`` package; imported lazily).
+"""
+
+from .adapters import (SUPPORTED_NEURONS, AdaptedModel, NeuronAdapter, SpikeMismatchError, adapt, find_neurons,
+                       load_factory, neuron_summary)
+
+__all__ = ["SUPPORTED_NEURONS", "AdaptedModel", "NeuronAdapter", "SpikeMismatchError", "adapt", "find_neurons",
+           "load_factory", "neuron_summary"]
