@@ -378,3 +378,56 @@ def test_custom_multistep_spikingjelly_model_and_reset_net():
     functional.reset_net(model)  # SpikingJelly's reset walks every module: the adapters must not break it
     with torch.no_grad():
         assert torch.equal(model(x), ref)
+
+
+def test_spike_check_catches_a_wrong_membrane_potential(monkeypatch):
+    """The self-check is not vacuous: a recomputed u that disagrees with the package's spikes is an error."""
+    from spikeprune.interop import SpikeMismatchError
+
+    net = sj_csnn("lif", "s")
+    _randomize_bn(net)
+    model = adapt(net, T).eval()
+    x = torch.rand(8, 1, 8, 8) * 3
+    adapter = model.net[2]
+    original = adapter._sj_charge
+    monkeypatch.setattr(adapter, "_sj_charge", lambda x, v: original(x, v) + 0.3)
+    with pytest.raises(SpikeMismatchError, match="disagrees"), torch.no_grad():
+        calibrate(model, [x], 1)
+    with torch.no_grad():
+        model(x)  # unobserved: no recomputation, no check
+
+
+def test_cli_interop_loads_weights_from_safetensors(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from spikeprune.cli import main
+
+    (tmp_path / "nets.py").write_text(NETS)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nets_for_weights", tmp_path / "nets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(5)
+    net = mod.leaky()
+    state = net.state_dict()
+    state["2.beta"] = torch.tensor(0.55)  # a value the factory does not set: visible in neurons.json
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    out = tmp_path / "out"
+    code = main(["interop", "--model", f"{tmp_path / 'nets.py'}:leaky", "--weights", str(tmp_path / "w.safetensors"),
+                 "--timesteps", "2", "--analysis-batches", "1", "--calibration-batches", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 0
+    neurons = json.loads((out / "neurons.json").read_text())
+    assert neurons["net.2"]["beta"] == pytest.approx(0.55) and neurons["net.6"]["beta"] == pytest.approx(0.7)
+    del state["0.weight"]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"))
+    assert main(["interop", "--model", f"{tmp_path / 'nets.py'}:leaky", "--weights",
+                 str(tmp_path / "partial.safetensors"), "--out", str(tmp_path / "out3")]) == 2
+    assert "does not fit" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    assert main(["interop", "--model", f"{tmp_path / 'nets.py'}:leaky", "--weights", str(tmp_path / "bad.safetensors"),
+                 "--out", str(tmp_path / "out2")]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from ..criteria import CRITERIA
 from ..data import BatchLoader, load_dataset
 from ..firing import flip_analysis, flip_rows_csv, flip_summary
 from .adapters import adapt, load_factory, neuron_summary
-from ..io import check_writable_dir, load_checkpoint, write_json, write_text
+from ..io import check_writable_dir, write_json, write_text
 from ..pruning import prune
 from ..train import evaluate, train_epoch
 
@@ -30,6 +30,22 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
     return value
+
+
+def _state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A network's state dict from a safetensors file (plain ``save_file(net.state_dict())``, or a spikeprune
+    checkpoint whose ``model/`` tensors are taken). Safetensors only: nothing is unpickled."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise ValueError(f"weights file {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type for foreign/corrupt files
+        raise ValueError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    if any(k.startswith("model/") for k in tensors):
+        tensors = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    return tensors
 
 
 def analyse_third_party(
@@ -54,7 +70,8 @@ def analyse_third_party(
 
     Args:
         factory: ``"package.module:function"`` or ``"file.py:function"`` returning the network.
-        weights: a safetensors file of the network's ``state_dict`` (loaded before adapting).
+        weights: a safetensors file of the network's ``state_dict`` (loaded before adapting; a spikeprune
+            checkpoint's ``model/`` tensors work too).
         epochs: training epochs with Adam at ``lr`` before pruning (0: use the weights as they are).
         sparsity: fraction of prunable weights removed (global, ``criterion``).
     Writes ``neurons.json``, ``mask.safetensors``, ``cost.json``, ``flips.csv``, ``flip_summary.json`` and
@@ -76,7 +93,7 @@ def analyse_third_party(
     if not isinstance(net, torch.nn.Module):
         raise TypeError(f"{factory} returned a {type(net).__name__}, not a torch.nn.Module")
     if weights is not None:
-        tensors, _ = load_checkpoint(weights)
+        tensors = _state_dict_file(weights)
         missing, unexpected = net.load_state_dict(tensors, strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
