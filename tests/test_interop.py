@@ -66,8 +66,10 @@ def _reference(net: nn.Module, x: torch.Tensor, multistep: bool) -> torch.Tensor
     """What the package itself computes: SJ multi-step on [T, B, ...] or the usual per-step loop."""
     with torch.no_grad():
         out = net(x.unsqueeze(0).repeat(T, 1, 1, 1, 1)) if multistep else torch.stack([net(x) for _ in range(T)])
-    functional.reset_net(net) if not any(isinstance(m, snn.SpikingNeuron) for m in net.modules()) else \
-        [m.reset_mem() for m in net.modules() if isinstance(m, snn.Leaky)]
+    functional.reset_net(net)  # SpikingJelly's reset; snnTorch's:
+    for m in net.modules():
+        if isinstance(m, snn.Leaky):
+            m.reset_mem()
     return out
 
 
@@ -179,8 +181,11 @@ def test_unwrap_restores_the_users_network():
     model = adapt(net, T)
     assert all(isinstance(model.net[i], NeuronAdapter) for i in (2, 6))
     assert type(model.net[0]) is nn.Conv2d  # SJ's layer.Conv2d seen as a plain conv (quantizer, exporter)
+    with pytest.raises(ValueError, match="already adapted"):
+        adapt(net, T)
     back = model.unwrap()
     assert back is net and [type(m) for m in back] == classes
+    assert isinstance(adapt(back, T), nn.Module)  # unwrapped: can be adapted again
 
 
 def test_unsupported_neurons_name_the_class_and_the_supported_ones():

@@ -457,6 +457,8 @@ def adapt(model: nn.Module, timesteps: int, *, static_dims: int = 4) -> AdaptedM
         raise ValueError(f"timesteps must be a positive integer; got {timesteps!r}")
     if isinstance(static_dims, bool) or not isinstance(static_dims, int) or static_dims < 1:
         raise ValueError(f"static_dims must be a positive integer; got {static_dims!r}")
+    if isinstance(model, AdaptedModel) or any(isinstance(m, NeuronAdapter) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} is already adapted; adapt() it once (unwrap() undoes it)")
     neurons = find_neurons(model)
     if not neurons:
         raise ValueError(f"found no spiking neuron in {type(model).__name__}; supported: {_SUPPORTED_TEXT}")
