@@ -374,7 +374,7 @@ def apply_perturbation(model: nn.Module, perturbation: Perturbation | str, *, ca
     the flip analysis looks at what the weight change itself does to the spikes.
     """
     from .pruning import prune
-    from .quant import quantize_weight
+    from .quant import quantize_weight, weight_scale
 
     p = parse_perturbation(perturbation) if isinstance(perturbation, str) else perturbation
     perturbed = copy.deepcopy(model).eval()
@@ -384,10 +384,22 @@ def apply_perturbation(model: nn.Module, perturbation: Perturbation | str, *, ca
             if p.mask is not None:
                 Mask.load(p.mask).apply(perturbed)
             else:
+                already = Mask.from_model(perturbed).sparsity  # exact zeros of a ticket count as pruned
+                if p.sparsity <= already:
+                    raise ValueError(f"prune:{p.sparsity:g} asks for a total sparsity the model already has "
+                                     f"({already:.4f} of its weights are 0): nothing would change; ask for more")
                 prune(perturbed, p.criterion, p.sparsity, calibration=calibration, seed=seed)
         elif p.kind == "quantize":
             for w in prunable_weights(perturbed).values():
-                w.copy_(quantize_weight(w, p.bits, method=p.scale or "mean"))
+                alive = w != 0
+                if bool(alive.all()):
+                    w.copy_(quantize_weight(w, p.bits, method=p.scale or "mean"))
+                elif bool(alive.any()):
+                    # A pruned model (lottery ticket, edge-popup export): zero is not one of the 2^b levels
+                    # (SPEC §7), so quantize the surviving weights only, with their own ReScaW scale, and
+                    # keep the pruned ones at 0 (the mask is structure, not a weight value).
+                    gamma = weight_scale(w[alive], p.scale or "mean")
+                    w.copy_(quantize_weight(w, p.bits, gamma) * alive)
         elif p.kind == "weight-noise":
             g = torch.Generator().manual_seed(seed)
             for w in prunable_weights(perturbed).values():
