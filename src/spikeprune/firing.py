@@ -857,7 +857,18 @@ def plot_flip_summary(rows: list[FlipRow], path: str | Path) -> None:
     modes = [m for m in MODES if any(s["mode"] == m for s in summary)]
     perts = list(dict.fromkeys(s["perturbation"] for s in summary))
     layers = list(dict.fromkeys(s["layer"] for s in summary))
-    cmap = plt.get_cmap("tab20")
+    # One colour family per kind of perturbation (prune-magnitude, prune-sf, quantize, quantize-max,
+    # noise, ...), darker = stronger, so 16 perturbations stay tellable apart.
+    family_of = {pert: re.sub(r"-?[0-9.]+b?(?=-|$)", "", pert) for pert in perts}
+    families = list(dict.fromkeys(family_of.values()))
+    maps = ["Blues", "Greens", "Reds", "Purples", "Oranges", "Greys", "YlOrBr", "BuGn"]
+    members = {f: [q for q in perts if family_of[q] == f] for f in families}
+
+    def colour(pert: str):
+        f = family_of[pert]
+        i, n = members[f].index(pert), len(members[f])
+        return plt.get_cmap(maps[families.index(f) % len(maps)])(0.45 + 0.5 * (i + 1) / n if n > 1 else 0.8)
+
     fig, axes = plt.subplots(1, len(modes), figsize=(1.5 + 2.2 * len(layers) * len(modes), 4.4), squeeze=False,
                              sharey=True)
     floor = 1e-7
@@ -867,7 +878,7 @@ def plot_flip_summary(rows: list[FlipRow], path: str | Path) -> None:
             pts = {s["layer"]: s for s in summary if s["mode"] == mode and s["perturbation"] == pert}
             ls = [l for l in layers if l in pts]
             xs = [layers.index(l) + (pi - (len(perts) - 1) / 2) * width for l in ls]
-            color = cmap(pi % 20)
+            color = colour(pert)
             rate = [max(pts[l]["max_cond_flip_rate"] or 0.0, floor) for l in ls]
             bound = [max(pts[l]["max_bound"], floor) for l in ls]
             ax.scatter(xs, rate, color=color, marker="o", s=16, label=pert, zorder=3)

@@ -80,7 +80,8 @@ def run_flips(args: argparse.Namespace) -> int:
         got = flip_analysis(model, perturbed, test, modes=modes, input_fn=input_fn, p_sup_method=args.p_sup,
                             label=p.label)
         rows += got
-        plot_flips(got, out / f"flips-{_slug(p.label)}.png", f"{Path(args.checkpoint).name}: {p.label}")
+        ck = Path(args.checkpoint)
+        plot_flips(got, out / f"flips-{_slug(p.label)}.png", f"{ck.parent.name}/{ck.name}: {p.label}")
     summary = flip_summary(rows)
     write_text(out / "flips.csv", flip_rows_csv(rows))
     write_json(out / "flips.json", {
