@@ -292,6 +292,41 @@ def test_a_flip_can_lie_outside_eps_but_not_outside_the_lemma34_radius():
     assert r3.p_sup == math.inf and r3.bound == math.inf and r3.atom_mass == 1.0
 
 
+class Background(nn.Module):
+    """64 neurons x = W input + b, one LIF. An all-zero input (the "background") gives every neuron
+    its bias: a point mass of u, as in a direct-encoded conv layer's empty receptive fields."""
+
+    def __init__(self, bias):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.fc = nn.Linear(4, 64)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(64, 4, generator=g))
+            self.fc.bias.fill_(bias)
+        self.lif = LIF(beta=0.5, u_th=1.0)
+
+    def forward(self, x):
+        return self.lif(self.fc(x))
+
+
+def test_a_point_mass_near_threshold_breaks_the_smoothed_bound_and_is_flagged():
+    # The minimal reproduction of the failure mode docs/theory.md §8 measures on Fashion-MNIST: half of
+    # the inputs are background, so half of the potentials sit exactly at the bias 1.003, just above
+    # u_th. A bias change of 0.007 (= eps) silences all of them at t = 1: flip rate ~ 0.5, while
+    # Lemma 3.3's 2 p_sup eps with a (finite, smoothed) KDE p_sup is a few percent. The row says why:
+    # atom_mass ~ 0.5 (Definition 3.1's finite density fails), and every flip still lies within eps.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 256, 4, generator=g) * 2.0
+    x[:, ::2] = 0.0  # every other sample is background
+    ref, per = Background(1.003), Background(0.996)
+    r1 = next(r for r in flip_analysis(ref, per, [x], modes=["local"]) if r.t == 1)
+    assert r1.eps == pytest.approx(0.007, rel=1e-4)
+    assert r1.flip_rate == pytest.approx(0.5, abs=0.02)
+    assert math.isfinite(r1.bound) and r1.bound < 0.1 and r1.holds is False
+    assert r1.atom_mass == pytest.approx(0.5, abs=1e-9)
+    assert r1.first_flips_outside == 0 and r1.first_flip_crisis_share == 1.0
+
+
 def test_flip_analysis_rejects_mismatched_models():
     with pytest.raises(ValueError, match="spiking layers"):
         flip_analysis(small_model(), OneNeuron(0.1), batches())
