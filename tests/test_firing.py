@@ -179,6 +179,23 @@ def test_apply_perturbation_changes_only_the_copy(tmp_path):
         assert torch.equal(v, before[k]), k
 
 
+def test_perturbing_a_pruned_model_keeps_its_pruned_weights_at_zero():
+    # A lottery ticket / edge-popup export is a model with exact zeros. Quantization has no zero level
+    # (2^b levels, SPEC §7), so quantizing naively would bring every pruned weight back.
+    ticket = small_model()
+    mask = sp.prune(ticket, "magnitude", 0.5)
+    q, _ = apply_perturbation(ticket, "quantize:2")
+    assert sp.Mask.from_model(q).equal(mask)
+    for name, w in prunable_weights(q).items():
+        assert torch.unique(w[w != 0]).numel() <= 4
+    p, _ = apply_perturbation(ticket, "prune:0.8:magnitude")
+    kept = sp.Mask.from_model(p)
+    assert kept.sparsity == pytest.approx(0.8, abs=0.01)
+    assert all(not bool((kept[n] & ~mask[n]).any()) for n in mask)  # nothing pruned comes back
+    with pytest.raises(ValueError, match="already"):
+        apply_perturbation(ticket, "prune:0.5:magnitude")  # total sparsity it already has: no change
+
+
 # ---------------------------------------------------------------------------------------------
 # Flip analysis.
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +292,41 @@ def test_a_flip_can_lie_outside_eps_but_not_outside_the_lemma34_radius():
     assert r3.p_sup == math.inf and r3.bound == math.inf and r3.atom_mass == 1.0
 
 
+class Background(nn.Module):
+    """64 neurons x = W input + b, one LIF. An all-zero input (the "background") gives every neuron
+    its bias: a point mass of u, as in a direct-encoded conv layer's empty receptive fields."""
+
+    def __init__(self, bias):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.fc = nn.Linear(4, 64)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(64, 4, generator=g))
+            self.fc.bias.fill_(bias)
+        self.lif = LIF(beta=0.5, u_th=1.0)
+
+    def forward(self, x):
+        return self.lif(self.fc(x))
+
+
+def test_a_point_mass_near_threshold_breaks_the_smoothed_bound_and_is_flagged():
+    # The minimal reproduction of the failure mode docs/theory.md §8 measures on Fashion-MNIST: half of
+    # the inputs are background, so half of the potentials sit exactly at the bias 1.003, just above
+    # u_th. A bias change of 0.007 (= eps) silences all of them at t = 1: flip rate ~ 0.5, while
+    # Lemma 3.3's 2 p_sup eps with a (finite, smoothed) KDE p_sup is a few percent. The row says why:
+    # atom_mass ~ 0.5 (Definition 3.1's finite density fails), and every flip still lies within eps.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 256, 4, generator=g) * 2.0
+    x[:, ::2] = 0.0  # every other sample is background
+    ref, per = Background(1.003), Background(0.996)
+    r1 = next(r for r in flip_analysis(ref, per, [x], modes=["local"]) if r.t == 1)
+    assert r1.eps == pytest.approx(0.007, rel=1e-4)
+    assert r1.flip_rate == pytest.approx(0.5, abs=0.02)
+    assert math.isfinite(r1.bound) and r1.bound < 0.1 and r1.holds is False
+    assert r1.atom_mass == pytest.approx(0.5, abs=1e-9)
+    assert r1.first_flips_outside == 0 and r1.first_flip_crisis_share == 1.0
+
+
 def test_flip_analysis_rejects_mismatched_models():
     with pytest.raises(ValueError, match="spiking layers"):
         flip_analysis(small_model(), OneNeuron(0.1), batches())
@@ -327,3 +379,40 @@ def test_cli_analyze_flips_bad_input_is_one_line(tmp_path, checkpoint, capsys, a
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1 and match in lines[0] and "Traceback" not in err
     assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
+
+
+def test_cli_analyze_flips_runs_a_compressed_checkpoint_as_compressed(tmp_path, capsys):
+    # `spikeprune compress` output: 4-bit weights, 4-bit membranes (QuantizedLIF). The analysis must run
+    # the model as it was compressed, not its weights with float membranes.
+    from spikeprune.compress import load_compressed, save_compressed
+    from spikeprune.data import BatchLoader, load_dataset
+    from spikeprune.neuron import observe, spiking_layers
+    from spikeprune.quant import QuantizedLIF, quantize_model
+    from spikeprune.train import load_model
+
+    model = small_model()
+    loader = BatchLoader(load_dataset("digits"), "test", 32, shuffle=False, timesteps=2, limit=64)
+    x0 = next(iter(loader))[0]
+    quantize_model(model, 4, membrane_bits=4, example_input=x0)
+    model(x0)  # sets the frozen-able scales
+    path = tmp_path / "compressed.safetensors"
+    save_compressed(path, model, {"config": {"dataset": "digits", "encoding": "direct"}})
+    out = tmp_path / "flips"
+    assert main(["analyze", "flips", "--checkpoint", str(path), "--perturb", "weight-noise:0.2",
+                 "--mode", "local", "--samples", "64", "--batch-size", "32", "--out", str(out)]) == 0
+    rows = json.loads((out / "flips.json").read_text())["rows"]
+    compressed, _ = load_compressed(path, x0)
+    plain, _ = load_model(path)
+    assert any(isinstance(m, QuantizedLIF) for m in compressed.modules())
+
+    def rate(m):  # reference firing rate of the first spiking layer at t = 1, as the analysis reports it
+        first, spikes = next(iter(spiking_layers(m.eval()).values())), []
+        with torch.no_grad(), observe(m, lambda lif, u, s: spikes.append(s[0]) if lif is first else None):
+            for x, _ in loader:
+                m(x)
+        return float(torch.cat(spikes).float().mean())
+
+    reported = next(r["firing_rate"] for r in rows if r["layer"] == "features.0.lif" and r["t"] == 1)
+    assert reported == pytest.approx(rate(compressed), abs=1e-6)
+    assert rate(plain) != pytest.approx(rate(compressed), abs=1e-3)  # the check can tell them apart
+    capsys.readouterr()

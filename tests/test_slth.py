@@ -247,6 +247,9 @@ def test_cli_theory_slth_and_width(tmp_path, capsys):
 @pytest.mark.parametrize("argv, match", [
     (["slth", "--N", "4", "--eps", "0.1", "--u-th", "1.0"], "C_th"),
     (["slth", "--N", "4", "--eps", "0"], "eps"),
+    (["slth", "--N", "4", "--eps", "-0.1"], "eps"),
+    (["width", "--N", "4", "--eps", "-0.1", "--p-sup", "0.5"], "eps"),
+    (["width", "--N", "4", "--eps", "0.001", "--u-th", "1.2", "--p-sup", "0.5"], "u_th < 1"),
     (["slth", "--N", "32", "--L", "3", "--eps", "1e-9"], "too large"),
     (["width", "--N", "4", "--L", "2", "--T", "3", "--eps", "0.1", "--p-sup", "0.5"], "undefined"),
     (["slth", "--N", "8", "--eps", "0.1", "--k", "100000000000"], "too large"),

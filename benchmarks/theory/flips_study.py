@@ -66,7 +66,8 @@ def report() -> None:
         rows += these
         # Redraw the per-perturbation figure from its JSON (same function `analyze flips` uses).
         label = parse_perturbation(spec).label
-        plot_flips(these, path.parent / f"flips-{label}.png", f"{Path(data['checkpoint']).name}: {label}")
+        ck = Path(data["checkpoint"])
+        plot_flips(these, path.parent / f"flips-{label}.png", f"{ck.parent.name}/{ck.name}: {label}")
     if not rows:
         sys.exit("no results yet: run first")
     buf = io.StringIO()

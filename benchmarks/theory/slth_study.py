@@ -134,6 +134,12 @@ def _k_exact(c: dict, level: float) -> int:
     return _K_EXACT[key]
 
 
+def _theorem_results() -> list[dict]:
+    """The theorem-regime result files in numeric (N, L, T) order."""
+    ts = [json.loads(p.read_text()) for p in RESULTS.glob("thm_*.json")]
+    return sorted(ts, key=lambda t: (t["N"], t["L"], t["T"]))
+
+
 def report() -> None:
     import matplotlib
 
@@ -143,8 +149,11 @@ def report() -> None:
     from scipy.stats import binomtest
 
     results = {}
-    for p in sorted(RESULTS.glob("N*.json")):
+    for p in RESULTS.glob("N*.json"):
         results[p.stem] = json.loads(p.read_text())
+    # Numeric order (N, L, T, then eps descending), not the file names' string order.
+    results = dict(sorted(results.items(), key=lambda kv: (kv[1]["config"]["N"], kv[1]["config"]["L"],
+                                                           kv[1]["config"]["T"], -kv[1]["config"]["eps"])))
     grid_rows = []
     for key, r in results.items():
         c, b, rows = r["config"], r["bounds"], r["rows"]
@@ -195,8 +204,7 @@ def report() -> None:
         write_text(HERE / "slth_relu.csv", _csv(relu_rows))
 
     thm_rows = []
-    for p in sorted(RESULTS.glob("thm_*.json")):
-        t = json.loads(p.read_text())
+    for t in _theorem_results():
         row = {"N": t["N"], "L": t["L"], "T": t["T"], "eps": t["eps"], "delta": t["delta"],
                "k_proof": t.get("k_proof"), "k_paper": t.get("k_paper"), "ran": "experiment" in t}
         if "experiment" in t:
@@ -216,22 +224,25 @@ def report() -> None:
         keys = list(dict.fromkeys(k for r in thm_rows for k in r))
         write_text(HERE / "slth_theorem.csv", _csv([{k: r.get(k) for k in keys} for r in thm_rows]))
 
-    # Figure 1: success rate vs k (L = 1, T = 1), measured vs exact vs union bound, one panel per N.
-    fig, axes = plt.subplots(1, len(NS), figsize=(3.3 * len(NS), 3.2), squeeze=False)
-    for ax, N in zip(axes[0], NS):
-        for ci, eps in enumerate(EPSS):
-            r = results.get(name(N, 1, 1, eps))
-            if not r:
-                continue
-            k = [x["k"] for x in r["rows"]]
-            ax.plot(k, [x["success_rate"] for x in r["rows"]], f"C{ci}o", ms=4, label=f"measured, ε={eps:g}")
-            ax.plot(k, [x["success_exact"] for x in r["rows"]], f"C{ci}-", lw=1)
-            ax.plot(k, [x["success_bound"] for x in r["rows"]], f"C{ci}:", lw=1.2)
-        ax.set_xscale("log")
-        ax.set_title(f"N = {N}, L = 1", fontsize=9)
-        ax.set_xlabel("k (virtual neurons per layer)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("P[construction succeeds]")
+    # Figure 1: success rate vs k (T = 1; T does not change the construction), measured vs exact vs union
+    # bound, one panel per (L, N).
+    fig, axes = plt.subplots(len(LS), len(NS), figsize=(3.3 * len(NS), 2.7 * len(LS)), squeeze=False)
+    for li, L in enumerate(LS):
+        for ax, N in zip(axes[li], NS):
+            for ci, eps in enumerate(EPSS):
+                r = results.get(name(N, L, 1, eps))
+                if not r:
+                    continue
+                k = [x["k"] for x in r["rows"]]
+                ax.plot(k, [x["success_rate"] for x in r["rows"]], f"C{ci}o", ms=4, label=f"measured, ε={eps:g}")
+                ax.plot(k, [x["success_exact"] for x in r["rows"]], f"C{ci}-", lw=1)
+                ax.plot(k, [x["success_bound"] for x in r["rows"]], f"C{ci}:", lw=1.2)
+            ax.set_xscale("log")
+            ax.set_title(f"N = {N}, L = {L}", fontsize=9)
+            if li == len(LS) - 1:
+                ax.set_xlabel("k (virtual neurons per layer)")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[li][0].set_ylabel("P[construction succeeds]")
     axes[0][0].legend(fontsize=6, title="— exact, ··· 1-LN²exp(-(k/N)C_th ε/N)", title_fontsize=6)
     fig.tight_layout()
     _save(fig, HERE / "slth_success.png")
@@ -280,8 +291,7 @@ def report() -> None:
     plt.close(fig)
 
     # Figure 4: theorem regime: output equality vs 1 - delta(k) where the bound's k was run.
-    ran = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("thm_*.json"))]
-    ran = [t for t in ran if "experiment" in t]
+    ran = [t for t in _theorem_results() if "experiment" in t]
     if ran:
         cols = min(4, len(ran))
         rows_n = -(-len(ran) // cols)
@@ -296,6 +306,7 @@ def report() -> None:
             ax.set_xscale("log")
             ax.set_ylim(-0.03, 1.03)
             ax.set_title(f"N={t['N']} L={t['L']} T={t['T']} ε={t['eps']:.2g}", fontsize=8)
+            ax.set_xlabel("k (virtual neurons per layer)", fontsize=7)
             ax.grid(True, which="both", alpha=0.3)
         for ax in list(axes.flat)[len(ran):]:
             ax.axis("off")

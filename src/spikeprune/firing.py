@@ -374,7 +374,7 @@ def apply_perturbation(model: nn.Module, perturbation: Perturbation | str, *, ca
     the flip analysis looks at what the weight change itself does to the spikes.
     """
     from .pruning import prune
-    from .quant import quantize_weight
+    from .quant import quantize_weight, weight_scale
 
     p = parse_perturbation(perturbation) if isinstance(perturbation, str) else perturbation
     perturbed = copy.deepcopy(model).eval()
@@ -384,10 +384,22 @@ def apply_perturbation(model: nn.Module, perturbation: Perturbation | str, *, ca
             if p.mask is not None:
                 Mask.load(p.mask).apply(perturbed)
             else:
+                already = Mask.from_model(perturbed).sparsity  # exact zeros of a ticket count as pruned
+                if p.sparsity <= already:
+                    raise ValueError(f"prune:{p.sparsity:g} asks for a total sparsity the model already has "
+                                     f"({already:.4f} of its weights are 0): nothing would change; ask for more")
                 prune(perturbed, p.criterion, p.sparsity, calibration=calibration, seed=seed)
         elif p.kind == "quantize":
             for w in prunable_weights(perturbed).values():
-                w.copy_(quantize_weight(w, p.bits, method=p.scale or "mean"))
+                alive = w != 0
+                if bool(alive.all()):
+                    w.copy_(quantize_weight(w, p.bits, method=p.scale or "mean"))
+                elif bool(alive.any()):
+                    # A pruned model (lottery ticket, edge-popup export): zero is not one of the 2^b levels
+                    # (SPEC §7), so quantize the surviving weights only, with their own ReScaW scale, and
+                    # keep the pruned ones at 0 (the mask is structure, not a weight value).
+                    gamma = weight_scale(w[alive], p.scale or "mean")
+                    w.copy_(quantize_weight(w, p.bits, gamma) * alive)
         elif p.kind == "weight-noise":
             g = torch.Generator().manual_seed(seed)
             for w in prunable_weights(perturbed).values():
@@ -848,7 +860,18 @@ def plot_flip_summary(rows: list[FlipRow], path: str | Path) -> None:
     modes = [m for m in MODES if any(s["mode"] == m for s in summary)]
     perts = list(dict.fromkeys(s["perturbation"] for s in summary))
     layers = list(dict.fromkeys(s["layer"] for s in summary))
-    cmap = plt.get_cmap("tab20")
+    # One colour family per kind of perturbation (prune-magnitude, prune-sf, quantize, quantize-max,
+    # noise, ...), darker = stronger, so 16 perturbations stay tellable apart.
+    family_of = {pert: re.sub(r"-?[0-9.]+b?(?=-|$)", "", pert) for pert in perts}
+    families = list(dict.fromkeys(family_of.values()))
+    maps = ["Blues", "Greens", "Reds", "Purples", "Oranges", "Greys", "YlOrBr", "BuGn"]
+    members = {f: [q for q in perts if family_of[q] == f] for f in families}
+
+    def colour(pert: str):
+        f = family_of[pert]
+        i, n = members[f].index(pert), len(members[f])
+        return plt.get_cmap(maps[families.index(f) % len(maps)])(0.45 + 0.5 * (i + 1) / n if n > 1 else 0.8)
+
     fig, axes = plt.subplots(1, len(modes), figsize=(1.5 + 2.2 * len(layers) * len(modes), 4.4), squeeze=False,
                              sharey=True)
     floor = 1e-7
@@ -858,7 +881,7 @@ def plot_flip_summary(rows: list[FlipRow], path: str | Path) -> None:
             pts = {s["layer"]: s for s in summary if s["mode"] == mode and s["perturbation"] == pert}
             ls = [l for l in layers if l in pts]
             xs = [layers.index(l) + (pi - (len(perts) - 1) / 2) * width for l in ls]
-            color = cmap(pi % 20)
+            color = colour(pert)
             rate = [max(pts[l]["max_cond_flip_rate"] or 0.0, floor) for l in ls]
             bound = [max(pts[l]["max_bound"], floor) for l in ls]
             ax.scatter(xs, rate, color=color, marker="o", s=16, label=pert, zorder=3)

@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_flips(args: argparse.Namespace) -> int:
+    from ..compress import load_compressed
     from ..data import BatchLoader, load_dataset
     from ..firing import (apply_perturbation, flip_analysis, flip_rows_csv, flip_summary, parse_perturbation,
                           plot_flip_summary, plot_flips)
@@ -66,6 +67,10 @@ def run_flips(args: argparse.Namespace) -> int:
                        timesteps=config["T"], limit=args.samples)
     calibration = BatchLoader(dataset, "train", args.batch_size, shuffle=True, seed=args.seed, encoding=encoding,
                               timesteps=config["T"], augment=False)
+    if (meta.get("quantization") or {}).get("layers"):
+        # A `spikeprune compress` checkpoint: rebuild it with its weight and membrane quantization, as it
+        # runs (load_model alone gives the stored weights with float membranes).
+        model, meta = load_compressed(args.checkpoint, _first_batches(test, 1)[0][0])
     modes = ["local", "end_to_end"] if args.mode == "both" else [args.mode]
     rows = []
     for p in perturbations:
@@ -75,7 +80,8 @@ def run_flips(args: argparse.Namespace) -> int:
         got = flip_analysis(model, perturbed, test, modes=modes, input_fn=input_fn, p_sup_method=args.p_sup,
                             label=p.label)
         rows += got
-        plot_flips(got, out / f"flips-{_slug(p.label)}.png", f"{Path(args.checkpoint).name}: {p.label}")
+        ck = Path(args.checkpoint)
+        plot_flips(got, out / f"flips-{_slug(p.label)}.png", f"{ck.parent.name}/{ck.name}: {p.label}")
     summary = flip_summary(rows)
     write_text(out / "flips.csv", flip_rows_csv(rows))
     write_json(out / "flips.json", {
