@@ -101,6 +101,16 @@ def test_compress_with_membrane_quantization(capsys, tmp_path, dense_checkpoint)
     code, stdout, err = run_cli(capsys, "cost", "--checkpoint", out / "model.safetensors", "--batches", "1",
                                 "--latency-repeats", "0")
     assert code == 0, err
+    # evaluate runs the model as compressed (quantized membranes), not with float membranes
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", out / "model.safetensors", "--out", tmp_path / "ev")
+    assert code == 0, err
+    from spikeprune.compress import load_compressed
+    from spikeprune.data import BatchLoader, load_dataset
+    from spikeprune.train import evaluate
+
+    loader = BatchLoader(load_dataset("digits"), "test", 256, shuffle=False, timesteps=2)
+    model, _ = load_compressed(out / "model.safetensors", next(iter(loader))[0])
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test_accuracy"] == evaluate(model, loader)["accuracy"]
 
 
 @pytest.mark.parametrize("flags, match", [

@@ -39,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
     encoding = args.encoding or trained_on.get("encoding", "direct")
     loader = BatchLoader(dataset, "test", args.batch_size, shuffle=False, seed=args.seed, encoding=encoding,
                          timesteps=config["T"])
+    if (meta.get("quantization") or {}).get("layers"):
+        # A `spikeprune compress` checkpoint: evaluate it as it runs, with its weight and membrane
+        # quantization (load_model alone gives the stored weights with float membranes).
+        from ..compress import load_compressed
+
+        model, meta = load_compressed(args.checkpoint, next(iter(loader))[0])
     result = evaluate(model, loader)
     metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                "firing_rate": result["firing_rate"], "firing_rates": result["firing_rates"],
