@@ -15,7 +15,8 @@ import sys
 from .args import OneLineParser
 
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ["quickstart", "train", "evaluate", "lottery", "edgepopup", "compress", "cost", "analyze", "theory"]
+COMMANDS = ["quickstart", "train", "evaluate", "lottery", "edgepopup", "compress", "cost", "analyze", "theory",
+            "reproduce"]
 
 
 def build_parser() -> OneLineParser:
