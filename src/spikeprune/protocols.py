@@ -110,16 +110,16 @@ def protocol(study: str, scale: str, *, project_root: str | Path | None = None) 
         if scale == "smoke":
             return Protocol(study, scale, {"flips": dict(model="convnet", dataset="digits", width=0.5, timesteps=2,
                                                          batch_size=64, epochs=2)}, (0,),
-                            "flips on 128 test images; SLTH N=4, L=1, T=2",
-                            {"perturbations": ["prune:0.5:magnitude", "prune:0.5:sf", "quantize:4", "quantize:4:max",
-                                               "weight-noise:0.05"], "samples": 128,
-                             "slth": [dict(N=4, L=1, T=2, eps=0.1, trials=8, equality_trials=2, samples=32)]})
+                            "flips on 64 test images; SLTH N=4, L=1, T=2",
+                            {"perturbations": ["prune:0.5:sf", "quantize:4:max", "weight-noise:0.05"], "samples": 64,
+                             "p_sup": "gaussian",  # the KDE of cpu/paper costs ~10 s per perturbation
+                             "slth": [dict(N=4, L=1, T=2, eps=0.1, trials=4, equality_trials=1, samples=16)]})
         slth = [dict(N=n, L=2, T=4, eps=0.1, trials=50, equality_trials=10, samples=256) for n in (4, 8)]
         return Protocol(study, scale, {"flips": dict(DENSE_CPU) if scale == "cpu" else
                                        _presets(root, ["kim_resnet19_cifar10"])["kim_resnet19_cifar10"]},
                         (0,), "benchmarks/theory/flips_study.py + slth_study.py (cpu); paper: the flips of "
                         "the Kim et al. Res-SNN-19 CIFAR-10 dense network",
-                        {"perturbations": list(FLIPS_CPU), "samples": 512, "slth": slth})
+                        {"perturbations": list(FLIPS_CPU), "samples": 512, "p_sup": "kde", "slth": slth})
     # qpsnn
     if scale == "smoke":
         base = dict(model="convnet", dataset="digits", width=0.5, timesteps=2, batch_size=64, epochs=2,

@@ -352,8 +352,13 @@ def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
         chance = 1.0 / max(2, int(rows[0].get("num_classes", 10)))
         above = [s for s in summary if s["test_accuracy"] > 2 * chance]
         findings.append(f"{len(above)} of {len(summary)} (series, density) points are above twice chance "
-                        f"({_pct(2 * chance, 0)} %): " + ("good untrained subnetworks exist here"
-                                                          if above else "no good untrained subnetwork found"))
+                        f"({_pct(2 * chance, 0)} %)")
+        if ref:
+            close = [x for x in summary if x["relative_to_dense"] is not None and x["relative_to_dense"] >= 0.9]
+            findings.append(f"{len(close)} of {len(summary)} points reach 90 % of the dense trained accuracy: "
+                            + ("untrained subnetworks close to the trained network exist here (the paper's claim)"
+                               if close else "better than chance, but not close to the trained network at "
+                               "this scale (the paper's claim is not reproduced here)"))
         ordered = sorted((s for s in summary if s["series"] == best["series"]), key=lambda s: s["sparsity"])
         if len(ordered) >= 3:
             inner = best["sparsity"] not in (ordered[0]["sparsity"], ordered[-1]["sparsity"])
@@ -395,12 +400,13 @@ def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, dat
             log(f"reproduce theory: flips under {pert.label}")
         perturbed, input_fn = apply_perturbation(model, pert, seed=cfg.seed,
                                                  calibration=calib_batches if pert.criterion == "sf" else None)
-        rows = flip_analysis(model, perturbed, test, input_fn=input_fn, label=pert.label)
+        rows = flip_analysis(model, perturbed, test, input_fn=input_fn, label=pert.label,
+                             p_sup_method=p.options["p_sup"])
         plot_flips(rows, where / f"flips-{pert.label}.png", pert.label)
         write_text(where / "flips.csv", flip_rows_csv(rows))
         write_json(where / "flips.json", {"checkpoint": str(root / "dense" / "checkpoint.safetensors"),
                                           "dataset": dataset.name, "samples": test.num_samples,
-                                          "modes": ["local", "end_to_end"], "p_sup_estimator": "kde",
+                                          "modes": ["local", "end_to_end"], "p_sup_estimator": p.options["p_sup"],
                                           "seed": cfg.seed, "perturbations": [pert.label],
                                           "summary": flip_summary(rows), "rows": [r.as_dict() for r in rows]})
     for s in p.options["slth"]:
@@ -581,6 +587,11 @@ def _qpsnn_collect(p: Protocol, root: Path) -> dict[str, Any]:
     return {"cells": cells, "dense": dense, "complete": len(cells) >= len(p.panels)}
 
 
+def _cell(text: Any) -> str:
+    """A markdown table cell (a '|' inside would end the cell)."""
+    return str(text).replace("|", "\\|")
+
+
 def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     import matplotlib
 
@@ -599,18 +610,21 @@ def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[st
     for c in cells:
         u = c["utilisation_total"] or {}
         drop = (c["dense_test_accuracy"] - c["test_accuracy"]) if c.get("dense_test_accuracy") is not None else None
-        lines.append(f"| {c['cell']} | {c.get('bits')} | {c.get('scale')} | {c.get('channel_sparsity')} | "
+        lines.append(f"| {_cell(c['cell'])} | {c.get('bits')} | {c.get('scale')} | {c.get('channel_sparsity')} | "
                      f"{_pct(c['test_accuracy'])} | {_pct(c.get('dense_test_accuracy'))} | "
                      + (f"{100 * drop:.2f}" if drop is not None else "–")
                      + f" | {c.get('size_reduction', float('nan')):.1f}x | {c.get('flop_reduction', float('nan')):.2f}x | "
                      f"{c.get('energy_reduction', float('nan')):.2f}x | {c.get('speedup', float('nan')):.2f}x | "
                      f"{_pct(u.get('utilisation'), 0)} % | {_pct(u.get('effective_utilisation'), 0)} % |")
     md.append("\n".join(lines) + "\n")
+    import textwrap
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for c in cells:
         if c.get("size_bytes"):
             axes[0].scatter(c["size_bytes"] / 1024, 100 * c["test_accuracy"])
-            axes[0].annotate(str(c["cell"])[:28], (c["size_bytes"] / 1024, 100 * c["test_accuracy"]), fontsize=7)
+            axes[0].annotate(textwrap.fill(str(c["cell"]), 24), (c["size_bytes"] / 1024, 100 * c["test_accuracy"]),
+                             fontsize=6)
     dense_acc = next((c["dense_test_accuracy"] for c in cells if c.get("dense_test_accuracy")), None)
     if dense_acc:
         axes[0].axhline(100 * dense_acc, color="0.4", linestyle="--", label="dense fp32")
@@ -619,11 +633,12 @@ def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[st
     axes[0].set_xlabel("model size (KiB, log)")
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].grid(alpha=0.3)
-    labels = [str(c["cell"])[:22] for c in cells]
+    labels = [textwrap.fill(str(c["cell"]), 22) for c in cells]
     eff = [100 * ((c["utilisation_total"] or {}).get("effective_utilisation") or 0) for c in cells]
     axes[1].barh(labels, eff, color=["tab:red" if c.get("scale") == "max" else "tab:blue" for c in cells])
     axes[1].axvspan(14, 32, color="orange", alpha=0.2, label="QP-SNN: vanilla uses 14-32 %")
-    axes[1].set_xlabel("effective bit-width utilisation (%) (red: vanilla max|W|, blue: ReScaW mean|W|)")
+    axes[1].set_xlabel("effective bit-width utilisation (%)")
+    axes[1].set_title("red: vanilla max|W|, blue: ReScaW mean|W|", fontsize=9)
     axes[1].tick_params(axis="y", labelsize=7)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
@@ -642,7 +657,8 @@ def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[st
                         f"(QP-SNN: 91.19 % vs 93.63 %, 9.6 % of connections, 79.6x smaller)")
     for bits in sorted({c.get("bits") for c in cells if c.get("bits")}):
         for scale in ("max", "mean"):
-            cs = [c for c in cells if c.get("bits") == bits and c.get("scale") == scale and c["utilisation_total"]]
+            cs = sorted((c for c in cells if c.get("bits") == bits and c.get("scale") == scale and c["utilisation_total"]),
+                        key=lambda c: (c.get("channel_sparsity") or 0) > 0)  # unpruned cells first
             if cs:
                 u = cs[0]["utilisation_total"]
                 findings.append(f"{bits}-bit {'vanilla max|W|' if scale == 'max' else 'ReScaW mean|W|'}: "
@@ -707,7 +723,7 @@ def _equivalent_commands(study: str, p: Protocol, out: Path, root: Path) -> list
         cmds.append(f"spikeprune train --config {out}/configs/flips.yaml --out {root}/dense")
         for spec in p.options["perturbations"]:
             cmds.append(f"spikeprune analyze flips --checkpoint {root}/dense/checkpoint.safetensors --perturb {spec} "
-                        f"--samples {p.options['samples']} --out {root}/flips/{parse_perturbation(spec).label}")
+                        f"--samples {p.options['samples']} --p-sup {p.options['p_sup']} --out {root}/flips/{parse_perturbation(spec).label}")
         for s in p.options["slth"]:
             cmds.append(f"spikeprune theory slth --N {s['N']} --L {s['L']} --T {s['T']} --eps {s['eps']} "
                         f"--trials {s['trials']} --equality-trials {s['equality_trials']} --samples {s['samples']} "
