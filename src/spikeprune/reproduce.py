@@ -584,7 +584,9 @@ def _qpsnn_collect(p: Protocol, root: Path) -> dict[str, Any]:
         c["utilisation_total"] = total
         c["qat_utilisation_total"] = qat
     dense = read_json(root / "dense" / "metrics.json") if (root / "dense" / "metrics.json").exists() else None
-    return {"cells": cells, "dense": dense, "complete": len(cells) >= len(p.panels)}
+    # the study's flat files carry no list of what it planned: completeness is then unknown (False)
+    complete = all((root / slug(name) / "metrics.json").exists() for name in p.panels)
+    return {"cells": cells, "dense": dense, "complete": complete}
 
 
 def _cell(text: Any) -> str:
@@ -605,7 +607,7 @@ def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[st
     if not cells:
         return ["_No compression cell finished yet._\n"], {}
     lines = ["| cell | bits | scale | channels removed | accuracy (%) | dense (%) | drop (points) | size reduction | "
-             "op reduction | energy reduction | CPU speed-up | levels used | effective utilisation |",
+             "op reduction | energy reduction | CPU speed-up | levels used (%) | effective utilisation (%) |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cells:
         u = c["utilisation_total"] or {}
@@ -615,7 +617,7 @@ def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[st
                      + (f"{100 * drop:.2f}" if drop is not None else "–")
                      + f" | {c.get('size_reduction', float('nan')):.1f}x | {c.get('flop_reduction', float('nan')):.2f}x | "
                      f"{c.get('energy_reduction', float('nan')):.2f}x | {c.get('speedup', float('nan')):.2f}x | "
-                     f"{_pct(u.get('utilisation'), 0)} % | {_pct(u.get('effective_utilisation'), 0)} % |")
+                     f"{_pct(u.get('utilisation'), 0)} | {_pct(u.get('effective_utilisation'), 0)} |")
     md.append("\n".join(lines) + "\n")
     import textwrap
 
@@ -630,6 +632,9 @@ def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[st
         axes[0].axhline(100 * dense_acc, color="0.4", linestyle="--", label="dense fp32")
         axes[0].legend(fontsize=8)
     axes[0].set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    axes[0].xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a narrow log range
     axes[0].set_xlabel("model size (KiB, log)")
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].grid(alpha=0.3)
@@ -647,8 +652,12 @@ def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[st
     plt.close(fig)
     md.append("![qpsnn](qpsnn.png)\n")
     findings = []
-    target = next((c for c in cells if c.get("bits") == 4 and c.get("scale") == "mean"
-                   and (c.get("channel_sparsity") or 0) > 0), None)
+    candidates = [c for c in cells if c.get("bits") == 4 and c.get("scale") == "mean"
+                  and (c.get("channel_sparsity") or 0) > 0]
+    # QP-SNN's own setting first: SVS channel scores, the protocol's default fine-tuning
+    candidates.sort(key=lambda c: (c.get("criterion", "svs") != "svs", c.get("tag") not in (None, "grid"),
+                                   c.get("order", "quantize-first") != "quantize-first"))
+    target = candidates[0] if candidates else None
     if target:
         s = target["channel_sparsity"]
         findings.append(f"4-bit ReScaW with {100 * s:.0f} % of the channels removed (≈ {100 * (1 - s) ** 2:.0f} % of "
@@ -758,8 +767,9 @@ def write_report(study: str, scale: str, out: str | Path, root: str | Path, *, c
     _write_configs(study, p, out)
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     md = [f"# {TITLES[study]} — scale `{scale}`\n",
-          ("" if complete else "> **PARTIAL**: some runs have not finished; re-run the command below to continue "
-           "them (finished work is kept) and rebuild this report.\n"),
+          ("" if complete else "> **PARTIAL**: some runs of the protocol are missing or unfinished; re-run the "
+           "command below to continue them (finished work is kept) and rebuild this report (with --from-results: "
+           "finish the study, then rebuild).\n"),
           f"spikeprune {__version__}, {now}, {_machine()}, Python {platform.python_version()}.\n",
           "## Reproduce\n", f"```\n{command}\n```\n",
           "The same runs, one command per step (the configs are next to this report):\n",
