@@ -19,6 +19,10 @@ from .slth import construct, verify as verify_ticket
 from .quant import quantize_model
 from .structured import prune_channels
 from .cost import cost_report
+# scale-out and reproduction
+from .sweep import edgepopup_sweep, lottery_sweep
+from .protocols import protocol
+from .reproduce import reproduce
 
 __all__ = [
     # foundation
@@ -32,4 +36,6 @@ __all__ = [
     "crisis_probability", "density_sup", "flip_analysis", "construct", "verify_ticket",
     # compression
     "quantize_model", "prune_channels", "cost_report",
+    # scale-out and reproduction (torchrun data parallelism is automatic: spikeprune.distributed)
+    "lottery_sweep", "edgepopup_sweep", "protocol", "reproduce",
 ]
