@@ -633,6 +633,9 @@ def sweep(
     if not resume and ((out / "results.json").exists() or any((out / n).exists() for n in names)):
         raise ValueError(f"{out} already holds an edge-popup sweep; pass --resume to continue it or choose "
                          "another --out")
+    from .distributed import barrier
+
+    barrier()  # under torchrun: every rank has looked before any rank creates a folder
     out = check_writable_dir(out)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
