@@ -273,15 +273,31 @@ def _fig3_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_
                         threads=threads, log=log)
 
 
-def _fig3_collect(p: Protocol, root: Path, references: Iterable[str | Path] = ()) -> dict[str, Any]:
+_REF_KEYS = ("model", "width", "timesteps", "epochs", "train_limit", "lr")
+
+
+def _read_references(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Dense trained runs: ``{"path", "test_accuracy", "settings"}`` (settings: the keys that matter
+    for matching a reference to a series of searches)."""
     from .edgepopup import read_reference
 
+    refs = []
+    for p in paths:
+        f = Path(p) / "metrics.json" if Path(p).is_dir() else Path(p)
+        acc = read_reference([f])[0]
+        config = read_json(f).get("config", {})
+        refs.append({"path": str(f.parent), "test_accuracy": acc,
+                     "settings": {k: config.get(k) for k in _REF_KEYS}})
+    return refs
+
+
+def _fig3_collect(p: Protocol, root: Path, references: Iterable[str | Path] = ()) -> dict[str, Any]:
     panels = {}
     for name, values in p.panels.items():
         panel_root = _panel_root(root, name, len(p.panels) == 1)
         rows = [read_json(f) for f in sorted(panel_root.rglob("density-*/result.json"))]
         refs = [d for d in sorted(panel_root.glob("dense*")) if (d / "metrics.json").exists()]
-        ref_values = read_reference([*refs, *references])
+        ref_values = _read_references([*refs, *references])
         widths = sorted({r.get("width", 1.0) for r in rows})
         grid = list(values.get("densities", ()))
         main = [r for r in rows if r.get("width") == values.get("width", 1.0)] or rows
@@ -321,12 +337,27 @@ def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
             md.append("_No finished search yet._\n")
             continue
         label = _series_labels(rows)
+        # references grouped by the settings that differ between them (one dashed line each); each
+        # series is compared with the group that shares most of its settings (width, epochs, data)
+        varying = [k for k in _REF_KEYS if len({repr(x["settings"][k]) for x in refs}) > 1]
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for x in refs:
+            key = "dense trained" + ("" if not varying else ", " + ", ".join(f"{k}={x['settings'][k]}" for k in varying))
+            groups.setdefault(key, []).append(x)
+
+        def matching(r: dict[str, Any]) -> str | None:
+            hp = r.get("hyperparameters") or {}
+            return max(groups, key=lambda g: sum(hp.get(k) == groups[g][0]["settings"][k] for k in _REF_KEYS),
+                       default=None)
+
         png = f"fig3_{slug(name)}.png"
         plot_subnetwork_accuracy([{"sparsity": r["sparsity"], "accuracy": r["test_accuracy"], "series": label(r)}
-                                  for r in rows], out / png, reference=refs,
+                                  for r in rows], out / png,
+                                 reference={g: [x["test_accuracy"] for x in xs] for g, xs in groups.items()},
                                  title=f"{name}: untrained subnetworks (non-affine BN)"
                                  + ("" if panel["complete"] else " PARTIAL"))
-        ref = statistics.fmean(refs) if refs else None
+        ref_of = {label(r): matching(r) for r in rows}
+        mean_of = {g: statistics.fmean(x["test_accuracy"] for x in xs) for g, xs in groups.items()}
         by: dict[tuple[str, float], list[dict[str, Any]]] = {}
         for r in rows:
             by.setdefault((label(r), round(r["density"], 6)), []).append(r)
@@ -337,25 +368,31 @@ def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
             accs = [r["test_accuracy"] for r in rs]
             m = statistics.fmean(accs)
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            ref = mean_of.get(ref_of[lab]) if ref_of[lab] else None
             summary.append({"series": lab, "density": d, "sparsity": 1 - d, "test_accuracy": m, "std": sd,
-                            "n": len(accs), "relative_to_dense": m / ref if ref else None})
+                            "n": len(accs), "relative_to_dense": m / ref if ref else None,
+                            "reference": ref_of[lab]})
             lines.append(f"| {lab} | {d:g} | {1 - d:g} | {_pct(m)}" + (f" ± {_pct(sd)}" if len(accs) > 1 else "")
                          + f" | {len(accs)} | " + (f"{100 * m / ref:.1f} %" if ref else "–") + " | "
                          + ("yes" if all(r.get("export_matches") for r in rs) else "NO") + " |")
-        md.append(("Dense trained reference: " + (f"{_pct(ref)} % (mean of {len(refs)})" if refs else "none found")
-                   + "\n\n" + "\n".join(lines) + "\n"))
+        ref_lines = [f"* {g}: {_pct(mean_of[g])} % (" + ", ".join(f"`{x['path']}`" for x in xs) + ")"
+                     for g, xs in groups.items()]
+        md.append("Dense trained references (each series is compared with the one sharing most of its settings):\n\n"
+                  + ("\n".join(ref_lines) if ref_lines else "none found") + "\n\n" + "\n".join(lines) + "\n")
         md.append(f"![{name}]({png})\n")
         best = max(summary, key=lambda s: s["test_accuracy"])
         findings = [f"best untrained subnetwork: density {best['density']:g} (sparsity {best['sparsity']:g}), "
-                    f"{_pct(best['test_accuracy'])} %" + (f" = {100 * best['relative_to_dense']:.1f} % of the dense "
-                                                          f"trained network" if ref else "")]
+                    f"{_pct(best['test_accuracy'])} %" + (f" = {100 * best['relative_to_dense']:.1f} % of its reference "
+                                                          f"({best['reference']})" if best["relative_to_dense"] else "")]
         chance = 1.0 / max(2, int(rows[0].get("num_classes", 10)))
         above = [s for s in summary if s["test_accuracy"] > 2 * chance]
         findings.append(f"{len(above)} of {len(summary)} (series, density) points are above twice chance "
                         f"({_pct(2 * chance, 0)} %)")
-        if ref:
+        if groups:
             close = [x for x in summary if x["relative_to_dense"] is not None and x["relative_to_dense"] >= 0.9]
-            findings.append(f"{len(close)} of {len(summary)} points reach 90 % of the dense trained accuracy: "
+            findings.append(f"{len(close)} of {len(summary)} points reach 90 % of their dense trained reference"
+                            + (f" ({'; '.join(sorted({x['series'] + ' vs ' + str(x['reference']) for x in close}))})"
+                               if close else "") + ": "
                             + ("untrained subnetworks close to the trained network exist here (the paper's claim)"
                                if close else "better than chance, but not close to the trained network at "
                                "this scale (the paper's claim is not reproduced here)"))
@@ -365,7 +402,7 @@ def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
             findings.append("accuracy peaks at an intermediate sparsity" if inner else
                             f"accuracy peaks at the edge of the grid (sparsity {best['sparsity']:g})")
         md.append("What our numbers say:\n\n" + "".join(f"* {f}\n" for f in findings))
-        numbers[name] = {"points": summary, "dense_reference": refs, "findings": findings,
+        numbers[name] = {"points": summary, "dense_references": refs, "findings": findings,
                          "complete": panel["complete"]}
     return md, numbers
 

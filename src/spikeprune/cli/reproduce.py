@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-results", metavar="DIR", help="only rebuild the report from the runs in DIR")
     p.add_argument("--reference", action="append", default=[], metavar="RUN",
                    help="fig3: an extra dense trained run (folder or metrics.json) for the dashed line")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="independent runs at a time (default 1)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="fig3/fig5: independent runs at a time, each its own process (default 1)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="OMP_NUM_THREADS per job (default 1)")
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
     p.set_defaults(func=run)
