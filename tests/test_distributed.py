@@ -106,3 +106,20 @@ def test_torchrun_two_processes_gloo_imp_masks_match_across_ranks(tmp_path):
     assert min(ddp_acc + one_acc) > 0.6, (ddp_acc, one_acc)
     assert abs(sum(ddp_acc) / 3 - sum(one_acc) / 3) < 0.05, (ddp_acc, one_acc)
     assert max(abs(a - b) for a, b in zip(ddp_acc, one_acc)) < 0.08, (ddp_acc, one_acc)
+
+
+def test_torchrun_two_processes_edgepopup_search(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    helper = Path(__file__).parent / "helpers" / "ddp_edgepopup.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(helper),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == {**ranks[1], "rank": 0}  # same accuracy (reduced over ranks), same subnetwork
+    assert ranks[0]["exported_test_accuracy"] == ranks[0]["test_accuracy"] > 0.2
+    from spikeprune.io import read_json
+
+    info = read_json(tmp_path / "run" / "metrics.json")["distributed"]
+    assert info["world_size"] == 2 and info["replicas_identical"], info
