@@ -22,6 +22,10 @@ from .cost import cost_report
 # interop and export
 from .interop import adapt
 from .interop.nir_export import from_nir, to_nir
+# scale-out and reproduction
+from .sweep import edgepopup_sweep, lottery_sweep
+from .protocols import protocol
+from .reproduce import reproduce
 
 __all__ = [
     # foundation
@@ -37,4 +41,6 @@ __all__ = [
     "quantize_model", "prune_channels", "cost_report",
     # interop and export
     "adapt", "to_nir", "from_nir",
+    # scale-out and reproduction (torchrun data parallelism is automatic: spikeprune.distributed)
+    "lottery_sweep", "edgepopup_sweep", "protocol", "reproduce",
 ]

@@ -548,11 +548,17 @@ class BatchLoader:
 
     The randomness of an epoch is a pure function of ``(seed, split, epoch)``: iterating twice
     without :meth:`set_epoch` yields identical batches, and a resumed run reproduces epoch ``e``.
+
+    Data parallelism (``world_size > 1``, see :mod:`spikeprune.distributed`): every rank draws the
+    global batch exactly as one process would (same order, augmentation and Poisson spikes) and keeps
+    its contiguous part ``rank`` of ``world_size``; ``len()`` stays the number of global batches so all
+    ranks take the same number of steps. A global batch smaller than ``world_size`` (a tiny last
+    batch) is skipped on every rank, so no rank ever sees an empty batch.
     """
 
     def __init__(self, dataset: ImageDataset, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
                  encoding: str = "direct", timesteps: int | None = None, augment: bool | None = None,
-                 drop_last: bool = False, limit: int | None = None) -> None:
+                 drop_last: bool = False, limit: int | None = None, rank: int = 0, world_size: int = 1) -> None:
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if encoding not in ENCODINGS:
@@ -563,7 +569,10 @@ class BatchLoader:
             raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
         self.dataset, self.split, self.batch_size = dataset, _check_split(split), batch_size
         self.shuffle, self.seed, self.encoding, self.timesteps = shuffle, seed, encoding, timesteps
+        if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size); got rank={rank!r}, world_size={world_size!r}")
         self.drop_last, self.epoch = drop_last, 0
+        self.rank, self.world_size = rank, world_size
         self.augment = (dataset.augment == "crop_flip" and split == "train") if augment is None else bool(augment)
         self.pad = max(1, round(dataset.image_size[0] / 8))
         self.images, self.labels = dataset.images(split)[:limit], dataset.labels(split)[:limit]
@@ -587,8 +596,19 @@ class BatchLoader:
         g = _epoch_generator(self.seed, self.split, self.epoch)
         n = self.num_samples
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        sharded = self.world_size > 1
+        random_batch = self.augment or self.encoding != "direct"  # draws from g per sample
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            part = slice(None)
+            if sharded:
+                if idx.numel() < self.world_size:
+                    continue  # every rank skips it: nobody gets an empty batch
+                from .distributed import shard_slice
+
+                part = shard_slice(idx.numel(), self.rank, self.world_size)
+                if not random_batch:  # nothing random to draw: take the shard before loading
+                    idx, part = idx[part], slice(None)
             images = self.images[idx]
             if self.augment:
                 images = _crop_flip(images, self.pad, g)
@@ -597,4 +617,7 @@ class BatchLoader:
                 x = x.sub_(self._mean).div_(self._std)
             else:
                 x = encode(x, "poisson", self.timesteps, g)
-            yield x, self.labels[idx]
+            if self.encoding == "direct":
+                yield x[part], self.labels[idx][part]
+            else:  # [T, B, ...]: the batch is dim 1
+                yield x[:, part], self.labels[idx][part]

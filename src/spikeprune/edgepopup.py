@@ -475,6 +475,11 @@ def search(
     """
     if cfg.densities:
         raise ValueError("search() runs one density; use sweep() for densities")
+    from .distributed import context, is_main
+
+    context()
+    if not is_main():
+        progress, log = False, None
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     model = to_edgepopup(build_model(cfg, dataset), cfg.density, init=cfg.init, affine_bn=cfg.affine_bn,
                          scale_fan=cfg.scale_fan, seed=cfg.seed)
@@ -609,6 +614,11 @@ def sweep(
     that already holds a sweep is refused. Everything a user can get wrong (densities, model,
     dataset, reference files) is checked before the first file is written.
     """
+    from .distributed import context, is_main
+
+    context()  # under torchrun: join the process group before touching any file
+    if not is_main():  # under torchrun only rank 0 talks
+        progress, log = False, None
     densities = list(cfg.densities) or [cfg.density]
     names = [run_dir_name(d) for d in densities]
     if len(set(names)) != len(names):
@@ -623,6 +633,9 @@ def sweep(
     if not resume and ((out / "results.json").exists() or any((out / n).exists() for n in names)):
         raise ValueError(f"{out} already holds an edge-popup sweep; pass --resume to continue it or choose "
                          "another --out")
+    from .distributed import barrier
+
+    barrier()  # under torchrun: every rank has looked before any rank creates a folder
     out = check_writable_dir(out)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}

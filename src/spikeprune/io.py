@@ -37,17 +37,31 @@ FORMAT_VERSION = 1
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
+
+    Under a ``torchrun`` process group the write is collective (:mod:`spikeprune.distributed`): only
+    rank 0's file replaces ``path``, the other ranks' temporary files are discarded, and the ranks meet
+    at a barrier before (everyone has read the old state) and after (the new file is in place) the
+    write. Call it on every rank, in the same order.
+    """
+    from .distributed import barrier, collective_write
+
+    write_here, synchronise = collective_write()
+    if synchronise:
+        barrier()  # every rank has finished reading the state before this write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        if write_here:
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    if synchronise:
+        barrier()
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -96,7 +110,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     header = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
     metadata = {"spikeprune": json.dumps(header, default=_json_default)}
     # safetensors refuses tensors that share storage (views); a copy is cheap next to training.
-    flat = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=metadata)
 

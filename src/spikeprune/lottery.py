@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .calibration import calibrate
 from .config import TrainConfig, hparam, hyperparameters, run_id, to_dict
 from .criteria import CRITERIA, FIRING_AWARE, sf_layers
@@ -258,8 +259,17 @@ def _prune(cfg: LotteryConfig, out: Path, k: int, dataset: ImageDataset, log: Ca
                       calibration=calib, normalize=cfg.normalize, seed=cfg.seed * 1000 + k, dynamic=dynamic)
     seconds = time.perf_counter() - tick
     revived = sum(int((mask[n] & ~prev_mask[n]).sum()) for n in dynamic)
+    extra: dict[str, Any] = {}
+    if distributed.context().active:
+        # Every rank computed the mask from the same model and batches; record that they agree.
+        # Whatever happens, every rank trains with rank 0's mask, read back from the file written below.
+        sums = distributed.all_gather_objects(distributed.checksum(dict(mask.items())))
+        extra = {"rank_checksums": sums, "ranks_agree": len(set(sums)) == 1}
+        if log and len(set(sums)) != 1:
+            log(f"[lottery] round {k}: WARNING the ranks computed different masks ({sums}); using rank 0's")
     mask.save(round_dir(out, k) / MASK, {"round": k, "dynamic": dynamic, "criterion": criterion,
-                                         "variant": cfg.variant, "prune_seconds": seconds, "revived": revived})
+                                         "variant": cfg.variant, "prune_seconds": seconds, "revived": revived,
+                                         **extra})
     if log:
         log(f"[lottery] round {k}: pruned to sparsity {mask.sparsity:.4f} by {criterion} in {seconds:.2f} s"
             + (f" ({revived} weights revived in dynamic layers)" if dynamic else ""))
@@ -377,6 +387,7 @@ def train_dense(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
 
     Lets several variants share one dense run (copy or hard-link ``dense/`` into their directories).
     """
+    distributed.context()
     out = check_writable_dir(out)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     _check_identity(out, cfg, resume)
@@ -394,6 +405,9 @@ def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
     """
     if not isinstance(cfg, LotteryConfig):
         raise TypeError(f"run_lottery needs a LotteryConfig; got {type(cfg).__name__}")
+    distributed.context()  # under torchrun: join the process group before touching any file
+    if not distributed.is_main():  # under torchrun only rank 0 talks
+        progress, log = False, None
     out = check_writable_dir(out)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     _check_identity(out, cfg, resume)

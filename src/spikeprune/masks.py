@@ -159,14 +159,19 @@ class MaskEnforcement:
         self.mask = mask
         self._weights = mask.check_fits(model)
         self._keep = {n: mask[n].to(dtype=w.dtype, device=w.device) for n, w in self._weights.items() if n in mask}
-        self._handles = [self._weights[n].register_hook(lambda g, k=k: g * k) for n, k in self._keep.items()]
+        # k.to(g.device): a no-op on one device; right after fit moves the model to its GPU (torchrun + nccl)
+        self._handles = [self._weights[n].register_hook(lambda g, k=k: g * k.to(g.device))
+                         for n, k in self._keep.items()]
         self.after_step()
 
     @torch.no_grad()
     def after_step(self, *_: Any) -> None:
         """Re-apply the mask (call after every optimizer step)."""
         for name, keep in self._keep.items():
-            self._weights[name].mul_(keep)
+            w = self._weights[name]
+            if keep.device != w.device:  # the model moved (fit under torchrun with nccl)
+                keep = self._keep[name] = keep.to(w.device)
+            w.mul_(keep)
 
     def remove(self) -> None:
         """Stop zeroing gradients (the weights keep whatever values they have)."""

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from .config import TrainConfig, hyperparameters, run_id, to_dict
+from . import distributed
 from .data import BatchLoader, ImageDataset, load_dataset
 from .io import check_writable_dir, load_checkpoint, save_checkpoint, write_json, write_text
 from .models import create_model
@@ -77,8 +78,13 @@ def build_model(cfg: TrainConfig, dataset: ImageDataset) -> nn.Module:
 
 
 def make_loaders(cfg: TrainConfig, dataset: ImageDataset) -> tuple[BatchLoader, BatchLoader]:
-    """(train, test) loaders; the train split is shuffled (and augmented where the dataset says so)."""
-    common = dict(seed=cfg.seed, encoding=cfg.encoding, timesteps=cfg.timesteps)
+    """(train, test) loaders; the train split is shuffled (and augmented where the dataset says so).
+
+    Under ``torchrun`` both are sharded by rank (:mod:`spikeprune.distributed`).
+    """
+    ctx = distributed.context()
+    common = dict(seed=cfg.seed, encoding=cfg.encoding, timesteps=cfg.timesteps, rank=ctx.rank,
+                  world_size=ctx.world_size)
     train = BatchLoader(dataset, "train", cfg.batch_size, shuffle=True, limit=cfg.train_limit, **common)
     test = BatchLoader(dataset, "test", max(cfg.batch_size, 256), shuffle=False, limit=cfg.test_limit, **common)
     return train, test
@@ -106,6 +112,12 @@ def spike_loss(out: torch.Tensor, target: torch.Tensor, kind: str = "per_timeste
     return F.cross_entropy(out.mean(0), target)
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (batches are moved there; the CPU for a parameterless model)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
 
@@ -129,13 +141,15 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass over ``loader``; ``after_step`` runs after every optimizer step (e.g. mask enforcement).
 
-    Returns mean loss and accuracy over the samples seen.
+    Returns mean loss and accuracy over the samples seen (over all ranks when ``loader`` is sharded).
     """
     model.train()
     forward = forward or model
+    device = _device(model)
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not progress, file=sys.stderr)
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(bf16):
             out = forward(x)
             batch_loss = spike_loss(out.float(), y, loss)
@@ -153,6 +167,9 @@ def train_epoch(
         bar.update(1)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
     bar.close()
+    if getattr(loader, "world_size", 1) > 1:  # the other ranks hold the other shards
+        total = distributed.all_reduce_sums({"loss": total_loss, "correct": correct, "seen": seen})
+        total_loss, correct, seen = total["loss"], int(total["correct"]), int(total["seen"])
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
 
@@ -181,14 +198,24 @@ def evaluate(
         slots[names[id(lif)]] += s.numel()
 
     total_loss, correct, seen = 0.0, 0, 0
+    device = _device(model)
     with observe(model, count):
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(bf16):
                 out = forward(x).float()
             total_loss += spike_loss(out, y, loss).item() * y.shape[0]
             correct += int((out.sum(0).argmax(-1) == y).sum())
             seen += y.shape[0]
     model.train(was_training)
+    if getattr(loader, "world_size", 1) > 1:  # sum the counters of every rank's shard
+        keys = list(spikes)
+        total = distributed.all_reduce_sums({"loss": total_loss, "correct": correct, "seen": seen,
+                                             **{f"s/{k}": spikes[k] for k in keys},
+                                             **{f"n/{k}": slots[k] for k in keys}})
+        total_loss, correct, seen = total["loss"], int(total["correct"]), int(total["seen"])
+        spikes = {k: total[f"s/{k}"] for k in keys}
+        slots = {k: int(total[f"n/{k}"]) for k in keys}
     rates = {n: spikes[n] / slots[n] for n in spikes if slots[n]}
     return {
         "accuracy": correct / max(seen, 1),
@@ -321,7 +348,15 @@ def fit(
         extra_tensors: extra tensors stored in every checkpoint (e.g. masks), keys prefixed ``extra/``.
         progress: show a tqdm bar per epoch.
         log: receives one summary line per epoch (default: stderr); ``None`` silences it.
+
+    Under ``torchrun`` the run is data-parallel (DistributedDataParallel; :mod:`spikeprune.distributed`):
+    batches are sharded by rank, files are written once (rank 0), only rank 0 logs, and
+    ``metrics.json`` records ``distributed`` = world size, backend and whether the final model state
+    is identical on every rank. In one process nothing changes.
     """
+    ctx = distributed.context()
+    if not distributed.is_main():
+        progress, log = False, None
     out = check_writable_dir(out)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
@@ -329,6 +364,8 @@ def fit(
                          "or choose another --out")
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     model = model if model is not None else build_model(cfg, dataset)
+    if ctx.backend == "nccl":
+        model.to(ctx.device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     train_loader, test_loader = make_loaders(cfg, dataset)
@@ -355,9 +392,9 @@ def fit(
         if log and start_epoch < cfg.epochs:
             log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
 
-    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    forward: Callable[[torch.Tensor], torch.Tensor] = distributed.wrap(model, ctx)
     if cfg.compile:
-        forward = torch.compile(model)
+        forward = torch.compile(forward)
     step_hook = (lambda: after_step(model)) if after_step is not None else None
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -367,6 +404,7 @@ def fit(
         tr = train_epoch(model, train_loader, optimizer, loss=cfg.loss, bf16=cfg.bf16, forward=forward,
                          after_step=step_hook, progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         scheduler.step()
+        distributed.broadcast_state(model)  # DDP lets BatchNorm running statistics drift per rank
         ev = evaluate(model, test_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward)
         seconds += time.perf_counter() - tick
         best = max(best, ev["accuracy"])
@@ -409,5 +447,9 @@ def fit(
         "run_id": run_id(cfg),
         "config": to_dict(cfg),
     }
+    if ctx.active:
+        sums = distributed.all_gather_objects(distributed.checksum(model))
+        metrics["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend,
+                                  "state_checksums": sums, "replicas_identical": len(set(sums)) == 1}
     write_json(out / "metrics.json", metrics)
     return RunResult(metrics, model)

@@ -16,7 +16,7 @@ from .args import OneLineParser
 
 #: command modules, in the order ``--help`` lists them
 COMMANDS = ["quickstart", "train", "evaluate", "lottery", "edgepopup", "compress", "cost", "analyze", "theory",
-            "interop", "export"]
+            "interop", "export", "reproduce"]
 
 
 def build_parser() -> OneLineParser:
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..distributed import is_main
+
+    if not is_main():  # under torchrun every rank runs the command; rank 0 alone prints its results
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

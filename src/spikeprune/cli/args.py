@@ -79,3 +79,33 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     values.update({k: v for k, v in vars(args).items() if k in names})
     return from_mapping(cls, values)
+
+
+def _list_of(kind: type, what: str):
+    def parse(text: str) -> list:
+        try:
+            values = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        return values
+    return parse
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser, *, variants: bool = False) -> None:
+    """``--seeds``, ``--jobs``, ``--threads`` (and ``--variants``): run a grid as independent jobs."""
+    group = parser.add_argument_group("sweep (independent jobs; spikeprune.sweep)")
+    group.add_argument("--seeds", type=_list_of(int, "integers"), metavar="S1,S2,...",
+                       help="run every seed (each in OUT/seed-<s>/) and summarise mean and 95%% CI")
+    if variants:
+        group.add_argument("--variants", type=_list_of(str, "names"), metavar="V1,V2,...",
+                           help="run several variants (imp,sf-imp-1,sf-imp-2) sharing one dense run per seed")
+    group.add_argument("--jobs", type=int, metavar="N",
+                       help="run at most N jobs at the same time, each its own process (default 1: in order)")
+    group.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="OMP_NUM_THREADS of each job process (default 1)")
+
+
+def sweep_requested(args: argparse.Namespace) -> bool:
+    return any(getattr(args, k, None) is not None for k in ("seeds", "variants", "jobs"))

@@ -8,13 +8,17 @@ runs in OUT/density-<d>/ (search checkpoint, history.csv, subnet.safetensors = t
 as an ordinary model for ``spikeprune evaluate --checkpoint``, mask.safetensors, result.json);
 OUT/results.{json,csv,png} compare them (with the dense trained --reference as a dashed line).
 A killed sweep continues with --resume: finished densities are not redone.
+
+Seeds x densities as independent jobs (at most --jobs at a time, each its own process):
+             spikeprune edgepopup ... --densities 0.1,0.5,0.9 --seeds 0,1,2 --jobs 2 --out runs/ep
+(OUT/seed-<s>/density-<d>/; always resumable, no --resume needed).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .args import add_config_arguments, add_run_arguments, config_from_args
+from .args import add_config_arguments, add_run_arguments, add_sweep_arguments, config_from_args, sweep_requested
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", action="append", default=[], metavar="RUN",
                    help="a dense TRAINED run of the same architecture (its folder or metrics.json): the "
                         "dashed line of the plot; repeat for several seeds")
+    add_sweep_arguments(p)
     add_config_arguments(p, EdgePopupConfig)
     p.set_defaults(func=run)
 
@@ -34,7 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from ..edgepopup import EdgePopupConfig, sweep
 
     cfg = config_from_args(EdgePopupConfig, args)
-    summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress)
+    if sweep_requested(args):
+        from ..sweep import edgepopup_sweep
+
+        summary = edgepopup_sweep(cfg, args.out, seeds=args.seeds, reference=args.reference,
+                                  jobs=args.jobs or 1, threads=args.threads)
+    else:
+        summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress)
     print(summary["bn"])
     print(f"{'density':>8} {'sparsity':>8} {'accuracy':>9} {'exported':>9} {'vs dense':>9}")
     for r in summary["rows"]:

@@ -1,0 +1,113 @@
+"""spikeprune reproduce: every study end to end at smoke scale, reports rebuilt from results, protocols."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from spikeprune.cli import main
+from spikeprune.protocols import SCALES, STUDIES, protocol
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _images_exist(report: Path) -> list[str]:
+    import re
+
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+    for name in images:
+        assert (report.parent / name).stat().st_size > 1000, name
+    return images
+
+
+def test_reproduce_fig5_smoke_writes_the_report_and_resumes(tmp_path, capsys):
+    out = tmp_path / "fig5"
+    assert main(["reproduce", "fig5", "--scale", "smoke", "--out", str(out)]) == 0
+    report = out / "report.md"
+    text = report.read_text()
+    assert "PARTIAL" not in text and "spikeprune reproduce fig5 --scale smoke" in text
+    assert "| sparsity | imp | sf-imp-1 | sf-imp-2 |" in text and "| 75.0 % |" in text
+    assert "SF-IMP-2 is best on CIFAR-10" in text  # the paper's claim sits next to our numbers
+    assert len(_images_exist(report)) == 1
+    numbers = json.loads((out / "report.json").read_text())
+    assert numbers["complete"]
+    series = next(iter(numbers["numbers"].values()))["series"]
+    assert set(series) == {"imp", "sf-imp-1", "sf-imp-2"}
+    for points in series.values():
+        assert [round(p["sparsity"], 4) for p in points] == [0.0, 0.5, 0.75]
+        assert all(0.0 <= p["test_accuracy"] <= 1.0 for p in points)
+    assert (out / "configs").is_dir() and list((out / "configs").glob("*.yaml"))
+
+    ckpt = next(out.glob("runs/*/seed-0/imp/round_02/checkpoint.safetensors"))
+    stamp = ckpt.stat().st_mtime_ns
+    assert main(["reproduce", "fig5", "--scale", "smoke", "--out", str(out)]) == 0  # resumed: nothing re-run
+    assert ckpt.stat().st_mtime_ns == stamp
+
+    again = tmp_path / "rebuilt"  # the report alone, from the existing runs
+    assert main(["reproduce", "fig5", "--scale", "smoke", "--from-results", str(out / "runs"),
+                 "--out", str(again)]) == 0
+    assert json.loads((again / "report.json").read_text())["numbers"] == numbers["numbers"]
+    assert not (again / "runs").exists()
+
+
+@pytest.mark.parametrize("study,expect", [
+    ("fig3", "| edge-popup | 0.5 | 0.5 |"),
+    ("theory", "| prune-0.5-sf | local | 3 |"),
+    ("qpsnn", "| 4-bit ReScaW, 50 % channels (SVS) | 4 | mean | 0.5 |"),
+])
+def test_reproduce_smoke_every_study(tmp_path, study, expect):
+    out = tmp_path / study
+    assert main(["reproduce", study, "--scale", "smoke", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert expect in text and "PARTIAL" not in text and "## The paper's claims" in text
+    assert _images_exist(out / "report.md")
+    assert json.loads((out / "report.json").read_text())["complete"]
+
+
+def test_partial_results_are_labelled(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["reproduce", "fig5", "--scale", "cpu", "--from-results", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "PARTIAL" in text and "No finished round yet" in text
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["reproduce", "fig5", "--from-results", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "fig9", "--out", str(tmp_path)])
+    assert e.value.code == 2
+
+
+def test_every_protocol_builds_its_configs():
+    from spikeprune.compress import CompressConfig
+    from spikeprune.edgepopup import EdgePopupConfig
+    from spikeprune.lottery import LotteryConfig
+    from spikeprune.reproduce import _compress_fields, _edgepopup_fields, _train_fields
+    from spikeprune.config import TrainConfig
+
+    for study in STUDIES:
+        for scale in SCALES:
+            p = protocol(study, scale)
+            assert p.panels and p.seeds
+            for values in p.panels.values():
+                if study == "fig5":
+                    LotteryConfig(**values)
+                elif study == "fig3":
+                    EdgePopupConfig(**_edgepopup_fields(values))
+                elif study == "qpsnn":
+                    CompressConfig(**_compress_fields(values))
+                else:
+                    TrainConfig(**_train_fields(values))
+
+
+def test_cpu_lottery_protocol_is_the_benchmark_study():
+    spec = importlib.util.spec_from_file_location("lottery_study", ROOT / "benchmarks" / "lottery" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    values = next(iter(protocol("fig5", "cpu").panels.values()))
+    assert {k: values[k] for k in study.BASE} == study.BASE
+    assert values["prune_fraction"] == study.P and values["rounds"] == study.ROUNDS
