@@ -160,3 +160,22 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.safetensors")
     assert not Path(tmp_path / "missing.safetensors").exists()
+
+
+def test_device_choice_is_validated_and_auto_falls_back_to_cpu():
+    import torch
+
+    from spikeprune.config import TrainConfig
+    from spikeprune.train import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+        TrainConfig(device="gpu0")
+    # where a run executes is not part of what it computes: resuming on another device is allowed
+    from spikeprune.config import hyperparameters
+
+    assert "device" not in hyperparameters(TrainConfig(device="cpu"))

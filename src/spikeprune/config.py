@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -24,7 +25,7 @@ import yaml
 __all__ = ["TrainConfig", "hparam", "load_yaml", "run_id", "from_mapping", "to_dict", "NOT_HPARAMS"]
 
 #: fields that describe where/how a run executes, not what it computes (excluded from run identity)
-NOT_HPARAMS = frozenset({"data_dir", "progress", "compile", "threads"})
+NOT_HPARAMS = frozenset({"data_dir", "progress", "compile", "threads", "device"})
 
 
 def hparam(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
@@ -63,6 +64,7 @@ class TrainConfig:
     bf16: bool = hparam(False, "bfloat16 autocast for the forward pass (~1.7x on CPU)")
     compile: bool = hparam(False, "torch.compile the model (~1.5x on CPU after ~20 s of compilation)")
     data_dir: str | None = hparam(None, "directory holding the dataset files (default: system paths, then cache)")
+    device: str = hparam("auto", "where to train: auto (the GPU when one is visible, else the CPU), cpu, cuda, cuda:N")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -147,6 +149,8 @@ def validate(cfg: Any) -> None:
     _check(cfg.weight_decay >= 0, "weight_decay must be >= 0", cfg.weight_decay)
     _check(cfg.train_limit is None or cfg.train_limit >= 1, "train_limit must be >= 1", cfg.train_limit)
     _check(cfg.test_limit is None or cfg.test_limit >= 1, "test_limit must be >= 1", cfg.test_limit)
+    _check(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
+           "device must be auto, cpu, cuda or cuda:N", cfg.device)
     # Names are checked against the live registries so a typo fails before any work starts.
     from .data import list_datasets
     from .models import list_models

@@ -118,8 +118,23 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+def _autocast(enabled: bool, device: torch.device | None = None):
+    device_type = device.type if device is not None else "cpu"
+    return torch.autocast(device_type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the current CUDA device when one is visible, else the CPU; ``cpu``/``cuda``/``cuda:N``
+    as given (a CUDA device that does not exist is a one-line error, not a CUDA traceback)."""
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +165,7 @@ def train_epoch(
     bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not progress, file=sys.stderr)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(bf16):
+        with _autocast(bf16, device):
             out = forward(x)
             batch_loss = spike_loss(out.float(), y, loss)
         optimizer.zero_grad(set_to_none=True)
@@ -202,7 +217,7 @@ def evaluate(
     with observe(model, count):
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(bf16):
+            with _autocast(bf16, device):
                 out = forward(x).float()
             total_loss += spike_loss(out, y, loss).item() * y.shape[0]
             correct += int((out.sum(0).argmax(-1) == y).sum())
@@ -364,8 +379,8 @@ def fit(
                          "or choose another --out")
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     model = model if model is not None else build_model(cfg, dataset)
-    if ctx.backend == "nccl":
-        model.to(ctx.device)
+    # Under torchrun with nccl every rank owns cuda:<local_rank>; in one process cfg.device decides.
+    model.to(ctx.device if ctx.backend == "nccl" else resolve_device(cfg.device))
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     train_loader, test_loader = make_loaders(cfg, dataset)
