@@ -236,11 +236,11 @@ def utilisation_table(rows) -> str:
     qat = sorted((r for r in rows if r["tag"] == "qat-only"), key=lambda r: (-r["bits"], r["scale"]))
     for r in qat:
         u = r.get("qat_utilisation") or {}
-        lines.append(f"| {r['bits']} | {'ReScaW mean|W|' if r['scale'] == 'mean' else 'vanilla max|W|'} | "
+        lines.append(f"| {r['bits']} | {'ReScaW mean' if r['scale'] == 'mean' else 'vanilla max'} | "
                      f"{r['qat_accuracy']:.4f} | {u.get('utilisation', float('nan')):.3f} | "
                      f"{u.get('entropy_bits', float('nan')):.2f} | {u.get('effective_utilisation', float('nan')):.3f} |")
     per_layer = ["", "Per layer, 4 bits, after QAT (effective utilisation; levels used in brackets):", "",
-                 "| layer | vanilla max|W| | ReScaW mean|W| |", "|---|---|---|"]
+                 "| layer | vanilla (max) | ReScaW (mean) |", "|---|---|---|"]
     by_scale = {r["scale"]: {u["layer"]: u for u in r.get("utilisation_layers") or []}
                 for r in qat if r["bits"] == 4}
     if len(by_scale) == 2:
@@ -312,7 +312,7 @@ fp32); FLOP red. = dense conv/linear FLOPs / compressed ones; SOPs = Σ input ra
 density (encoding layer: MACs); energy = 4.6 pJ x MACs + 0.9 pJ x SOPs; levels used / eff. util. = the
 bit-width utilisation of the final model (fraction of the 2^b levels used; 2^entropy / 2^b).
 
-## Bit-width utilisation: vanilla (max|W|) vs ReScaW (mean|W|), after QAT, no channels removed
+## Bit-width utilisation: vanilla (gamma = max abs W) vs ReScaW (gamma = mean abs W), after QAT, no channels removed
 
 {utilisation_table(rows)}
 ## Plots
