@@ -258,6 +258,11 @@ def results_md(dense, rows, out: Path) -> None:
     done = {r["id"] for r in rows}
     plan = planned_ids()
     pending = [(i, t) for i, t in plan if i not in done]
+    lat = HERE / "results" / "latency.json"
+    lat = json.loads(lat.read_text()) if lat.exists() else None
+    latency_note = (f"{lat['rounds']} interleaved rounds x {lat['repeats']} runs per model, batch {lat['batch']}, "
+                    f"{lat['threads']} thread; median of the per-round medians; {lat.get('when', '')}"
+                    if lat else "not measured yet")
     reading = (HERE / "reading.md").read_text() if (HERE / "reading.md").exists() else ""
     status = (f"**PARTIAL: {len(done)} of {len(plan)} planned cells finished** when this report was written; "
               f"the study is still running / resumable. Unfinished cells (run order): "
@@ -278,6 +283,8 @@ process. Report written {m['date']}.
     OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/qpsnn/study.py >> runs/qpsnn/study.log 2>&1 &
     .venv/bin/python benchmarks/qpsnn/study.py --list        # the cells, in run order
     .venv/bin/python benchmarks/qpsnn/report.py              # this file, results.csv, table.md, *.png
+    # latency of every finished model re-measured side by side in ONE process (overrides the per-cell numbers)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qpsnn/latency.py --dense runs/qpsnn/dense_e7/checkpoint.safetensors --rounds 4 --repeats 3
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qpsnn/profile_ops.py > benchmarks/qpsnn/results/profile_ops.txt
 
 The same pipeline as a user runs it: `spikeprune compress --config configs/qpsnn_fashion_mnist.yaml
@@ -296,7 +303,8 @@ epochs at the same bit-width (an epoch here = 20,000 training images, SGD lr 0.0
 reference for the accuracy drop). Accuracies: "after QAT" and "after removal" on the first 2,000 test
 images, "final" on all 10,000. Cost (`spikeprune.cost`, SPEC §8) on 4 test batches of 256. Latency: one
 test batch of 256, 1 thread, compressed and dense model timed alternately in the same process (2 rounds x
-3 runs, min of the medians); speed-up = dense / compressed. Quantization does not speed up the CPU
+3 runs, min of the medians); speed-up = dense / compressed. Where `results/latency.json` exists
+({latency_note}), its single-process re-measurement of every model replaces those numbers. Quantization does not speed up the CPU
 model (fake-quantized float weights, no integer kernels); channel removal does.
 
 ## Acceptance target: 4-bit weights + 50 % of channels removed
