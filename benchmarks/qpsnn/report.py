@@ -114,13 +114,11 @@ def plots(dense, rows):
         label = "fp32 weights" if bits == 32 else f"{bits}-bit {'vanilla' if scale == 'max' else 'ReScaW'}"
         ax[0].plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o" + style, color=color, label=label,
                    alpha=1.0 if scale == "mean" else 0.7)
-        ax[0].plot([100 * p[0] for p in pts if p[0] > 0], [100 * p[2] for p in pts if p[0] > 0], "x",
-                   color=color, alpha=0.6)
     if dense:
         ax[0].axhline(100 * dense["test_accuracy"], color="grey", ls="--", label="dense fp32 (e7)")
         ax[0].axhline(100 * dense["test_accuracy"] - 1, color="grey", ls=":", label="dense - 1 pt")
     ax[0].set(xlabel="channels removed (%)", ylabel="test accuracy (%)",
-              title="SVS channel pruning after QAT\n(o: fine-tuned; x: right after removal; hollow: QAT only)")
+              title="SVS channel pruning after QAT, fine-tuned\n(solid: ReScaW, dashed: vanilla; hollow: QAT only)")
     ax[0].legend(fontsize=7)
     crit = [r for r in rows if r["bits"] == 4 and r["scale"] == "mean" and r["order"] == "quantize-first"
             and not r["membrane_bits"] and r["tag"] in ("grid", "criteria") and r["sparsity"] > 0]
