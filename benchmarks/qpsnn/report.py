@@ -302,7 +302,7 @@ reference for the accuracy drop). Accuracies: "after QAT" and "after removal" on
 images, "final" on all 10,000. Cost (`spikeprune.cost`, SPEC §8) on 4 test batches of 256. Latency: one
 test batch of 256, 1 thread, compressed and dense model timed alternately in the same process (2 rounds x
 3 runs, min of the medians); speed-up = dense / compressed. Where `results/latency.json` exists
-({latency_note}), its single-process re-measurement of every model replaces those numbers. Quantization does not speed up the CPU
+({latency_note}), its single-process re-measurement replaces those numbers for the {len(lat['speedup']) if lat else 0} cells it covers (cells finished later keep their per-cell number). Quantization does not speed up the CPU
 model (fake-quantized float weights, no integer kernels); channel removal does.
 
 ## Acceptance target: 4-bit weights + 50 % of channels removed
