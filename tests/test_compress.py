@@ -149,6 +149,41 @@ def test_cost_bad_input(capsys, tmp_path, dense_checkpoint):
                                "--latency-repeats", "0"], "mask entry")
 
 
+def test_cost_of_lottery_and_edgepopup_checkpoints(capsys, tmp_path, dense_checkpoint):
+    """The other issues' outputs: a lottery round (mask stored in the checkpoint, SF-IMP-2 keeps dense
+    weights behind it), an edge-popup export (an ordinary masked model) and its search checkpoint."""
+    from spikeprune.edgepopup import export_subnetwork, to_edgepopup
+    from spikeprune.io import load_checkpoint, save_checkpoint
+    from spikeprune.masks import Mask
+    from spikeprune.train import save_model
+
+    # a lottery-round checkpoint: dense weights + extra/mask/* (as fit(extra_tensors=...) writes them)
+    tensors, meta = load_checkpoint(dense_checkpoint)
+    model, _ = load_model(dense_checkpoint)
+    keep = {n: torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) < 0.3
+            for n, w in ((n, model.get_parameter(n)) for n in Mask.ones(model))}
+    save_checkpoint(tmp_path / "round.safetensors", {**tensors, **{f"extra/mask/{n}": k for n, k in keep.items()}},
+                    meta)
+    kept = sum(int(k.sum()) for k in keep.values()) / sum(k.numel() for k in keep.values())
+    code, _, err = run_cli(capsys, "cost", "--checkpoint", tmp_path / "round.safetensors", "--batches", "1",
+                           "--latency-repeats", "0", "--out", tmp_path / "c1")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "c1" / "cost.json").read_text())
+    assert rep["total"]["density"] == pytest.approx(kept) and rep["mask"] == "stored in the checkpoint"
+
+    # edge-popup: the export costs like any masked model; the search checkpoint is refused in one line
+    search = to_edgepopup(load_model(dense_checkpoint)[0], 0.5)
+    save_model(tmp_path / "search.safetensors", search)
+    subnet, mask = export_subnetwork(search)
+    save_model(tmp_path / "subnet.safetensors", subnet)
+    code, _, err = run_cli(capsys, "cost", "--checkpoint", tmp_path / "subnet.safetensors", "--batches", "1",
+                           "--latency-repeats", "0", "--out", tmp_path / "c2")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "c2" / "cost.json").read_text())
+    assert rep["total"]["density"] == pytest.approx(mask.density, abs=1e-3)
+    assert_user_error(capsys, ["cost", "--checkpoint", tmp_path / "search.safetensors"], "edge-popup search")
+
+
 def test_compress_preset_loads():
     from spikeprune.compress import CompressConfig
     from spikeprune.config import from_mapping, load_yaml

@@ -9,8 +9,10 @@ to the dense model's latency from the same rounds. Writes results/latency.json (
 """
 
 import argparse
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -48,6 +50,8 @@ median = {name: statistics.median(t) for name, t in times.items()}
 speedup = {name: median["dense"] / m for name, m in median.items() if name != "dense"}
 write_json(HERE / "results" / "latency.json", {"median_ms": median, "speedup": speedup, "all_ms": times,
                                                "batch": int(x.shape[0]), "threads": 1, "rounds": args.rounds,
-                                               "repeats": args.repeats})
+                                               "repeats": args.repeats,
+                                               "when": time.strftime("measured %Y-%m-%d %H:%M %Z") +
+                                               f", load average {os.getloadavg()[0]:.1f}"})
 for name in median:
     print(f"{name:<36} {median[name]:9.1f} ms  x{median['dense'] / median[name]:.2f}")

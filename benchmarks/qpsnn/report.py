@@ -92,20 +92,34 @@ def savefig(fig, path):
 
 
 def plots(dense, rows):
-    grid = [r for r in rows if r["tag"] in ("grid",) or (r["tag"] == "fp32-prune")]
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for bits, color in ((8, "C0"), (4, "C1"), (2, "C2"), (32, "k")):
-        pts = sorted((r["sparsity"], r["test_accuracy"], r["pruned_accuracy"]) for r in grid if r["bits"] == bits)
-        if pts:
-            label = "fp32 weights" if bits == 32 else f"{bits}-bit ReScaW"
-            ax[0].plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o-", color=color, label=label)
-            ax[0].plot([100 * p[0] for p in pts], [100 * p[2] for p in pts], "x:", color=color, alpha=0.6)
+    # one series per (bits, scale): SVS, QP-SNN order, 3 fine-tuning epochs; at 0 % the full-width
+    # fine-tuned cell if it exists, else the QAT-only cell (hollow marker: 3 epochs less training)
+    series = [(8, "mean", "C0"), (4, "mean", "C1"), (2, "mean", "C2"), (8, "max", "C0"), (4, "max", "C1"),
+              (2, "max", "C2"), (32, "mean", "k")]
+    for bits, scale, color in series:
+        same = [r for r in rows if r["bits"] == bits and r["scale"] == scale and r["criterion"] == "svs"
+                and r["order"] == "quantize-first" and not r["membrane_bits"]]
+        pts = sorted((r["sparsity"], r["test_accuracy"], r["pruned_accuracy"]) for r in same
+                     if r["ft_epochs"] == (4 if bits == 32 else 3))
+        if not any(p[0] == 0 for p in pts):
+            zero = next((r for r in same if r["sparsity"] == 0 and r["ft_epochs"] == 0), None)
+            if zero:
+                ax[0].plot([0], [100 * zero["test_accuracy"]], "o", mfc="none", color=color)
+                if pts:
+                    pts = [(0.0, zero["test_accuracy"], zero["pruned_accuracy"])] + pts
+        if not pts:
+            continue
+        style = "--" if scale == "max" else "-"
+        label = "fp32 weights" if bits == 32 else f"{bits}-bit {'vanilla' if scale == 'max' else 'ReScaW'}"
+        ax[0].plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o" + style, color=color, label=label,
+                   alpha=1.0 if scale == "mean" else 0.7)
     if dense:
-        ax[0].axhline(100 * dense["test_accuracy"], color="grey", ls="--", label="dense fp32")
+        ax[0].axhline(100 * dense["test_accuracy"], color="grey", ls="--", label="dense fp32 (e7)")
         ax[0].axhline(100 * dense["test_accuracy"] - 1, color="grey", ls=":", label="dense - 1 pt")
     ax[0].set(xlabel="channels removed (%)", ylabel="test accuracy (%)",
-              title="SVS channel pruning after QAT (o: fine-tuned, x: before)")
-    ax[0].legend(fontsize=8)
+              title="SVS channel pruning after QAT, fine-tuned\n(solid: ReScaW, dashed: vanilla; hollow: QAT only)")
+    ax[0].legend(fontsize=7)
     crit = [r for r in rows if r["bits"] == 4 and r["scale"] == "mean" and r["order"] == "quantize-first"
             and not r["membrane_bits"] and r["tag"] in ("grid", "criteria") and r["sparsity"] > 0]
     for i, name in enumerate(("svs", "l1", "sf", "bn", "membrane", "random")):
@@ -116,6 +130,8 @@ def plots(dense, rows):
     ax[1].set(xlabel="channels removed (%)", ylabel="test accuracy (%)",
               title="channel criteria, 4-bit (o: fine-tuned, x: before)")
     ax[1].legend(fontsize=8)
+    for a in ax:
+        a.set_xlim(-3, 75)
     savefig(fig, HERE / "accuracy.png")
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
@@ -154,6 +170,169 @@ def plots(dense, rows):
         savefig(fig, HERE / "cost.png")
 
 
+RESUME = "cd /work/wt/issue6 && OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/qpsnn/study.py >> runs/qpsnn/study.log 2>&1 &"
+
+
+def machine() -> dict:
+    import os
+    import platform
+    import subprocess
+    import time
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown"
+    return {"cpu": cpu, "cores": os.cpu_count(), "load": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "torch": _torch_version()}
+
+
+def _torch_version() -> str:
+    try:
+        import torch
+
+        return torch.__version__
+    except ImportError:
+        return "?"
+
+
+def planned_ids() -> list[tuple[str, str]]:
+    """(id, tag) of every cell of the study's plan, in run order (None if study.py cannot be imported)."""
+    try:
+        sys.path.insert(0, str(HERE))
+        import study  # noqa: PLC0415
+
+        return [(c["id"], c["tag"]) for c in study.plan()]
+    except Exception:  # noqa: BLE001 -- the report must still render without torch
+        return []
+
+
+def acceptance(dense, rows) -> str:
+    """The issue's target, checked on every 4-bit cell with 50 % of channels removed."""
+    control = next((r for r in rows if r["id"] == "b32-mean-s00-svs-ft4"), None)
+    target = [r for r in rows if r["bits"] == 4 and abs(r["sparsity"] - 0.5) < 1e-9]
+    if not target:
+        return "No 4-bit / 50 % cell has finished yet.\n"
+    lines = ["| cell | final acc. | drop vs dense e7 (pts) | drop vs dense trained as long (pts) | size red. "
+             "| FLOP red. | speed-up | speed-up / FLOP red. | loses <= 1 pt | >= 25x smaller | speed-up >= 0.8 FLOP red. |",
+             "|" + "---|" * 11]
+    yes = lambda ok: "yes" if ok else "**no**"  # noqa: E731
+    for r in sorted(target, key=lambda r: -r["test_accuracy"]):
+        drop_c = 100 * (control["test_accuracy"] - r["test_accuracy"]) if control else float("nan")
+        lines.append(
+            f"| {r['id']} | {r['test_accuracy']:.4f} | {r['accuracy_drop_pts']:.2f} | {drop_c:.2f} | "
+            f"{r['size_reduction']:.1f} | {r['flop_reduction']:.2f} | {r['speedup']:.2f} | "
+            f"{r['speedup_over_flop_reduction']:.2f} | {yes(r['accuracy_drop_pts'] <= 1)} | "
+            f"{yes(r['size_reduction'] >= 25)} | {yes(r['speedup_over_flop_reduction'] >= 0.8)} |")
+    return "\n".join(lines) + "\n"
+
+
+def utilisation_table(rows) -> str:
+    lines = ["| bits | scale | accuracy after QAT | levels used (of 2^b) | entropy (bits) | effective util. 2^H/2^b |",
+             "|---|---|---|---|---|---|"]
+    qat = sorted((r for r in rows if r["tag"] == "qat-only"), key=lambda r: (-r["bits"], r["scale"]))
+    for r in qat:
+        u = r.get("qat_utilisation") or {}
+        lines.append(f"| {r['bits']} | {'ReScaW mean' if r['scale'] == 'mean' else 'vanilla max'} | "
+                     f"{r['qat_accuracy']:.4f} | {u.get('utilisation', float('nan')):.3f} | "
+                     f"{u.get('entropy_bits', float('nan')):.2f} | {u.get('effective_utilisation', float('nan')):.3f} |")
+    per_layer = ["", "Per layer, 4 bits, after QAT (effective utilisation; levels used in brackets):", "",
+                 "| layer | vanilla (max) | ReScaW (mean) |", "|---|---|---|"]
+    by_scale = {r["scale"]: {u["layer"]: u for u in r.get("utilisation_layers") or []}
+                for r in qat if r["bits"] == 4}
+    if len(by_scale) == 2:
+        for layer in by_scale["max"]:
+            a, b = by_scale["max"][layer], by_scale["mean"].get(layer, {})
+            fmt_u = lambda u: (f"{u['effective_utilisation']:.3f} ({u.get('levels_used', '-')})"  # noqa: E731
+                               if u else "")
+            per_layer.append(f"| {layer} | {fmt_u(a)} | {fmt_u(b)} |")
+        lines += per_layer
+    return "\n".join(lines) + "\n"
+
+
+def results_md(dense, rows, out: Path) -> None:
+    m = machine()
+    done = {r["id"] for r in rows}
+    plan = planned_ids()
+    pending = [(i, t) for i, t in plan if i not in done]
+    lat = HERE / "results" / "latency.json"
+    lat = json.loads(lat.read_text()) if lat.exists() else None
+    latency_note = (f"{lat['rounds']} interleaved rounds x {lat['repeats']} runs per model, batch {lat['batch']}, "
+                    f"{lat['threads']} thread; median of the per-round medians; {lat.get('when', '')}"
+                    if lat else "not measured yet")
+    reading = (HERE / "reading.md").read_text() if (HERE / "reading.md").exists() else ""
+    status = (f"**PARTIAL: {len(done)} of {len(plan)} planned cells finished** when this report was written; "
+              f"the study is still running / resumable. Unfinished cells (run order): "
+              + ", ".join(f"`{i}`" for i, _ in pending) + f".\n\nResume (skips finished cells, continues a "
+              f"half-trained phase from its last epoch):\n\n    {RESUME}\n\nthen re-run "
+              f"`.venv/bin/python benchmarks/qpsnn/report.py`.\n") if pending else f"All {len(plan)} cells finished.\n"
+    text = f"""# QP-SNN compression study: Fashion-MNIST convnet, T = 4
+
+Generated by `benchmarks/qpsnn/report.py` from `benchmarks/qpsnn/results/*.json` (one file per cell, written
+by `benchmarks/qpsnn/study.py`). Machine: {m['cpu']}, {m['cores']} cores shared by 6 agents (load average
+when this report was written: {m['load'][0]:.1f} / {m['load'][1]:.1f} / {m['load'][2]:.1f}), torch {m['torch']}, 1 thread per
+process. Report written {m['date']}.
+
+{status}
+## Commands
+
+    # the study (resumable; ~0.4 of a core): one JSON per finished cell in benchmarks/qpsnn/results/
+    OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/qpsnn/study.py >> runs/qpsnn/study.log 2>&1 &
+    .venv/bin/python benchmarks/qpsnn/study.py --list        # the cells, in run order
+    .venv/bin/python benchmarks/qpsnn/report.py              # this file, results.csv, table.md, *.png
+    # latency of every finished model re-measured side by side in ONE process (overrides the per-cell numbers)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qpsnn/latency.py --dense runs/qpsnn/dense_e7/checkpoint.safetensors --rounds 4 --repeats 3
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qpsnn/profile_ops.py > benchmarks/qpsnn/results/profile_ops.txt
+
+The same pipeline as a user runs it: `spikeprune compress --config configs/qpsnn_fashion_mnist.yaml
+--checkpoint <dense run>/checkpoint.safetensors --out runs/c` then `spikeprune cost --checkpoint runs/c/model.safetensors`.
+
+## Set-up
+
+Dense reference: convnet (width 1.0, channels 32/64/128, 104,426 parameters), T = 4, direct encoding,
+seed 0, a frozen copy of the shared Fashion-MNIST run after epoch 7 of 10 (`runs/qpsnn/dense_e7`,
+{100 * dense.get('test_accuracy', float('nan')):.2f} % on the 10k test images; the finished 10-epoch run reached 91.96 %).
+Every cell starts from it: quantize (ReScaW `mean|W|` or vanilla `max|W|`, per layer, first and last layers
+included) + BatchNorm re-estimation -> 1 QAT epoch -> SVS/L1/SF channel scores on 16 training batches of 128
+-> physical removal of the lowest-scoring fraction of every channel group + BN re-estimation -> 3 fine-tuning
+epochs at the same bit-width (an epoch here = 20,000 training images, SGD lr 0.01, cosine). Float controls
+(32 bits) get the same 4 epochs (`b32-mean-s00-svs-ft4` = the dense model trained as long, the fair
+reference for the accuracy drop). Accuracies: "after QAT" and "after removal" on the first 2,000 test
+images, "final" on all 10,000. Cost (`spikeprune.cost`, SPEC §8) on 4 test batches of 256. Latency: one
+test batch of 256, 1 thread, compressed and dense model timed alternately in the same process (2 rounds x
+3 runs, min of the medians); speed-up = dense / compressed. Where `results/latency.json` exists
+({latency_note}), its single-process re-measurement replaces those numbers for the {len(lat['speedup']) if lat else 0} cells it covers (cells finished later keep their per-cell number). Quantization does not speed up the CPU
+model (fake-quantized float weights, no integer kernels); channel removal does.
+
+## Acceptance target: 4-bit weights + 50 % of channels removed
+
+Target: loses <= 1 pt, >= 25x smaller than fp32 dense, measured CPU speed-up >= 0.8 x FLOP reduction.
+
+{acceptance(dense, rows)}
+## All finished cells
+
+{markdown(dense, rows)}
+Columns: size = bytes at the stored bit-width (weights b bits + one fp32 scale per layer, BN and biases
+fp32); FLOP red. = dense conv/linear FLOPs / compressed ones; SOPs = Σ input rate x T x FLOPs x weight
+density (encoding layer: MACs); energy = 4.6 pJ x MACs + 0.9 pJ x SOPs; levels used / eff. util. = the
+bit-width utilisation of the final model (fraction of the 2^b levels used; 2^entropy / 2^b).
+
+## Bit-width utilisation: vanilla (gamma = max abs W) vs ReScaW (gamma = mean abs W), after QAT, no channels removed
+
+{utilisation_table(rows)}
+## Plots
+
+![accuracy](accuracy.png)
+
+![vanilla vs ReScaW](rescaw.png)
+
+![cost](cost.png)
+
+{reading}"""
+    write_text(out, text)
+
+
 def main() -> int:
     global HERE
     results = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results"
@@ -163,7 +342,8 @@ def main() -> int:
     write_csv(rows, HERE / "results.csv")
     write_text(HERE / "table.md", markdown(dense, rows))
     plots(dense, rows)
-    print(f"{len(rows)} cells -> results.csv, table.md, accuracy.png, rescaw.png, cost.png")
+    results_md(dense, rows, HERE / "RESULTS.md")
+    print(f"{len(rows)} cells -> results.csv, table.md, RESULTS.md, accuracy.png, rescaw.png, cost.png")
     return 0
 
 

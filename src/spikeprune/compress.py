@@ -340,8 +340,13 @@ def cost_of_checkpoint(
     if threads is not None:
         _check_int("threads", threads, 1, None)
     out_dir = check_writable_dir(out) if out is not None else None
-    _, meta = load_checkpoint(checkpoint)
+    tensors, meta = load_checkpoint(checkpoint)
     config = meta.get("model_config") or {}
+    if config.get("kind") == "edgepopup-search":  # scores, not a model: its export is what runs
+        raise ValueError(f"{checkpoint} is an edge-popup search checkpoint (weights + scores); pass the exported "
+                         "subnetwork (subnet.safetensors in the same folder) to the cost report")
+    if "name" not in config:
+        raise ValueError(f"{checkpoint} does not describe its model (no model_config); cannot rebuild it")
     trained = meta.get("config") or {}
     data = load_dataset(dataset or trained.get("dataset", "digits"), data_dir)
     if config and (config.get("in_channels"), list(config.get("image_size", []))) != \
@@ -352,8 +357,15 @@ def cost_of_checkpoint(
                          encoding=trained.get("encoding", "direct"), timesteps=int(config.get("T", 4)))
     sample = [b for _, b in zip(range(batches), loader)]
     model, meta = load_compressed(checkpoint, sample[0][0])
-    if mask is not None:
-        Mask.load(mask).apply(model)
+    # A training checkpoint may carry its mask (``fit(extra_tensors=...)`` under ``mask/``: lottery
+    # rounds). Apply it: SF-IMP-2 keeps the dense weights of its dynamic layers behind a forward-only
+    # mask, so the stored weights alone would count those layers as dense.
+    stored = {k[len("extra/mask/"):]: v for k, v in tensors.items() if k.startswith("extra/mask/")}
+    mask_used = str(mask) if mask is not None else ("stored in the checkpoint" if stored else None)
+    chosen = Mask.load(mask) if mask is not None else (Mask(stored) if stored else None)
+    if chosen is not None:
+        chosen.apply(model)
+    del tensors
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -363,7 +375,7 @@ def cost_of_checkpoint(
             report.latency = measure_latency(model, sample[0][0], repeats=latency_repeats)
     finally:
         torch.set_num_threads(previous)
-    report.extra = {"checkpoint": str(checkpoint), "dataset": data.name, "mask": str(mask) if mask else None}
+    report.extra = {"checkpoint": str(checkpoint), "dataset": data.name, "mask": mask_used}
     if out_dir is not None:
         write_json(out_dir / "cost.json", report.to_dict())
     return report
