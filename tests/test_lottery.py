@@ -401,3 +401,22 @@ def test_an_ordinary_training_run_can_be_adopted_as_the_dense_phase(digits, tmp_
     assert all(torch.equal(a[k], b[k]) for k in b)
     with pytest.raises(ValueError, match="not a finished training run"):
         adopt_dense(tmp_path / "nowhere", tmp_path / "other")
+
+
+def test_evaluate_cli_runs_a_round_as_it_was_evaluated(sf2_run, digits, tmp_path, capsys):
+    """`spikeprune evaluate` on an SF-IMP-2 round applies the mask the checkpoint carries (its dynamic
+    layers keep dense weights behind a forward-only mask): same accuracy as the ticket itself."""
+    import json
+
+    from spikeprune.cli import main
+    from spikeprune.data import BatchLoader
+
+    _, out = sf2_run
+    ckpt = out / "round_04" / "checkpoint.safetensors"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ev")]) == 0
+    capsys.readouterr()
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    loader = BatchLoader(digits, "test", 256, shuffle=False, timesteps=TINY["timesteps"])
+    assert got["mask"] == "stored in the checkpoint"
+    ref = evaluate(load_ticket(out, 4), loader)
+    assert (got["test_accuracy"], got["firing_rate"]) == (ref["accuracy"], ref["firing_rate"])

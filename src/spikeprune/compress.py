@@ -332,7 +332,7 @@ def cost_of_checkpoint(
     :class:`~spikeprune.Mask`) is applied first. Latency: ``latency_repeats`` timed runs of one test
     batch with ``threads`` intra-op threads (0 repeats: skipped). Writes ``out/cost.json`` if ``out``.
     """
-    from .masks import Mask
+    from .masks import Mask, stored_mask
 
     _check_int("batches", batches, 1, None)
     _check_int("batch_size", batch_size, 1, None)
@@ -360,9 +360,9 @@ def cost_of_checkpoint(
     # A training checkpoint may carry its mask (``fit(extra_tensors=...)`` under ``mask/``: lottery
     # rounds). Apply it: SF-IMP-2 keeps the dense weights of its dynamic layers behind a forward-only
     # mask, so the stored weights alone would count those layers as dense.
-    stored = {k[len("extra/mask/"):]: v for k, v in tensors.items() if k.startswith("extra/mask/")}
-    mask_used = str(mask) if mask is not None else ("stored in the checkpoint" if stored else None)
-    chosen = Mask.load(mask) if mask is not None else (Mask(stored) if stored else None)
+    stored = stored_mask(tensors)
+    mask_used = str(mask) if mask is not None else ("stored in the checkpoint" if stored is not None else None)
+    chosen = Mask.load(mask) if mask is not None else stored
     if chosen is not None:
         chosen.apply(model)
     del tensors

@@ -152,6 +152,14 @@ class Mask(Mapping[str, torch.Tensor]):
         return cls(tensors)
 
 
+def stored_mask(tensors: Mapping[str, torch.Tensor]) -> Mask | None:
+    """The mask a training checkpoint carries (``fit(extra_tensors=...)`` stores it as ``extra/mask/<name>``:
+    lottery rounds), or None. SF-IMP-2 keeps dense weights behind a forward-only mask in its dynamic
+    layers, so a round's stored weights alone are not the network it evaluated."""
+    stored = {k[len("extra/mask/"):]: v for k, v in tensors.items() if k.startswith("extra/mask/")}
+    return Mask(stored) if stored else None
+
+
 class MaskEnforcement:
     """Keeps pruned weights exactly zero while a model trains; see :func:`enforce`."""
 

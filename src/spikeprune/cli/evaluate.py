@@ -17,13 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, metavar="N")
     p.add_argument("--encoding", choices=("direct", "poisson"), help="default: the checkpoint's")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for Poisson encoding")
+    p.add_argument("--mask", metavar="FILE", help="apply this mask (default: the mask a lottery checkpoint carries)")
     add_run_arguments(p, out_default=None, resume=False)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import BatchLoader, load_dataset
-    from ..io import check_writable_dir, write_json
+    from ..io import check_writable_dir, load_checkpoint, write_json
+    from ..masks import Mask, stored_mask
     from ..train import evaluate, load_model
 
     if args.batch_size < 1:
@@ -45,10 +47,17 @@ def run(args: argparse.Namespace) -> int:
         from ..compress import load_compressed
 
         model, meta = load_compressed(args.checkpoint, next(iter(loader))[0])
+    # A lottery round's checkpoint carries its mask; SF-IMP-2's dynamic layers keep dense weights behind
+    # it, so the network that round evaluated is weights x mask, not the stored weights alone.
+    mask = Mask.load(args.mask) if args.mask else stored_mask(load_checkpoint(args.checkpoint)[0])
+    if mask is not None:
+        mask.check_fits(model)
+        mask.apply(model)
     result = evaluate(model, loader)
     metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                "firing_rate": result["firing_rate"], "firing_rates": result["firing_rates"],
-               "checkpoint": str(Path(args.checkpoint)), "dataset": dataset.name, "encoding": encoding}
+               "checkpoint": str(Path(args.checkpoint)), "dataset": dataset.name, "encoding": encoding,
+               "mask": args.mask or ("stored in the checkpoint" if mask is not None else None)}
     write_json(out / "metrics.json", metrics)
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "firing_rate")}, indent=2))
     return 0
