@@ -11,6 +11,10 @@ an interrupted one resumes at its last epoch).
     python benchmarks/edgepopup/study.py run --queue B     # (a second, parallel process)
     python benchmarks/edgepopup/summarize.py               # tables + Fig.-3-style plot here
 
+Session 2 re-plan (protocol R, one reduced-budget queue; see R_LIMIT below and RESULTS.md):
+
+    OMP_NUM_THREADS=1 nohup python benchmarks/edgepopup/study.py run --queue R >> runs/edgepopup_study/queueR.log 2>&1 &
+
 Single-threaded (OMP_NUM_THREADS=1) because the machine's 2 cores are shared.
 """
 
@@ -56,6 +60,43 @@ def search_job(seed: int, width: float = 1.0, densities: str = DENSITIES, epochs
     return name, argv + refs, out / "results.json"
 
 
+# Protocol R (session 2, reduced budget): the machine gave this study ~0.45 of one core for ~100 min,
+# which affords ~3000 width-1 steps in all, i.e. less than the 15 x 2 full epochs of protocol F above.
+# So every search of protocol R sees the first R_LIMIT training images once (1 epoch = 128 steps of
+# 128, cosine lr over those steps) and is evaluated on the FULL 10k test set. All runs of protocol R
+# (grid, width 2, other seeds, the dense baseline with the same budget) share that budget, so they
+# compare with each other; the 10-epoch dense network stays the acceptance reference.
+R_LIMIT = 16384
+R_EPOCHS = 1
+R_ORDER = "0.5,0.3,0.7,0.9,0.1"  # most informative first (Ramanujan's best is ~0.5): a cut-off keeps them
+R_EXTRA = ("--train-limit", str(R_LIMIT))
+
+
+def r_search(seed: int, densities: str, width: float = 1.0) -> tuple[str, list[str], Path]:
+    return search_job(seed, width=width, densities=densities, epochs=R_EPOCHS, tag="_r", extra=R_EXTRA)
+
+
+def r_ranked() -> list[float]:
+    """Densities of the seed-0 protocol-R grid, best test accuracy first (the grid runs before this)."""
+    found = []
+    for f in (RUNS / "ep_w1_s0_r").glob("density-*/result.json"):
+        r = json.loads(f.read_text())
+        found.append((r["test_accuracy"], r["density"]))
+    if not found:
+        sys.exit("protocol R: the seed-0 grid has no finished density yet")
+    return [d for _, d in sorted(found, reverse=True)]
+
+
+def r_dense(seed: int) -> tuple[str, list[str], Path]:
+    out = RUNS / f"dense_w1_s{seed}_r"
+    return (out.name, ["train", *COMMON, "--width", "1.0", "--seed", str(seed), "--epochs", str(R_EPOCHS),
+                       *R_EXTRA, "--out", str(out), "--resume"], out / "metrics.json")
+
+
+def _csv(ds: list[float]) -> str:
+    return ",".join(f"{d:g}" for d in ds)
+
+
 QUEUES = {  # jobs are built when they start (so a sweep sees the dense references finished before it)
     # A, B, C: the main grid, one seed each, run in parallel (single-threaded processes)
     "A": [lambda: search_job(0)],
@@ -66,6 +107,20 @@ QUEUES = {  # jobs are built when they start (so a sweep sees the dense referenc
     "W": [lambda: search_job(0, width=2.0, densities="0.5")],
     # dense baselines of seeds 1 and 2 (the lead trained seed 0)
     "dense": [lambda: dense_job(1), lambda: dense_job(2)],
+    # protocol R, in order of information per CPU second (a cut-off leaves the most useful prefix).
+    # Measured at the start (load ~8): one width-1 search ~670 s, so ~7 width-1 searches fit:
+    # 1. densities 0.5 and 0.3 at seed 0; 2. the explanation experiment: width 2 at the better of the
+    # two; 3. dense training with the same budget (is the gap the budget or the untrained weights?);
+    # 4. the rest of the seed-0 grid (0.7, 0.9, then 0.1, which protocol F already measured at 3
+    # seeds); 5. seeds 1, 2 at the best density; 6. seeds 1, 2 on the rest of the grid.
+    "R": [lambda: r_search(0, "0.5,0.3"),
+          lambda: r_search(0, _csv(r_ranked()[:1]), width=2.0),
+          lambda: r_dense(0),
+          lambda: r_search(0, R_ORDER),
+          lambda: r_search(1, _csv(r_ranked()[:1])),
+          lambda: r_search(2, _csv(r_ranked()[:1])),
+          lambda: r_search(1, _csv(r_ranked())),
+          lambda: r_search(2, _csv(r_ranked()))],
 }
 
 

@@ -221,7 +221,7 @@ def plot_subnetwork_accuracy(
         series.setdefault(str(p.get("series", label)), {}).setdefault(s, []).append(100.0 * float(p["accuracy"]))
     refs = reference if isinstance(reference, Mapping) else ({reference_label: reference} if reference else {})
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, by_s) in enumerate(series.items()):
         xs = sorted(by_s)
@@ -253,7 +253,8 @@ def plot_subnetwork_accuracy(
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
+    # below the axes: the curves of a Fig.-3 plot sit low and the dense lines high, any inside corner hides one
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
