@@ -61,9 +61,11 @@ def search_job(seed: int, width: float = 1.0, densities: str = DENSITIES, epochs
 
 
 # Protocol R (session 2, reduced budget): the machine gave this study ~0.45 of one core for ~100 min,
-# which affords ~3000 width-1 steps in all, i.e. less than the 15 x 2 full epochs of protocol F above.
+# which affords ~1500 width-1 steps in all (measured ~4 s per step at load ~9), i.e. about 3 of the
+# 30 full epochs that protocol F above (15 searches x 2 epochs) would need.
 # So every search of protocol R sees the first R_LIMIT training images once (1 epoch = 128 steps of
-# 128, cosine lr over those steps) and is evaluated on the FULL 10k test set. All runs of protocol R
+# 128; lr 0.1 throughout: the cosine schedule steps once per epoch, so one epoch never anneals) and is
+# evaluated on the FULL 10k test set. All runs of protocol R
 # (grid, width 2, other seeds, the dense baseline with the same budget) share that budget, so they
 # compare with each other; the 10-epoch dense network stays the acceptance reference.
 R_LIMIT = 16384
