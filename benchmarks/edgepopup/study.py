@@ -57,7 +57,11 @@ def search_job(seed: int, width: float = 1.0, densities: str = DENSITIES, epochs
             for a in ("--reference", str(dense_dir(s)))]
     argv = ["edgepopup", *COMMON, "--width", str(width), "--seed", str(seed), "--epochs", str(epochs),
             "--densities", densities, "--out", str(out), "--resume", *extra]
-    return name, argv + refs, out / "results.json"
+    # finished = every requested density has its result.json (a sweep's results.json says "complete" for
+    # the densities of ITS command only, and a later job may ask the same folder for more densities)
+    from spikeprune.edgepopup import RESULT_FILE, run_dir_name
+
+    return name, argv + refs, [out / run_dir_name(float(d)) / RESULT_FILE for d in densities.split(",")]
 
 
 # Protocol R (session 2, reduced budget): the machine gave this study ~0.45 of one core for ~100 min,
@@ -110,28 +114,29 @@ QUEUES = {  # jobs are built when they start (so a sweep sees the dense referenc
     # dense baselines of seeds 1 and 2 (the lead trained seed 0)
     "dense": [lambda: dense_job(1), lambda: dense_job(2)],
     # protocol R, in order of information per CPU second (a cut-off leaves the most useful prefix).
-    # Measured at the start (load ~8): one width-1 search ~670 s, so ~7 width-1 searches fit:
+    # Measured at the start (load ~8-11): one width-1 search 670-1030 s, width 2 890 s (load ~6):
     # 1. densities 0.5 and 0.3 at seed 0; 2. the explanation experiment: width 2 at the better of the
     # two; 3. dense training with the same budget (is the gap the budget or the untrained weights?);
-    # 4. the rest of the seed-0 grid (0.7, 0.9, then 0.1, which protocol F already measured at 3
-    # seeds); 5. seeds 1, 2 at the best density; 6. seeds 1, 2 on the rest of the grid.
+    # 4. densities 0.7 and 0.9 at seed 0; 5. seeds 1, 2 at the best density (the acceptance's mean of
+    # 3 seeds); 6. density 0.1 at seed 0 (protocol F measured it at 3 seeds already); 7. seeds 1, 2 at
+    # the second-best density; 8. width 2 there; 9. seeds 1, 2 on the rest of the grid.
     "R": [lambda: r_search(0, "0.5,0.3"),
           lambda: r_search(0, _csv(r_ranked()[:1]), width=2.0),
           lambda: r_dense(0),
-          lambda: r_search(0, R_ORDER),
+          lambda: r_search(0, "0.5,0.3,0.7,0.9"),
           lambda: r_search(1, _csv(r_ranked()[:1])),
           lambda: r_search(2, _csv(r_ranked()[:1])),
+          lambda: r_search(0, R_ORDER),
+          lambda: r_search(1, _csv(r_ranked()[:2])),
+          lambda: r_search(2, _csv(r_ranked()[:2])),
+          lambda: r_search(0, _csv(r_ranked()[:2]), width=2.0),
           lambda: r_search(1, _csv(r_ranked())),
           lambda: r_search(2, _csv(r_ranked()))],
 }
 
 
-def done(marker: Path) -> bool:
-    if not marker.exists():
-        return False
-    if marker.name == "results.json":
-        return bool(json.loads(marker.read_text()).get("complete"))
-    return True
+def done(markers: Path | list[Path]) -> bool:
+    return all(m.exists() for m in ([markers] if isinstance(markers, Path) else markers))
 
 
 def run_queue(name: str) -> None:
