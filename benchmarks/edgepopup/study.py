@@ -118,7 +118,8 @@ QUEUES = {  # jobs are built when they start (so a sweep sees the dense referenc
     # 1. densities 0.5 and 0.3 at seed 0; 2. the explanation experiment: width 2 at the better of the
     # two; 3. dense training with the same budget (is the gap the budget or the untrained weights?);
     # 4. densities 0.7 and 0.9 at seed 0; 5. seeds 1, 2 at the best density (the acceptance's mean of
-    # 3 seeds); 6. density 0.1 at seed 0 (protocol F measured it at 3 seeds already); 7. seeds 1, 2 at
+    # 3 seeds); 6. density 0.1 at seed 0 (protocol F measured it at 3 seeds already); 6b. width 2 at
+    # density 0.5 for seeds 1, 2; 7. seeds 1, 2 at
     # the second-best density; 8. width 2 there; 9. seeds 1, 2 on the rest of the grid.
     "R": [lambda: r_search(0, "0.5,0.3"),
           lambda: r_search(0, _csv(r_ranked()[:1]), width=2.0),
@@ -127,6 +128,10 @@ QUEUES = {  # jobs are built when they start (so a sweep sees the dense referenc
           lambda: r_search(1, _csv(r_ranked()[:1])),
           lambda: r_search(2, _csv(r_ranked()[:1])),
           lambda: r_search(0, R_ORDER),
+          # the width experiment at 3 seeds (was seed 0 only): width 2, density 0.5 (where seeds 0-2 of
+          # width 1 exist; 0.5 and 0.7 tie within the seed spread at width 1)
+          lambda: r_search(1, "0.5", width=2.0),
+          lambda: r_search(2, "0.5", width=2.0),
           lambda: r_search(1, _csv(r_ranked()[:2])),
           lambda: r_search(2, _csv(r_ranked()[:2])),
           lambda: r_search(0, _csv(r_ranked()[:2]), width=2.0),

@@ -181,6 +181,17 @@ def main() -> None:
               f"(width 1: {w['width1_same_density_seed']})")
     if same_budget:
         print(f"dense, same budget as R: {100 * same_budget['test_accuracy']:.2f}%")
+    print("\n| protocol | width | density | sparsity | seeds: test accuracy (%) | mean ± std (%) | % of dense (91.96) |")
+    print("|---|---|---|---|---|---|---|")
+    for p, w in (("R", 1.0), ("R", 2.0), ("F", 1.0)):
+        sel = [r for r in data if r["protocol"] == p and r["width"] == w and (w != 1.0 or r in main_line(p))]
+        for d in sorted({r["density"] for r in sel}, reverse=True):
+            accs = {r["seed"]: 100 * r["test_accuracy"] for r in sel if r["density"] == d}
+            mean = statistics.fmean(accs.values())
+            std = f" ± {statistics.stdev(accs.values()):.2f}" if len(accs) > 1 else " (n=1)"
+            rel = f"{mean / (100 * dense_mean) * 100:.1f}" if dense_mean else "-"
+            seeds = ", ".join(f"s{k}: {v:.2f}" for k, v in sorted(accs.items()))
+            print(f"| {p} | {w:g} | {d:g} | {1 - d:g} | {seeds} | {mean:.2f}{std} | {rel} |")
 
 
 if __name__ == "__main__":

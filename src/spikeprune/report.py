@@ -228,8 +228,10 @@ def plot_subnetwork_accuracy(
         stats = [_mean_std(by_s[x]) for x in xs]
         color = colors[i % len(colors)]
         n = max(len(v) for v in by_s.values())
+        lo = min(len(v) for v in by_s.values())
+        seeds = "" if n == 1 else f" (mean of {n})" if lo == n else f" (mean of {lo}-{n} per point)"
         ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats] if n > 1 else None, color=color,
-                    marker="o", linestyle="-", capsize=3, label=name + (f" (mean of {n})" if n > 1 else ""))
+                    marker="o", linestyle="-", capsize=3, label=name + seeds)
         if n > 1:
             for x in xs:
                 ax.plot([x] * len(by_s[x]), by_s[x], ".", color=color, alpha=0.35)
