@@ -344,6 +344,19 @@ def test_cli_sweep_resume_and_evaluate_export(capsys, tmp_path, monkeypatch):
     assert code == 0
     ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert ev["test_accuracy"] == summary["rows"][1]["test_accuracy"]
+    # ... and the cost report (issue 6) and the spike-flip analysis (issue 5) take the export + its mask
+    subnet, mask = out / "density-0.7" / "subnet.safetensors", out / "density-0.7" / "mask.safetensors"
+    code, _, err = run_cli(capsys, "cost", "--checkpoint", subnet, "--mask", mask, "--batches", "1",
+                           "--latency-repeats", "0", "--out", tmp_path / "cost")
+    assert code == 0, err
+    cost = json.loads((tmp_path / "cost" / "cost.json").read_text())
+    total = next(r for r in summary["rows"][1]["layers"] if r["name"] == "total")
+    assert (cost["total"]["weights"], cost["total"]["nonzero"]) == (total["numel"], total["kept"])  # to the weight
+    code, _, err = run_cli(capsys, "analyze", "flips", "--checkpoint", subnet, "--perturb", f"prune:{mask}",
+                           "--perturb", "prune:0.5:sf", "--samples", "32", "--batch-size", "32",
+                           "--calibration-batches", "1", "--out", tmp_path / "flips")
+    assert code == 0, err
+    assert json.loads((tmp_path / "flips" / "flips.json").read_text())["rows"]
 
 
 def test_cli_affine_bn_is_stated_loudly(capsys, tmp_path):

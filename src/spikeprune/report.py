@@ -221,15 +221,17 @@ def plot_subnetwork_accuracy(
         series.setdefault(str(p.get("series", label)), {}).setdefault(s, []).append(100.0 * float(p["accuracy"]))
     refs = reference if isinstance(reference, Mapping) else ({reference_label: reference} if reference else {})
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, by_s) in enumerate(series.items()):
         xs = sorted(by_s)
         stats = [_mean_std(by_s[x]) for x in xs]
         color = colors[i % len(colors)]
         n = max(len(v) for v in by_s.values())
+        lo = min(len(v) for v in by_s.values())
+        seeds = "" if n == 1 else f" (mean of {n})" if lo == n else f" (mean of {lo}-{n} per point)"
         ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats] if n > 1 else None, color=color,
-                    marker="o", linestyle="-", capsize=3, label=name + (f" (mean of {n})" if n > 1 else ""))
+                    marker="o", linestyle="-", capsize=3, label=name + seeds)
         if n > 1:
             for x in xs:
                 ax.plot([x] * len(by_s[x]), by_s[x], ".", color=color, alpha=0.35)
@@ -253,7 +255,8 @@ def plot_subnetwork_accuracy(
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
+    # below the axes: the curves of a Fig.-3 plot sit low and the dense lines high, any inside corner hides one
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
