@@ -9,13 +9,12 @@ al.). Each round removes p = 1 - 0.75^2 = 43.75 % of the surviving weights, 7 ro
 sparsity, at half the rounds.
 
 One dense run per seed is shared by all variants (same TrainConfig; each variant's ``dense/`` is a
-hard-linked copy). Work proceeds seed by seed (the workers split the variants of a seed), so a partial
-study holds complete curves for the first seeds. Every phase is resumable: re-running the
-same command continues where it stopped.
+hard-linked copy). Work order (``plan``): all four variants of the first seed, then IMP on the other
+seeds, then the other variants seed by seed, so a partial study holds the most informative complete
+curves first. Every phase is resumable: re-running the same command continues where it stopped.
 
-    # two workers in parallel (each single-threaded), then the aggregate:
-    python benchmarks/lottery/study.py --root runs/lottery_study --worker 0 --workers 2 &
-    python benchmarks/lottery/study.py --root runs/lottery_study --worker 1 --workers 2 &
+    # one single-threaded worker (or several: --worker i --workers n), then the aggregate:
+    OMP_NUM_THREADS=1 python benchmarks/lottery/study.py --root runs/lottery_study --worker 0 --workers 1
     python benchmarks/lottery/study.py --root runs/lottery_study --aggregate
 """
 
@@ -67,38 +66,45 @@ def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
+def plan(seeds: list[int], names: list[str]) -> list[tuple[int, str]]:
+    """The order of the (seed, variant) runs, most informative first: every variant of the first seed
+    (one complete comparison), then IMP on the other seeds (the acceptance criterion is IMP's mean over
+    seeds), then the other variants seed by seed."""
+    first, rest = seeds[:1], seeds[1:]
+    order = [(s, n) for s in first for n in names]
+    order += [(s, n) for s in rest for n in names if n == "IMP (magnitude)"]
+    order += [(s, n) for s in rest for n in names if n != "IMP (magnitude)"]
+    return order
+
+
 def work(root: Path, seeds: list[int], worker: int, workers: int, names: list[str] | None = None) -> None:
     dataset = load_dataset("fashion_mnist")
+    table = {**VARIANTS, **EXTRA}
     # 1. dense runs: seed s belongs to worker s % workers; a worker needing another's waits for it.
-    def ensure_dense(i: int, seed: int) -> None:
+    def ensure_dense(seed: int) -> None:
         first = run_dir(root, "IMP (magnitude)", seed)
-        if i % workers == worker:
+        if seeds.index(seed) % workers == worker:
             train_dense(config("IMP (magnitude)", seed), first, resume=True, dataset=dataset, log=log)
         dense = first / "dense"
         while not ((dense / "metrics.json").exists() and (dense / "rewind.safetensors").exists()):
             time.sleep(20)
 
-    # 2. seed by seed; within a seed the workers split the variants (longest-first greedy balance).
-    for i, seed in enumerate(seeds):
-        ensure_dense(i, seed)
-        load, share = [0] * workers, [[] for _ in range(workers)]
-        table = {**VARIANTS, **EXTRA}
-        for name in sorted(names or VARIANTS, key=lambda n: -table[n]["rounds"]):
-            w = load.index(min(load))
-            load[w] += table[name]["rounds"]
-            share[w].append(name)
-        for name in share[worker]:
-            out = run_dir(root, name, seed)
-            shared = run_dir(root, "IMP (magnitude)", seed) / "dense"
-            if not (out / "dense").exists():
-                out.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(shared, out / "dense", copy_function=os.link)
-            for k in range(1, table[name]["rounds"] + 1):
-                tick = time.perf_counter()
-                result = run_lottery(config(name, seed, rounds=k), out, resume=True, dataset=dataset, log=None)
-                row = result.rows[-1]
-                log(f"worker {worker}: {name} seed {seed} round {row['round']}: sparsity {row['sparsity']:.4f} "
-                    f"acc {row['test_accuracy']:.4f} ({time.perf_counter() - tick:.0f} s)")
+    # 2. the (seed, variant) runs in plan order, dealt out to the workers in turn; every run resumes.
+    for i, (seed, name) in enumerate(plan(seeds, list(names or VARIANTS))):
+        if i % workers != worker:
+            continue
+        ensure_dense(seed)
+        out = run_dir(root, name, seed)
+        shared = run_dir(root, "IMP (magnitude)", seed) / "dense"
+        if not (out / "dense").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(shared, out / "dense", copy_function=os.link)
+        for k in range(1, table[name]["rounds"] + 1):
+            tick = time.perf_counter()
+            result = run_lottery(config(name, seed, rounds=k), out, resume=True, dataset=dataset, log=None)
+            row = result.rows[-1]
+            log(f"worker {worker}: {name} seed {seed} round {row['round']}: sparsity {row['sparsity']:.4f} "
+                f"acc {row['test_accuracy']:.4f} ({time.perf_counter() - tick:.0f} s)")
 
 
 def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
