@@ -111,7 +111,7 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
     series, per_seed = {}, {}
     for name in {**VARIANTS, **EXTRA}:
         found = {s: collect_rows(run_dir(root, name, s)) for s in seeds}
-        found = {s: rows for s, rows in found.items() if rows}
+        found = {s: rows for s, rows in found.items() if len(rows) > 1}  # at least one finished round
         if not found:
             continue
         runs = list(found.values())
@@ -141,16 +141,33 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
                              f"{r['best_test_accuracy']:.4f},{r['firing_rate']:.5f},{r['seconds']:.1f},"
                              f"{r['prune_seconds']:.2f}")
     write_text(dest / "fmnist_lottery.csv", "\n".join(lines) + "\n")
-    # random has every other level: align the table by sparsity
+    # align the table by sparsity level
     levels = sorted({round(p["sparsity"], 4) for s in series.values() for p in s})
     aligned = {name: [next((p for p in s if round(p["sparsity"], 4) == lv), None) for lv in levels]
                for name, s in series.items()}
-    table = ["| sparsity | " + " | ".join(aligned) + " |", "|---:|" + "---:|" * len(aligned)]
+    # paired with the same seed's dense network: accuracy(round k) - accuracy(dense), per seed, then mean ± CI
+    deltas = {name: summarize([[{**r, "delta": r["test_accuracy"] - rows[0]["test_accuracy"]} for r in rows]
+                               for rows in per_seed[name].values()], metrics=("delta",), require_all=False)
+              for name in series}
+    delta_aligned = {name: [next((p for p in s if round(p["sparsity"], 4) == lv), None) for lv in levels]
+                     for name, s in deltas.items()}
+
+    def cell(p, metric: str, sign: str = "") -> str:
+        if p is None:
+            return ""
+        value = f"{100 * p[metric]:{sign}.2f}"
+        # a confidence interval needs two seeds; n = 1 is a single run
+        return (value + f" ± {100 * p[metric + '_ci']:.2f}" if p["n"] > 1 else value) + f" (n={p['n']})"
+
+    table = ["Test accuracy (%), mean ± 95 % CI over seeds (n = seeds with that round finished):", "",
+             "| sparsity | " + " | ".join(aligned) + " |", "|---:|" + "---:|" * len(aligned)]
     for i, lv in enumerate(levels):
-        cells = [(f"{100 * p['test_accuracy']:.2f} ± {100 * p['test_accuracy_ci']:.2f}"
-                  + ("" if p["n"] == len(seeds) else f" (n={p['n']})")) if p else ""
-                 for p in (aligned[n][i] for n in aligned)]
-        table.append(f"| {100 * lv:.1f} % | " + " | ".join(cells) + " |")
+        table.append(f"| {100 * lv:.1f} % | " + " | ".join(cell(aligned[n][i], "test_accuracy") for n in aligned) + " |")
+    table += ["", "Change against the same seed's dense network (percentage points), mean ± 95 % CI:", "",
+              "| sparsity | " + " | ".join(aligned) + " |", "|---:|" + "---:|" * len(aligned)]
+    for i, lv in enumerate(levels[1:], start=1):
+        table.append(f"| {100 * lv:.1f} % | " + " | ".join(cell(delta_aligned[n][i], "delta", "+") for n in aligned)
+                     + " |")
     write_text(dest / "fmnist_lottery_table.md", "\n".join(table) + "\n")
     print("\n".join(table))
     print(f"\n{'PARTIAL: ' if partial else ''}finished rounds per variant and seed: "
