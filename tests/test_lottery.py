@@ -325,6 +325,31 @@ def test_model_without_prunable_layer_is_a_value_error():
         Mask.ones(nn.Sequential(LIF()))
 
 
+def test_cli_model_without_prunable_layer_is_one_line(capsys, tmp_path, monkeypatch):
+    # A registered model (any user plug-in) whose only layers are spiking neurons: the lottery refuses it
+    # before writing a file or training an epoch.
+    from torch import nn
+
+    from spikeprune import LIF
+    from spikeprune.models import registry
+
+    class Pooled(nn.Module):
+        def __init__(self, num_classes, T):
+            super().__init__()
+            self.T, self.num_classes, self.lif = T, num_classes, LIF()
+
+        def forward(self, x):
+            x = x.flatten(1)[:, : self.num_classes]
+            return self.lif(x.unsqueeze(0).repeat(self.T, 1, 1))
+
+    def lif_only(num_classes, in_channels, T, width, image_size, neuron):
+        return Pooled(num_classes, T)
+
+    monkeypatch.setitem(registry._REGISTRY, "lif_only", lif_only)
+    out = tmp_path / "r"
+    assert_one_line_error(capsys, ["lottery", *CLI_TINY, "--model", "lif_only", "--out", out], "no prunable layer", out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Kim et al.'s paper-scale presets, end to end at tiny size on synthetic CIFAR-shaped data.
 # ---------------------------------------------------------------------------------------------

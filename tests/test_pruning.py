@@ -247,6 +247,14 @@ def test_dynamic_layers_compete_again_and_keep_the_count():
     for n in new:
         if n != dyn:
             assert bool((new[n] <= mask[n]).all())  # static layers: survivors only
+    # the large pruned weights compete inside their layer only: every layer keeps the count that ranking
+    # the survivors gives (else the dynamic layer takes the static layers' places; the F-MNIST study's
+    # SF-IMP-2 lost both spiking conv layers that way)
+    static = global_prune(scores, mask, 0.25)
+    assert {n: int(new[n].sum()) for n in new} == {n: int(static[n].sum()) for n in static}
+    budget = global_prune(scores, mask, 0.25, normalize="budget", allocation=scores, dynamic=[dyn])
+    assert {n: int(budget[n].sum()) for n in budget} == {n: int(static[n].sum()) for n in static}
+    assert bool((budget[dyn] & ~mask[dyn]).any())
     lw = layerwise_prune(scores, mask, 0.25, dynamic=[dyn])
     assert bool((lw[dyn] & ~mask[dyn]).any())
     assert int(lw[dyn].sum()) == int(mask[dyn].sum()) - round(0.25 * int(mask[dyn].sum()))

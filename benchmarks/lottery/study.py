@@ -9,13 +9,12 @@ al.). Each round removes p = 1 - 0.75^2 = 43.75 % of the surviving weights, 7 ro
 sparsity, at half the rounds.
 
 One dense run per seed is shared by all variants (same TrainConfig; each variant's ``dense/`` is a
-hard-linked copy). Work proceeds seed by seed (the workers split the variants of a seed), so a partial
-study holds complete curves for the first seeds. Every phase is resumable: re-running the
-same command continues where it stopped.
+hard-linked copy). Work order (``plan``): all four variants of the first seed, then IMP on the other
+seeds, then the other variants seed by seed, so a partial study holds the most informative complete
+curves first. Every phase is resumable: re-running the same command continues where it stopped.
 
-    # two workers in parallel (each single-threaded), then the aggregate:
-    python benchmarks/lottery/study.py --root runs/lottery_study --worker 0 --workers 2 &
-    python benchmarks/lottery/study.py --root runs/lottery_study --worker 1 --workers 2 &
+    # one single-threaded worker (or several: --worker i --workers n), then the aggregate:
+    OMP_NUM_THREADS=1 python benchmarks/lottery/study.py --root runs/lottery_study --worker 0 --workers 1
     python benchmarks/lottery/study.py --root runs/lottery_study --aggregate
 """
 
@@ -67,45 +66,52 @@ def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
+def plan(seeds: list[int], names: list[str]) -> list[tuple[int, str]]:
+    """The order of the (seed, variant) runs, most informative first: every variant of the first seed
+    (one complete comparison), then IMP on the other seeds (the acceptance criterion is IMP's mean over
+    seeds), then the other variants seed by seed."""
+    first, rest = seeds[:1], seeds[1:]
+    order = [(s, n) for s in first for n in names]
+    order += [(s, n) for s in rest for n in names if n == "IMP (magnitude)"]
+    order += [(s, n) for s in rest for n in names if n != "IMP (magnitude)"]
+    return order
+
+
 def work(root: Path, seeds: list[int], worker: int, workers: int, names: list[str] | None = None) -> None:
     dataset = load_dataset("fashion_mnist")
+    table = {**VARIANTS, **EXTRA}
     # 1. dense runs: seed s belongs to worker s % workers; a worker needing another's waits for it.
-    def ensure_dense(i: int, seed: int) -> None:
+    def ensure_dense(seed: int) -> None:
         first = run_dir(root, "IMP (magnitude)", seed)
-        if i % workers == worker:
+        if seeds.index(seed) % workers == worker:
             train_dense(config("IMP (magnitude)", seed), first, resume=True, dataset=dataset, log=log)
         dense = first / "dense"
         while not ((dense / "metrics.json").exists() and (dense / "rewind.safetensors").exists()):
             time.sleep(20)
 
-    # 2. seed by seed; within a seed the workers split the variants (longest-first greedy balance).
-    for i, seed in enumerate(seeds):
-        ensure_dense(i, seed)
-        load, share = [0] * workers, [[] for _ in range(workers)]
-        table = {**VARIANTS, **EXTRA}
-        for name in sorted(names or VARIANTS, key=lambda n: -table[n]["rounds"]):
-            w = load.index(min(load))
-            load[w] += table[name]["rounds"]
-            share[w].append(name)
-        for name in share[worker]:
-            out = run_dir(root, name, seed)
-            shared = run_dir(root, "IMP (magnitude)", seed) / "dense"
-            if not (out / "dense").exists():
-                out.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(shared, out / "dense", copy_function=os.link)
-            for k in range(1, table[name]["rounds"] + 1):
-                tick = time.perf_counter()
-                result = run_lottery(config(name, seed, rounds=k), out, resume=True, dataset=dataset, log=None)
-                row = result.rows[-1]
-                log(f"worker {worker}: {name} seed {seed} round {row['round']}: sparsity {row['sparsity']:.4f} "
-                    f"acc {row['test_accuracy']:.4f} ({time.perf_counter() - tick:.0f} s)")
+    # 2. the (seed, variant) runs in plan order, dealt out to the workers in turn; every run resumes.
+    for i, (seed, name) in enumerate(plan(seeds, list(names or VARIANTS))):
+        if i % workers != worker:
+            continue
+        ensure_dense(seed)
+        out = run_dir(root, name, seed)
+        shared = run_dir(root, "IMP (magnitude)", seed) / "dense"
+        if not (out / "dense").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(shared, out / "dense", copy_function=os.link)
+        for k in range(1, table[name]["rounds"] + 1):
+            tick = time.perf_counter()
+            result = run_lottery(config(name, seed, rounds=k), out, resume=True, dataset=dataset, log=None)
+            row = result.rows[-1]
+            log(f"worker {worker}: {name} seed {seed} round {row['round']}: sparsity {row['sparsity']:.4f} "
+                f"acc {row['test_accuracy']:.4f} ({time.perf_counter() - tick:.0f} s)")
 
 
 def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
     series, per_seed = {}, {}
     for name in {**VARIANTS, **EXTRA}:
         found = {s: collect_rows(run_dir(root, name, s)) for s in seeds}
-        found = {s: rows for s, rows in found.items() if rows}
+        found = {s: rows for s, rows in found.items() if len(rows) > 1}  # at least one finished round
         if not found:
             continue
         runs = list(found.values())
@@ -135,16 +141,33 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
                              f"{r['best_test_accuracy']:.4f},{r['firing_rate']:.5f},{r['seconds']:.1f},"
                              f"{r['prune_seconds']:.2f}")
     write_text(dest / "fmnist_lottery.csv", "\n".join(lines) + "\n")
-    # random has every other level: align the table by sparsity
+    # align the table by sparsity level
     levels = sorted({round(p["sparsity"], 4) for s in series.values() for p in s})
     aligned = {name: [next((p for p in s if round(p["sparsity"], 4) == lv), None) for lv in levels]
                for name, s in series.items()}
-    table = ["| sparsity | " + " | ".join(aligned) + " |", "|---:|" + "---:|" * len(aligned)]
+    # paired with the same seed's dense network: accuracy(round k) - accuracy(dense), per seed, then mean ± CI
+    deltas = {name: summarize([[{**r, "delta": r["test_accuracy"] - rows[0]["test_accuracy"]} for r in rows]
+                               for rows in per_seed[name].values()], metrics=("delta",), require_all=False)
+              for name in series}
+    delta_aligned = {name: [next((p for p in s if round(p["sparsity"], 4) == lv), None) for lv in levels]
+                     for name, s in deltas.items()}
+
+    def cell(p, metric: str, sign: str = "") -> str:
+        if p is None:
+            return ""
+        value = f"{100 * p[metric]:{sign}.2f}"
+        # a confidence interval needs two seeds; n = 1 is a single run
+        return (value + f" ± {100 * p[metric + '_ci']:.2f}" if p["n"] > 1 else value) + f" (n={p['n']})"
+
+    table = ["Test accuracy (%), mean ± 95 % CI over seeds (n = seeds with that round finished):", "",
+             "| sparsity | " + " | ".join(aligned) + " |", "|---:|" + "---:|" * len(aligned)]
     for i, lv in enumerate(levels):
-        cells = [(f"{100 * p['test_accuracy']:.2f} ± {100 * p['test_accuracy_ci']:.2f}"
-                  + ("" if p["n"] == len(seeds) else f" (n={p['n']})")) if p else ""
-                 for p in (aligned[n][i] for n in aligned)]
-        table.append(f"| {100 * lv:.1f} % | " + " | ".join(cells) + " |")
+        table.append(f"| {100 * lv:.1f} % | " + " | ".join(cell(aligned[n][i], "test_accuracy") for n in aligned) + " |")
+    table += ["", "Change against the same seed's dense network (percentage points), mean ± 95 % CI:", "",
+              "| sparsity | " + " | ".join(aligned) + " |", "|---:|" + "---:|" * len(aligned)]
+    for i, lv in enumerate(levels[1:], start=1):
+        table.append(f"| {100 * lv:.1f} % | " + " | ".join(cell(delta_aligned[n][i], "delta", "+") for n in aligned)
+                     + " |")
     write_text(dest / "fmnist_lottery_table.md", "\n".join(table) + "\n")
     print("\n".join(table))
     print(f"\n{'PARTIAL: ' if partial else ''}finished rounds per variant and seed: "

@@ -410,6 +410,9 @@ def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
         progress, log = False, None
     out = check_writable_dir(out)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
+    # Fail before any file is written or any epoch is trained: a model without a prunable layer
+    # (ValueError "no prunable layer") cannot hold a ticket.
+    Mask.ones(build_model(train_config(cfg), dataset))
     _check_identity(out, cfg, resume)
     _dense(cfg, out, dataset, progress, log)
     for k in range(1, cfg.rounds + 1):

@@ -12,9 +12,10 @@ Exactly ``round(fraction * surviving)`` weights go; ties at the threshold are br
 
 Dynamic layers (SF-IMP-2, Dynamic Network Surgery): for the layers named in ``dynamic`` the mask is
 applied in the forward pass only, the dense weights keep training, and *every* weight of the layer,
-pruned or not, competes again for a place. The number of weights kept is the same as without
-``dynamic`` (``(1 - fraction)`` of the survivors), so the density schedule does not change; only
-which weights hold the places can (pruned weights can come back).
+pruned or not, competes again for a place *in its own layer*. How many places each layer keeps is
+decided exactly as without ``dynamic`` (ranking the survivors), so the density schedule and the
+allocation across layers do not change; only which weights of a dynamic layer hold its places can
+(pruned weights can come back).
 
 Mixed criteria. Scores of different criteria are not on one scale (|w| vs. a firing probability),
 and global ranking of raw scores is only meaningful within one criterion. ``normalize`` says how the
@@ -167,13 +168,22 @@ def global_prune(scores: Mapping[str, torch.Tensor], mask: Mask, fraction: float
     _check_keys(scores, mask)
     method = resolve_normalization(normalize, kinds)
     candidates = _candidates(mask, dynamic)
+    if dynamic:
+        # Each layer's count comes from ranking the *survivors* (as with static masks); a dynamic layer
+        # then refills its count from all of its weights. Letting the pruned-but-trained weights of a
+        # dynamic layer compete across layers hands it the other layers' places: under BN, conv weights
+        # shrink with weight decay while the dense FC weights do not, and the study's SF-IMP-2 emptied
+        # both spiking conv layers at 98 % sparsity (benchmarks/lottery/RESULTS.md, §1).
+        counts = global_prune(scores, mask, fraction, normalize=method, kinds=kinds, allocation=allocation)
+        return Mask({n: _keep_best(scores[n], candidates[n], int(counts[n].sum())) if n in dynamic else counts[n]
+                     for n in mask})
     alive = mask.num_kept
     target = alive - round(fraction * alive)
     if method == "budget":
         if allocation is None:
             raise ValueError("normalize='budget' needs allocation scores (the weights' magnitudes)")
         _check_keys(allocation, mask)
-        budget = global_prune(allocation, mask, fraction, normalize="none", dynamic=dynamic)
+        budget = global_prune(allocation, mask, fraction, normalize="none")
         return Mask({n: _keep_best(scores[n], candidates[n], int(budget[n].sum())) for n in mask})
     scores = normalize_scores(scores, candidates, method, kinds)
     names = list(mask)
@@ -186,8 +196,7 @@ def global_prune(scores: Mapping[str, torch.Tensor], mask: Mask, fraction: float
         size = mask[n].numel()
         torch.where(candidates[n], scores[n].float(), inf, out=flat[offset:offset + size].view_as(mask[n]))
         offset += size
-    num_candidates = sum(int(candidates[n].sum()) for n in names) if dynamic else alive
-    chosen = select(flat, num_candidates - target)
+    chosen = select(flat, alive - target)
     new, offset = {}, 0
     for n in names:
         size = mask[n].numel()
