@@ -179,3 +179,17 @@ def test_device_choice_is_validated_and_auto_falls_back_to_cpu():
     from spikeprune.config import hyperparameters
 
     assert "device" not in hyperparameters(TrainConfig(device="cpu"))
+
+
+def test_result_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the final file must be readable like any other."""
+    import stat
+
+    from spikeprune.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644

@@ -35,6 +35,12 @@ FORMAT = "spikeprune-checkpoint"
 FORMAT_VERSION = 1
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
@@ -56,6 +62,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         if write_here:
+            # mkstemp creates 0600; a result file gets the mode any new file would (0644 under umask 022)
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
