@@ -658,8 +658,8 @@ def sweep(
     return summary
 
 
-def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, progress: bool = False,
-         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, epochs: int | None = None,
+         progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Edge-popup on the network and data of ``base`` (quickstart: the same convnet on digits, untrained).
 
     Searches ``base``'s model/dataset/hyperparameters at ``density`` into ``out`` (resuming, or just
@@ -667,7 +667,7 @@ def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, progress: 
     """
     # only TrainConfig's fields carry over: ``base`` may be a command config with extra knobs
     train_fields = {k: v for k, v in to_dict(base).items() if k in TrainConfig.__dataclass_fields__}
-    cfg = EdgePopupConfig(**{**train_fields, "density": density})
+    cfg = EdgePopupConfig(**{**train_fields, "density": density, "epochs": epochs or base.epochs})
     t0 = time.perf_counter()
     summary = sweep(cfg, out, resume=True, progress=progress, log=log)
     return {**summary["rows"][0], "wall_seconds": time.perf_counter() - t0}

@@ -22,11 +22,13 @@ class QuickstartConfig(TrainConfig):
     """TrainConfig with defaults sized for scikit-learn's 8x8 digits on a laptop CPU."""
 
     dataset: str = hparam("digits", "dataset")
-    epochs: int = hparam(30, "training epochs (>= 1)")
+    epochs: int = hparam(20, "training epochs of the dense run (>= 1); lottery rounds retrain epochs - rewind_epoch")
     batch_size: int = hparam(64, "batch size (>= 1)")
     rounds: int = hparam(3, "lottery-ticket rounds per criterion after the dense run (0: skip that part)")
     prune_fraction: float = hparam(0.5, "fraction of the surviving weights pruned per round, in (0, 1)")
     rewind_epoch: int | None = hparam(None, "epoch of the dense run the tickets rewind to (default: epochs // 10)")
+    edgepopup_epochs: int = hparam(30, "epochs of the edge-popup search (0: skip that part); a mask over frozen "
+                                       "random weights learns less per step than training, so it gets more")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(QuickstartConfig, args)
     rewind_epoch = cfg.epochs // 10 if cfg.rewind_epoch is None else cfg.rewind_epoch
     lottery = _lottery_configs(cfg, rewind_epoch) if cfg.rounds > 0 else {}  # validate before training
+    if cfg.edgepopup_epochs < 0:
+        raise ValueError(f"edgepopup_epochs must be >= 0 (0 skips the edge-popup part); got {cfg.edgepopup_epochs}")
     # A demo: re-running it continues (or just re-reports) the same run instead of refusing. The dense run
     # is identified by its TrainConfig alone, so changing only the lottery flags re-uses it.
     dense = TrainConfig(**{f: getattr(cfg, f) for f in TrainConfig.__dataclass_fields__})
@@ -61,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
         _lottery_part(args, cfg, lottery, rewind_epoch)
 
     # --- edge-popup (issue 4): the same network, weights left at random init, only a subnetwork learnt ---
+    if cfg.edgepopup_epochs < 1:
+        return 0
     from ..edgepopup import demo
 
-    ep = demo(cfg, f"{args.out}/edgepopup", density=0.5, progress=args.progress)
+    ep = demo(cfg, f"{args.out}/edgepopup", density=0.5, epochs=cfg.edgepopup_epochs, progress=args.progress)
     print(f"\nedge-popup: the same {cfg.model}, UNTRAINED random weights, best 50 % of each layer searched")
     print(f"  test accuracy   {ep['test_accuracy']:.4f}  (dense trained above: {m['test_accuracy']:.4f}; "
           f"exported subnetwork: {ep['exported_test_accuracy']:.4f})")
