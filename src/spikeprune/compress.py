@@ -41,7 +41,7 @@ from .io import check_writable_dir, load_checkpoint, read_json, save_checkpoint,
 from .quant import (SCALES, freeze, load_quantization_state, quantization_state, quantize_model,
                     reestimate_batchnorm, utilisation_report)
 from .structured import CHANNEL_CRITERIA, channel_groups, channel_scores, remove_channels, select_channels
-from .train import build_model, evaluate, fit, load_model, make_loaders, model_tensors
+from .train import build_model, checkpoint_dataset, evaluate, fit, load_model, make_loaders, model_tensors
 
 __all__ = ["CompressConfig", "compress", "cost_of_checkpoint", "load_compressed", "save_compressed"]
 
@@ -348,11 +348,7 @@ def cost_of_checkpoint(
     if "name" not in config:
         raise ValueError(f"{checkpoint} does not describe its model (no model_config); cannot rebuild it")
     trained = meta.get("config") or {}
-    data = load_dataset(dataset or trained.get("dataset", "digits"), data_dir)
-    if config and (config.get("in_channels"), list(config.get("image_size", []))) != \
-            (data.in_channels, list(data.image_size)):
-        raise ValueError(f"{checkpoint} expects {config.get('in_channels')}x{config.get('image_size')} inputs; "
-                         f"{data.name} has {data.in_channels}x{list(data.image_size)}")
+    data = checkpoint_dataset(checkpoint, config, trained, dataset, data_dir)
     loader = BatchLoader(data, "test", batch_size, shuffle=False, seed=int(trained.get("seed", 0)),
                          encoding=trained.get("encoding", "direct"), timesteps=int(config.get("T", 4)))
     sample = [b for _, b in zip(range(batches), loader)]

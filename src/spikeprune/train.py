@@ -295,6 +295,19 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None =
     save_checkpoint(path, model_tensors(model), {"kind": "model", "model_config": config, **(meta or {})})
 
 
+def checkpoint_dataset(checkpoint: str | Path, model_config: dict[str, Any], trained_on: dict[str, Any],
+                       dataset: str | None = None, data_dir: str | None = None) -> ImageDataset:
+    """The dataset a checkpoint runs on: ``dataset``, else the one it was trained on (``trained_on`` =
+    its TrainConfig; digits if unknown), refused in one line when its images do not fit the model
+    (``model_config`` = ``spikeprune_config``: ``in_channels``, ``image_size``)."""
+    data = load_dataset(dataset or trained_on.get("dataset", "digits"), data_dir)
+    expected = (model_config.get("in_channels"), list(model_config.get("image_size") or []))
+    if (data.in_channels, list(data.image_size)) != expected:
+        raise ValueError(f"{checkpoint} expects {model_config.get('in_channels')}x{model_config.get('image_size')} "
+                         f"inputs; {data.name} has {data.in_channels}x{list(data.image_size)}")
+    return data
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a registered model from any spikeprune checkpoint; returns ``(model, metadata)``."""
     tensors, meta = load_checkpoint(path)

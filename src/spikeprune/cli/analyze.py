@@ -44,11 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_flips(args: argparse.Namespace) -> int:
     from ..compress import load_compressed
-    from ..data import BatchLoader, load_dataset
+    from ..data import BatchLoader
     from ..firing import (apply_perturbation, flip_analysis, flip_rows_csv, flip_summary, parse_perturbation,
                           plot_flip_summary, plot_flips)
     from ..io import check_writable_dir, write_json, write_text
-    from ..train import load_model
+    from ..train import checkpoint_dataset, load_model
 
     for name in ("samples", "batch_size", "calibration_batches"):
         if getattr(args, name) < 1:
@@ -57,11 +57,8 @@ def run_flips(args: argparse.Namespace) -> int:
     out = check_writable_dir(args.out)
     model, meta = load_model(args.checkpoint)
     trained_on = meta.get("config", {})
-    dataset = load_dataset(args.dataset or trained_on.get("dataset", "digits"), args.data_dir)
     config = model.spikeprune_config
-    if (dataset.in_channels, list(dataset.image_size)) != (config["in_channels"], config["image_size"]):
-        raise ValueError(f"{args.checkpoint} expects {config['in_channels']}x{config['image_size']} inputs; "
-                         f"{dataset.name} has {dataset.in_channels}x{list(dataset.image_size)}")
+    dataset = checkpoint_dataset(args.checkpoint, config, trained_on, args.dataset, args.data_dir)
     encoding = trained_on.get("encoding", "direct")
     test = BatchLoader(dataset, "test", args.batch_size, shuffle=False, seed=args.seed, encoding=encoding,
                        timesteps=config["T"], limit=args.samples)

@@ -23,21 +23,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import BatchLoader, load_dataset
+    from ..data import BatchLoader
     from ..io import check_writable_dir, load_checkpoint, write_json
     from ..masks import Mask, stored_mask
-    from ..train import evaluate, load_model
+    from ..train import checkpoint_dataset, evaluate, load_model
 
     if args.batch_size < 1:
         raise ValueError(f"batch size must be >= 1; got {args.batch_size}")
     out = check_writable_dir(args.out)
     model, meta = load_model(args.checkpoint)
     trained_on = meta.get("config", {})
-    dataset = load_dataset(args.dataset or trained_on.get("dataset", "digits"), args.data_dir)
     config = model.spikeprune_config
-    if (dataset.in_channels, list(dataset.image_size)) != (config["in_channels"], config["image_size"]):
-        raise ValueError(f"{args.checkpoint} expects {config['in_channels']}x{config['image_size']} inputs; "
-                         f"{dataset.name} has {dataset.in_channels}x{list(dataset.image_size)}")
+    dataset = checkpoint_dataset(args.checkpoint, config, trained_on, args.dataset, args.data_dir)
     encoding = args.encoding or trained_on.get("encoding", "direct")
     loader = BatchLoader(dataset, "test", args.batch_size, shuffle=False, seed=args.seed, encoding=encoding,
                          timesteps=config["T"])
