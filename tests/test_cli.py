@@ -193,3 +193,13 @@ def test_real_process_exit_code_and_single_line():
                           capture_output=True, text=True, env={**os.environ})
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown model" in proc.stderr
+
+
+def test_checkpoint_on_a_dataset_of_another_shape_is_one_line(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--model", "mlp", "--width", "0.25", "--epochs", "1", "--dataset", "digits",
+                           "--no-progress", "--out", tmp_path / "run")
+    assert code == 0, err
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    for command in (["evaluate", "--out", tmp_path / "ev"], ["cost"]):
+        assert_user_error(capsys, [command[0], "--checkpoint", ckpt, "--dataset", "synthetic", *command[1:]],
+                          "expects 1x[8, 8] inputs", tmp_path / "ev")
