@@ -915,3 +915,46 @@ def flip_rows_csv(rows: list[FlipRow]) -> str:
     for r in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in r.as_dict().items()})
     return buf.getvalue()
+
+
+def flip_study(
+    model: nn.Module,
+    perturbations: Iterable[Perturbation | str],
+    test: Iterable[Any],
+    out: str | Path,
+    *,
+    calibration: list[Any] | None = None,
+    modes: Iterable[str] = MODES,
+    p_sup_method: str = "kde",
+    seed: int = 0,
+    record: dict[str, Any] | None = None,
+    title: str = "",
+) -> list[FlipRow]:
+    """The whole flip analysis of ``spikeprune analyze flips``: perturb, measure, write, plot.
+
+    For every perturbation: :func:`apply_perturbation` (``calibration`` batches feed the SF criterion),
+    :func:`flip_analysis` against the unperturbed ``model``, and ``OUT/flips-<label>.png``. Then
+    ``OUT/flips.csv``, ``OUT/flips.json`` (``record`` — checkpoint, dataset, samples … — plus modes,
+    estimator, seed, perturbations, summary and rows) and ``OUT/flips.png``, each written atomically.
+    Returns the rows of all perturbations.
+    """
+    from .io import write_json, write_text
+
+    out = Path(out)
+    modes = list(modes)
+    perturbations = [parse_perturbation(p) if isinstance(p, str) else p for p in perturbations]
+    rows: list[FlipRow] = []
+    for p in perturbations:
+        perturbed, input_fn = apply_perturbation(model, p, seed=seed,
+                                                 calibration=calibration if p.criterion == "sf" else None)
+        got = flip_analysis(model, perturbed, test, modes=modes, input_fn=input_fn, p_sup_method=p_sup_method,
+                            label=p.label)
+        rows += got
+        plot_flips(got, out / f"flips-{re.sub(r'[^A-Za-z0-9.+-]+', '_', p.label)}.png",
+                   f"{title}: {p.label}" if title else p.label)
+    write_text(out / "flips.csv", flip_rows_csv(rows))
+    write_json(out / "flips.json", {**(record or {}), "modes": modes, "p_sup_estimator": p_sup_method,
+                                    "seed": seed, "perturbations": [p.label for p in perturbations],
+                                    "summary": flip_summary(rows), "rows": [r.as_dict() for r in rows]})
+    plot_flip_summary(rows, out / "flips.png")
+    return rows

@@ -37,7 +37,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, to_dict
+from .config import TrainConfig
 from .io import check_writable_dir, read_json, write_json, write_text
 from .protocols import CLAIMS, Protocol, protocol
 
@@ -414,7 +414,7 @@ def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
 
 def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
     from .data import BatchLoader, load_dataset
-    from .firing import apply_perturbation, flip_analysis, flip_rows_csv, flip_summary, parse_perturbation, plot_flips
+    from .firing import flip_study, parse_perturbation
     from .slth import plot_slth, slth_experiment
     from .train import fit, load_model
 
@@ -435,17 +435,9 @@ def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, dat
             continue
         if log:
             log(f"reproduce theory: flips under {pert.label}")
-        perturbed, input_fn = apply_perturbation(model, pert, seed=cfg.seed,
-                                                 calibration=calib_batches if pert.criterion == "sf" else None)
-        rows = flip_analysis(model, perturbed, test, input_fn=input_fn, label=pert.label,
-                             p_sup_method=p.options["p_sup"])
-        plot_flips(rows, where / f"flips-{pert.label}.png", pert.label)
-        write_text(where / "flips.csv", flip_rows_csv(rows))
-        write_json(where / "flips.json", {"checkpoint": str(root / "dense" / "checkpoint.safetensors"),
-                                          "dataset": dataset.name, "samples": test.num_samples,
-                                          "modes": ["local", "end_to_end"], "p_sup_estimator": p.options["p_sup"],
-                                          "seed": cfg.seed, "perturbations": [pert.label],
-                                          "summary": flip_summary(rows), "rows": [r.as_dict() for r in rows]})
+        flip_study(model, [pert], test, where, calibration=calib_batches, p_sup_method=p.options["p_sup"],
+                   seed=cfg.seed, record={"checkpoint": str(root / "dense" / "checkpoint.safetensors"),
+                                          "dataset": dataset.name, "samples": test.num_samples})
     for s in p.options["slth"]:
         name = f"N{s['N']}_L{s['L']}_T{s['T']}_eps{s['eps']:g}"
         if (root / "slth" / f"{name}.json").exists():

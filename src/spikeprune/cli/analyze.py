@@ -8,7 +8,6 @@ crisis neighbourhood and the bounds of Lemma 3.3 / 3.4 / Theorem 3.5 (docs/theor
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from .args import add_run_arguments
@@ -45,9 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_flips(args: argparse.Namespace) -> int:
     from ..compress import load_compressed
     from ..data import BatchLoader
-    from ..firing import (apply_perturbation, flip_analysis, flip_rows_csv, flip_summary, parse_perturbation,
-                          plot_flip_summary, plot_flips)
-    from ..io import check_writable_dir, write_json, write_text
+    from ..firing import flip_study, flip_summary, parse_perturbation
+    from ..io import check_writable_dir
     from ..train import checkpoint_dataset, load_model
 
     for name in ("samples", "batch_size", "calibration_batches"):
@@ -69,24 +67,13 @@ def run_flips(args: argparse.Namespace) -> int:
         # runs (load_model alone gives the stored weights with float membranes).
         model, meta = load_compressed(args.checkpoint, _first_batches(test, 1)[0][0])
     modes = ["local", "end_to_end"] if args.mode == "both" else [args.mode]
-    rows = []
-    for p in perturbations:
-        perturbed, input_fn = apply_perturbation(
-            model, p, seed=args.seed,
-            calibration=_first_batches(calibration, args.calibration_batches) if p.criterion == "sf" else None)
-        got = flip_analysis(model, perturbed, test, modes=modes, input_fn=input_fn, p_sup_method=args.p_sup,
-                            label=p.label)
-        rows += got
-        ck = Path(args.checkpoint)
-        plot_flips(got, out / f"flips-{_slug(p.label)}.png", f"{ck.parent.name}/{ck.name}: {p.label}")
+    ck = Path(args.checkpoint)
+    rows = flip_study(model, perturbations, test, out, modes=modes, p_sup_method=args.p_sup, seed=args.seed,
+                      calibration=_first_batches(calibration, args.calibration_batches),
+                      record={"checkpoint": str(args.checkpoint), "dataset": dataset.name,
+                              "samples": test.num_samples},
+                      title=f"{ck.parent.name}/{ck.name}")
     summary = flip_summary(rows)
-    write_text(out / "flips.csv", flip_rows_csv(rows))
-    write_json(out / "flips.json", {
-        "checkpoint": str(args.checkpoint), "dataset": dataset.name, "samples": test.num_samples,
-        "modes": modes, "p_sup_estimator": args.p_sup, "seed": args.seed,
-        "perturbations": [p.label for p in perturbations], "summary": summary,
-        "rows": [r.as_dict() for r in rows]})
-    plot_flip_summary(rows, out / "flips.png")
     print(f"{'perturbation':<22} {'mode':<11} {'layer':<16} {'eps':>8} {'flip|premise':>12} {'bound':>9} holds")
     for s in summary:
         cond = "-" if s["max_cond_flip_rate"] is None else f"{s['max_cond_flip_rate']:.2e}"
@@ -104,6 +91,3 @@ def _first_batches(loader, n: int) -> list:
             break
     return batches
 
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
