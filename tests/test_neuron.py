@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spikeprune import LIF, lif_multistep, record_statistics
-from spikeprune.neuron import SURROGATES, surrogate_gradient
+from spikeprune.neuron import SURROGATES, observe, surrogate_gradient
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,6 +118,28 @@ def test_bad_parameters():
             LIF(**kwargs)
     with pytest.raises(ValueError, match=r"\[T, B"):
         lif_multistep(torch.ones(5))
+
+
+@pytest.mark.parametrize("v_reset", [0.0, -0.3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_inference_path_spikes_are_bit_identical(v_reset, dtype):
+    # Without gradients and observers LIF.forward skips materialising u (neuron._lif_spikes); the
+    # spikes must be exactly those of the training path and of Eq. 2-4 written out.
+    torch.manual_seed(3)
+    lif = LIF(beta=0.7, u_th=0.8, v_reset=v_reset)
+    x = (torch.randn(6, 5, 3, 4, 4) * 0.7 + 0.4).to(dtype)
+    with torch.no_grad():
+        fast = lif(x)
+    train_path = lif(x.clone().requires_grad_())  # the autograd path, which keeps u for its backward
+    reference, _ = reference_lif(x.double(), 0.7, 0.8, v_reset)
+    assert fast.dtype == (torch.float32 if dtype == torch.bfloat16 else dtype)
+    assert torch.equal(fast, train_path.detach())
+    if dtype == torch.float64:
+        assert torch.equal(fast, reference)
+    seen = []
+    with torch.no_grad(), observe(lif, lambda m, u, s: seen.append(u)):  # an observer still gets u
+        lif(x)
+    assert len(seen) == 1 and seen[0].shape == x.shape
 
 
 def test_bf16_input_keeps_fp32_membrane():

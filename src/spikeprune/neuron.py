@@ -124,6 +124,31 @@ def _lif_forward(
     return spikes, u
 
 
+def _lif_spikes(x: torch.Tensor, beta: float, u_th: float, v_reset: float) -> torch.Tensor:
+    """Spikes of Eq. 2-4 without keeping ``u``: the inference path (``[T, B, ...]`` -> ``[T, B, ...]``).
+
+    Same kernels in the same order as :func:`_lif_forward`, so the spikes are bit-identical; the
+    membrane lives in one timestep-sized buffer. On a CPU a fresh ``[T, B, ...]`` output costs a page
+    fault per 4 KiB on first touch, so not materialising ``u`` halves the LIF's inference time
+    (benchmarks/RESULTS.md §2).
+    """
+    spikes = torch.empty_like(x, memory_format=torch.contiguous_format)
+    u_t = torch.empty_like(spikes[0])
+    h = torch.empty_like(u_t)
+    for t in range(x.shape[0]):
+        s_t = spikes[t]
+        if t == 0:
+            u_t.copy_(x[0])  # h_0 = 0
+        else:
+            torch.add(h, x[t], out=u_t)  # Eq. 2
+        torch.ge(u_t, u_th, out=s_t)  # Eq. 3
+        torch.mul(u_t, beta, out=h)  # Eq. 4, as in _lif_forward
+        h.addcmul_(h, s_t, value=-1)
+        if v_reset != 0.0:
+            h.add_(s_t, alpha=v_reset)
+    return spikes
+
+
 def _lif_backward(
     grad_spikes: torch.Tensor,
     u: torch.Tensor,
@@ -268,6 +293,10 @@ class LIF(nn.Module):
         self.observer: Observer | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is None and not (torch.is_grad_enabled() and x.requires_grad) and x.dim() >= 2:
+            # Inference (no gradient wanted, nobody observing u): skip materialising u.
+            return _lif_spikes(x.float() if x.dtype in (torch.bfloat16, torch.float16) else x,
+                               self.beta, self.u_th, self.v_reset)
         spikes, u = lif_multistep(
             x, self.beta, self.u_th, self.v_reset, self.surrogate, self.alpha, self.detach_reset
         )
