@@ -1,6 +1,7 @@
-"""Train-step time of one model with different neuron engines, measured side by side in one process.
+"""Train-step (or inference) time of one model with different neuron engines, side by side in one process.
 
     python benchmarks/engine_speed.py                      # convnet, Fashion-MNIST shapes
+    python benchmarks/engine_speed.py --inference --batch-size 256   # eval forward under no_grad
     python benchmarks/engine_speed.py --model vgg16 --width 0.25 --image-size 32 --channels 3
 
 Engines (same architecture, same weights, same batch, same optimizer):
@@ -11,6 +12,8 @@ Engines (same architecture, same weights, same batch, same optimizer):
   spikingjelly      SpikingJelly 2.0 ``LIFNode(step_mode="m")`` (its CPU backend), installed --no-deps
   snntorch          snnTorch ``Leaky(reset_mechanism="zero")`` stepped over T
   ann-x-T           ReLU in place of the neuron at batch T*B: what an SNN step cannot beat
+  spikeprune-keep-u (--inference only) spikeprune.LIF forced to materialise u, as it did before its
+                    inference path (a no-op observer): what the spikes-only path saves
 
 Rounds are interleaved (every engine once per round) so drift in machine load hits all engines alike;
 the table reports the median step time and the ratio to spikeprune's default. ``--json`` writes raw
@@ -33,6 +36,7 @@ import torch
 from torch import nn
 
 from spikeprune import LIF, create_model
+from spikeprune.neuron import spiking_layers
 from spikeprune.train import spike_loss
 
 
@@ -102,7 +106,10 @@ ENGINES = {
     "spikingjelly": dict(neuron=SpikingJellyLIF),
     "snntorch": dict(neuron=SnnTorchLIF),
     "ann-x-T": dict(neuron="relu"),
+    "spikeprune-keep-u": dict(neuron=None, keep_u=True),
 }
+TRAIN_ENGINES = [e for e in ENGINES if e != "spikeprune-keep-u"]
+INFERENCE_ENGINES = ["spikeprune", "spikeprune-keep-u", "spikingjelly", "snntorch", "ann-x-T"]
 
 
 def build(args, engine):
@@ -113,6 +120,19 @@ def build(args, engine):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     forward = torch.compile(model) if spec.get("compile") else model
     bf16 = spec.get("bf16", False)
+
+    if spec.get("keep_u"):
+        for lif in spiking_layers(model).values():
+            lif.observer = lambda *_: None  # an observer makes LIF.forward keep u (the training path)
+
+    if args.inference:
+        model.eval()
+
+        def infer(x, y):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return forward(x).float().sum().item()
+
+        return model, infer
 
     def step(x, y):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -145,12 +165,15 @@ def main(argv=None) -> int:
     p.add_argument("--timesteps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per engine per round")
-    p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--engines", help=f"comma-separated (default: {','.join(TRAIN_ENGINES)}; with --inference: "
+                                      f"{','.join(INFERENCE_ENGINES)})")
+    p.add_argument("--inference", action="store_true", help="time an eval forward under no_grad, not a train step")
     p.add_argument("--json", help="write raw results here")
     p.add_argument("--markdown", help="append a dated results section to this file")
     args = p.parse_args(argv)
 
-    engines = [e for e in args.engines.split(",") if e]
+    engines = [e for e in (args.engines or ",".join(INFERENCE_ENGINES if args.inference else TRAIN_ENGINES)).split(",")
+               if e]
     available = {}
     for e in engines:
         try:
@@ -179,7 +202,8 @@ def main(argv=None) -> int:
     header = (f"{args.model} width {args.width}, input {args.channels}x{args.image_size}x{args.image_size}, "
               f"batch {args.batch_size}, T = {args.timesteps}, {params:,} parameters; "
               f"median of {args.rounds} interleaved rounds x {args.steps} steps")
-    lines = [f"| engine | train step (ms) | vs spikeprune | vs ANN x T |", "|---|---:|---:|---:|"]
+    what = "inference forward" if args.inference else "train step"
+    lines = [f"| engine | {what} (ms) | vs spikeprune | vs ANN x T |", "|---|---:|---:|---:|"]
     for n in available:
         ratio = f"{med[n] / base:.2f}x" if base else "-"
         vs_ann = f"{med[n] / med['ann-x-T']:.2f}x" if "ann-x-T" in med else "-"
@@ -195,7 +219,7 @@ def main(argv=None) -> int:
         stamp = dt.date.today().isoformat()
         cmd = "python benchmarks/engine_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
         with open(args.markdown, "a") as f:
-            f.write(f"\n### Engine speed: {args.model} ({stamp})\n\nMachine: {machine()}.  \n"
+            f.write(f"\n### Engine speed, {what}: {args.model} ({stamp})\n\nMachine: {machine()}.  \n"
                     f"Command: `{cmd.strip()}`  \n{header}.\n\n{table}\n")
     return 0
 
