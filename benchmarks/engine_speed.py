@@ -170,7 +170,14 @@ def main(argv=None) -> int:
     p.add_argument("--inference", action="store_true", help="time an eval forward under no_grad, not a train step")
     p.add_argument("--json", help="write raw results here")
     p.add_argument("--markdown", help="append a dated results section to this file")
+    p.add_argument("--malloc", choices=["tuned", "system"], default="tuned",
+                   help="tuned (default, what the spikeprune command does: spikeprune.allocator.tune_malloc) "
+                        "or glibc's defaults; process-wide, so it applies to every engine alike")
     args = p.parse_args(argv)
+    if args.malloc == "tuned":
+        from spikeprune.allocator import tune_malloc
+
+        tune_malloc()
 
     engines = [e for e in (args.engines or ",".join(INFERENCE_ENGINES if args.inference else TRAIN_ENGINES)).split(",")
                if e]
@@ -199,7 +206,7 @@ def main(argv=None) -> int:
     med = {n: statistics.median(v) for n, v in times.items()}
     base = med.get("spikeprune")
     params = sum(q.numel() for q in next(iter(available.values()))[0].parameters())
-    header = (f"{args.model} width {args.width}, input {args.channels}x{args.image_size}x{args.image_size}, "
+    header = (f"malloc {args.malloc}; {args.model} width {args.width}, input {args.channels}x{args.image_size}x{args.image_size}, "
               f"batch {args.batch_size}, T = {args.timesteps}, {params:,} parameters; "
               f"median of {args.rounds} interleaved rounds x {args.steps} steps")
     what = "inference forward" if args.inference else "train step"

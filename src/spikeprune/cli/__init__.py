@@ -3,7 +3,8 @@
 Each command lives in its own module exposing ``add_parser(subparsers)``; the parser it registers
 sets ``func`` (called with the parsed namespace, returns an exit code). Errors a user can cause
 (ValueError, TypeError, OSError) become one line on stderr and exit code 2. Set
-``SPIKEPRUNE_DEBUG=1`` to see the traceback instead.
+``SPIKEPRUNE_DEBUG=1`` to see the traceback instead. The command tunes glibc's malloc for big tensors
+(:mod:`spikeprune.allocator`; ``SPIKEPRUNE_MALLOC=system`` leaves it alone).
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..allocator import tune_malloc
     from ..distributed import is_main
+
+    tune_malloc()  # big activations reuse freed memory instead of page-faulting each step (allocator.py)
 
     if not is_main():  # under torchrun every rank runs the command; rank 0 alone prints its results
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
