@@ -137,7 +137,22 @@ QUEUES = {  # jobs are built when they start (so a sweep sees the dense referenc
           lambda: r_search(0, _csv(r_ranked()[:2]), width=2.0),
           lambda: r_search(1, _csv(r_ranked())),
           lambda: r_search(2, _csv(r_ranked()))],
+    # session 3: the explanation experiments of RESULTS.md's reading, same data as protocol R, density 0.5.
+    # (a) BN: is the fixed firing regime of non-affine BN the limit? --affine-bn trains BN gain/bias
+    #     (the network is then no longer untrained: result.json says so), seeds 0-2, 128 steps.
+    # (b) budget: does the untrained subnetwork keep improving with more search steps? seed 0 with 2 and
+    #     4 passes over the same 16 384 images (256 / 512 steps; cosine per epoch now anneals).
+    "X": [lambda: r_search_x(0, "_r_affine", 1, ("--affine-bn",)),
+          lambda: r_search_x(0, "_r_e4", 4),
+          lambda: r_search_x(1, "_r_affine", 1, ("--affine-bn",)),
+          lambda: r_search_x(2, "_r_affine", 1, ("--affine-bn",)),
+          lambda: r_search_x(0, "_r_e2", 2)],
 }
+QUEUES["RX"] = QUEUES["R"] + QUEUES["X"]
+
+
+def r_search_x(seed: int, tag: str, epochs: int, extra: tuple[str, ...] = ()) -> tuple[str, list[str], Path]:
+    return search_job(seed, densities="0.5", epochs=epochs, tag=tag, extra=R_EXTRA + extra)
 
 
 def done(markers: Path | list[Path]) -> bool:

@@ -44,7 +44,9 @@ def rows() -> list[dict]:
     for f in sorted(RUNS.glob("ep_*/density-*/result.json")):
         r = json.loads(f.read_text())
         run = f.parent.parent.name
-        out.append({"run": run, "protocol": "R" if run.endswith("_r") else "F",
+        # _r = protocol R; _r_<tag> = an explanation experiment on protocol R's data (queue X); else F
+        protocol = "R" if run.endswith("_r") else "X" if "_r_" in run else "F"
+        out.append({"run": run, "protocol": protocol,
                     **{k: r.get(k) for k in FIELDS if k != "run"}})
     return out
 
@@ -137,6 +139,19 @@ def main() -> None:
                                                    if q["density"] == r["density"] and q["seed"] == r["seed"]), None)}
               for r in data if r["width"] == 2.0]
     same_budget = dense_same_budget()
+    # queue X (session 3), density 0.5, paired by seed with protocol R's untrained search
+    r_half = {r["seed"]: r["test_accuracy"] for r in main_line("R") if r["density"] == 0.5}
+    affine = [{"seed": r["seed"], "test_accuracy": r["test_accuracy"], "firing_rate": r["firing_rate"],
+               "train_accuracy": r["train_accuracy"], "non_affine_same_seed": r_half.get(r["seed"])}
+              for r in data if r["run"].endswith("_r_affine") and r["density"] == 0.5]
+    r_rate = {r["seed"]: r["firing_rate"] for r in main_line("R") if r["density"] == 0.5}
+    for a in affine:
+        a["non_affine_firing_rate"] = r_rate.get(a["seed"])
+    budget = sorted(([{"steps": 128 * r["epochs"], "epochs": r["epochs"], "seed": r["seed"],
+                       "test_accuracy": r["test_accuracy"], "train_accuracy": r["train_accuracy"]}
+                      for r in data if r["density"] == 0.5 and r["seed"] == 0 and r["width"] == 1.0
+                      and (r["run"] == "ep_w1_s0_r" or r["run"].startswith("ep_w1_s0_r_e"))]),
+                    key=lambda b: b["steps"])
     missing_r = [f"seed {s} density {d}" for s in (0, 1, 2) for d in GRID
                  if not any(r["seed"] == s and r["density"] == d for r in main_line("R"))]
     summary = {
@@ -150,6 +165,13 @@ def main() -> None:
         "target": "best density mean >= 0.97 x dense trained mean (10 epochs)",
         "target_met": (best["relative_to_dense"] >= 0.97) if best and dense_mean else None,
         "width2_experiment": width2,
+        "affine_bn_experiment": {"what": "density 0.5, protocol R's data and 128 steps, BN gain/bias trained "
+                                         "(the network is then not untrained)", "runs": affine,
+                                 "mean": statistics.fmean(a["test_accuracy"] for a in affine) if affine else None,
+                                 "non_affine_mean": statistics.fmean(a["non_affine_same_seed"] for a in affine)
+                                 if affine and all(a["non_affine_same_seed"] for a in affine) else None},
+        "search_budget_experiment": {"what": "density 0.5, seed 0, 1/2/4 passes over protocol R's 16384 images "
+                                             "(cosine per epoch)", "runs": budget},
         "empty_output_units_seed0": empty_filters(),
         "complete": not missing_r,
         "missing_protocol_R": missing_r,
@@ -162,6 +184,10 @@ def main() -> None:
     points += [{"sparsity": 1 - w["density"], "accuracy": w["test_accuracy"],
                 "series": f"untrained subnetwork, WIDTH 2, {'128' if w['protocol'] == 'R' else '938'} steps "
                           f"({w['protocol']})"} for w in width2]
+    points += [{"sparsity": 0.5, "accuracy": a["test_accuracy"], "series": "BN gain/bias TRAINED, 128 steps (X)"}
+               for a in affine]
+    points += [{"sparsity": 0.5, "accuracy": b["test_accuracy"], "series": "untrained subnetwork, 512 steps (X)"}
+               for b in budget if b["steps"] == 512]
     if points:
         reference = {"dense trained 10 epochs, width 1": ref_acc}
         if same_budget:
@@ -179,6 +205,11 @@ def main() -> None:
     for w in width2:
         print(f"width 2 ({w['protocol']}) density {w['density']}: {100 * w['test_accuracy']:.2f}% "
               f"(width 1: {w['width1_same_density_seed']})")
+    for a in affine:
+        print(f"affine BN seed {a['seed']}: {100 * a['test_accuracy']:.2f}% firing {a['firing_rate']:.3f} "
+              f"(non-affine: {a['non_affine_same_seed']}, firing {a['non_affine_firing_rate']})")
+    for b in budget:
+        print(f"search budget {b['steps']} steps: {100 * b['test_accuracy']:.2f}% (train {b['train_accuracy']})")
     if same_budget:
         print(f"dense, same budget as R: {100 * same_budget['test_accuracy']:.2f}%")
     print("\n| protocol | width | density | sparsity | seeds: test accuracy (%) | mean ± std (%) | % of dense (91.96) |")
