@@ -110,3 +110,28 @@ def test_neuron_argument():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_model(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 8, 8), (5, 2, 7, 9), (4, 1, 28, 28)])
+def test_maxpool2x2_inference_path_equals_max_pool2d(shape):
+    # The strided-view forward (no gradients) must give max_pool2d's values exactly, odd sizes included;
+    # with gradients the module is max_pool2d itself (first-maximum routing on tied spike windows).
+    from torch.nn import functional as F
+
+    from spikeprune.models.layers import MaxPool2x2
+
+    torch.manual_seed(0)
+    pool = MaxPool2x2()
+    spikes = (torch.rand(shape) > 0.5).float()  # many ties
+    currents = torch.randn(shape)
+    for x in (spikes, currents):
+        with torch.no_grad():
+            assert torch.equal(pool(x), F.max_pool2d(x, 2))
+    x = spikes.clone().requires_grad_()
+    y = spikes.clone().requires_grad_()
+    g = torch.randn_like(F.max_pool2d(spikes, 2))
+    (pool(x) * g).sum().backward()
+    (F.max_pool2d(y, 2) * g).sum().backward()
+    assert torch.equal(x.grad, y.grad)
+    model = create_model("convnet", 10, 1, 4)
+    assert sum(isinstance(m, MaxPool2x2) for m in model.modules()) == 3

@@ -1,6 +1,6 @@
 """Where inference time goes, dense vs 50 % of channels removed (why speed-up < FLOP reduction).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qpsnn/profile_ops.py [--sparsity 0.5]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qpsnn/profile_ops.py [--sparsity 0.5] [--malloc system]
 
 torch.profiler on one test batch of 256 (1 thread, eval, no gradients), 3 runs each after a warm-up;
 self CPU time grouped by operator, for the dense model and for a copy with channels removed (filter L1;
@@ -25,7 +25,13 @@ from spikeprune.train import load_model  # noqa: E402
 p = argparse.ArgumentParser()
 p.add_argument("--dense", default=str(HERE.parents[1] / "runs" / "qpsnn" / "dense_e7" / "checkpoint.safetensors"))
 p.add_argument("--sparsity", type=float, default=0.5)
+p.add_argument("--malloc", choices=["tuned", "system"], default="tuned",
+               help="tuned = what the spikeprune command does (spikeprune.allocator.tune_malloc)")
 args = p.parse_args()
+if args.malloc == "tuned":
+    from spikeprune.allocator import tune_malloc
+
+    tune_malloc()
 torch.set_num_threads(1)
 dense, _ = load_model(args.dense)
 pruned = copy.deepcopy(dense)

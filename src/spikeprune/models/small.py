@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import ConvBNLIF, LinearBNLIF, NeuronFactory, TimeFolded, fold, scaled
+from .layers import ConvBNLIF, LinearBNLIF, MaxPool2x2, NeuronFactory, TimeFolded, fold, scaled
 from .registry import register_model
 
 
@@ -49,7 +49,7 @@ class SpikingConvNet(nn.Module):
         for item in cfg:
             if item == "M":
                 if min(h, w) >= 2:  # tiny inputs (8x8 digits) simply skip the last pools
-                    layers.append(TimeFolded(nn.MaxPool2d(2)))
+                    layers.append(TimeFolded(MaxPool2x2()))
                     h, w = h // 2, w // 2
             else:
                 layers.append(ConvBNLIF(channels, int(item), neuron))
