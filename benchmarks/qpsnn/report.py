@@ -259,7 +259,8 @@ def results_md(dense, rows, out: Path) -> None:
     lat = HERE / "results" / "latency.json"
     lat = json.loads(lat.read_text()) if lat.exists() else None
     latency_note = (f"{lat['rounds']} interleaved rounds x {lat['repeats']} runs per model, batch {lat['batch']}, "
-                    f"{lat['threads']} thread; median of the per-round medians; {lat.get('when', '')}"
+                    f"{lat['threads']} thread, malloc {lat.get('malloc', 'system')}; median of the per-round medians; "
+                    f"{lat.get('when', '')}"
                     if lat else "not measured yet")
     reading = (HERE / "reading.md").read_text() if (HERE / "reading.md").exists() else ""
     status = (f"**PARTIAL: {len(done)} of {len(plan)} planned cells finished** when this report was written; "
