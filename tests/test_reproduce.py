@@ -111,3 +111,23 @@ def test_cpu_lottery_protocol_is_the_benchmark_study():
     values = next(iter(protocol("fig5", "cpu").panels.values()))
     assert {k: values[k] for k in study.BASE} == study.BASE
     assert values["prune_fraction"] == study.P and values["rounds"] == study.ROUNDS
+
+
+def test_fig3_report_never_credits_a_longer_search_against_a_shorter_training_run(tmp_path):
+    # A 4-epoch search has no dense run of its own budget here: it must be compared with the most-trained
+    # reference (10 epochs), not with the 1-epoch one that shares more of its settings.
+    from spikeprune.protocols import protocol
+    from spikeprune.reproduce import _fig3_report
+
+    keys = dict(model="convnet", width=1.0, timesteps=4, lr=0.1)
+    row = lambda epochs, acc: {"density": 0.5, "sparsity": 0.5, "test_accuracy": acc, "seed": 0, "width": 1.0,  # noqa: E731
+                               "num_classes": 10, "export_matches": True,
+                               "hyperparameters": {**keys, "epochs": epochs, "train_limit": 1000}}
+    refs = [{"path": "short", "test_accuracy": 0.80, "settings": {**keys, "epochs": 1, "train_limit": 1000}},
+            {"path": "long", "test_accuracy": 0.92, "settings": {**keys, "epochs": 10, "train_limit": None}}]
+    data = {"panels": {"p": {"rows": [row(1, 0.76), row(4, 0.81)], "references": refs, "widths": [1.0],
+                             "complete": True}}}
+    _, numbers = _fig3_report(protocol("fig3", "smoke"), data, tmp_path)
+    by_acc = {round(x["test_accuracy"], 2): x for x in numbers["p"]["points"]}
+    assert by_acc[0.76]["relative_to_dense"] == pytest.approx(0.76 / 0.80)  # same budget: the 1-epoch run
+    assert by_acc[0.81]["relative_to_dense"] == pytest.approx(0.81 / 0.92)  # longer search: the 10-epoch run

@@ -276,6 +276,11 @@ def _fig3_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_
 _REF_KEYS = ("model", "width", "timesteps", "epochs", "train_limit", "lr")
 
 
+def _training_budget(settings: dict[str, Any]) -> float:
+    """Images seen in training, epochs x train_limit (no limit: the whole training set, ranked above any limit)."""
+    return float(settings.get("epochs") or 0) * float(settings.get("train_limit") or 1e12)
+
+
 def _read_references(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Dense trained runs: ``{"path", "test_accuracy", "settings"}`` (settings: the keys that matter
     for matching a reference to a series of searches)."""
@@ -346,9 +351,12 @@ def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
             groups.setdefault(key, []).append(x)
 
         def matching(r: dict[str, Any]) -> str | None:
+            # The reference trained with the same settings (same budget) if there is one; otherwise the
+            # most-trained one, so a longer search is never credited against a shorter training run.
             hp = r.get("hyperparameters") or {}
-            return max(groups, key=lambda g: sum(hp.get(k) == groups[g][0]["settings"][k] for k in _REF_KEYS),
-                       default=None)
+            same = [g for g in groups if all(hp.get(k) == groups[g][0]["settings"][k] for k in _REF_KEYS)]
+            return same[0] if same else max(groups, key=lambda g: _training_budget(groups[g][0]["settings"]),
+                                            default=None)
 
         png = f"fig3_{slug(name)}.png"
         plot_subnetwork_accuracy([{"sparsity": r["sparsity"], "accuracy": r["test_accuracy"], "series": label(r)}
@@ -377,7 +385,8 @@ def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
                          + ("yes" if all(r.get("export_matches") for r in rs) else "NO") + " |")
         ref_lines = [f"* {g}: {_pct(mean_of[g])} % (" + ", ".join(f"`{x['path']}`" for x in xs) + ")"
                      for g, xs in groups.items()]
-        md.append("Dense trained references (each series is compared with the one sharing most of its settings):\n\n"
+        md.append("Dense trained references (each series is compared with the one trained with its own settings, "
+                  "or else with the most-trained one):\n\n"
                   + ("\n".join(ref_lines) if ref_lines else "none found") + "\n\n" + "\n".join(lines) + "\n")
         md.append(f"![{name}]({png})\n")
         best = max(summary, key=lambda s: s["test_accuracy"])
