@@ -46,9 +46,12 @@ VARIANTS = {
     "random": dict(variant="imp", criterion="random", prune_fraction=P, rounds=ROUNDS),
 }
 #: the firing-aware criterion proposed after the first results (RESULTS.md §2), run as an extra variant
-EXTRA = {"SF-IMP-1 (sf-rms)": dict(variant="sf-imp-1", criterion="sf-rms", prune_fraction=P, rounds=ROUNDS)}
+#: and the test of RESULTS.md §1's allocation explanation (session 3): magnitude IMP whose global ranking
+#: compares layers after l2-normalising each layer's scores (the best allocation on digits, §2c)
+EXTRA = {"SF-IMP-1 (sf-rms)": dict(variant="sf-imp-1", criterion="sf-rms", prune_fraction=P, rounds=ROUNDS),
+         "IMP (l2 allocation)": dict(variant="imp", normalize="l2", prune_fraction=P, rounds=ROUNDS)}
 SLUG = {"IMP (magnitude)": "imp", "SF-IMP-1": "sf-imp-1", "SF-IMP-2": "sf-imp-2", "random": "random",
-        "SF-IMP-1 (sf-rms)": "sf-imp-1-rms"}
+        "SF-IMP-1 (sf-rms)": "sf-imp-1-rms", "IMP (l2 allocation)": "imp-l2"}
 
 
 def config(name: str, seed: int, rounds: int | None = None) -> LotteryConfig:
