@@ -131,3 +131,23 @@ def test_fig3_report_never_credits_a_longer_search_against_a_shorter_training_ru
     by_acc = {round(x["test_accuracy"], 2): x for x in numbers["p"]["points"]}
     assert by_acc[0.76]["relative_to_dense"] == pytest.approx(0.76 / 0.80)  # same budget: the 1-epoch run
     assert by_acc[0.81]["relative_to_dense"] == pytest.approx(0.81 / 0.92)  # longer search: the 10-epoch run
+
+
+def test_qpsnn_report_knows_when_the_flat_study_results_are_complete(tmp_path):
+    # benchmarks/qpsnn/study.py writes one flat JSON per cell; the cpu protocol is complete when every
+    # one of its cells is among them (same bits, scale, channel sparsity, criterion, order, fine-tuning).
+    import json
+
+    from spikeprune.protocols import protocol
+    from spikeprune.reproduce import _qpsnn_collect
+
+    p = protocol("qpsnn", "cpu")
+    cells = list(p.panels.values())
+    for i, v in enumerate(cells):
+        (tmp_path / f"cell{i}.json").write_text(json.dumps({
+            "id": f"cell{i}", "bits": v["bits"], "scale": v["scale"], "sparsity": v["channel_sparsity"],
+            "criterion": v["criterion"], "order": v["order"], "ft_epochs": v["finetune_epochs"],
+            "membrane_bits": None, "test_accuracy": 0.9}))
+    assert _qpsnn_collect(p, tmp_path)["complete"]
+    (tmp_path / "cell0.json").unlink()
+    assert not _qpsnn_collect(p, tmp_path)["complete"]

@@ -622,9 +622,18 @@ def _qpsnn_collect(p: Protocol, root: Path) -> dict[str, Any]:
         c["utilisation_total"] = total
         c["qat_utilisation_total"] = qat
     dense = read_json(root / "dense" / "metrics.json") if (root / "dense" / "metrics.json").exists() else None
-    # the study's flat files carry no list of what it planned: completeness is then unknown (False)
-    complete = all((root / slug(name) / "metrics.json").exists() for name in p.panels)
+    complete = all((root / slug(name) / "metrics.json").exists() or _flat_cell_done(values, cells)
+                   for name, values in p.panels.items())
     return {"cells": cells, "dense": dense, "complete": complete}
+
+
+def _flat_cell_done(values: dict[str, Any], cells: list[dict[str, Any]]) -> bool:
+    """Whether benchmarks/qpsnn/study.py's flat results hold the protocol cell ``values`` (same bits, scale,
+    channel sparsity, criterion, order, fine-tuning epochs; full-precision membranes)."""
+    want = {"bits": values.get("bits"), "scale": values.get("scale"), "sparsity": values.get("channel_sparsity"),
+            "criterion": values.get("criterion"), "order": values.get("order"),
+            "ft_epochs": values.get("finetune_epochs"), "membrane_bits": values.get("membrane_bits")}
+    return any(all(c.get(k) == v for k, v in want.items()) for c in cells if "id" in c)
 
 
 def _cell(text: Any) -> str:
