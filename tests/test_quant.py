@@ -258,3 +258,23 @@ def test_reestimate_batchnorm_restores_statistics():
     conv_out = torch.cat([model.features[0].conv(b) for b in x])
     assert torch.allclose(bn.running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-5)
     assert not math.isclose(float(bn.running_mean[0]), 5.0)
+
+
+def test_quantize_model_refuses_to_skip_a_subclassed_layer_silently():
+    # A subclass of nn.Conv2d (SpikingJelly's layer.Conv2d, a user's own) keeps its forward, so it is not
+    # swapped; quantizing "every layer" must then fail in one line instead of leaving it float.
+    from torch import nn
+
+    class MyConv(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = tiny()
+    model.features[0].conv.__class__ = MyConv
+    with pytest.raises(ValueError, match=r"cannot quantize 'features.0.conv' \(.*MyConv, a subclass of nn.Conv2d"):
+        q.quantize_model(model, 4)
+    others = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    q.quantize_model(model, 4, layers=others)  # naming the plain layers still works
+    assert type(model.features[0].conv) is MyConv
+    with pytest.raises(ValueError, match="subclass with a forward of its own"):
+        q.quantize_model(model, 4, layers=["features.0.conv"])

@@ -285,13 +285,26 @@ def quantize_model(
     """
     spec = QuantSpec(bits, method, bool(per_channel), percentile)
     candidates = {n: m for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear, QuantConv2d, QuantLinear)}
+    # Subclasses (e.g. SpikingJelly's layer.Conv2d) may have a forward of their own that the quantized
+    # twin would replace, so they are not swapped; quantizing "all layers" must then say so, not skip them.
+    subclassed = {n: m for n, m in model.named_modules()
+                  if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in candidates}
     if layers is None:
+        if subclassed:
+            name, m = next(iter(subclassed.items()))
+            raise ValueError(f"cannot quantize {name!r} ({type(m).__module__}.{type(m).__name__}, a subclass of "
+                             f"nn.{'Conv2d' if isinstance(m, nn.Conv2d) else 'Linear'} with a forward of its own)"
+                             + (f" and {len(subclassed) - 1} more" if len(subclassed) > 1 else "")
+                             + "; wrap the model with spikeprune.interop.adapt() first, or pass layers= to "
+                             "quantize the others")
         chosen = list(candidates)
     else:
         chosen = list(layers)
         for name in chosen:
             if name not in candidates:
-                raise ValueError(f"{name!r} is not a conv/linear layer of this model; "
+                why = (f" ({type(subclassed[name]).__name__} is a subclass with a forward of its own)"
+                       if name in subclassed else "")
+                raise ValueError(f"{name!r} is not a conv/linear layer of this model{why}; "
                                  f"layers: {', '.join(candidates) or 'none'}")
     if not chosen:
         raise ValueError(f"{type(model).__name__} has no conv/linear layer to quantize")
