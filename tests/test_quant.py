@@ -14,7 +14,7 @@ import spikeprune as sp
 from spikeprune import quant as q
 from spikeprune.compress import load_compressed, save_compressed
 from spikeprune.config import TrainConfig
-from spikeprune.masks import Mask, enforce
+from spikeprune.masks import enforce
 from spikeprune.train import fit, load_model
 
 

@@ -58,11 +58,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import TrainConfig, hparam, hyperparameters, to_dict
-from .data import BatchLoader, ImageDataset, load_dataset
+from .data import ImageDataset, load_dataset
 from .io import check_writable_dir, load_checkpoint, read_json, write_json, write_text
 from .masks import PRUNABLE_TYPES, Mask, prunable_weights
 from .models import create_model
-from .train import CHECKPOINT, build_model, evaluate, fit, load_model_state, make_loaders, save_model
+from .train import build_model, evaluate, fit, load_model_state, make_loaders, save_model
 
 __all__ = [
     "INITS",

@@ -28,7 +28,6 @@ quantization-aware:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -553,12 +552,11 @@ def _drivers(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[s
         model.train(was_training)
     drivers: dict[str, tuple[str, str | None]] = {}
     last_layer: str | None = None
-    last_bn: str | None = None
     pending: list[tuple[str, str | None]] = []  # layers since the previous LIF, first = main branch
     for name in order:
         m = named[name]
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            last_layer, last_bn = name, None
+            last_layer = name
             pending.append((name, None))
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             if last_layer is not None and pending and pending[-1][0] == last_layer \

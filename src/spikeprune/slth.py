@@ -487,7 +487,7 @@ def materialize(ticket: Ticket, layer: int = 0, *, max_memory: int | None = None
     looks at (``V[m, i']`` for i' other than m's group) are drawn from a separate stream, since they are
     pruned. For tests and inspection: memory is O(N k).
     """
-    target, N, kp = ticket.target, ticket.target.N, ticket.kprime
+    N, kp = ticket.target.N, ticket.kprime
     _memory_guard(N, 1, ticket.k, max_memory)
     k = ticket.k
     V = torch.empty(k, N, dtype=torch.float64)

@@ -43,7 +43,6 @@ from .calibration import calibrate
 from .criteria import sf as sf_scores
 from .models.resnet import SpikingBasicBlock, SpikingResNet
 from .models.small import SpikingConvNet, SpikingMLP
-from .models.vgg import SpikingVGG
 from .neuron import LIF, observe
 
 __all__ = [
