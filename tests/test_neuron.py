@@ -123,7 +123,7 @@ def test_bad_parameters():
 @pytest.mark.parametrize("v_reset", [0.0, -0.3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_inference_path_spikes_are_bit_identical(v_reset, dtype):
-    # Without gradients and observers LIF.forward skips materialising u (neuron._lif_spikes); the
+    # Without gradients and observers LIF.forward skips materialising u (neuron._lif_forward(keep_u=False)); the
     # spikes must be exactly those of the training path and of Eq. 2-4 written out.
     torch.manual_seed(3)
     lif = LIF(beta=0.7, u_th=0.8, v_reset=v_reset)

@@ -86,8 +86,7 @@ def test_every_protocol_builds_its_configs():
     from spikeprune.compress import CompressConfig
     from spikeprune.edgepopup import EdgePopupConfig
     from spikeprune.lottery import LotteryConfig
-    from spikeprune.reproduce import _compress_fields, _edgepopup_fields, _train_fields
-    from spikeprune.config import TrainConfig
+    from spikeprune.config import TrainConfig, fields_of
 
     for study in STUDIES:
         for scale in SCALES:
@@ -97,11 +96,11 @@ def test_every_protocol_builds_its_configs():
                 if study == "fig5":
                     LotteryConfig(**values)
                 elif study == "fig3":
-                    EdgePopupConfig(**_edgepopup_fields(values))
+                    EdgePopupConfig(**fields_of(EdgePopupConfig, values))
                 elif study == "qpsnn":
-                    CompressConfig(**_compress_fields(values))
+                    CompressConfig(**fields_of(CompressConfig, values))
                 else:
-                    TrainConfig(**_train_fields(values))
+                    TrainConfig(**fields_of(TrainConfig, values))
 
 
 def test_cpu_lottery_protocol_is_the_benchmark_study():

@@ -175,6 +175,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
+def fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that are fields of the dataclass ``cls`` (the rest are dropped)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
 def from_mapping(cls: type, values: dict[str, Any], source: str = "config") -> Any:
     """Build ``cls`` from a mapping; an unknown key raises ValueError naming it and the valid keys."""
     names = {f.name for f in fields(cls)}

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import TrainConfig, hparam, hyperparameters, to_dict
+from .config import TrainConfig, fields_of, hparam, hyperparameters, to_dict
 from .data import ImageDataset, load_dataset
 from .io import check_writable_dir, load_checkpoint, read_json, write_json, write_text
 from .masks import PRUNABLE_TYPES, Mask, prunable_weights
@@ -666,8 +666,7 @@ def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, epochs: in
     re-reporting, an earlier demo there). Returns the result row plus ``wall_seconds``.
     """
     # only TrainConfig's fields carry over: ``base`` may be a command config with extra knobs
-    train_fields = {k: v for k, v in to_dict(base).items() if k in TrainConfig.__dataclass_fields__}
-    cfg = EdgePopupConfig(**{**train_fields, "density": density, "epochs": epochs or base.epochs})
+    cfg = EdgePopupConfig(**{**fields_of(TrainConfig, to_dict(base)), "density": density, "epochs": epochs or base.epochs})
     t0 = time.perf_counter()
     summary = sweep(cfg, out, resume=True, progress=progress, log=log)
     return {**summary["rows"][0], "wall_seconds": time.perf_counter() - t0}

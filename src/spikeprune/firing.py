@@ -938,7 +938,7 @@ def flip_study(
     estimator, seed, perturbations, summary and rows) and ``OUT/flips.png``, each written atomically.
     Returns the rows of all perturbations.
     """
-    from .io import write_json, write_text
+    from .io import file_slug, write_json, write_text
 
     out = Path(out)
     modes = list(modes)
@@ -950,7 +950,7 @@ def flip_study(
         got = flip_analysis(model, perturbed, test, modes=modes, input_fn=input_fn, p_sup_method=p_sup_method,
                             label=p.label)
         rows += got
-        plot_flips(got, out / f"flips-{re.sub(r'[^A-Za-z0-9.+-]+', '_', p.label)}.png",
+        plot_flips(got, out / f"flips-{file_slug(p.label)}.png",
                    f"{title}: {p.label}" if title else p.label)
     write_text(out / "flips.csv", flip_rows_csv(rows))
     write_json(out / "flips.json", {**(record or {}), "modes": modes, "p_sup_estimator": p_sup_method,

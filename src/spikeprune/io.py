@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
     if synchronise:
         barrier()
+
+
+def file_slug(text: str) -> str:
+    """``text`` as a file-name part: every run of characters other than ``A-Za-z0-9.+-`` becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
 
 
 def write_text(path: str | Path, text: str) -> None:

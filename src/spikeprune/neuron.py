@@ -103,50 +103,32 @@ def _surrogate(name: str) -> tuple[Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def _lif_forward(
-    x: torch.Tensor, beta: float, u_th: float, v_reset: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spikes and pre-spike membrane potentials of Eq. 2-4; ``x`` and both results are ``[T, B, ...]``."""
-    u = torch.empty_like(x, memory_format=torch.contiguous_format)
-    spikes = torch.empty_like(u)
-    h: torch.Tensor | None = None
-    for t in range(x.shape[0]):
-        u_t, s_t = u[t], spikes[t]
-        if h is None:
-            u_t.copy_(x[t])  # h_0 = 0
-        else:
-            torch.add(h, x[t], out=u_t)  # Eq. 2
-        torch.ge(u_t, u_th, out=s_t)  # Eq. 3, written straight into a float tensor
-        # Eq. 4: h = beta * u * (1 - s) + V_reset * s. Exact: with s in {0, 1}, h - h*s is h or 0.
-        h = torch.mul(u_t, beta)
-        h.addcmul_(h, s_t, value=-1)
-        if v_reset != 0.0:
-            h.add_(s_t, alpha=v_reset)
-    return spikes, u
+    x: torch.Tensor, beta: float, u_th: float, v_reset: float, keep_u: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes and pre-spike membrane potentials of Eq. 2-4; ``x`` and both results are ``[T, B, ...]``.
 
-
-def _lif_spikes(x: torch.Tensor, beta: float, u_th: float, v_reset: float) -> torch.Tensor:
-    """Spikes of Eq. 2-4 without keeping ``u``: the inference path (``[T, B, ...]`` -> ``[T, B, ...]``).
-
-    Same kernels in the same order as :func:`_lif_forward`, so the spikes are bit-identical; the
-    membrane lives in one timestep-sized buffer. On a CPU a fresh ``[T, B, ...]`` output costs a page
-    fault per 4 KiB on first touch, so not materialising ``u`` halves the LIF's inference time
-    (benchmarks/RESULTS.md §2).
+    ``keep_u=False`` is the inference path: ``u`` lives in one timestep-sized buffer and ``None`` is
+    returned for it (same kernels, so the spikes are bit-identical). On a CPU a fresh ``[T, B, ...]``
+    output costs a page fault per 4 KiB on first touch, which is what not materialising ``u`` saves
+    (benchmarks/RESULTS.md §2b).
     """
     spikes = torch.empty_like(x, memory_format=torch.contiguous_format)
-    u_t = torch.empty_like(spikes[0])
-    h = torch.empty_like(u_t)
+    u = torch.empty_like(spikes) if keep_u else None
+    scratch = None if keep_u else torch.empty_like(spikes[0])
+    h = torch.empty_like(spikes[0])
     for t in range(x.shape[0]):
-        s_t = spikes[t]
+        u_t, s_t = (u[t] if keep_u else scratch), spikes[t]
         if t == 0:
             u_t.copy_(x[0])  # h_0 = 0
         else:
             torch.add(h, x[t], out=u_t)  # Eq. 2
-        torch.ge(u_t, u_th, out=s_t)  # Eq. 3
-        torch.mul(u_t, beta, out=h)  # Eq. 4, as in _lif_forward
+        torch.ge(u_t, u_th, out=s_t)  # Eq. 3, written straight into a float tensor
+        # Eq. 4: h = beta * u * (1 - s) + V_reset * s. Exact: with s in {0, 1}, h - h*s is h or 0.
+        torch.mul(u_t, beta, out=h)
         h.addcmul_(h, s_t, value=-1)
         if v_reset != 0.0:
             h.add_(s_t, alpha=v_reset)
-    return spikes
+    return spikes, u
 
 
 def _lif_backward(
@@ -295,8 +277,8 @@ class LIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is None and not (torch.is_grad_enabled() and x.requires_grad) and x.dim() >= 2:
             # Inference (no gradient wanted, nobody observing u): skip materialising u.
-            return _lif_spikes(x.float() if x.dtype in (torch.bfloat16, torch.float16) else x,
-                               self.beta, self.u_th, self.v_reset)
+            return _lif_forward(x.float() if x.dtype in (torch.bfloat16, torch.float16) else x,
+                                self.beta, self.u_th, self.v_reset, keep_u=False)[0]
         spikes, u = lif_multistep(
             x, self.beta, self.u_th, self.v_reset, self.surrogate, self.alpha, self.detach_reset
         )

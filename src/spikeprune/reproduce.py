@@ -37,8 +37,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
-from .io import check_writable_dir, read_json, write_json, write_text
+from .config import TrainConfig, fields_of
+from .io import check_writable_dir, file_slug, read_json, write_json, write_text
 from .protocols import CLAIMS, Protocol, protocol
 
 __all__ = ["reproduce", "write_report"]
@@ -59,12 +59,8 @@ def _log(message: str) -> None:
 
 def slug(text: str) -> str:
     """A file-name-safe version of a panel or cell name."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
+    return file_slug(text).strip("_")
 
-
-def _train_fields(values: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(TrainConfig)}
-    return {k: v for k, v in values.items() if k in names}
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -248,12 +244,6 @@ def _fig5_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
 # ---------------------------------------------------------------------------------------------
 
 
-def _edgepopup_fields(values: dict[str, Any]) -> dict[str, Any]:
-    from .edgepopup import EdgePopupConfig
-
-    names = {f.name for f in fields(EdgePopupConfig)}
-    return {k: v for k, v in values.items() if k in names}
-
 
 def _fig3_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
     from .edgepopup import EdgePopupConfig
@@ -263,12 +253,12 @@ def _fig3_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_
     for name, values in p.panels.items():
         where = root / slug(name)
         dense_values = values if p.options["dense"] == "preset" else p.options["dense"]
-        dense = TrainConfig(**{**_train_fields(dense_values), **extra})
+        dense = TrainConfig(**{**fields_of(TrainConfig, dense_values), **extra})
         dense_jobs = train_jobs(dense, p.seeds, where)
         status = run_jobs(dense_jobs, where, max_jobs=jobs, threads=threads, log=log)
         if any(s.startswith("failed") for s in status.values()):
             raise ValueError(f"dense reference training failed: {status}")
-        cfg = EdgePopupConfig(**{**_edgepopup_fields(values), **extra})
+        cfg = EdgePopupConfig(**{**fields_of(EdgePopupConfig, values), **extra})
         edgepopup_sweep(cfg, where, seeds=p.seeds, reference=[j.out for j in dense_jobs], jobs=jobs,
                         threads=threads, log=log)
 
@@ -427,7 +417,7 @@ def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, dat
     from .slth import plot_slth, slth_experiment
     from .train import fit, load_model
 
-    values = {**_train_fields(p.panels["flips"]), **({"data_dir": data_dir} if data_dir else {})}
+    values = {**fields_of(TrainConfig, p.panels["flips"]), **({"data_dir": data_dir} if data_dir else {})}
     cfg = TrainConfig(**values)
     fit(cfg, root / "dense", resume=True, progress=False, log=log)
     model, _ = load_model(root / "dense" / "checkpoint.safetensors")
@@ -571,12 +561,6 @@ def _theory_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[s
 # ---------------------------------------------------------------------------------------------
 
 
-def _compress_fields(values: dict[str, Any]) -> dict[str, Any]:
-    from .compress import CompressConfig
-
-    names = {f.name for f in fields(CompressConfig)}
-    return {k: v for k, v in values.items() if k in names}
-
 
 def _qpsnn_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
     from .compress import CompressConfig, compress
@@ -585,13 +569,13 @@ def _qpsnn_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data
     extra = {"data_dir": data_dir} if data_dir else {}
     first = next(iter(p.panels.values()))
     dense_values = first if p.options["dense"] == "shared" else p.options["dense"]
-    dense = TrainConfig(**{**_train_fields(dense_values), **extra})
+    dense = TrainConfig(**{**fields_of(TrainConfig, dense_values), **extra})
     fit(dense, root / "dense", resume=True, progress=False, log=log)
     ckpt = str(root / "dense" / "checkpoint.safetensors")
     for name, values in p.panels.items():
         if log:
             log(f"reproduce qpsnn: {name}")
-        cfg = CompressConfig(**{**_compress_fields(values), **extra, "checkpoint": ckpt})
+        cfg = CompressConfig(**{**fields_of(CompressConfig, values), **extra, "checkpoint": ckpt})
         compress(cfg, root / slug(name), resume=True, log=log)
 
 
@@ -792,11 +776,11 @@ def _write_configs(study: str, p: Protocol, out: Path) -> None:
         write_text(out / "configs" / f"{slug(name)}.yaml", _yaml(values))
         if study == "fig3":
             dense = values if p.options["dense"] == "preset" else p.options["dense"]
-            write_text(out / "configs" / f"{slug(name)}-dense.yaml", _yaml(_train_fields(dense)))
+            write_text(out / "configs" / f"{slug(name)}-dense.yaml", _yaml(fields_of(TrainConfig, dense)))
     if study == "qpsnn":
         first = next(iter(p.panels.values()))
         dense = first if p.options["dense"] == "shared" else p.options["dense"]
-        write_text(out / "configs" / "dense.yaml", _yaml(_train_fields(dense)))
+        write_text(out / "configs" / "dense.yaml", _yaml(fields_of(TrainConfig, dense)))
 
 
 def write_report(study: str, scale: str, out: str | Path, root: str | Path, *, command: str,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, from_mapping, to_dict
-from .io import check_writable_dir, read_json, write_json, write_text
+from .io import check_writable_dir, file_slug, read_json, write_json, write_text
 
 __all__ = ["Job", "edgepopup_sweep", "lottery_sweep", "run_job", "run_jobs", "train_jobs"]
 
@@ -117,10 +116,6 @@ def run_job(path: str | Path) -> int:
     return 0
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", name)
-
-
 _LAUNCH = "import sys; from spikeprune.sweep import run_job; sys.exit(run_job(sys.argv[1]))"
 
 
@@ -165,9 +160,9 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, max_jobs: int = 1, thread
         while queue or running:
             while queue and len(running) < max_jobs:
                 job = queue.pop(0)
-                spec = root / "jobs" / f"{_slug(job.name)}.json"
+                spec = root / "jobs" / f"{file_slug(job.name)}.json"
                 write_json(spec, {"name": job.name, "kind": job.kind, "config": job.config, "out": job.out})
-                logfile = root / "logs" / f"{_slug(job.name)}.log"
+                logfile = root / "logs" / f"{file_slug(job.name)}.log"
                 logfile.parent.mkdir(parents=True, exist_ok=True)
                 handle = open(logfile, "a")  # appended: a resumed job keeps its earlier output
                 proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(spec)], stdout=handle,
@@ -183,7 +178,7 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, max_jobs: int = 1, thread
                     continue
                 handle.close()
                 running.remove(item)
-                logfile = root / "logs" / f"{_slug(job.name)}.log"
+                logfile = root / "logs" / f"{file_slug(job.name)}.log"
                 status[job.name] = "ok" if code == 0 else f"failed (exit {code}), see {logfile}"
                 if log:
                     log(f"sweep: {job.name} {status[job.name]} after {time.perf_counter() - start:.0f} s")
