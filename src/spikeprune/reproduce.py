@@ -62,7 +62,6 @@ def slug(text: str) -> str:
     return file_slug(text).strip("_")
 
 
-
 def _pct(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
@@ -242,7 +241,6 @@ def _fig5_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
 # ---------------------------------------------------------------------------------------------
 # fig3: edge-popup.
 # ---------------------------------------------------------------------------------------------
-
 
 
 def _fig3_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
@@ -559,7 +557,6 @@ def _theory_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[s
 # ---------------------------------------------------------------------------------------------
 # qpsnn: compression.
 # ---------------------------------------------------------------------------------------------
-
 
 
 def _qpsnn_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
