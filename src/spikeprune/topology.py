@@ -49,8 +49,8 @@ from torch.overrides import TorchFunctionMode
 
 from .neuron import LIF
 
-__all__ = ["ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "evaluation", "trace",
-           "weight_layers"]
+__all__ = ["ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "evaluation", "is_time_major",
+           "sample_count", "trace", "weight_layers"]
 
 _WEIGHT = (nn.modules.conv._ConvNd, nn.Linear)
 _BN = (nn.modules.batchnorm._BatchNorm,)
@@ -225,6 +225,18 @@ class Graph:
         """Nodes that read ``node``'s output, in execution order."""
         return [self.nodes[i] for i in self._consumers[node]]
 
+    def successors(self, node: int) -> list[Node]:
+        """Consumers of ``node``'s output, looking through ops that only move time/batch axes
+        (``flatten(0, 1)``, ``unflatten``, ``unsqueeze(0).repeat(T, ...)``): the layers that really read it."""
+        out, frontier = [], list(self._consumers[node])
+        while frontier:
+            c = self.nodes[frontier.pop(0)]
+            if self._same_per_sample(c):
+                frontier.extend(self._consumers[c.id])
+            elif c not in out:
+                out.append(c)
+        return sorted(out, key=lambda n: n.id)
+
     def calls(self, module_name: str) -> list[Node]:
         """Every call of the module ``module_name`` (more than one when a module is reused)."""
         return [n for n in self.nodes if n.kind == "module" and n.name == module_name]
@@ -259,7 +271,7 @@ class Graph:
         if not calls:
             return None, None
         node = calls[0]
-        nxt = self.consumers(node.id)
+        nxt = self.successors(node.id)
         if len(nxt) != 1 or nxt[0].role != "bn":
             return None, None
         bn = nxt[0]
@@ -273,23 +285,62 @@ class Graph:
                 seen.add(c.id)
                 if c.role == "neuron":
                     return bn.name, c.name
-                if c.role in self._PASS_TO_NEURON:
+                if c.role in self._PASS_TO_NEURON or self._same_per_sample(c):
                     frontier.append(c.id)
         return bn.name, None
 
+    def input_layout(self, node: Node) -> str | None:
+        """Layout of a node's first input: ``"TB"``, ``"N"``, ``"B"`` or ``None``."""
+        return _layout(node.in_shapes[0], self.T, self.B) if node.in_shapes else None
+
+    def per_sample(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The per-sample part of a traced shape (``[T, B, C, H, W]`` -> ``(C, H, W)``), ``None`` if unknown."""
+        layout = _layout(shape, self.T, self.B)
+        return None if layout is None else tuple(shape[_batch_dims(layout):])
+
+    def _same_per_sample(self, node: Node) -> bool:
+        """An op that only moves time/batch axes (flatten(0, 1), unflatten, unsqueeze(0), repeat over T)."""
+        if node.kind != "op" or not node.in_shapes:
+            return False
+        ps = self.per_sample(node.in_shapes[0])
+        return ps is not None and ps == self.per_sample(node.out_shape)
+
+    _JOIN = ("add", "add_", "__add__", "__iadd__", "__radd__")
+
     def drivers(self) -> dict[str, tuple[str, str | None]]:
-        """``{neuron: (weight layer, bn or None)}``: for each neuron, the layer whose (normalised) output
-        reaches it directly - the input current ``x_t`` of Eq. 2 is that layer's BN output."""
+        """``{neuron: (weight layer, bn or None)}``: the layer whose (normalised) output is the neuron's
+        input current ``x_t`` (Eq. 2). Walks back from the neuron through time/batch reshapes and
+        residual adds; of several layers (a block's main branch and its shortcut conv) the first to
+        execute is the driver - the main branch, whose BN sets the membrane's scale."""
         out: dict[str, tuple[str, str | None]] = {}
-        for layer in self.modules("weight"):
-            node = self.calls(layer)[0]
-            nxt = self.consumers(node.id)
-            bn = nxt[0].name if len(nxt) == 1 and nxt[0].role == "bn" else None
-            start = nxt[0].id if bn is not None else node.id
-            for c in self.consumers(start):
-                if c.role == "neuron" and c.name not in out:
-                    out[c.name] = (layer, bn)
+        for node in self.nodes:
+            if node.role != "neuron" or node.name in out or not node.inputs:
+                continue
+            found: list[tuple[int, str, str | None]] = []
+            frontier, seen = list(node.inputs), set()
+            while frontier:
+                c = self.nodes[frontier.pop()]
+                if c.id in seen:
+                    continue
+                seen.add(c.id)
+                if c.role == "weight":
+                    found.append((c.id, c.name, None))
+                elif c.role == "bn":
+                    src = self._through_reshapes(c.inputs[0]) if c.inputs else None
+                    if src is not None and src.role == "weight":
+                        found.append((src.id, src.name, c.name))
+                elif c.kind == "op" and (c.name in self._JOIN or self._same_per_sample(c)):
+                    frontier.extend(c.inputs)
+            if found:
+                _, layer, bn = min(found)
+                out[node.name] = (layer, bn)
         return out
+
+    def _through_reshapes(self, node: int) -> Node:
+        n = self.nodes[node]
+        while self._same_per_sample(n) and n.inputs:
+            n = self.nodes[n.inputs[0]]
+        return n
 
     def describe(self) -> str:
         """One line per node (for debugging and docs)."""
@@ -444,16 +495,38 @@ def _static_dims(model: nn.Module) -> int:
     return int(getattr(model, "static_dims", 4))
 
 
-def _example(model: nn.Module, x: torch.Tensor, T_hint: int | None) -> tuple[torch.Tensor, bool, int]:
+def is_time_major(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``x`` is a time-major ``[T, B, ...]`` input of ``model`` (one more dim than a static batch;
+    ``model.static_dims``, default 4 = images ``[B, C, H, W]``)."""
+    return x.dim() == _static_dims(model) + 1
+
+
+def input_reading(model: nn.Module, x: torch.Tensor, graph: "Graph | None" = None) -> bool:
+    """Time-major or not: what the model declares, else what its trace found."""
+    if _declares_layout(model) or graph is None:
+        return is_time_major(model, x)
+    return graph.time_major_input
+
+
+def sample_count(model: nn.Module, x: torch.Tensor, graph: "Graph | None" = None) -> int:
+    """Samples in the input batch ``x`` of ``model``: dim 1 of a time-major input, else dim 0."""
+    return int(x.shape[1] if input_reading(model, x, graph) else x.shape[0])
+
+
+def _example(model: nn.Module, x: torch.Tensor, time_major: bool, T_hint: int | None) -> tuple[torch.Tensor, int]:
     """A few samples of ``x`` (static ``[B, ...]`` or time-major ``[T, B, ...]``) sized so B != T, B > 1."""
-    time_major = x.dim() == _static_dims(model) + 1
     axis = 1 if time_major else 0
     T = T_hint or int(getattr(model, "T", 0) or (x.shape[0] if time_major else 0))
     B = 2 if T == 3 else 3
-    if x.shape[axis] < 1:
-        raise ValueError("tracing needs at least one sample; the example batch is empty")
+    if x.dim() <= axis or x.shape[axis] < 1:
+        raise ValueError(f"tracing needs at least one sample; the example batch has shape {tuple(x.shape)}")
     idx = torch.arange(B, device=x.device) % x.shape[axis]
-    return x.index_select(axis, idx), time_major, B
+    return x.index_select(axis, idx), B
+
+
+def _declares_layout(model: nn.Module) -> bool:
+    """spikeprune's models (``T`` + images) and adapted nets (``static_dims``) say how to read an input."""
+    return hasattr(model, "static_dims") or hasattr(model, "T")
 
 
 @torch.no_grad()
@@ -464,16 +537,33 @@ def trace(model: nn.Module, example: torch.Tensor, *, timesteps: int | None = No
         model: any ``nn.Module`` whose neurons are :class:`~spikeprune.LIF` (our models, adapted
             SpikingJelly/snnTorch nets, a user's own module).
         example: what ``model(x)`` takes: a static batch ``[B, C, H, W]`` (or ``[B, F]``) or a
-            time-major ``[T, B, ...]`` (a model's ``static_dims`` attribute, default 4, tells them apart).
+            time-major ``[T, B, ...]``. spikeprune's models and adapted nets say which (``static_dims``);
+            for any other module both readings are tried and the one under which every neuron receives
+            ``[T, B, ...]`` is kept.
         timesteps: T, if the model does not say (``model.T``); otherwise read from the neurons.
 
-    Runs one forward pass in eval mode; every module's train/eval flag is restored afterwards.
+    Runs one forward pass on 2-3 samples in eval mode; every module's train/eval flag is restored.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"trace() needs a torch.nn.Module; got {type(model).__name__}")
     if not torch.is_tensor(example):
         raise TypeError(f"trace() needs an example input tensor; got {type(example).__name__}")
-    x, time_major, B = _example(model, example, timesteps)
+    readings = [is_time_major(model, example)] if _declares_layout(model) else [False, True]
+    for i, time_major in enumerate(readings):
+        last = i == len(readings) - 1
+        try:
+            return _trace_once(model, example, time_major, timesteps)
+        except TopologyError:
+            if last:
+                raise
+        except Exception:
+            if last or _declares_layout(model):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _trace_once(model: nn.Module, example: torch.Tensor, time_major: bool, timesteps: int | None) -> Graph:
+    x, B = _example(model, example, time_major, timesteps)
     tracer = _Tracer(model)
     handles = []
     for m in model.modules():
