@@ -190,6 +190,7 @@ class NeuronAdapter(LIF):
         self.observer = None
         self.check_spikes = True  # verify recomputed u against the package's spikes when observed
         self.step_mode = getattr(neuron, "step_mode", "s")
+        self.training = neuron.training  # the user's mode, not nn.Module's default (train)
 
     # -- parameters read from the package's module ------------------------------------------------
     @property
