@@ -77,6 +77,9 @@ def role_of(m: nn.Module) -> str | None:
     ``act``, ``module`` for any other childless module); ``None``: a container, traced through."""
     if isinstance(m, LIF):
         return "neuron"
+    from .interop.adapters import _is_third_party_neuron
+    if _is_third_party_neuron(m):  # checked before "childless": snnTorch's neurons have no children
+        return "foreign-neuron"
     if isinstance(m, _WEIGHT):
         return "weight"
     if isinstance(m, _BN):
@@ -91,9 +94,6 @@ def role_of(m: nn.Module) -> str | None:
         return "act"
     if next(m.children(), None) is None:
         return "module"
-    from .interop.adapters import _is_third_party_neuron
-    if _is_third_party_neuron(m):
-        return "foreign-neuron"
     return None
 
 
