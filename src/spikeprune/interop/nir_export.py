@@ -692,10 +692,13 @@ class NIRNetwork(nn.Module):
 
 
 def _topological(keys: list[str], edges: list[tuple[str, str]]) -> list[str]:
-    """Kahn's order, taking ready nodes in the graph's own node order (for our graphs: execution order,
-    so the neurons of the imported model run - and report to observers - in the original's order)."""
+    """Kahn's order, taking ready nodes by their first incoming edge: spikeprune writes edges in execution
+    order, so the imported neurons run - and report to observers - in the original's order (HDF5 does
+    not keep the order of the node dict; it does keep the edge list)."""
     import heapq
 
+    first = {b: i for i, (_, b) in reversed(list(enumerate(edges)))}
+    keys = sorted(keys, key=lambda k: (first.get(k, -1), k))
     pos = {k: i for i, k in enumerate(keys)}
     indegree = {k: 0 for k in keys}
     nexts: dict[str, list[str]] = {k: [] for k in keys}
