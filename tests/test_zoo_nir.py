@@ -145,9 +145,8 @@ def test_masked_export_keeps_exact_zeros(name, tmp_path):
 def test_quantized_export_writes_the_levels(name, tmp_path):
     """4-bit weights: layers without BN carry exactly the quantized levels, BN-folded ones levels * g.
 
-    Only nets that spikeprune.quantize_model accepts today: adapt() turns a Sequential's SpikingJelly layers
-    into plain torch layers; a multi-step zoo net keeps SpikingJelly's layer classes, which quantize_model
-    refuses (being extended on main)."""
+    adapt() turns a Sequential's SpikingJelly layers into plain torch layers (multi-step zoo nets: see
+    test_quantized_multistep_zoo_nets_export_their_levels)."""
     model = adapt(_net(name), zoo_nets.T)
     quantize_model(model, bits=4)
     x = zoo_nets.images(4)
@@ -174,17 +173,26 @@ def test_quantized_export_writes_the_levels(name, tmp_path):
     assert flips == 0 and diff <= OUTPUT_ATOL
 
 
-def test_quantize_refuses_multistep_spikingjelly_layers_today():
-    """Why the quantized export test uses Sequential nets (see test_quantized_export_writes_the_levels)."""
-    model = adapt(_net("sj-plif-CIFAR10Net"), zoo_nets.T)
-    try:
-        quantize_model(model, bits=4)
-    except ValueError as exc:
-        assert "cannot quantize" in str(exc)
-    else:  # quantize_model learnt SpikingJelly's layer classes: the export must then be exact too
-        graph = to_nir(model, zoo_nets.images(4))
-        diff, flips = _compare(model, from_nir(graph), zoo_nets.images(4))
-        assert flips == 0 and diff <= OUTPUT_ATOL
+@pytest.mark.parametrize("name", ["sj-plif-CIFAR10Net", "sj-sew_resnet18-ADD"])
+def test_quantized_multistep_zoo_nets_export_their_levels(name, tmp_path):
+    """Multi-step zoo nets keep SpikingJelly's layer classes; quantize_model gives them quantized twins
+    (spikeprune.quant.is_layout_wrapper). Linear layers (no BN to fold) carry exactly the levels; every
+    spike survives the round trip."""
+    model = adapt(_net(name), zoo_nets.T)
+    quantize_model(model, bits=4)
+    x = zoo_nets.images(4)
+    graph, rebuilt = _round_trip(model, x, tmp_path / "q.nir")
+    exact = 0
+    for mod_name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            q = m.quantized_weight().detach()
+            assert q[q != 0].unique().numel() <= 2 ** 4
+            node = graph.nodes[mod_name.replace(".", "_")]
+            assert np.array_equal(np.asarray(node.weight), q.numpy())
+            exact += 1
+    assert exact >= 1
+    diff, flips = _compare(model, rebuilt, x)
+    assert flips == 0 and diff <= OUTPUT_ATOL
 
 
 # --------------------------------------------------------------------------------------------------
