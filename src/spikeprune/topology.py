@@ -263,6 +263,8 @@ class Graph:
             return None, None
         node = calls[0]
         nxt = self.consumers(node.id)
+        while len(nxt) == 1 and self._time_fold(nxt[0]):  # adapters fold T into the batch between layers
+            nxt = self.consumers(nxt[0].id)
         if len(nxt) != 1 or nxt[0].role != "bn":
             return None, None
         bn = nxt[0]
@@ -276,9 +278,17 @@ class Graph:
                 seen.add(c.id)
                 if c.role == "neuron":
                     return bn.name, c.name
-                if c.role in self._PASS_TO_NEURON:
+                if c.role in self._PASS_TO_NEURON or self._time_fold(c):
                     frontier.append(c.id)
         return bn.name, None
+
+    def _time_fold(self, n: Node) -> bool:
+        """A reshape that only folds/unfolds time and batch (``[T, B, ...]`` <-> ``[T*B, ...]``)."""
+        if n.kind != "op" or n.name not in ("flatten", "unflatten", "view", "reshape") or not n.in_shapes:
+            return False
+        x, y = n.in_shapes[0], n.out_shape
+        lx, ly = _layout(x, self.T, self.B), _layout(y, self.T, self.B)
+        return lx is not None and ly is not None and x[_batch_dims(lx):] == y[_batch_dims(ly):]
 
     def drivers(self) -> dict[str, tuple[str, str | None]]:
         """``{neuron: (weight layer, bn or None)}``: for each neuron, the layer whose (normalised) output
