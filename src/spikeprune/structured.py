@@ -8,16 +8,23 @@ model is a smaller *dense* model (it really is faster), and its new widths go in
 ``model.spikeprune_config`` so ``train.save_model`` / ``train.load_model`` rebuild it.
 
 Channel groups. Channels that must go together form a group (Torch-Pruning's dependency groups):
-in a ResNet the stem and the outputs of every block joined to it by identity shortcuts share one
-channel index space, so removing channel c removes it from all of them at once. Groups are listed by
-:func:`channel_groups` for the registered architectures (``mlp``, ``convnet``, ``vgg16``, ``resnet19``).
-Torch-Pruning (1.6.0) was tried first and does not handle these models: its dependency graph is traced
-through ``flatten(0, 1)``/``unflatten`` (time folded into the batch) and the encoding layer's
-``expand`` over T, and it mis-indexes (convnet: IndexError; vgg16: wrong input channels; resnet19:
-ZeroDivisionError) — ``benchmarks/qpsnn/torch_pruning_check.py`` reproduces this. The surgery here is
-explicit per architecture instead, and recorded as a replayable history ``{group: kept indices}``.
+in a ResNet the stem and the outputs of every block joined to it by identity shortcuts (or SEW's ADD)
+share one channel index space, so removing channel c removes it from all of them at once, shortcut
+conv + BN included. The groups are *traced* (:func:`spikeprune.topology.trace`: one forward pass on an
+example batch) for any network whose neurons are LIF - registered models, ``adapt()``-ed SpikingJelly
+and snnTorch nets, a user's own module: each group lists its producers, every BatchNorm and neuron over
+its channels and every consumer as ``(module, per, offset)`` (``per`` features per channel after a
+flatten, ``offset`` after a ``torch.cat`` along channels), or why it is *blocked* (it reaches the
+network's output, or an operation the tracer cannot follow through channels). Torch-Pruning (1.6.0) was
+tried first and mis-indexes our time-folded models (``benchmarks/qpsnn/torch_pruning_check.py``), so
+the groups were hand-written per architecture until the tracer, which knows the ``[T, B, ...]``
+layouts, replaced them. Removals are recorded as a replayable history ``{group: kept indices}``; the
+registered models keep the group names those histories use (see :func:`_analyse`).
 
 Criteria (one score per channel; a group averages its members, each divided by its own mean):
+
+Spiking criteria read the group's neurons (``[T, B, C, ...]`` spikes and membrane potentials), at the
+group's offset in each neuron; weight criteria read its producers.
 
 * ``svs`` (QP-SNN): the rank of each channel's time-averaged spike map ``mean_t s[t, b, c]`` (an
   H x W matrix), averaged over the calibration samples. A channel that never fires has rank 0. For
