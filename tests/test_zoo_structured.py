@@ -422,3 +422,12 @@ def test_forward_masks_and_quantized_per_channel_scales_are_cut_with_their_chann
     assert conv.forward_mask.shape == conv.weight.shape == (32, 6, 5, 5)
     with torch.no_grad():
         assert net(x).shape == (zoo_nets.T, 4, 10)
+
+
+def test_the_traced_input_comes_from_re_iterable_calibration_data():
+    net, x = build("snntorch-csnn-bn")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(4)), batch_size=2)
+    history = st.prune_channels(net, 0.5, criterion="svs", calibration=loader)
+    assert [len(v) for v in history.values()] == [6, 32]
+    with pytest.raises(ValueError, match="pass example="):  # a one-shot iterator is not consumed to trace
+        st.prune_channels(build("snntorch-csnn-bn")[0], 0.5, criterion="svs", calibration=iter([x]))

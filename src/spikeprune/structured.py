@@ -315,12 +315,14 @@ CHANNEL_CRITERIA = ("svs", "membrane", "l1", "bn", "sf", "random")
 
 
 def _first_input(batches: Iterable[Any] | None) -> torch.Tensor | None:
-    """The input of the first calibration batch (``(x, y)`` or ``x``), or None. Only lists/tuples are
-    peeked: a one-shot iterator must stay whole for the calibration pass."""
-    if isinstance(batches, (list, tuple)) and batches:
-        first = batches[0]
-        return first[0] if isinstance(first, (tuple, list)) else first
-    return None
+    """The input of the first calibration batch (``(x, y)`` or ``x``), or None. Only re-iterable data
+    (a list, a DataLoader) is peeked: a one-shot iterator must stay whole for the calibration pass."""
+    if batches is None or iter(batches) is batches:  # type: ignore[call-overload]
+        return None
+    first = next(iter(batches), None)
+    if isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    return first if torch.is_tensor(first) else None
 
 
 def _per_channel(values: torch.Tensor, size: int, per: int, offset: int, what: str) -> torch.Tensor:
