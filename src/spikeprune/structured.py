@@ -130,7 +130,7 @@ def _analyse(model: nn.Module, example: torch.Tensor | None) -> tuple[list[Chann
     legacy = _registered(model)
     named: list[tuple[int, str, Any]] = []
     stage = 0
-    for i, g in enumerate(traced):
+    for g in traced:
         name = g.producers[0]
         rank = 1
         if legacy and g.blocked is None and len(g.producers) > 1:
