@@ -139,7 +139,7 @@ def test_resnet_groups_keep_residual_channels_consistent():
     stage1 = groups["stage1"]
     assert ("conv1.conv", "conv1.bn") in stage1.producers
     assert [p for p, _ in stage1.producers][1:] == [f"layers.{i}.conv2.conv" for i in range(3)]
-    assert ("layers.3.shortcut.conv", 1) in stage1.consumers
+    assert ("layers.3.shortcut.conv", 1, 0) in stage1.consumers  # (layer, features per channel, offset)
     assert ("layers.3.shortcut.conv", "layers.3.shortcut.bn") in groups["stage2"].producers
     keep = {"stage1": [0, 2, 5], "stage2": list(range(0, 64, 2)), "layers.4.conv1": [1, 7]}
     st.remove_channels(model, keep)
@@ -180,9 +180,13 @@ def test_removing_every_channel_of_a_layer_is_refused():
         st.remove_channels(model, {"features.0": [0, 0, 99]})
 
 
-def test_unregistered_architectures_are_refused():
-    with pytest.raises(ValueError, match="registered architectures"):
-        st.channel_groups(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)))
+def test_a_network_without_prunable_channels_is_refused_in_one_line():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
+    with pytest.raises(ValueError, match="pass example="):  # an unregistered net does not say its input
+        st.channel_groups(net)
+    with pytest.raises(ValueError, match="no channel group .* can be pruned .*network's output") as info:
+        st.channel_groups(net, torch.randn(2, 1, 8, 8))
+    assert "\n" not in str(info.value)
 
 
 def test_prune_channels_on_a_quantized_model_keeps_it_quantized():

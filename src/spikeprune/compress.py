@@ -189,12 +189,13 @@ def _check_budget(model: nn.Module, cfg: CompressConfig) -> None:
 
 
 def _prune(model: nn.Module, cfg: CompressConfig, batches: list[Any]) -> tuple[dict[str, list[int]], dict]:
-    groups = channel_groups(model)
+    example = batches[0][0]  # the traced input: channel groups come from one forward pass
+    groups = channel_groups(model, example)
     scores = channel_scores(cfg.criterion, model, batches, num_batches=cfg.calibration_batches, groups=groups,
                             seed=cfg.seed)
     keep = select_channels(scores, cfg.channel_sparsity, scope=cfg.scope)
     before = {g.name: g.size for g in groups}
-    history = remove_channels(model, keep)
+    history = remove_channels(model, keep, example=example)
     if cfg.channel_sparsity > 0:
         reestimate_batchnorm(model, batches)  # removed inputs shift every downstream BN's statistics
     summary = {name: {"before": before[name], "after": len(kept)} for name, kept in history.items()}

@@ -8,16 +8,23 @@ model is a smaller *dense* model (it really is faster), and its new widths go in
 ``model.spikeprune_config`` so ``train.save_model`` / ``train.load_model`` rebuild it.
 
 Channel groups. Channels that must go together form a group (Torch-Pruning's dependency groups):
-in a ResNet the stem and the outputs of every block joined to it by identity shortcuts share one
-channel index space, so removing channel c removes it from all of them at once. Groups are listed by
-:func:`channel_groups` for the registered architectures (``mlp``, ``convnet``, ``vgg16``, ``resnet19``).
-Torch-Pruning (1.6.0) was tried first and does not handle these models: its dependency graph is traced
-through ``flatten(0, 1)``/``unflatten`` (time folded into the batch) and the encoding layer's
-``expand`` over T, and it mis-indexes (convnet: IndexError; vgg16: wrong input channels; resnet19:
-ZeroDivisionError) — ``benchmarks/qpsnn/torch_pruning_check.py`` reproduces this. The surgery here is
-explicit per architecture instead, and recorded as a replayable history ``{group: kept indices}``.
+in a ResNet the stem and the outputs of every block joined to it by identity shortcuts (or SEW's ADD)
+share one channel index space, so removing channel c removes it from all of them at once, shortcut
+conv + BN included. The groups are *traced* (:func:`spikeprune.topology.trace`: one forward pass on an
+example batch) for any network whose neurons are LIF - registered models, ``adapt()``-ed SpikingJelly
+and snnTorch nets, a user's own module: each group lists its producers, every BatchNorm and neuron over
+its channels and every consumer as ``(module, per, offset)`` (``per`` features per channel after a
+flatten, ``offset`` after a ``torch.cat`` along channels), or why it is *blocked* (it reaches the
+network's output, or an operation the tracer cannot follow through channels). Torch-Pruning (1.6.0) was
+tried first and mis-indexes our time-folded models (``benchmarks/qpsnn/torch_pruning_check.py``), so
+the groups were hand-written per architecture until the tracer, which knows the ``[T, B, ...]``
+layouts, replaced them. Removals are recorded as a replayable history ``{group: kept indices}``; the
+registered models keep the group names those histories use (see :func:`_analyse`).
 
 Criteria (one score per channel; a group averages its members, each divided by its own mean):
+
+Spiking criteria read the group's neurons (``[T, B, C, ...]`` spikes and membrane potentials), at the
+group's offset in each neuron; weight criteria read its producers.
 
 * ``svs`` (QP-SNN): the rank of each channel's time-averaged spike map ``mean_t s[t, b, c]`` (an
   H x W matrix), averaged over the calibration samples. A channel that never fires has rank 0. For
@@ -41,14 +48,14 @@ from torch import nn
 
 from .calibration import calibrate
 from .criteria import sf as sf_scores
-from .models.resnet import SpikingBasicBlock, SpikingResNet
-from .models.small import SpikingConvNet, SpikingMLP
 from .neuron import LIF, observe
+from .topology import evaluation, trace
 
 __all__ = [
     "CHANNEL_CRITERIA",
     "ChannelGroup",
     "ChannelStatistics",
+    "blocked_channel_groups",
     "channel_config",
     "channel_groups",
     "channel_scores",
@@ -59,131 +66,141 @@ __all__ = [
     "select_channels",
 ]
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+_BN = (nn.modules.batchnorm._BatchNorm,)
+_CONV = nn.modules.conv._ConvNd
 
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Channels that are removed together.
+    """Channels that are removed together (one traced :class:`spikeprune.topology.ChannelGroup`).
 
-    ``producers``: ``(layer, bn or None)`` whose output channels are this group's channels;
-    ``neurons``: the LIF layers that emit these channels' spikes; ``consumers``: ``(layer, features
-    per channel)`` whose input channels read them (``features per channel`` > 1 when a linear layer
-    reads a flattened ``[C, H, W]`` map: channel c owns columns ``c*HW ... (c+1)*HW - 1``).
+    ``producers``: ``(layer, bn or None)``: conv/linear layers whose output rows are these channels,
+    each with the BatchNorm that reads its output directly (``bn`` criterion, L1 where ``None``);
+    ``neurons``: the neurons that emit these channels' spikes; ``consumers``: ``(layer, per, offset)``:
+    layers whose input columns ``offset + c*per ... offset + c*per + per - 1`` read channel c (``per``
+    > 1: a linear layer reading a flattened ``[C, H, W]`` map; ``offset`` > 0: a ``torch.cat`` put other
+    channels first); ``norms``: ``(bn, per, offset)``: every BatchNorm over these channels, entries
+    indexed like consumer columns; ``neuron_slices``: ``(neuron, per, offset)``, the same for neurons.
     """
 
     name: str
     size: int
     producers: tuple[tuple[str, str | None], ...]
     neurons: tuple[str, ...]
-    consumers: tuple[tuple[str, int], ...]
+    consumers: tuple[tuple[str, int, int], ...]
+    norms: tuple[tuple[str, int, int], ...] = ()
+    neuron_slices: tuple[tuple[str, int, int], ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
-# Groups of the registered architectures.
+# Groups, from the traced graph.
 # ---------------------------------------------------------------------------------------------
 
 
-def _out(model: nn.Module, layer: str) -> int:
-    return int(model.get_submodule(layer).weight.shape[0])
+def _example(model: nn.Module, example: torch.Tensor | None) -> torch.Tensor:
+    """The input batch to trace: ``example``, else one zero image ``[1, C, H, W]`` of a registered model's
+    ``spikeprune_config`` (the trace reads shapes only, so zeros do)."""
+    if example is not None:
+        if not torch.is_tensor(example):
+            raise ValueError(f"example must be an input tensor as model(x) takes it; got {type(example).__name__}")
+        return example
+    config = getattr(model, "spikeprune_config", None)
+    if isinstance(config, dict) and "in_channels" in config and "image_size" in config:
+        p = next(model.parameters(), None)
+        kw = {"dtype": p.dtype, "device": p.device} if p is not None else {}
+        return torch.zeros(1, int(config["in_channels"]), *(int(v) for v in config["image_size"]), **kw)
+    raise ValueError(f"channel pruning traces the network on an example input, and a {type(model).__name__} "
+                     "does not say what it takes; pass example= (one input batch as model(x) takes it)")
 
 
-def _sequential_groups(model: nn.Module, blocks: Sequence[tuple[str, nn.Module]], classifier: str,
-                       kind: str) -> list[ChannelGroup]:
-    groups = []
-    for i, (name, block) in enumerate(blocks):
-        layer = f"{name}.{kind}"
-        if i + 1 < len(blocks):
-            consumer = (f"{blocks[i + 1][0]}.{kind}", 1)
-        else:
-            head = model.get_submodule(classifier)
-            per = head.in_features // _out(model, layer)  # flattened [C, H, W] map (convnet) or pooled (VGG)
-            consumer = (classifier, per)
-        groups.append(ChannelGroup(name, _out(model, layer), ((layer, f"{name}.bn"),), (f"{name}.lif",),
-                                   (consumer,)))
+def _registered(model: nn.Module) -> bool:
+    config = getattr(model, "spikeprune_config", None)
+    return isinstance(config, dict) and "name" in config and hasattr(model, "channel_options")
+
+
+def _analyse(model: nn.Module, example: torch.Tensor | None) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """``(prunable groups, {blocked group: why})`` of the traced graph, named and ordered (see below)."""
+    graph = trace(model, _example(model, example))
+    traced = graph.channel_groups()
+    # Names. Checkpoints of registered models store removal histories {group: kept indices} under the
+    # names this module gave before groups were traced, so a registered model keeps them: a residual
+    # group (several producers joined by adds) is "stage<k>", a group produced by "<block>.conv" /
+    # "<block>.fc" is "<block>", and residual groups come first. Any other network: the first
+    # producer's module name, in execution order (unique: a layer produces exactly one group).
+    legacy = _registered(model)
+    named: list[tuple[int, str, Any]] = []
+    stage = 0
+    for g in traced:
+        name = g.producers[0]
+        rank = 1
+        if legacy and g.blocked is None and len(g.producers) > 1:
+            stage += 1
+            name, rank = f"stage{stage}", 0
+        elif legacy and name.rsplit(".", 1)[-1] in ("conv", "fc") and "." in name:
+            name = name.rsplit(".", 1)[0]
+        named.append((rank, name, g))
+    named.sort(key=lambda t: t[0])  # stable: execution order within each rank
+    groups, blocked = [], {}
+    for _, name, g in named:
+        if g.blocked is not None:
+            blocked[name] = g.blocked
+            continue
+        producers = tuple((p, graph.driven(p)[0]) for p in g.producers)
+        groups.append(ChannelGroup(name, g.size, producers, g.neurons, g.consumers, g.norms,
+                                   g.neuron_slices or tuple((n, 1, 0) for n in g.neurons)))
+    return groups, blocked
+
+
+def channel_groups(model: nn.Module, example: torch.Tensor | None = None) -> list[ChannelGroup]:
+    """The prunable channel groups of any traced network (see the module docstring).
+
+    Args:
+        model: any ``nn.Module`` whose neurons are :class:`~spikeprune.LIF` (a registered model, an
+            ``adapt()``-ed SpikingJelly/snnTorch net, a user's own module).
+        example: an input batch as ``model(x)`` takes it (``[B, C, H, W]`` or ``[T, B, ...]``); optional
+            for registered models (derived from ``model.spikeprune_config``).
+
+    Groups that cannot be pruned (the network's output, an operation the tracer cannot follow through
+    channels) are left out; :func:`blocked_channel_groups` says why. Raises a one-line ValueError when
+    no group can be pruned.
+    """
+    groups, blocked = _analyse(model, example)
+    if not groups:
+        raise ValueError(_nothing_prunable(model, blocked))
     return groups
 
 
-def _resnet_groups(model: SpikingResNet) -> list[ChannelGroup]:
-    groups: list[ChannelGroup] = []
-    # The running residual group: producers and neurons whose channel index space is shared.
-    current = {"name": "stage1", "producers": [("conv1.conv", "conv1.bn")], "neurons": ["conv1.lif"],
-               "consumers": []}
-    stage = 1
-    blocks = list(model.layers.named_children())
-    for idx, (child, block) in enumerate(blocks):
-        if not isinstance(block, SpikingBasicBlock):
-            raise ValueError(f"unexpected block {type(block).__name__} in a Res-SNN; cannot group its channels")
-        name = f"layers.{child}"
-        if not isinstance(block.shortcut, nn.Identity):  # a new channel space starts here
-            current["consumers"].append((f"{name}.shortcut.conv", 1))
-            current["consumers"].append((f"{name}.conv1.conv", 1))
-            groups.append(_finish(model, current))
-            stage += 1
-            current = {"name": f"stage{stage}",
-                       "producers": [(f"{name}.conv2.conv", f"{name}.conv2.bn"),
-                                     (f"{name}.shortcut.conv", f"{name}.shortcut.bn")],
-                       "neurons": [f"{name}.lif"], "consumers": []}
-        else:
-            current["consumers"].append((f"{name}.conv1.conv", 1))
-            current["producers"].append((f"{name}.conv2.conv", f"{name}.conv2.bn"))
-            current["neurons"].append(f"{name}.lif")
-        groups.append(ChannelGroup(f"{name}.conv1", _out(model, f"{name}.conv1.conv"),
-                                   ((f"{name}.conv1.conv", f"{name}.conv1.bn"),), (f"{name}.conv1.lif",),
-                                   ((f"{name}.conv2.conv", 1),)))
-    current["consumers"].append(("fc1", 1))
-    groups.append(_finish(model, current))
-    groups.append(ChannelGroup("fc1", _out(model, "fc1"), (("fc1", None),), ("lif_fc",), (("classifier", 1),)))
-    order = {g.name: i for i, g in enumerate(groups)}
-    return sorted(groups, key=lambda g: (0 if g.name.startswith("stage") else 1, order[g.name]))
+def blocked_channel_groups(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, str]:
+    """``{group: why it cannot be pruned}`` for the groups :func:`channel_groups` leaves out."""
+    return _analyse(model, example)[1]
 
 
-def _finish(model: nn.Module, group: dict[str, Any]) -> ChannelGroup:
-    return ChannelGroup(group["name"], _out(model, group["producers"][0][0]), tuple(group["producers"]),
-                        tuple(group["neurons"]), tuple(group["consumers"]))
+def _nothing_prunable(model: nn.Module, blocked: Mapping[str, str]) -> str:
+    if not blocked:
+        return f"this {type(model).__name__} has no conv/linear layer whose channels could be removed"
+    name, why = next(iter(blocked.items()))
+    return (f"no channel group of this {type(model).__name__} can be pruned (e.g. {name}: {why})")
 
 
-def channel_groups(model: nn.Module) -> list[ChannelGroup]:
-    """The channel groups of a registered architecture (``mlp``, ``convnet``, ``vgg16``, ``resnet19``).
-
-    Raises ValueError for any other model: channel removal needs to know which layers read which
-    channels (see the module docstring for why this is not traced automatically).
-    """
-    if isinstance(model, SpikingResNet):
-        return _resnet_groups(model)
-    if isinstance(model, SpikingConvNet):  # includes SpikingVGG
-        blocks = [(f"features.{i}", m) for i, m in enumerate(model.features) if hasattr(m, "lif")]
-        return _sequential_groups(model, blocks, "classifier", "conv")
-    if isinstance(model, SpikingMLP):
-        blocks = [(f"features.{i}", m) for i, m in enumerate(model.features)]
-        return _sequential_groups(model, blocks, "classifier", "fc")
-    raise ValueError(f"channel pruning supports the registered architectures (mlp, convnet, vgg16, resnet19); "
-                     f"got a {type(model).__name__}")
+def _unknown_group(name: str, groups: Iterable[str], blocked: Mapping[str, str]) -> str:
+    if name in blocked:
+        return f"channel group {name!r} cannot be pruned: {blocked[name]}"
+    return f"no channel group {name!r}; groups: {', '.join(groups)}"
 
 
 def channel_config(model: nn.Module) -> dict[str, Any]:
-    """The model-constructor options that rebuild ``model``'s current channel widths (at width 1.0)."""
-    if isinstance(model, SpikingResNet):
-        stages, widths = [], []
-        for block in model.layers:
-            if not isinstance(block.shortcut, nn.Identity) or not stages:
-                stages.append(None)
-            stages[-1] = block.conv2.conv.out_channels
-            widths.append(block.conv1.conv.out_channels)
-        if model.conv1.conv.out_channels != stages[0]:
-            raise ValueError("this ResNet's stem and first stage have different widths; it cannot be rebuilt")
-        return {"stage_channels": stages, "block_channels": widths, "hidden": model.fc1.out_features}
-    if isinstance(model, SpikingConvNet):
-        return {"channels": [m.conv.out_channels for m in model.features if hasattr(m, "lif")]}
-    if isinstance(model, SpikingMLP):
-        return {"hidden_sizes": [m.fc.out_features for m in model.features]}
-    raise ValueError(f"no channel configuration for a {type(model).__name__}")
+    """The model-constructor options that rebuild a registered ``model``'s current channel widths (at
+    width 1.0); each registered model class says it (``channel_options``)."""
+    options = getattr(model, "channel_options", None)
+    if options is None:
+        raise ValueError(f"no channel configuration for a {type(model).__name__} (not a registered spikeprune model)")
+    return options()
 
 
 def _update_config(model: nn.Module) -> None:
     config = getattr(model, "spikeprune_config", None)
-    if not isinstance(config, dict):
-        return
+    if not isinstance(config, dict) or not _registered(model):
+        return  # a third-party network: the pruned modules carry their own shapes
     options = {k: v for k, v in config.get("options", {}).items() if k not in ("hidden", "depth")}
     options.update(channel_config(model))
     # Channel options are scaled by width; the pruned widths are absolute, so the rebuilt model has width 1.
@@ -257,18 +274,15 @@ def channel_statistics(model: nn.Module, batches: Iterable[Any], num_batches: in
         stats.samples[name] = stats.samples.get(name, 0) + s.shape[1]
         stats.slots[name] = stats.slots.get(name, 0) + per.shape[0] * per.shape[1] * per.shape[3]
 
-    was_training = model.training
-    model.eval()
     seen = 0
-    try:
-        with observe(model, record):
-            for batch in batches:
-                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
-                seen += 1
-                if num_batches is not None and seen >= num_batches:
-                    break
-    finally:
-        model.train(was_training)
+    # evaluation() puts back every module's own flag: an adapted net may sit in eval mode inside a
+    # wrapper in train mode, and model.train(flag) would switch its BatchNorm to training.
+    with evaluation(model), observe(model, record):
+        for batch in batches:
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            seen += 1
+            if num_batches is not None and seen >= num_batches:
+                break
     if seen == 0:
         raise ValueError("calibration needs at least one batch; the calibration data was empty")
     return stats
@@ -300,6 +314,25 @@ def _bn_gamma(model: nn.Module, layer: str, bn: str | None) -> torch.Tensor:
 CHANNEL_CRITERIA = ("svs", "membrane", "l1", "bn", "sf", "random")
 
 
+def _first_input(batches: Iterable[Any] | None) -> torch.Tensor | None:
+    """The input of the first calibration batch (``(x, y)`` or ``x``), or None. Only re-iterable data
+    (a list, a DataLoader) is peeked: a one-shot iterator must stay whole for the calibration pass."""
+    if batches is None or iter(batches) is batches:  # type: ignore[call-overload]
+        return None
+    first = next(iter(batches), None)
+    if isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    return first if torch.is_tensor(first) else None
+
+
+def _per_channel(values: torch.Tensor, size: int, per: int, offset: int, what: str) -> torch.Tensor:
+    """``[size]`` from a neuron's per-feature statistic ``[F]``: channel c owns features ``offset + c*per
+    ... + per - 1`` (a neuron after a concatenation or over flattened features); averaged over them."""
+    if offset + size * per > values.numel():
+        raise RuntimeError(f"{what}: {values.numel()} features, the traced group needs {offset + size * per}")
+    return values[offset:offset + size * per].reshape(size, per).mean(1)
+
+
 def channel_scores(
     criterion: str,
     model: nn.Module,
@@ -308,26 +341,33 @@ def channel_scores(
     num_batches: int = 8,
     groups: list[ChannelGroup] | None = None,
     seed: int = 0,
+    example: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{group name: [size] scores}`` (higher = keep) of a channel criterion (see the module docstring).
 
-    ``svs``, ``membrane`` and ``sf`` need calibration ``batches``.
+    ``svs``, ``membrane`` and ``sf`` need calibration ``batches``. ``groups`` (default: traced on
+    ``example``, else the first calibration batch, else the registered model's input shape).
     """
     if criterion not in CHANNEL_CRITERIA:
         raise ValueError(f"unknown channel criterion {criterion!r}; choose one of {', '.join(CHANNEL_CRITERIA)}")
-    groups = groups if groups is not None else channel_groups(model)
     needs_data = criterion in ("svs", "membrane", "sf")
     if needs_data and batches is None:
         raise ValueError(f"channel criterion {criterion!r} needs calibration data (batches)")
+    if groups is None:
+        groups = channel_groups(model, example if example is not None else _first_input(batches))
     out: dict[str, torch.Tensor] = {}
     if criterion in ("svs", "membrane"):
         stats = channel_statistics(model, batches, num_batches)  # type: ignore[arg-type]
+        get = stats.svs if criterion == "svs" else stats.mean_abs_u
         for g in groups:
-            missing = [n for n in g.neurons if n not in stats.samples]
+            if not g.neuron_slices:
+                raise ValueError(f"channel group {g.name!r} reaches no spiking neuron, so criterion {criterion!r} "
+                                 "cannot score it; use l1 or bn, or exclude it")
+            missing = [n for n, _, _ in g.neuron_slices if n not in stats.samples]
             if missing:
                 raise ValueError(f"neuron {missing[0]!r} never ran during calibration")
-            get = stats.svs if criterion == "svs" else stats.mean_abs_u
-            out[g.name] = _combine([get(n) for n in g.neurons])
+            out[g.name] = _combine([_per_channel(get(n), g.size, per, offset, f"neuron {n}")
+                                    for n, per, offset in g.neuron_slices])
     elif criterion == "sf":
         scores = sf_scores(model, calibrate(model, batches, num_batches))  # type: ignore[arg-type]
         for g in groups:
@@ -447,7 +487,9 @@ def _take(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _slice_outputs(module: nn.Module, idx: torch.Tensor, old: int) -> None:
-    """Keep output channels ``idx`` of a conv/linear/BN: every parameter/buffer whose dim 0 is the channel."""
+    """Keep output channels ``idx`` of a conv/linear (or entries of a BN): every parameter/buffer whose
+    dim 0 is the ``old`` channel count - weight ``[C_out, ...]``, bias, BN weight/bias/running stats,
+    a quantized layer's per-channel scale ``weight_gamma [C_out, 1, ...]``, a forward-only mask."""
     for name, p in list(module.named_parameters(recurse=False)):
         if p.dim() >= 1 and p.shape[0] == old:
             setattr(module, name, nn.Parameter(_take(p, 0, idx), requires_grad=p.requires_grad))
@@ -456,7 +498,7 @@ def _slice_outputs(module: nn.Module, idx: torch.Tensor, old: int) -> None:
             persistent = name not in module._non_persistent_buffers_set
             module.register_buffer(name, _take(b, 0, idx), persistent=persistent)
     n = int(idx.numel())
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, _CONV):
         module.out_channels = n
     elif isinstance(module, nn.Linear):
         module.out_features = n
@@ -464,32 +506,35 @@ def _slice_outputs(module: nn.Module, idx: torch.Tensor, old: int) -> None:
         module.num_features = n
 
 
-def _slice_inputs(module: nn.Module, idx: torch.Tensor, per: int) -> None:
-    cols = (idx[:, None] * per + torch.arange(per)[None, :]).flatten() if per > 1 else idx
-    w = module.weight
-    module.weight = nn.Parameter(_take(w, 1, cols), requires_grad=w.requires_grad)
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise ValueError("channel removal does not support grouped convolutions")
-        module.in_channels = int(idx.numel())
+def _slice_inputs(module: nn.Module, cols: torch.Tensor) -> None:
+    """Keep input columns ``cols`` (dim 1) of a conv/linear weight ``[C_out, C_in, ...]`` and of every
+    tensor shaped like it (a forward-only mask)."""
+    shape = module.weight.shape
+    for name, p in list(module.named_parameters(recurse=False)):
+        if p.shape == shape:
+            setattr(module, name, nn.Parameter(_take(p, 1, cols), requires_grad=p.requires_grad))
+    for name, b in list(module.named_buffers(recurse=False)):
+        if b is not None and b.shape == shape:
+            persistent = name not in module._non_persistent_buffers_set
+            module.register_buffer(name, _take(b, 1, cols), persistent=persistent)
+    if isinstance(module, _CONV):
+        module.in_channels = int(cols.numel())
     else:
         module.in_features = int(cols.numel())
 
 
-@torch.no_grad()
-def remove_channels(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tensor]) -> dict[str, list[int]]:
-    """Physically remove every channel not in ``keep[group]`` (in place); returns the history entry.
+def _columns(idx: torch.Tensor, size: int, per: int, offset: int) -> set[int]:
+    """Columns ``offset + c*per + j`` of the channels c *not* in ``idx`` (what one group removes)."""
+    gone = sorted(set(range(size)) - set(idx.tolist()))
+    return {offset + c * per + j for c in gone for j in range(per)}
 
-    For each group: the producers' output rows (and bias), their BatchNorm entries (weight, bias,
-    running mean/var) and the consumers' input columns go. Groups not named are untouched. The model's
-    ``spikeprune_config`` is updated so a saved checkpoint rebuilds the smaller model. Any optimizer
-    built before must be rebuilt (the parameters are new tensors).
-    """
-    groups = {g.name: g for g in channel_groups(model)}
+
+def _check_keep(keep: Mapping[str, Sequence[int] | torch.Tensor], groups: Mapping[str, ChannelGroup],
+                blocked: Mapping[str, str]) -> dict[str, torch.Tensor]:
     plan: dict[str, torch.Tensor] = {}
     for name, kept in keep.items():
         if name not in groups:
-            raise ValueError(f"no channel group {name!r}; groups: {', '.join(groups)}")
+            raise ValueError(_unknown_group(name, groups, blocked))
         idx = torch.as_tensor(list(kept) if not torch.is_tensor(kept) else kept, dtype=torch.long).flatten()
         size = groups[name].size
         if idx.numel() == 0:
@@ -498,24 +543,68 @@ def remove_channels(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.T
         if idx.unique().numel() != idx.numel() or int(idx.min()) < 0 or int(idx.max()) >= size:
             raise ValueError(f"kept channels of {name} must be distinct indices in [0, {size}); got {idx.tolist()}")
         plan[name] = idx.sort().values
+    return plan
+
+
+@torch.no_grad()
+def _remove(model: nn.Module, plan: Mapping[str, torch.Tensor], groups: Mapping[str, ChannelGroup]) -> None:
+    # A consumer or BatchNorm may read several groups (after a torch.cat): its columns are collected over
+    # all groups of this step and cut once, so the offsets of one group stay valid while another is cut.
+    cut_in: dict[str, set[int]] = {}
+    cut_norm: dict[str, set[int]] = {}
     for name, idx in plan.items():
         g = groups[name]
         if idx.numel() == g.size:
             continue
-        for layer, bn in g.producers:
+        for layer, _ in g.producers:
             _slice_outputs(model.get_submodule(layer), idx, g.size)
-            if bn is not None:
-                _slice_outputs(model.get_submodule(bn), idx, g.size)
-        for layer, per in g.consumers:
-            _slice_inputs(model.get_submodule(layer), idx, per)
+        for bn, per, offset in g.norms:
+            cut_norm.setdefault(bn, set()).update(_columns(idx, g.size, per, offset))
+        for layer, per, offset in g.consumers:
+            cut_in.setdefault(layer, set()).update(_columns(idx, g.size, per, offset))
+    for bn, gone in cut_norm.items():
+        module = model.get_submodule(bn)
+        old = int(module.num_features)
+        _slice_outputs(module, torch.tensor([i for i in range(old) if i not in gone], dtype=torch.long), old)
+    for layer, gone in cut_in.items():
+        module = model.get_submodule(layer)
+        width = int(module.weight.shape[1])
+        _slice_inputs(module, torch.tensor([i for i in range(width) if i not in gone], dtype=torch.long))
     _update_config(model)
+
+
+@torch.no_grad()
+def remove_channels(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tensor], *,
+                    example: torch.Tensor | None = None) -> dict[str, list[int]]:
+    """Physically remove every channel not in ``keep[group]`` (in place); returns the history entry.
+
+    For each group (traced on ``example``, an input batch as ``model(x)`` takes it; optional for
+    registered models): the producers' output rows ``W[c]`` (and bias, and any per-channel tensor such
+    as a quantized layer's ``weight_gamma``), the entries ``offset + c*per ...`` of every BatchNorm over
+    the group (weight, bias, running mean/var) and the same input columns of every consumer go, for
+    any ``Conv1d/2d/3d`` (groups = 1) / ``Linear`` / ``BatchNorm1d/2d/3d`` and their subclasses
+    (SpikingJelly's ``layer.*``, our quantized and forward-masked layers). Groups not named are
+    untouched. A registered model's ``spikeprune_config`` is updated so a saved checkpoint rebuilds
+    the smaller model.
+
+    Parameters are new tensors: rebuild any optimizer. Masks: a forward-only mask (``mask_forward``)
+    is a buffer shaped like the weight and is cut with it, so the layer keeps masking; a
+    :class:`~spikeprune.Mask` or ``enforce()`` handle made before refers to the old shapes and
+    tensors - take ``Mask.from_model(model)`` again after removal.
+    """
+    found, blocked = _analyse(model, example)
+    groups = {g.name: g for g in found}
+    plan = _check_keep(keep, groups, blocked)
+    _remove(model, plan, groups)
     return {name: idx.tolist() for name, idx in plan.items()}
 
 
-def replay(model: nn.Module, history: Iterable[Mapping[str, Sequence[int]]]) -> nn.Module:
-    """Re-apply a recorded removal history (a list of :func:`remove_channels` results) to an unpruned model."""
+def replay(model: nn.Module, history: Iterable[Mapping[str, Sequence[int]]], *,
+           example: torch.Tensor | None = None) -> nn.Module:
+    """Re-apply a recorded removal history (a list of :func:`remove_channels` results) to an unpruned
+    model (each step traced again on ``example``, optional for registered models)."""
     for step in history:
-        remove_channels(model, step)
+        remove_channels(model, step, example=example)
     return model
 
 
@@ -529,6 +618,7 @@ def prune_channels(
     calibration_batches: int = 8,
     exclude: Iterable[str] = (),
     seed: int = 0,
+    example: torch.Tensor | None = None,
 ) -> dict[str, list[int]]:
     """Score, select and remove channels in one call (in place); returns ``{group: kept indices}``.
 
@@ -536,15 +626,28 @@ def prune_channels(
 
         history = prune_channels(model, 0.5, criterion="svs", calibration=train_loader)
 
-    ``exclude`` names groups to leave untouched (e.g. ``["features.0"]`` keeps the encoding layer).
+    The network is traced on ``example``, else the first calibration batch (a list of batches), else
+    (registered models) its configured input shape. ``exclude`` names groups to leave untouched (e.g.
+    ``["features.0"]`` keeps the encoding layer); naming a group that cannot be pruned is harmless there.
     """
-    groups = channel_groups(model)
+    if example is None:
+        example = _first_input(calibration)
+    found, blocked = _analyse(model, example)
+    if not found:
+        raise ValueError(_nothing_prunable(model, blocked))
     excluded = set(exclude)
-    unknown = sorted(excluded - {g.name for g in groups})
+    unknown = sorted(excluded - {g.name for g in found} - set(blocked))
     if unknown:
-        raise ValueError(f"no channel group {unknown[0]!r}; groups: {', '.join(g.name for g in groups)}")
-    active = [g for g in groups if g.name not in excluded]
+        raise ValueError(_unknown_group(unknown[0], [g.name for g in found], blocked))
+    if isinstance(sparsity, Mapping):
+        for name in sparsity:
+            if name in blocked:
+                raise ValueError(_unknown_group(name, [g.name for g in found], blocked))
+    active = [g for g in found if g.name not in excluded]
     scores = channel_scores(criterion, model, calibration, num_batches=calibration_batches, groups=active,
                             seed=seed)
     keep = select_channels(scores, sparsity, scope=scope)
-    return remove_channels(model, keep)
+    groups = {g.name: g for g in found}
+    plan = _check_keep(keep, groups, blocked)
+    _remove(model, plan, groups)
+    return {name: idx.tolist() for name, idx in plan.items()}

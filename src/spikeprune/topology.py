@@ -191,7 +191,9 @@ class ChannelGroup:
     BatchNorm1d over flattened features); ``consumers``: ``(layer, per, offset)`` layers whose input
     columns ``offset + c*per ...`` read channel c (``per`` > 1: a linear layer reading a flattened
     ``[C, H, W]`` map; ``offset`` > 0: a concatenation placed other channels first); ``neurons``: the
-    neurons that emit these channels' spikes; ``blocked``: why the group cannot be pruned, or ``None``.
+    neurons that emit these channels' spikes; ``blocked``: why the group cannot be pruned, or ``None``;
+    ``neuron_slices``: ``(neuron, per, offset)`` where channel c sits in each neuron's features (a neuron
+    after a concatenation or over flattened features holds more than this group's channels).
     """
 
     name: str
@@ -201,6 +203,7 @@ class ChannelGroup:
     consumers: tuple[tuple[str, int, int], ...]
     neurons: tuple[str, ...]
     blocked: str | None = None
+    neuron_slices: tuple[tuple[str, int, int], ...] = ()
 
 
 class Graph:
@@ -652,7 +655,7 @@ class _ChannelAnalysis:
         if s not in self.parent:
             self.parent[s] = s
             self.size[s] = size
-            self.members[s] = {"producers": [], "norms": [], "consumers": [], "neurons": []}
+            self.members[s] = {"producers": [], "norms": [], "consumers": [], "neurons": [], "neuron_slices": []}
 
     def union(self, a: str, b: str, node: Node) -> None:
         ra, rb = self.find(a), self.find(b)
@@ -696,7 +699,8 @@ class _ChannelAnalysis:
             out.append(ChannelGroup(
                 name=root, size=self.size[root], producers=tuple(dict.fromkeys(m["producers"])),
                 norms=tuple(dict.fromkeys(m["norms"])), consumers=tuple(dict.fromkeys(m["consumers"])),
-                neurons=tuple(dict.fromkeys(m["neurons"])), blocked=self.blocked.get(root)))
+                neurons=tuple(dict.fromkeys(m["neurons"])), blocked=self.blocked.get(root),
+                neuron_slices=tuple(dict.fromkeys(m["neuron_slices"]))))
         return out
 
     def _in(self, n: Node, i: int = 0) -> _Chan | None:
@@ -784,8 +788,11 @@ class _ChannelAnalysis:
                 self.members[self.find(s)]["norms"].append((n.name, per, offset))
                 offset += size * per
         elif n.role == "neuron":
-            for s, _, _ in chan.segments:
+            offset = 0
+            for s, size, per in chan.segments:
                 self.members[self.find(s)]["neurons"].append(n.name)
+                self.members[self.find(s)]["neuron_slices"].append((n.name, per, offset))
+                offset += size * per
 
     def _reshape(self, n: Node, x: tuple[int, ...], y: tuple[int, ...], chan: _Chan) -> _Chan | None:
         """Channels of ``y`` given those of ``x``, from the shapes (see the module docstring)."""

@@ -72,6 +72,20 @@ class SpikingResNet(nn.Module):
         self.lif_fc = neuron()
         self.classifier = nn.Linear(hidden, num_classes)
 
+    def channel_options(self) -> dict:
+        """The :func:`resnet19` options that rebuild this model's current channel widths (at width 1.0),
+        e.g. after channel removal: stage widths, each block's inner width, the FC width."""
+        stages: list[int] = []
+        widths = []
+        for block in self.layers:
+            if not isinstance(block.shortcut, nn.Identity) or not stages:
+                stages.append(0)
+            stages[-1] = block.conv2.conv.out_channels
+            widths.append(block.conv1.conv.out_channels)
+        if self.conv1.conv.out_channels != stages[0]:
+            raise ValueError("this ResNet's stem and first stage have different widths; it cannot be rebuilt")
+        return {"stage_channels": stages, "block_channels": widths, "hidden": self.fc1.out_features}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.conv1(x, self.T))
         x = x.mean(dim=(3, 4))  # global average pool: [T, B, C]

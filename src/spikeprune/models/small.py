@@ -29,6 +29,10 @@ class SpikingMLP(nn.Module):
         self.features = nn.ModuleList(LinearBNLIF(a, b, neuron) for a, b in zip(sizes[:-1], sizes[1:]))
         self.classifier = nn.Linear(sizes[-1], num_classes)
 
+    def channel_options(self) -> dict:
+        """The :func:`mlp` options that rebuild this model's current widths (at width 1.0)."""
+        return {"hidden_sizes": [m.fc.out_features for m in self.features]}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         static = x.dim() == 4
         x = x.flatten(1) if static else x.flatten(2)
@@ -56,6 +60,10 @@ class SpikingConvNet(nn.Module):
                 channels = int(item)
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels * h * w, num_classes)
+
+    def channel_options(self) -> dict:
+        """The :func:`convnet` / :func:`vgg16` options that rebuild this model's current widths (at width 1.0)."""
+        return {"channels": [m.conv.out_channels for m in self.features if hasattr(m, "lif")]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features[0](x, self.T)  # encoding layer: runs once on a static image
