@@ -66,14 +66,7 @@ def test_half_the_channels_cut_the_parameters_and_the_net_still_runs(name):
     assert {g.name: g.size for g in st.channel_groups(net, x)} == {k: len(v) for k, v in history.items()}
 
 
-# sf = criteria.sf over the producers, on calibration.calibrate's statistics. calibrate() (not part of this
-# change) reads the input firing rate of multi-step SpikingJelly layers ([T, B, C, H, W] inputs) over the
-# wrong axis and criteria.sf fails to broadcast it (RuntimeError); strict xfail, so the marker must go when
-# calibration moves onto the traced graph.
-_SF_CALIBRATION_BUG = pytest.mark.xfail(raises=RuntimeError, strict=True,
-                                        reason="calibration.calibrate mis-reads multi-step SpikingJelly inputs")
-CRITERIA_CASES = [pytest.param(n, c, marks=_SF_CALIBRATION_BUG if c == "sf" and n.startswith("sj-") else ())
-                  for n in ("sj-sew_resnet18-ADD", "snntorch-csnn-bn", "sj-plif-CIFAR10Net")
+CRITERIA_CASES = [(n, c) for n in ("sj-sew_resnet18-ADD", "snntorch-csnn-bn", "sj-plif-CIFAR10Net")
                   for c in ("svs", "membrane", "bn", "sf")]
 
 
