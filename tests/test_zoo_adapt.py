@@ -278,3 +278,71 @@ def test_cli_unsupported_snntorch_neuron_exit_2(tmp_path, capsys, fn, name):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and name in err and SUPPORTED in err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# spikeprune interop on zoo nets: the network is checked against the dataset before anything is written
+# --------------------------------------------------------------------------------------------------
+
+ZOO_FILE = str(__import__("pathlib").Path(zoo_nets.__file__))
+
+
+def test_cli_zoo_net_on_the_wrong_dataset_is_one_line_exit_2(tmp_path, capsys):
+    from spikeprune.cli import main
+
+    for fn in ("sj_sequential_single_step", "plif_cifar10net"):
+        out = tmp_path / fn
+        assert main(["interop", "--model", f"{ZOO_FILE}:{fn}", "--out", str(out)]) == 2  # digits: 1x8x8
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert "'digits'" in err and "1x8x8" in err and "3 channels" in err and "--dataset synthetic" in err
+        assert not out.exists()  # nothing written, not even the directory
+
+
+def test_cli_zoo_net_runs_end_to_end_on_synthetic(tmp_path, capsys):
+    import json
+
+    from spikeprune.cli import main
+
+    out = tmp_path / "out"
+    code = main(["interop", "--model", f"{ZOO_FILE}:sj_sequential_single_step", "--dataset", "synthetic",
+                 "--timesteps", "2", "--calibration-batches", "1", "--analysis-batches", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "synthetic" and metrics["sparsity"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_dataset_probe_wraps_only_the_shape_mismatch_of_a_layer():
+    from spikeprune.data import load_dataset
+    from spikeprune.interop.pipeline import check_fits_dataset
+
+    synthetic, digits = load_dataset("synthetic", train_size=8, test_size=8), load_dataset("digits")
+    model = adapt(zoo_nets.build("sj-plif-CIFAR10Net", eval_mode=False), T)  # multi-step, own forward
+    before = _bn_stats(model)
+    check_fits_dataset(model, synthetic, "synthetic")
+    assert model.training and all(torch.equal(a, b) for a, b in zip(before, _bn_stats(model)))  # probe in eval
+    with pytest.raises(ValueError, match=r"'digits', whose samples are 1x8x8: .*3 channels"):
+        check_fits_dataset(model, digits, "digits")
+    with pytest.raises(ValueError, match="gives 10 outputs per sample but dataset 'synthetic' has 4 classes"):
+        check_fits_dataset(model, load_dataset("synthetic", num_classes=4, train_size=8, test_size=8), "synthetic")
+
+    class Buggy(nn.Module):  # a genuine bug with a shape-like message: not disguised as bad input
+        def forward(self, x):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (bug in my layer)")
+
+    buggy = adapt(nn.Sequential(Buggy(), neuron.LIFNode()), T)
+    with pytest.raises(RuntimeError, match="bug in my layer"):
+        check_fits_dataset(buggy, synthetic, "synthetic")
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="calibration.py takes dim 1 of a SpikingJelly multi-step conv's [T, B, C, H, W] input as its "
+                          "channels (input_rate has B entries), so sf scoring fails in criteria._firing_scores; the "
+                          "cost report (cost._measured_sops) fails on the same 5-D input. Remove when fixed there.")
+def test_cli_multistep_zoo_net_runs_end_to_end_on_synthetic(tmp_path, monkeypatch):
+    from spikeprune.cli import main
+
+    monkeypatch.setenv("SPIKEPRUNE_DEBUG", "1")  # the traceback, not exit 2, if it fails
+    out = tmp_path / "out"
+    assert main(["interop", "--model", f"{ZOO_FILE}:plif_cifar10net", "--dataset", "synthetic", "--timesteps", "2",
+                 "--batch-size", "32", "--calibration-batches", "1", "--analysis-batches", "1", "--out", str(out)]) == 0

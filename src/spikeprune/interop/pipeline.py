@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,44 @@ def _state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("model/") for k in tensors):
         tensors = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     return tensors
+
+
+#: what torch's conv / linear say when an input's shape does not fit the layer (channels, features, rank)
+_SHAPE_MISMATCH = re.compile(r"to have \d+ channels|mat1 and mat2 shapes cannot be multiplied|"
+                             r"Expected \d+D \(unbatched\) or \d+D \(batched\) input")
+
+
+def _from_conv_or_linear(exc: BaseException) -> bool:
+    """Did ``exc`` arise inside torch's conv or linear modules (the innermost Python frame)?"""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).name in ("conv.py", "linear.py") \
+        and "torch" in Path(frames[-1].filename).parts
+
+
+def check_fits_dataset(model: torch.nn.Module, data, dataset: str) -> None:
+    """Run one test sample ``[1, C, H, W]`` through ``model`` (eval mode, no gradient, mode restored) and raise
+    a one-line ValueError if the dataset's samples do not fit its first layers or its output has a number of
+    classes other than the dataset's. Only torch's own shape complaint from a conv/linear layer becomes that
+    ValueError; any other error of the probe propagates unchanged (a bug in the network, or in spikeprune)."""
+    x, _ = next(iter(BatchLoader(data, "test", 1, shuffle=False)))
+    c, (h, w) = data.in_channels, data.image_size
+    hint = "pass the dataset the network was built for (--dataset synthetic gives 3x32x32 images of 10 classes)"
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics are updated by the probe
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as exc:
+        if not (_SHAPE_MISMATCH.search(str(exc)) and _from_conv_or_linear(exc)):
+            raise
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"the network does not fit dataset {dataset!r}, whose samples are {c}x{h}x{w}: {first}; "
+                         f"{hint}") from None
+    finally:
+        model.train(was_training)
+    if out.shape[-1] != data.num_classes:
+        raise ValueError(f"the network gives {out.shape[-1]} outputs per sample but dataset {dataset!r} has "
+                         f"{data.num_classes} classes; {hint}")
 
 
 def analyse_third_party(
@@ -98,8 +138,9 @@ def analyse_third_party(
         if missing or unexpected:
             raise ValueError(f"{weights} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model = adapt(net, timesteps)  # an unsupported neuron fails here, before any file is written
-    out = check_writable_dir(out)
     data = load_dataset(dataset, data_dir)
+    check_fits_dataset(model, data, dataset)  # so does a network built for other data
+    out = check_writable_dir(out)
     train = BatchLoader(data, "train", batch_size, shuffle=True, seed=seed)
     test = BatchLoader(data, "test", max(batch_size, 128), shuffle=False)
     history = []
