@@ -346,3 +346,94 @@ def test_cli_multistep_zoo_net_runs_end_to_end_on_synthetic(tmp_path, monkeypatc
     out = tmp_path / "out"
     assert main(["interop", "--model", f"{ZOO_FILE}:plif_cifar10net", "--dataset", "synthetic", "--timesteps", "2",
                  "--batch-size", "32", "--calibration-batches", "1", "--analysis-batches", "1", "--out", str(out)]) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Warnings: sf falling back to magnitude, global ranking emptying a layer
+# --------------------------------------------------------------------------------------------------
+
+
+def test_sf_on_a_net_without_batchnorm_warns_and_records_the_fallback():
+    import warnings
+
+    from spikeprune import SpikepruneWarning, prune
+    from spikeprune.criteria import compute_scores
+    from spikeprune.diagnostics import SFFallbackWarning
+
+    model = adapt(zoo_nets.build("snntorch-csnn"), T)
+    batches = [zoo_nets.images(4, seed=s) for s in range(2)]
+    with pytest.warns(SFFallbackWarning, match="scored no layer by firing statistics") as rec:
+        prune(model, "sf", 0.8, calibration=batches)
+    msg = str(rec[0].message)
+    assert issubclass(SFFallbackWarning, SpikepruneWarning) and issubclass(SpikepruneWarning, UserWarning)
+    assert "net.3.weight: no BatchNorm between it and the neuron 'net.5'" in msg and "net.7.weight" in msg
+    model = adapt(zoo_nets.build("snntorch-csnn"), T)
+    with pytest.warns(SFFallbackWarning):
+        scores = compute_scores("sf", model, calibrate(model, batches, 2))
+    assert set(scores.fallback) == {"net.0.weight", "net.3.weight", "net.7.weight"}
+    assert "not spikes" in scores.fallback["net.0.weight"] and set(scores.kinds.values()) == {"magnitude"}
+
+    # with BN after the hidden conv: only the last (no-BN) layer falls back, and says so
+    model = adapt(zoo_nets.build("snntorch-csnn-bn"), T)
+    with pytest.warns(SFFallbackWarning, match="1 spiking layer") as rec:
+        scores = compute_scores("sf", model, calibrate(model, batches, 2))
+    assert "net.9.weight" in str(rec[0].message) and "net.4.weight" not in str(rec[0].message)
+    assert scores.kinds["net.4.weight"] == "sf" and "net.4.weight" not in scores.fallback
+
+    # the expected fallbacks (encoding layer, a readout driving no neuron) are recorded, not warned about
+    model = adapt(zoo_nets.build("sj-sequential-single-step"), T)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpikepruneWarning)
+        scores = compute_scores("sf", model, calibrate(model, batches, 2))
+    assert scores.fallback == {"net.0.weight": "its input is not spikes (an encoding layer)",
+                               "net.9.weight": "it drives no spiking neuron (a readout layer)"}
+
+
+def test_global_ranking_emptying_a_layer_warns():
+    import warnings
+
+    from spikeprune import SpikepruneWarning, prune
+    from spikeprune.diagnostics import LayerCollapseWarning
+    from spikeprune.masks import Mask
+    from spikeprune.strategies import global_prune, layerwise_prune
+
+    # the zoo's BN conv has small weights next to a large classifier: global magnitude 80 % removes all of it
+    model = adapt(zoo_nets.build("snntorch-csnn-bn"), T)
+    with pytest.warns(LayerCollapseWarning, match=r"emptied net\.4\.weight \(of 19200 before; 64 output units\)"):
+        mask = prune(model, "magnitude", 0.8)
+    assert int(mask["net.4.weight"].sum()) == 0
+    # fewer survivors than output units (not empty) warns too; a step that does neither does not
+    scores = {"a": torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), "b": torch.full((2, 4), 10.0)}
+    full = Mask({n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()})
+    with pytest.warns(LayerCollapseWarning, match=r"left a with 2 weights \(of 6 before; 3 output units\)"):
+        global_prune(scores, full, 4 / 14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpikepruneWarning)
+        global_prune(scores, full, 1 / 14)
+        layerwise_prune(scores, full, 0.5)
+        before = global_prune(scores, full, 0.0)
+    # already below: a further round does not repeat the warning
+    low = Mask({"a": torch.tensor([[False, False], [False, True], [False, True]]), "b": full["b"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpikepruneWarning)
+        assert int(global_prune(scores, low, 1 / 10)["a"].sum()) == 1
+    assert before.num_kept == 14
+
+
+def test_cli_interop_reports_warnings_in_metrics_and_output(tmp_path, capsys):
+    import json
+
+    from spikeprune.cli import main
+
+    out = tmp_path / "out"
+    code = main(["interop", "--model", f"{ZOO_FILE}:snntorch_csnn", "--dataset", "synthetic", "--timesteps", "2",
+                 "--calibration-batches", "1", "--analysis-batches", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["output"] == "membrane"
+    assert "no BatchNorm" in metrics["criterion_fallback"]["net.3.weight"]
+    categories = [w["category"] for w in metrics["warnings"]]
+    assert "SFFallbackWarning" in categories
+    lines = [line for line in captured.out.splitlines() if line.startswith("warning: ")]
+    assert [line[len("warning: "):] for line in lines] == [w["message"] for w in metrics["warnings"]]

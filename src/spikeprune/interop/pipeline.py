@@ -11,14 +11,17 @@ import copy
 import math
 import re
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..calibration import calibrate
 from ..cost import cost_report
-from ..criteria import CRITERIA
+from ..criteria import CRITERIA, FIRING_AWARE, sf_fallbacks
 from ..data import BatchLoader, load_dataset
+from ..diagnostics import SpikepruneWarning
 from ..firing import flip_analysis, flip_rows_csv, flip_summary
 from .adapters import adapt, load_factory, neuron_summary
 from ..io import check_writable_dir, write_json, write_text
@@ -115,8 +118,49 @@ def analyse_third_party(
         epochs: training epochs with Adam at ``lr`` before pruning (0: use the weights as they are).
         sparsity: fraction of prunable weights removed (global, ``criterion``).
     Writes ``neurons.json``, ``mask.safetensors``, ``cost.json``, ``flips.csv``, ``flip_summary.json`` and
-    ``metrics.json`` to ``out``; returns the metrics.
+    ``metrics.json`` to ``out``; returns the metrics. spikeprune's warnings (:mod:`spikeprune.diagnostics`:
+    an ``sf`` run that scored hidden layers by magnitude, a layer emptied by global ranking) are logged as
+    ``warning: ...`` lines as they occur and listed in ``metrics["warnings"]``; other warnings pass through.
     """
+    caught: list[dict[str, str]] = []
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SpikepruneWarning):
+            caught.append({"category": category.__name__, "message": str(message)})
+            log(f"warning: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SpikepruneWarning)  # every occurrence, also repeats across runs
+        warnings.showwarning = show
+        return _analyse(factory, out, timesteps=timesteps, dataset=dataset, data_dir=data_dir, weights=weights,
+                        epochs=epochs, lr=lr, batch_size=batch_size, sparsity=sparsity, criterion=criterion,
+                        calibration_batches=calibration_batches, analysis_batches=analysis_batches, seed=seed,
+                        log=log, caught=caught)
+
+
+def _analyse(
+    factory: str,
+    out: str | Path,
+    *,
+    timesteps: int = 4,
+    dataset: str = "digits",
+    data_dir: str | None = None,
+    weights: str | None = None,
+    epochs: int = 0,
+    lr: float = 5e-3,
+    batch_size: int = 64,
+    sparsity: float = 0.8,
+    criterion: str = "sf",
+    calibration_batches: int = 4,
+    analysis_batches: int = 2,
+    seed: int = 0,
+    log=print,
+    caught: list[dict[str, str]],
+) -> dict[str, Any]:
+    """:func:`analyse_third_party`'s work; ``caught`` collects its warnings for metrics.json."""
     _positive_int(timesteps, "timesteps")
     _positive_int(epochs, "epochs", 0)
     _positive_int(batch_size, "batch size")
@@ -155,13 +199,17 @@ def analyse_third_party(
     reference = copy.deepcopy(model).eval()
     train.set_epoch(0)
     calib = [b for _, b in zip(range(calibration_batches), train)]
-    mask = prune(model, criterion, sparsity, calibration=calib, seed=seed)
+    calibration = calibrate(model, calib, calibration_batches) if criterion in FIRING_AWARE else None
+    # which layers the firing-aware criterion scored by magnitude instead, and why (recorded, not only warned)
+    fallback = {n: why for n, (why, _) in sf_fallbacks(model, calibration).items()} if calibration else {}
+    mask = prune(model, criterion, sparsity, calibration=calibration, seed=seed)
     pruned = evaluate(model, test)
     analysis = [b for _, b in zip(range(analysis_batches), test)]
     report = cost_report(model, analysis)
     rows = flip_analysis(reference, model, analysis, p_sup_method="gaussian", label=f"prune-{sparsity:g}-{criterion}")
     metrics = {
         "factory": factory, "timesteps": timesteps, "dataset": dataset, "epochs": epochs, "criterion": criterion,
+        "output": model.output, "criterion_fallback": fallback, "warnings": list(caught),
         "sparsity": mask.sparsity, "history": history,
         "dense": {"accuracy": dense["accuracy"], "firing_rate": dense["firing_rate"]},
         "pruned": {"accuracy": pruned["accuracy"], "firing_rate": pruned["firing_rate"]},
