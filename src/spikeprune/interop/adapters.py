@@ -22,10 +22,16 @@ exactly as with spikeprune's stateless :class:`~spikeprune.LIF` (both packages k
 module - SpikingJelly ``v``, snnTorch ``mem`` - and a copy taken after a forward pass would otherwise
 start its next pass from the stale potential).
 
+Stateful SpikingJelly layers that are not neurons (``layer.Dropout``'s mask) are reset before and after every
+sequence as well, as ``functional.reset_net`` would. The adapted model is in the mode the user's net is in.
+
 Supported: SpikingJelly ``LIFNode``, ``ParametricLIFNode``, ``IFNode`` (single- or multi-step, hard or
 soft reset, ``decay_input`` either way) and snnTorch ``Leaky`` with ``init_hidden=True`` (reset
-``"subtract"``, ``"zero"`` or ``"none"``; scalar beta/threshold). Anything else that is recognisably a
-spiking neuron of those packages raises ``ValueError`` naming its class and listing what is supported.
+``"subtract"``, ``"zero"`` or ``"none"``; scalar beta/threshold), and subclasses of them that override only
+``__init__``/``extra_repr``. Anything else that is recognisably a spiking neuron of those packages (an instance
+of SpikingJelly's ``BaseNode`` or snnTorch's ``SpikingNeuron``, wherever its class is defined) raises
+``ValueError`` naming its class and listing what is supported. A final snnTorch ``output=True`` neuron is read
+out by its membrane potential (``adapt(output=...)``, docs/interop.md "Decisions").
 """
 
 from __future__ import annotations
