@@ -28,7 +28,7 @@ from ..io import check_writable_dir, write_json, write_text
 from ..pruning import prune
 from ..train import evaluate, train_epoch
 
-__all__ = ["analyse_third_party"]
+__all__ = ["analyse_third_party", "check_fits_dataset"]
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
