@@ -232,13 +232,13 @@ class NeuronAdapter(LIF):
         self.neuron = neuron
         self.kind = kind
         self.path = path
+        #: what forward returns: "spikes", or "membrane" (the pre-spike u_t, with its gradient) for a final
+        #: neuron read out by its potential (adapt(output=...))
+        self.emit = "spikes"
         self.observer = None
         self.check_spikes = True  # verify recomputed u against the package's spikes when observed
         self.step_mode = getattr(neuron, "step_mode", "s")
         self.training = neuron.training  # the user's mode, not nn.Module's default (train)
-        #: what forward returns: "spikes", or "membrane" (the pre-spike u_t, with its gradient) for a final
-        #: neuron read out by its potential (adapt(output=...))
-        self.emit = "spikes"
 
     # -- parameters read from the package's module ------------------------------------------------
     @property
