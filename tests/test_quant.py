@@ -261,8 +261,8 @@ def test_reestimate_batchnorm_restores_statistics():
 
 
 def test_quantize_model_refuses_to_skip_a_subclassed_layer_silently():
-    # A subclass of nn.Conv2d (SpikingJelly's layer.Conv2d, a user's own) keeps its forward, so it is not
-    # swapped; quantizing "every layer" must then fail in one line instead of leaving it float.
+    # A subclass of nn.Conv2d that computes something of its own would lose it to the quantized twin's
+    # forward; quantizing "every layer" must then fail in one line instead of leaving it float.
     from torch import nn
 
     class MyConv(nn.Conv2d):
@@ -271,10 +271,33 @@ def test_quantize_model_refuses_to_skip_a_subclassed_layer_silently():
 
     model = tiny()
     model.features[0].conv.__class__ = MyConv
-    with pytest.raises(ValueError, match=r"cannot quantize 'features.0.conv' \(.*MyConv, a subclass of nn.Conv2d"):
+    with pytest.raises(ValueError, match=r"cannot quantize 'features.0.conv' \(.*MyConv\): its forward is not "
+                                         r"nn.Conv2d's on folded leading dims"):
         q.quantize_model(model, 4)
     others = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     q.quantize_model(model, 4, layers=others)  # naming the plain layers still works
     assert type(model.features[0].conv) is MyConv
-    with pytest.raises(ValueError, match="subclass with a forward of its own"):
+    with pytest.raises(ValueError, match="computes more than the plain layer"):
         q.quantize_model(model, 4, layers=["features.0.conv"])
+
+
+def test_layout_wrapper_subclasses_are_quantized_and_keep_their_class():
+    """A subclass whose forward only folds leading dims (SpikingJelly's multi-step layer.Conv2d style) is
+    quantized: the twin derives from it (isinstance and attributes kept) and runs [T, B, C, H, W]."""
+    from torch import nn
+
+    class FoldingConv(nn.Conv2d):
+        step_mode = "m"
+
+        def forward(self, x):  # [T, B, C, H, W] -> fold time into the batch, as SpikingJelly does
+            return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+    conv = FoldingConv(2, 3, 3, padding=1)
+    x = torch.randn(4, 2, 2, 5, 5)
+    assert q.is_layout_wrapper(conv)
+    wrapper = nn.Sequential(conv)
+    q.quantize_model(wrapper, 4)
+    assert isinstance(conv, FoldingConv) and isinstance(conv, q.QuantConv2d) and conv.step_mode == "m"
+    expected = F.conv2d(x.flatten(0, 1), conv.quantized_weight(), conv.bias, padding=1).unflatten(0, (4, 2))
+    assert torch.equal(conv(x), expected)
+    assert conv.quantized_weight().unique().numel() <= 16

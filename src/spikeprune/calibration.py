@@ -5,20 +5,26 @@ layer (conv/linear weight):
 
 * ``input_rate[i]``: mean of its input per input channel i over (T, B, H, W): the firing rate r_i
   when the input is spikes (``input_is_spikes``); the encoding layer sees analog values instead;
-* the BatchNorm that runs right after it (``bn``) and the first spiking layer that runs after that BN
-  (``neuron``), found from the order in which modules execute. Execution order, not module order,
-  so a residual block's second conv is paired with the block's output neuron that fires after the add;
+* the BatchNorm that reads its output (``bn``) and the first spiking layer that BN's output reaches
+  (``neuron``), from the traced graph (:mod:`spikeprune.topology`): data flow, not module order, so a
+  residual block's second conv is paired with the block's output neuron that fires after the add;
 * for every spiking layer, per output channel: mean and variance of the pre-spike membrane potential
   u_t and the firing rate (:class:`~spikeprune.neuron.NeuronStatistics`), and the *empirical* density
   of u_t at the threshold, ``P(|u_t - u_th| <= crisis_eps) / (2 crisis_eps)`` (the crisis probability of
   LTH-SNN Eq. 6 per unit width), which the ``sf-empirical`` criterion uses instead of a Gaussian fit.
 
-Works on any ``nn.Module`` whose spiking layers are :class:`~spikeprune.LIF`; batches may be
-``(inputs, labels)`` pairs or bare input tensors.
+Works on any ``nn.Module`` whose spiking layers are :class:`~spikeprune.LIF` (adapted SpikingJelly /
+snnTorch nets included); batches may be ``(inputs, labels)`` pairs or bare input tensors. The channel
+axis of a layer's input is the one the layer itself reads (:func:`~spikeprune.topology.channel_axis`),
+so the statistics are the same whether a conv sees ``[B, C, H, W]``, ``[T*B, C, H, W]`` or a
+multi-step ``[T, B, C, H, W]``, and they do not depend on how the samples are split into batches.
+Every module's train/eval flag is restored afterwards (the user's BatchNorm statistics are never
+updated).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,11 +34,9 @@ from torch import nn
 
 from .masks import PRUNABLE_TYPES, prunable_weights
 from .neuron import LIF, NeuronStatistics, StatisticsRecorder, observe
+from .topology import channel_axis, evaluation, sample_count, trace
 
 __all__ = ["Calibration", "LayerRecord", "calibrate"]
-
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
 
 @dataclass
 class LayerRecord:
@@ -89,39 +93,21 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
     owner = {f"{n}.weight" if n else "weight": n for n, m in named.items() if isinstance(m, PRUNABLE_TYPES)}
     layer_modules = {owner[w]: w for w in weights}
 
-    order: list[str] = []
     rate_sum: dict[str, torch.Tensor] = {}
     rate_count: dict[str, int] = {}
     binary: dict[str, bool] = {}
-    tracing = [True]
 
     def pre_hook(name: str):
         def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
             x = inputs[0].detach()
-            if tracing[0]:
-                order.append(name)
-            # Channel axis: dim 1 for conv inputs [N, C, ...]; the last dim for linear inputs [..., C].
-            if isinstance(module, nn.Linear):
-                flat = x.reshape(-1, x.shape[-1])
-            else:
-                flat = x.transpose(0, 1).reshape(x.shape[1], -1).T
+            # The channel axis the layer reads, whatever the leading layout ([B], [T*B] or [T, B]).
+            flat = x.movedim(channel_axis(module, x), -1).reshape(-1, x.shape[channel_axis(module, x)])
             rate_sum[name] = rate_sum.get(name, 0) + flat.double().sum(0)
             rate_count[name] = rate_count.get(name, 0) + flat.shape[0]
             binary[name] = binary.get(name, True) and bool(((x == 0) | (x == 1)).all())
         return hook
 
-    def trace_hook(name: str):
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            if tracing[0]:
-                order.append(name)
-        return hook
-
     handles = []
-    for name, module in named.items():
-        if name in layer_modules:
-            handles.append(module.register_forward_pre_hook(pre_hook(name)))
-        elif isinstance(module, _BN_TYPES + (LIF,)):
-            handles.append(module.register_forward_hook(trace_hook(name)))
 
     lif_names = {id(m): n for n, m in named.items() if isinstance(m, LIF)}
     neurons = StatisticsRecorder({n: NeuronStatistics() for n in lif_names.values()})
@@ -135,23 +121,26 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
         hits = ((u.detach() - lif.u_th).abs() <= crisis_eps).reshape(u.shape[0], u.shape[1], channels, -1)
         near[name] = near.get(name, 0) + hits.sum(dim=(0, 1, 3)).double()
 
-    was_training = model.training
-    model.eval()
     seen_batches = seen_samples = 0
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("calibration needs at least one batch; the calibration data was empty")
+    # Which BN / neuron each layer drives: traced once on the first batch, before anything is observed.
+    graph = trace(model, first[0] if isinstance(first, (tuple, list)) else first)
+    handles = [named[n].register_forward_pre_hook(pre_hook(n)) for n in layer_modules]
     try:
-        with observe(model, observer):
-            for batch in batches:
+        with evaluation(model), observe(model, observer):
+            for batch in itertools.chain([first], batches):
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 model(x)
-                tracing[0] = False
                 seen_batches += 1
-                seen_samples += x.shape[0] if x.dim() == 4 or x.dim() == 2 else x.shape[1]
+                seen_samples += sample_count(model, x, graph)
                 if num_batches is not None and seen_batches >= num_batches:
                     break
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     if seen_batches == 0:
         raise ValueError("calibration needs at least one batch; the calibration data was empty")
 
@@ -166,12 +155,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
             input_rate=(rate_sum[module_name] / rate_count[module_name]).float(),
             input_is_spikes=binary[module_name],
         )
-        i = order.index(module_name)
-        out_channels = module.weight.shape[0]
-        if i + 1 < len(order) and isinstance(named[order[i + 1]], _BN_TYPES) \
-                and named[order[i + 1]].num_features == out_channels:
-            rec.bn = order[i + 1]
-            rec.neuron = next((n for n in order[i + 2:] if isinstance(named[n], LIF)), None)
+        rec.bn, rec.neuron = graph.driven(module_name)
         layers[weight_name] = rec
     lifs = {n: m for n, m in named.items() if isinstance(m, LIF)}
     density = {n: (near[n] / max(neurons[n].count, 1) / (2 * crisis_eps)).float() for n in near}

@@ -43,6 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .topology import evaluation, sample_count, trace
+
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "CostReport", "LayerCost", "cost_report", "measure_latency"]
 
 E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz 2014)
@@ -159,14 +161,17 @@ def _effective_weight(module: nn.Module) -> torch.Tensor:
     return (fn() if callable(fn) else module.weight).detach()
 
 
-def _flops(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(MACs of one execution per sample-timestep, rows processed) for one call."""
+def _flops(module: nn.Module, y: torch.Tensor, lead: int) -> float:
+    """MACs of one execution for one sample at one timestep: outputs per execution x fan-in.
+
+    ``lead``: how many (sample, timestep) executions the call's leading dims hold (``T*B`` for
+    ``[T, B, ...]`` and ``[T*B, ...]``, ``B`` for the encoding layer's ``[B, ...]``), from the traced layout.
+    """
     if isinstance(module, nn.Linear):
-        rows = x.numel() // x.shape[-1]
-        return float(module.in_features * module.out_features), float(rows)
-    rows = x.shape[0]
-    fan_in = module.in_channels // module.groups * math.prod(module.kernel_size)
-    return float(y[0].numel() * fan_in), float(rows)
+        fan_in = module.in_features
+    else:
+        fan_in = module.in_channels // module.groups * math.prod(module.kernel_size)
+    return float(y.numel() // lead * fan_in)
 
 
 def _measured_sops(module: nn.Module, x: torch.Tensor) -> float:
@@ -175,14 +180,20 @@ def _measured_sops(module: nn.Module, x: torch.Tensor) -> float:
     wmask = (module.weight.detach() != 0).to(torch.float32)
     if isinstance(module, nn.Linear):
         return float((active.reshape(-1, active.shape[-1]).sum(0) * wmask.sum(0)).sum())
+    # any leading layout ([T, B, C, H, W] of a multi-step layer included) folds into one batch axis
+    active = active.reshape(-1, *x.shape[x.dim() - len(module.kernel_size) - 1:])
     conv = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}[
         next(t for t in (nn.Conv1d, nn.Conv2d, nn.Conv3d) if isinstance(module, t))]
     out = conv(active, wmask, None, module.stride, module.padding, module.dilation, module.groups)
     return float(out.sum())
 
 
-def _batch_size(x: torch.Tensor) -> int:
-    return int(x.shape[1]) if x.dim() == 5 else int(x.shape[0])
+def _lead(graph: Any, name: str, x: torch.Tensor) -> int:
+    """(sample, timestep) executions held by the leading dims of layer ``name``'s input ``x``."""
+    calls = graph.calls(name)
+    if calls and graph.input_layout(calls[0]) == "TB":
+        return int(x.shape[0] * x.shape[1])
+    return int(x.shape[0])
 
 
 @torch.no_grad()
@@ -202,13 +213,17 @@ def cost_report(
     Args:
         model: any module; its conv/linear layers are walked with hooks.
         batches: ``(x, y)`` pairs or inputs; ``x`` is ``[B, C, H, W]`` (static, direct encoding) or
-            ``[T, B, ...]``. Firing rates are averaged over them.
+            ``[T, B, ...]``. Firing rates are averaged over them; every count is per sample, whatever
+            the batch sizes (each layer's layout - ``[T, B, ...]``, ``[T*B, ...]`` or the encoding
+            layer's ``[B, ...]`` - comes from the traced graph, :mod:`spikeprune.topology`).
         num_batches: how many batches to use (``None``: all).
         bits: stored weight bit-width of layers that are not quantization-aware modules (an int for
             all, or ``{module name: bits}``); default 32.
         e_mac_pj, e_ac_pj: energy per MAC and per accumulate (pJ).
         measure_sops: also count the accumulates that really happen (one extra conv per layer).
-        batch_size: samples per batch when it cannot be read from ``x`` (dim 1 of a 5-D input, else dim 0).
+        batch_size: samples per batch when it cannot be read from ``x`` (dim 1 of a time-major input, else dim 0).
+
+    Every module's train/eval flag is restored afterwards (BatchNorm statistics are never updated).
     """
     for label, value in (("e_mac_pj", e_mac_pj), ("e_ac_pj", e_ac_pj)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or not math.isfinite(value):
@@ -220,15 +235,16 @@ def cost_report(
     if not layers:
         raise ValueError(f"{type(model).__name__} has no conv or linear layer to cost")
     acc: dict[str, dict[str, float]] = {}
+    graph_box: list[Any] = []
 
     def hook(name: str):
         def fn(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
             x = inputs[0].detach()
             a = acc.setdefault(name, {"flops": 0.0, "rows": 0.0, "nonzero": 0.0, "numel": 0.0, "binary": 1.0,
                                       "measured": 0.0})
-            flops, rows = _flops(module, x, output)
-            a["flops"] = flops
-            a["rows"] += rows
+            lead = _lead(graph_box[0], name, x)
+            a["flops"] = _flops(module, output, lead)
+            a["rows"] += lead
             a["nonzero"] += float((x != 0).sum())
             a["numel"] += float(x.numel())
             if a["binary"] and not bool(((x == 0) | (x == 1)).all()):
@@ -237,22 +253,23 @@ def cost_report(
                 a["measured"] += _measured_sops(module, x)
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
     samples = seen = 0
+    handles: list[Any] = []
     try:
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x)
-            samples += batch_size if batch_size is not None else _batch_size(x)
-            seen += 1
-            if num_batches is not None and seen >= num_batches:
-                break
+        with evaluation(model):
+            for batch in batches:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                if not graph_box:  # each layer's layout, traced once on (a few samples of) the first batch
+                    graph_box.append(trace(model, x))
+                    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+                model(x)
+                samples += batch_size if batch_size is not None else sample_count(model, x, graph_box[0])
+                seen += 1
+                if num_batches is not None and seen >= num_batches:
+                    break
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     if seen == 0:
         raise ValueError("the cost report needs at least one batch; the data was empty")
 
@@ -297,18 +314,14 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, war
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"latency repeats must be a positive integer; got {repeats!r}")
-    was_training = model.training
-    model.eval()
     times = []
-    try:
+    with evaluation(model):
         for i in range(warmup + repeats):
             tick = time.perf_counter()
             model(x)
             if i >= warmup:
                 times.append((time.perf_counter() - tick) * 1e3)
-    finally:
-        model.train(was_training)
     times.sort()
     q = lambda p: times[min(len(times) - 1, int(p * (len(times) - 1) + 0.5))]  # noqa: E731
     return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "repeats": repeats,
-            "batch": _batch_size(x), "threads": torch.get_num_threads()}
+            "batch": sample_count(model, x), "threads": torch.get_num_threads()}

@@ -40,18 +40,23 @@ from .neuron import LIF, surrogate_gradient
 
 __all__ = [
     "SCALES",
+    "QUANT_TYPES",
+    "QuantConv1d",
     "QuantConv2d",
+    "QuantConv3d",
     "QuantLinear",
     "QuantSpec",
     "QuantizedLIF",
     "bit_utilisation",
     "freeze",
+    "is_layout_wrapper",
     "lif_multistep_quantized",
     "load_quantization_state",
     "membrane_scale",
     "quantization_state",
     "quantize_model",
     "quantize_weight",
+    "quantized_class",
     "quantized_layers",
     "quantize_membranes",
     "reestimate_batchnorm",
@@ -199,29 +204,117 @@ class _QuantWeight:
         return torch.where(w == 0, torch.zeros((), dtype=w.dtype), w_hat)
 
 
-class QuantConv2d(nn.Conv2d, _QuantWeight):
-    """``nn.Conv2d`` whose forward uses the b-bit weight (SPEC §7); ``weight`` is the latent float weight."""
+class _QuantConv(_QuantWeight):
+    """Forward of the quantized convs: the b-bit weight, on any leading layout.
+
+    Extra leading dims are folded into the batch: ``[T, B, C, H, W]`` (SpikingJelly's multi-step
+    layers) runs as ``[T*B, C, H, W]``, exactly as the layer it replaces did, so a quantized zoo net
+    keeps its own forward.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+        lead = x.dim() - len(self.kernel_size) - 1  # type: ignore[attr-defined]
+        if lead <= 1:
+            return self._conv_forward(x, self.quantized_weight(), self.bias)  # type: ignore[attr-defined]
+        y = self._conv_forward(x.flatten(0, lead - 1), self.quantized_weight(), self.bias)  # type: ignore[attr-defined]
+        return y.unflatten(0, x.shape[:lead])
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", {_describe(self.quant)}" + (", frozen" if self.frozen else "")
+        return super().extra_repr() + f", {_describe(self.quant)}" + (", frozen" if self.frozen else "")  # type: ignore[misc]
 
 
-class QuantLinear(nn.Linear, _QuantWeight):
+class QuantConv1d(_QuantConv, nn.Conv1d):
+    """``nn.Conv1d`` whose forward uses the b-bit weight (SPEC §7); ``weight`` is the latent float weight."""
+
+
+class QuantConv2d(_QuantConv, nn.Conv2d):
+    """``nn.Conv2d`` whose forward uses the b-bit weight (SPEC §7); ``weight`` is the latent float weight."""
+
+
+class QuantConv3d(_QuantConv, nn.Conv3d):
+    """``nn.Conv3d`` whose forward uses the b-bit weight (SPEC §7); ``weight`` is the latent float weight."""
+
+
+class QuantLinear(_QuantWeight, nn.Linear):
     """``nn.Linear`` whose forward uses the b-bit weight (SPEC §7); ``weight`` is the latent float weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.quantized_weight(), self.bias)
+        return F.linear(x, self.quantized_weight(), self.bias)  # any leading dims
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", {_describe(self.quant)}" + (", frozen" if self.frozen else "")
+
+
+#: every quantized layer type (the twins of plain torch layers and of layout wrappers derive from them)
+QUANT_TYPES = (QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear)
+_TWINS: dict[type, type] = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Conv3d: QuantConv3d,
+                            nn.Linear: QuantLinear}
+_WRAPPED_TWINS: dict[type, type] = {}
 
 
 def _describe(spec: QuantSpec) -> str:
     scale = f"percentile {spec.percentile:g}" if spec.method == "percentile" else f"{spec.method}|W|"
     return f"{spec.bits}-bit, gamma={scale}{' per channel' if spec.per_channel else ''}"
+
+
+def _plain_class(module: nn.Module) -> type | None:
+    """The torch class (``nn.Conv1d/2d/3d``, ``nn.Linear``) a layer is, or derives from."""
+    return next((c for c in type(module).__mro__ if c in _TWINS), None)
+
+
+@torch.no_grad()
+def is_layout_wrapper(module: nn.Module) -> bool:
+    """Whether a subclass of a torch conv/linear computes exactly the plain layer on folded leading dims.
+
+    SpikingJelly's ``layer.Conv2d`` in multi-step mode, for instance, runs ``[T, B, C, H, W]`` as
+    ``[T*B, C, H, W]`` through ``nn.Conv2d.forward``. Checked by behaviour, not by name: the module's
+    own forward and the plain forward are run on a probe input with one and with two leading dims;
+    a subclass that agrees on one of them (and raises on or agrees with the other) is a wrapper.
+    Anything that adds computation of its own (a scale, an extra term) disagrees and is refused.
+    """
+    plain = _plain_class(module)
+    if plain is None:
+        return False
+    if type(module) is plain or isinstance(module, QUANT_TYPES):
+        return True
+    if isinstance(module, nn.Linear):
+        sample = (module.in_features,)
+    else:
+        k = [(ks - 1) * d + 1 for ks, d in zip(module.kernel_size, module.dilation)]
+        sample = (module.in_channels, *[max(4, kk + 2) for kk in k])
+    g = torch.Generator().manual_seed(0)
+    w = module.weight
+    agreed = False
+    for lead in ((2,), (2, 3)):
+        x = torch.randn(*lead, *sample, generator=g).to(w.device, w.dtype)
+        expected = plain.forward(module, x.flatten(0, len(lead) - 1)).unflatten(0, lead) if len(lead) > 1 \
+            else plain.forward(module, x)
+        try:
+            got = type(module).forward(module, x)  # not module(x): no hooks run on the probe
+        except Exception:  # e.g. a multi-step wrapper refusing a single-step input
+            continue
+        if not torch.is_tensor(got) or got.shape != expected.shape or not torch.equal(got, expected):
+            return False
+        agreed = True
+    return agreed
+
+
+def quantized_class(cls: type) -> type:
+    """The quantized twin of layer class ``cls`` (what :func:`quantize_model` turns such a layer into).
+
+    For a plain torch class, our twin; for a layout wrapper such as SpikingJelly's ``layer.Conv2d``, a
+    class deriving from both (cached per class), so the wrapper's own attributes and ``isinstance``
+    checks (``step_mode``, ``functional.set_step_mode``) keep working after quantization."""
+    plain = next((c for c in cls.__mro__ if c in _TWINS), None)
+    if plain is None:
+        raise TypeError(f"{cls.__name__} is not a conv/linear layer class")
+    if cls is plain:
+        return _TWINS[plain]
+    if cls not in _WRAPPED_TWINS:
+        _WRAPPED_TWINS[cls] = type(f"Quant{cls.__name__}", (_TWINS[plain], cls),
+                                   {"__module__": __name__, "__qualname__": f"Quant{cls.__name__}",
+                                    "wrapped_class": cls})
+    return _WRAPPED_TWINS[cls]
 
 
 def _swap(module: nn.Module, spec: QuantSpec) -> nn.Module:
@@ -230,14 +323,11 @@ def _swap(module: nn.Module, spec: QuantSpec) -> nn.Module:
     Reassigning ``__class__`` keeps the module's identity, so optimizers, masks, hooks and references
     held elsewhere stay valid, and no new weights are initialised (no RNG is consumed).
     """
-    if isinstance(module, (QuantConv2d, QuantLinear)):
-        pass
-    elif type(module) is nn.Conv2d:
-        module.__class__ = QuantConv2d
-    elif type(module) is nn.Linear:
-        module.__class__ = QuantLinear
-    else:
-        raise TypeError(f"cannot quantize a {type(module).__name__}; only nn.Conv2d and nn.Linear layers")
+    if not isinstance(module, QUANT_TYPES):
+        if not is_layout_wrapper(module):
+            raise TypeError(f"cannot quantize a {type(module).__name__}: its forward is not the plain "
+                            "conv/linear on folded leading dims")
+        module.__class__ = quantized_class(type(module))
     module._init_quant(spec)  # type: ignore[attr-defined]
     return module
 
@@ -247,9 +337,9 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def quantized_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
-    """``{module name: quantized layer}`` in module order."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``{module name: quantized layer}`` in module order (any of :data:`QUANT_TYPES`)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QUANT_TYPES)}
 
 
 def quantize_model(
@@ -266,8 +356,9 @@ def quantize_model(
     """Make ``model`` quantization-aware, in place, and return it.
 
     Args:
-        model: any module; every ``nn.Conv2d``/``nn.Linear`` (or those named in ``layers``) is swapped
-            for its quantized twin. First and last layers included by default: the model size the cost
+        model: any module; every conv (1-3 d) / linear layer (or those named in ``layers``) is swapped
+            for its quantized twin, including subclasses that only fold leading dims (SpikingJelly's
+            multi-step ``layer.Conv2d``/``layer.Linear``; see :func:`is_layout_wrapper`). First and last layers included by default: the model size the cost
             report gives is then the size of what is really stored.
         bits: weight bit-width b in [1, 16] (2^b levels).
         method: ReScaW scale gamma: ``"mean"`` (mean|W|, QP-SNN), ``"max"`` (vanilla) or ``"percentile"``.
@@ -283,27 +374,28 @@ def quantize_model(
     ``train.fit(cfg, out, model=quantize_model(model, 4))``.
     """
     spec = QuantSpec(bits, method, bool(per_channel), percentile)
-    candidates = {n: m for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear, QuantConv2d, QuantLinear)}
-    # Subclasses (e.g. SpikingJelly's layer.Conv2d) may have a forward of their own that the quantized
-    # twin would replace, so they are not swapped; quantizing "all layers" must then say so, not skip them.
-    subclassed = {n: m for n, m in model.named_modules()
-                  if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in candidates}
+    layers_found = {n: m for n, m in model.named_modules() if _plain_class(m) is not None}
+    # A subclass (SpikingJelly's layer.Conv2d, a user's) is quantized when its forward is the plain
+    # layer's on folded leading dims (checked by behaviour); one that computes something of its own
+    # would be silently replaced by the quantized plain forward, so quantizing "all layers" refuses.
+    candidates = {n: m for n, m in layers_found.items() if is_layout_wrapper(m)}
+    subclassed = {n: m for n, m in layers_found.items() if n not in candidates}
     if layers is None:
         if subclassed:
             name, m = next(iter(subclassed.items()))
-            raise ValueError(f"cannot quantize {name!r} ({type(m).__module__}.{type(m).__name__}, a subclass of "
-                             f"nn.{'Conv2d' if isinstance(m, nn.Conv2d) else 'Linear'} with a forward of its own)"
-                             + (f" and {len(subclassed) - 1} more" if len(subclassed) > 1 else "")
-                             + "; wrap the model with spikeprune.interop.adapt() first, or pass layers= to "
-                             "quantize the others")
+            raise ValueError(f"cannot quantize {name!r} ({type(m).__module__}.{type(m).__name__}): its forward "
+                             f"is not nn.{_plain_class(m).__name__}'s on folded leading dims, so a quantized "
+                             "twin would change what it computes"
+                             + (f" ({len(subclassed) - 1} more such layers)" if len(subclassed) > 1 else "")
+                             + "; pass layers= to quantize the others")
         chosen = list(candidates)
     else:
         chosen = list(layers)
         for name in chosen:
             if name not in candidates:
-                why = (f" ({type(subclassed[name]).__name__} is a subclass with a forward of its own)"
+                why = (f" ({type(subclassed[name]).__name__} computes more than the plain layer)"
                        if name in subclassed else "")
-                raise ValueError(f"{name!r} is not a conv/linear layer of this model{why}; "
+                raise ValueError(f"{name!r} is not a conv/linear layer of this model that can be quantized{why}; "
                                  f"layers: {', '.join(candidates) or 'none'}")
     if not chosen:
         raise ValueError(f"{type(model).__name__} has no conv/linear layer to quantize")
@@ -498,7 +590,7 @@ def _bn_gain(bn: nn.Module | None, channels: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def membrane_scale(layer: QuantConv2d | QuantLinear, bn: nn.Module | None, u_th: float,
+def membrane_scale(layer: nn.Module, bn: nn.Module | None, u_th: float,
                    bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Membrane step per channel shared with the driving layer's weights, and its power-of-two shift.
 
@@ -536,37 +628,9 @@ def _refresh_membrane(block: nn.Module, inputs: Any, *, layer: str, bn: str | No
 
 
 def _drivers(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[str, str | None]]:
-    """``{lif name: (driving layer, its BN or None)}`` from the order modules execute in."""
-    named = dict(model.named_modules())
-    order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for n, m in named.items()
-               if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, LIF))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    drivers: dict[str, tuple[str, str | None]] = {}
-    last_layer: str | None = None
-    pending: list[tuple[str, str | None]] = []  # layers since the previous LIF, first = main branch
-    for name in order:
-        m = named[name]
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            last_layer = name
-            pending.append((name, None))
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if last_layer is not None and pending and pending[-1][0] == last_layer \
-                    and named[last_layer].weight.shape[0] == m.num_features:
-                pending[-1] = (last_layer, name)
-        elif isinstance(m, LIF):
-            if pending and name not in drivers:
-                drivers[name] = pending[0]
-            pending = []
-    return drivers
+    """``{lif name: (driving layer, its BN or None)}`` from the traced graph (:meth:`Graph.drivers`)."""
+    from .topology import trace
+    return trace(model, example_input).drivers()
 
 
 def _common_prefix(*names: str) -> str:

@@ -506,7 +506,14 @@ class AdaptedModel(nn.Module):
         for name, adapter in list(self.neurons().items()):
             _set(self, name, adapter.neuron)
         for name, cls in self._layer_classes.items():
-            self.net.get_submodule(name).__class__ = cls
+            m = self.net.get_submodule(name)
+            if getattr(m, "quant", None) is not None:
+                # quantized since adapt(): put the package's class back *with* quantization (the twin
+                # derives from both), or the user's net would silently compute with float weights again
+                from ..quant import quantized_class
+                m.__class__ = quantized_class(cls)
+            else:
+                m.__class__ = cls
         self._layer_classes = {}
         return self.net
 

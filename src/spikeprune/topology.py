@@ -1,0 +1,881 @@
+"""One traced graph of any SNN: which weight layer drives which BatchNorm and neuron, which layers read
+which channels, and the ``[T, B, ...]`` / ``[T*B, ...]`` / ``[B, ...]`` layout of every tensor.
+
+Calibration, the SF criteria, quantization, channel removal, the cost report and the NIR exporter all
+need to know how a network is wired. Before this module each worked it out for itself from
+execution order or attribute names, with its own guess at the tensor layout - which broke on every
+network we did not write (a multi-step SpikingJelly net hands its convs ``[T, B, C, H, W]``, ours hand
+them ``[T*B, C, H, W]``, the encoding layer sees ``[B, C, H, W]``). :func:`trace` works it out once.
+
+How it traces. One real forward pass (eval mode, no gradients, on a few samples of the caller's
+batch) with two instruments:
+
+* forward hooks on *leaf* modules - weight layers (any ``nn.Conv*d`` / ``nn.Linear``, including
+  SpikingJelly's ``layer.*`` wrappers, our masked and quantized layers), BatchNorm, neurons
+  (:class:`~spikeprune.LIF` and the adapters of third-party neurons), pooling, dropout, flatten,
+  activations and any module without children. A leaf is one node; what runs inside it is not
+  recorded, so stateful multi-step modules are simply run (this is how Torch-Pruning and nirtorch
+  trace too: hooks on a real pass, neurons as leaves);
+* a :class:`torch.overrides.TorchFunctionMode` that records every torch function called *between*
+  leaves: ``x + identity`` of a residual block, ``torch.cat``, ``torch.flatten(x, 2)``, the
+  ``unsqueeze(0).repeat(T, ...)`` of direct encoding, ``flatten(0, 1)`` time folding, ...
+
+Tensors are followed by object identity (in-place ops such as ``out += identity`` re-point the tensor
+to the new node). T and B are read from the neurons' inputs (every neuron sees ``[T, B, ...]``); the
+trace uses B = 3 samples (2 when T = 3), so that ``[T, B]``, ``[T*B]`` and ``[B]`` leading dimensions
+can never be confused, and the layout of every tensor follows from its shape alone.
+
+Channels. Every conv/linear output opens a *channel space* (its output channels). Spaces flow through
+channel-preserving operations (BN, neurons, pooling, dropout, elementwise maths, time/batch reshapes,
+flatten of ``[C, H, W]`` into ``C*H*W`` features, global pooling); an elementwise op joining two
+tensors (a residual add, SEW's ADD/AND/IAND) couples their spaces; ``cat`` along channels concatenates
+them. Spaces that are coupled form one :class:`ChannelGroup` - the channels that must be removed
+together (Torch-Pruning's dependency groups, found from the trace, not declared per architecture).
+A space that reaches the network's input or output, or an operation the tracer cannot follow through
+channels (named in :attr:`ChannelGroup.blocked`), cannot be pruned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .neuron import LIF
+
+__all__ = ["ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "evaluation", "is_time_major",
+           "sample_count", "trace", "weight_layers"]
+
+_WEIGHT = (nn.modules.conv._ConvNd, nn.Linear)
+_BN = (nn.modules.batchnorm._BatchNorm,)
+_POOL = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+         nn.modules.pooling._AdaptiveMaxPoolNd)
+_ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Identity)
+
+
+class TopologyError(ValueError):
+    """The network contains something the tracer cannot follow (one line: what, where, what is supported)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Roles of leaf modules.
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_sj_dropout(m: nn.Module) -> bool:
+    return type(m).__module__.startswith("spikingjelly") and "Dropout" in type(m).__name__
+
+
+def role_of(m: nn.Module) -> str | None:
+    """The role of a leaf module (``weight``, ``bn``, ``neuron``, ``pool``, ``dropout``, ``flatten``,
+    ``act``, ``module`` for any other childless module); ``None``: a container, traced through."""
+    if isinstance(m, LIF):
+        return "neuron"
+    from .interop.adapters import _is_third_party_neuron
+    if _is_third_party_neuron(m):  # checked before "childless": snnTorch's neurons have no children
+        return "foreign-neuron"
+    if isinstance(m, _WEIGHT):
+        return "weight"
+    if isinstance(m, _BN):
+        return "bn"
+    if isinstance(m, _POOL):
+        return "pool"
+    if isinstance(m, nn.modules.dropout._DropoutNd) or _is_sj_dropout(m):
+        return "dropout"
+    if isinstance(m, nn.Flatten):
+        return "flatten"
+    if isinstance(m, _ACT):
+        return "act"
+    if next(m.children(), None) is None:
+        return "module"
+    return None
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv/linear layers of ``model`` by qualified name (any subclass: wrappers, masked, quantized)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, _WEIGHT)}
+
+
+def channel_axis(module: nn.Module, x: torch.Tensor) -> int:
+    """The channel (feature) axis of ``x`` as ``module`` reads it, whatever the leading layout.
+
+    A ``ConvNd`` reads ``[..., C, *spatial(N)]`` (so ``[B, C, H, W]``, ``[T*B, C, H, W]`` and SpikingJelly's
+    multi-step ``[T, B, C, H, W]`` all have C at ``-3`` for 2-D), a ``Linear`` reads ``[..., F]``, a
+    BatchNorm ``[..., C, *spatial]`` with its own spatial rank.
+    """
+    if isinstance(module, nn.Linear):
+        return x.dim() - 1
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return x.dim() - 1 - len(module.kernel_size)
+    if isinstance(module, _BN):
+        spatial = {nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}.get(next(c for c in type(module).__mro__
+                                                                  if c in (nn.BatchNorm1d, nn.BatchNorm2d,
+                                                                           nn.BatchNorm3d, _BN[0])), None)
+        if spatial is None:  # BatchNorm1d: [N, C] or [N, C, L]; multi-step wrappers add a leading T
+            return 1 if x.dim() in (2, 3) and not getattr(module, "step_mode", "s") == "m" else 2
+        return x.dim() - 1 - spatial
+    raise TypeError(f"no channel axis for a {type(module).__name__}")
+
+
+@contextmanager
+def evaluation(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode and put back *every* module's own train/eval flag afterwards.
+
+    ``model.train(was_training)`` would not do: an adapted user's net may be in eval mode inside a
+    wrapper in train mode, and restoring the wrapper's flag recursively would switch the user's
+    BatchNorm to training (overwriting its running statistics at the next batch).
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+# --------------------------------------------------------------------------------------------------
+# The graph.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """One leaf-module call or torch function call of the traced forward pass.
+
+    ``inputs``: ids of the nodes whose (first) output tensors this node read, in argument order;
+    ``in_shapes`` / ``out_shapes``: the traced tensors' shapes; ``layouts``: per output, ``"TB"``
+    (``[T, B, ...]``), ``"N"`` (time folded into the batch, ``[T*B, ...]``), ``"B"`` (one static sample
+    per batch entry, ``[B, ...]``) or ``None`` (no batch axis); ``scope``: the enclosing module.
+    """
+
+    id: int
+    kind: str  # "input", "module", "op", "const"
+    name: str  # module qualified name, or the function's name for ops
+    role: str  # leaf role for modules ("weight", "bn", "neuron", ...), the function's name for ops
+    module: nn.Module | None = field(default=None, repr=False)
+    inputs: list[int] = field(default_factory=list)
+    in_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    out_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    layouts: list[str | None] = field(default_factory=list)
+    scope: str = ""
+    args: dict[str, Any] = field(default_factory=dict, repr=False)
+    const_inputs: list[tuple[int, ...]] = field(default_factory=list, repr=False)  # shapes of untraced tensors
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.out_shapes[0] if self.out_shapes else ()
+
+    @property
+    def layout(self) -> str | None:
+        return self.layouts[0] if self.layouts else None
+
+    def where(self) -> str:
+        if self.kind == "module":
+            return f"{self.name} ({type(self.module).__name__})"
+        return f"torch.{self.name} in {self.scope or 'the top-level forward'}"
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels removed together: one index space shared by every member.
+
+    ``producers``: conv/linear layers whose output rows are these channels; ``norms``: ``(bn, per,
+    offset)`` BatchNorms whose entries ``offset + c*per ... + per - 1`` are channel c (``per`` > 1 for a
+    BatchNorm1d over flattened features); ``consumers``: ``(layer, per, offset)`` layers whose input
+    columns ``offset + c*per ...`` read channel c (``per`` > 1: a linear layer reading a flattened
+    ``[C, H, W]`` map; ``offset`` > 0: a concatenation placed other channels first); ``neurons``: the
+    neurons that emit these channels' spikes; ``blocked``: why the group cannot be pruned, or ``None``.
+    """
+
+    name: str
+    size: int
+    producers: tuple[str, ...]
+    norms: tuple[tuple[str, int, int], ...]
+    consumers: tuple[tuple[str, int, int], ...]
+    neurons: tuple[str, ...]
+    blocked: str | None = None
+
+
+class Graph:
+    """The traced network. ``T``: timesteps; ``B``: traced batch size; ``nodes`` in execution order."""
+
+    def __init__(self, model: nn.Module, nodes: list[Node], outputs: list[int], T: int, B: int,
+                 time_major_input: bool) -> None:
+        self.model = model
+        self.nodes = nodes
+        self.outputs = outputs
+        self.T = T
+        self.B = B
+        self.time_major_input = time_major_input
+        self._consumers: dict[int, list[int]] = {n.id: [] for n in nodes}
+        for n in nodes:
+            for i in n.inputs:
+                self._consumers[i].append(n.id)
+        self._groups: list[ChannelGroup] | None = None
+
+    # -- queries ----------------------------------------------------------------------------------
+    def consumers(self, node: int) -> list[Node]:
+        """Nodes that read ``node``'s output, in execution order."""
+        return [self.nodes[i] for i in self._consumers[node]]
+
+    def successors(self, node: int) -> list[Node]:
+        """Consumers of ``node``'s output, looking through ops that only move time/batch axes
+        (``flatten(0, 1)``, ``unflatten``, ``unsqueeze(0).repeat(T, ...)``): the layers that really read it."""
+        out, frontier = [], list(self._consumers[node])
+        while frontier:
+            c = self.nodes[frontier.pop(0)]
+            if self._same_per_sample(c):
+                frontier.extend(self._consumers[c.id])
+            elif c not in out:
+                out.append(c)
+        return sorted(out, key=lambda n: n.id)
+
+    def calls(self, module_name: str) -> list[Node]:
+        """Every call of the module ``module_name`` (more than one when a module is reused)."""
+        return [n for n in self.nodes if n.kind == "module" and n.name == module_name]
+
+    def modules(self, role: str) -> dict[str, nn.Module]:
+        """Modules of a role (``weight``, ``bn``, ``neuron``, ...) that ran, by name, in execution order."""
+        out: dict[str, nn.Module] = {}
+        for n in self.nodes:
+            if n.kind == "module" and n.role == role:
+                out.setdefault(n.name, n.module)
+        return out
+
+    def samples_per_call(self, node: Node, which: str = "in") -> tuple[int, int]:
+        """``(leading elements, per-sample executions)`` of one call: e.g. ``[T, B, C, H, W]`` -> (T*B, T),
+        ``[T*B, C, H, W]`` -> (T*B, T), ``[B, C, H, W]`` (encoding layer) -> (B, 1)."""
+        shape = (node.in_shapes if which == "in" else node.out_shapes)[0]
+        layout = _layout(shape, self.T, self.B)
+        lead = {"TB": self.T * self.B, "N": self.T * self.B, "B": self.B}.get(layout)
+        if lead is None:
+            raise TopologyError(f"cannot tell the batch axes of {node.where()}'s input {shape} (T={self.T}, B={self.B})")
+        return lead, lead // self.B
+
+    _PASS_TO_NEURON = ("pool", "dropout", "act", "add", "add_", "__add__", "__iadd__", "__radd__", "sub",
+                       "__sub__", "mul", "__mul__", "contiguous", "clone", "to", "float")
+
+    def driven(self, layer: str) -> tuple[str | None, str | None]:
+        """``(bn, neuron)`` that the weight layer ``layer`` drives: the BatchNorm that reads its output
+        directly (``None`` if none), and the first neuron reached from there through pooling, dropout,
+        activations and elementwise ops (a residual block's second conv drives the neuron after the add).
+        The neuron is only reported when a BatchNorm was found (what the SF criteria require)."""
+        calls = self.calls(layer)
+        if not calls:
+            return None, None
+        node = calls[0]
+        nxt = self.successors(node.id)
+        if len(nxt) != 1 or nxt[0].role != "bn":
+            return None, None
+        bn = nxt[0]
+        frontier, seen = [bn.id], set()
+        while frontier:
+            i = min(frontier)  # execution order
+            frontier.remove(i)
+            for c in self.consumers(i):
+                if c.id in seen:
+                    continue
+                seen.add(c.id)
+                if c.role == "neuron":
+                    return bn.name, c.name
+                if c.role in self._PASS_TO_NEURON or self._same_per_sample(c):
+                    frontier.append(c.id)
+        return bn.name, None
+
+    def input_layout(self, node: Node) -> str | None:
+        """Layout of a node's first input: ``"TB"``, ``"N"``, ``"B"`` or ``None``."""
+        return _layout(node.in_shapes[0], self.T, self.B) if node.in_shapes else None
+
+    def per_sample(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The per-sample part of a traced shape (``[T, B, C, H, W]`` -> ``(C, H, W)``), ``None`` if unknown."""
+        layout = _layout(shape, self.T, self.B)
+        return None if layout is None else tuple(shape[_batch_dims(layout):])
+
+    def _same_per_sample(self, node: Node) -> bool:
+        """An op that only moves time/batch axes (flatten(0, 1), unflatten, unsqueeze(0), repeat over T)."""
+        if node.kind != "op" or not node.in_shapes:
+            return False
+        ps = self.per_sample(node.in_shapes[0])
+        return ps is not None and ps == self.per_sample(node.out_shape)
+
+    _JOIN = ("add", "add_", "__add__", "__iadd__", "__radd__")
+
+    def drivers(self) -> dict[str, tuple[str, str | None]]:
+        """``{neuron: (weight layer, bn or None)}``: the layer whose (normalised) output is the neuron's
+        input current ``x_t`` (Eq. 2). Walks back from the neuron through time/batch reshapes and
+        residual adds; of several layers (a block's main branch and its shortcut conv) the first to
+        execute is the driver - the main branch, whose BN sets the membrane's scale."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for node in self.nodes:
+            if node.role != "neuron" or node.name in out or not node.inputs:
+                continue
+            found: list[tuple[int, str, str | None]] = []
+            frontier, seen = list(node.inputs), set()
+            while frontier:
+                c = self.nodes[frontier.pop()]
+                if c.id in seen:
+                    continue
+                seen.add(c.id)
+                if c.role == "weight":
+                    found.append((c.id, c.name, None))
+                elif c.role == "bn":
+                    src = self._through_reshapes(c.inputs[0]) if c.inputs else None
+                    if src is not None and src.role == "weight":
+                        found.append((src.id, src.name, c.name))
+                elif c.kind == "op" and (c.name in self._JOIN or self._same_per_sample(c)):
+                    frontier.extend(c.inputs)
+            if found:
+                _, layer, bn = min(found)
+                out[node.name] = (layer, bn)
+        return out
+
+    def _through_reshapes(self, node: int) -> Node:
+        n = self.nodes[node]
+        while self._same_per_sample(n) and n.inputs:
+            n = self.nodes[n.inputs[0]]
+        return n
+
+    def describe(self) -> str:
+        """One line per node (for debugging and docs)."""
+        lines = []
+        for n in self.nodes:
+            lines.append(f"{n.id:4d} {n.kind:6s} {n.role:10s} {n.name:32s} <- {n.inputs} "
+                         f"{n.in_shapes} -> {n.out_shapes} {n.layouts}")
+        return "\n".join(lines)
+
+    # -- channel groups -----------------------------------------------------------------------------
+    def channel_groups(self) -> list[ChannelGroup]:
+        """The coupled channel groups of every conv/linear output, in execution order of their producers."""
+        if self._groups is None:
+            self._groups = _ChannelAnalysis(self).groups()
+        return self._groups
+
+
+def _layout(shape: tuple[int, ...], T: int, B: int) -> str | None:
+    if len(shape) >= 2 and shape[0] in (T, 1) and shape[1] == B:
+        return "TB"  # [1, B, ...]: a static batch unsqueezed before being repeated over T
+    if len(shape) >= 1 and shape[0] == T * B and T > 1:
+        return "N"
+    if len(shape) >= 1 and shape[0] == B:
+        return "B"
+    return None
+
+
+def _batch_dims(layout: str | None) -> int:
+    return {"TB": 2, "N": 1, "B": 1}.get(layout, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tracing.
+# --------------------------------------------------------------------------------------------------
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, tracer: "_Tracer") -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        t = self.tracer
+        if t.depth == 0 and t.active:
+            t.record_op(func, args, kwargs, out)
+        return out
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+def _func_name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    if name == "__get__":  # a property such as Tensor.shape
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    return name
+
+
+class _Tracer:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.nodes: list[Node] = []
+        self.producer: dict[int, int] = {}  # id(tensor) -> node id
+        self.keep: list[torch.Tensor] = []  # keeps traced tensors alive so their ids stay unique
+        self.depth = 0  # > 0 while inside a leaf module
+        self.scope: list[str] = []
+        self.active = True
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.leaf_inputs: list[tuple[list[torch.Tensor], list[tuple[int, ...]]]] = []
+
+    def _input_ids(self, tensors: list[torch.Tensor]) -> tuple[list[int], list[tuple[int, ...]], list[tuple[int, ...]]]:
+        ids, shapes, consts = [], [], []
+        for t in tensors:
+            if id(t) in self.producer:
+                ids.append(self.producer[id(t)])
+                shapes.append(tuple(t.shape))
+            elif not isinstance(t, nn.Parameter):
+                consts.append(tuple(t.shape))
+        return ids, shapes, consts
+
+    def _register(self, node: Node, outputs: list[torch.Tensor]) -> None:
+        node.out_shapes = [tuple(o.shape) for o in outputs]
+        self.nodes.append(node)
+        for o in outputs:
+            self.producer[id(o)] = node.id
+            self.keep.append(o)
+
+    def add_input(self, x: torch.Tensor) -> None:
+        self._register(Node(0, "input", "input", "input"), [x])
+
+    def record_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        outputs = _tensors(out)
+        if not outputs:
+            return
+        tensors = _tensors(args) + _tensors(kwargs)
+        ids, shapes, consts = self._input_ids(tensors)
+        name = _func_name(func)
+        if not ids:  # a constant created from nothing traced (torch.zeros, a parameter's view, ...)
+            node = Node(len(self.nodes), "const", name, name, scope=self._scope())
+            self._register(node, outputs)
+            return
+        extra = {k: v for k, v in kwargs.items() if not torch.is_tensor(v)}
+        extra["args"] = [a for a in args if not torch.is_tensor(a) and not isinstance(a, (list, tuple))
+                         or isinstance(a, (list, tuple)) and not _tensors(a)]
+        node = Node(len(self.nodes), "op", name, name, inputs=ids, in_shapes=shapes, scope=self._scope(),
+                    args=extra, const_inputs=consts)
+        self._register(node, outputs)
+
+    def _scope(self) -> str:
+        return self.scope[-1] if self.scope else ""
+
+    # module hooks
+    def pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.depth == 0 and role_of(module) is None:
+            self.scope.append(self.names.get(id(module), type(module).__name__))
+        if role_of(module) is not None and module is not self.model:
+            if self.depth == 0:
+                self.leaf_inputs.append((_tensors(args) + _tensors(kwargs), []))
+            self.depth += 1
+
+    def post(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        role = role_of(module)
+        if role is None or module is self.model:
+            if self.depth == 0 and self.scope:
+                self.scope.pop()
+            return
+        self.depth -= 1
+        if self.depth > 0:
+            return
+        tensors, _ = self.leaf_inputs.pop()
+        ids, shapes, consts = self._input_ids(tensors)
+        outputs = _tensors(out)
+        name = self.names.get(id(module), type(module).__name__)
+        if role == "foreign-neuron":
+            from .interop.adapters import _unsupported
+            raise TopologyError(str(_unsupported(name, module, "adapt() the network first")))
+        node = Node(len(self.nodes), "module", name, role, module=module, inputs=ids, in_shapes=shapes,
+                    scope=self._scope(), const_inputs=consts)
+        self._register(node, outputs)
+
+
+def _static_dims(model: nn.Module) -> int:
+    return int(getattr(model, "static_dims", 4))
+
+
+def is_time_major(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``x`` is a time-major ``[T, B, ...]`` input of ``model`` (one more dim than a static batch;
+    ``model.static_dims``, default 4 = images ``[B, C, H, W]``)."""
+    return x.dim() == _static_dims(model) + 1
+
+
+def input_reading(model: nn.Module, x: torch.Tensor, graph: "Graph | None" = None) -> bool:
+    """Time-major or not: what the model declares, else what its trace found."""
+    if _declares_layout(model) or graph is None:
+        return is_time_major(model, x)
+    return graph.time_major_input
+
+
+def sample_count(model: nn.Module, x: torch.Tensor, graph: "Graph | None" = None) -> int:
+    """Samples in the input batch ``x`` of ``model``: dim 1 of a time-major input, else dim 0."""
+    return int(x.shape[1] if input_reading(model, x, graph) else x.shape[0])
+
+
+def _example(model: nn.Module, x: torch.Tensor, time_major: bool, T_hint: int | None) -> tuple[torch.Tensor, int]:
+    """A few samples of ``x`` (static ``[B, ...]`` or time-major ``[T, B, ...]``) sized so B != T, B > 1."""
+    axis = 1 if time_major else 0
+    T = T_hint or int(getattr(model, "T", 0) or (x.shape[0] if time_major else 0))
+    B = 2 if T == 3 else 3
+    if x.dim() <= axis or x.shape[axis] < 1:
+        raise ValueError(f"tracing needs at least one sample; the example batch has shape {tuple(x.shape)}")
+    idx = torch.arange(B, device=x.device) % x.shape[axis]
+    return x.index_select(axis, idx), B
+
+
+def _declares_layout(model: nn.Module) -> bool:
+    """spikeprune's models (``T`` + images) and adapted nets (``static_dims``) say how to read an input."""
+    return hasattr(model, "static_dims") or hasattr(model, "T")
+
+
+@torch.no_grad()
+def trace(model: nn.Module, example: torch.Tensor, *, timesteps: int | None = None) -> Graph:
+    """Trace ``model`` on (a few samples of) ``example`` into a :class:`Graph`.
+
+    Args:
+        model: any ``nn.Module`` whose neurons are :class:`~spikeprune.LIF` (our models, adapted
+            SpikingJelly/snnTorch nets, a user's own module).
+        example: what ``model(x)`` takes: a static batch ``[B, C, H, W]`` (or ``[B, F]``) or a
+            time-major ``[T, B, ...]``. spikeprune's models and adapted nets say which (``static_dims``);
+            for any other module both readings are tried and the one under which every neuron receives
+            ``[T, B, ...]`` is kept.
+        timesteps: T, if the model does not say (``model.T``); otherwise read from the neurons.
+
+    Runs one forward pass on 2-3 samples in eval mode; every module's train/eval flag is restored.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"trace() needs a torch.nn.Module; got {type(model).__name__}")
+    if not torch.is_tensor(example):
+        raise TypeError(f"trace() needs an example input tensor; got {type(example).__name__}")
+    readings = [is_time_major(model, example)] if _declares_layout(model) else [False, True]
+    for i, time_major in enumerate(readings):
+        last = i == len(readings) - 1
+        try:
+            return _trace_once(model, example, time_major, timesteps)
+        except TopologyError:
+            if last:
+                raise
+        except Exception:
+            if last or _declares_layout(model):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _trace_once(model: nn.Module, example: torch.Tensor, time_major: bool, timesteps: int | None) -> Graph:
+    x, B = _example(model, example, time_major, timesteps)
+    tracer = _Tracer(model)
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(tracer.pre, with_kwargs=True))
+        handles.append(m.register_forward_hook(tracer.post, with_kwargs=True))
+    tracer.add_input(x)
+    try:
+        with evaluation(model), _Recorder(tracer):
+            out = model(x)
+        tracer.active = False
+    finally:
+        for h in handles:
+            h.remove()
+    outputs = [tracer.producer[id(t)] for t in _tensors(out) if id(t) in tracer.producer]
+    nodes = tracer.nodes
+    neuron_inputs = [n.in_shapes[0] for n in nodes if n.role == "neuron" and n.in_shapes]
+    if neuron_inputs:
+        T = neuron_inputs[0][0]
+        bad = [s for s in neuron_inputs if len(s) < 2 or s[:2] != (T, B)]
+        if bad:
+            raise TopologyError(f"neurons must receive time-major [T, B, ...] input; one got {bad[0]} "
+                                f"(T={T}, traced batch {B})")
+    else:
+        T = timesteps or int(getattr(model, "T", 1) or 1)
+    for n in nodes:
+        n.layouts = [_layout(s, T, B) for s in n.out_shapes]
+    return Graph(model, nodes, outputs, T, B, time_major)
+
+
+# --------------------------------------------------------------------------------------------------
+# Channel analysis.
+# --------------------------------------------------------------------------------------------------
+
+# Functions through which channel c of the input stays channel c of the output (given the shape rules
+# of _ChannelAnalysis._flow). Anything else on a channel-carrying tensor blocks its groups.
+_ELEMENTWISE = {
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "true_divide", "neg", "abs", "relu", "relu_",
+    "sigmoid", "tanh", "clamp", "clamp_", "clamp_min", "clamp_max", "where", "maximum", "minimum", "float",
+    "double", "half", "bfloat16", "to", "type", "type_as", "contiguous", "clone", "detach", "__add__",
+    "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__", "__imul__",
+    "__truediv__", "__rtruediv__", "__itruediv__", "__and__", "__or__", "__xor__", "__rand__", "__ror__",
+    "logical_and", "logical_or", "logical_not", "logical_xor", "__invert__", "bitwise_and", "bitwise_or",
+    "bitwise_not", "bitwise_xor", "pow", "__pow__", "exp", "log", "sign", "heaviside", "ge", "gt", "le",
+    "lt", "eq", "ne", "__ge__", "__gt__", "__le__", "__lt__", "__eq__", "__ne__", "rsub", "dropout",
+    "gelu", "silu", "leaky_relu", "hardtanh", "elu", "square", "sqrt", "reciprocal", "masked_fill",
+    "zeros_like", "ones_like", "empty_like", "rand_like", "full_like", "requires_grad_", "sum_to_size",
+}
+_RESHAPE = {"flatten", "unflatten", "view", "reshape", "view_as", "reshape_as", "unsqueeze", "squeeze",
+            "expand", "expand_as", "repeat", "__getitem__", "select", "narrow", "transpose", "permute",
+            "stack", "cat", "concat", "chunk", "split", "unbind", "mean", "sum", "amax", "max",
+            "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
+            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d",
+            "interpolate"}
+_PASS_MODULES = {"bn", "neuron", "pool", "dropout", "flatten", "act"}
+
+
+@dataclass
+class _Chan:
+    """Where channels sit in a tensor: ``axis`` and the ordered segments ``(space, size, per)``."""
+
+    axis: int
+    segments: tuple[tuple[str, int, int], ...]
+
+    @property
+    def width(self) -> int:
+        return sum(size * per for _, size, per in self.segments)
+
+
+class _ChannelAnalysis:
+    def __init__(self, graph: Graph) -> None:
+        self.g = graph
+        self.parent: dict[str, str] = {}
+        self.size: dict[str, int] = {}
+        self.blocked: dict[str, str] = {}
+        self.members: dict[str, dict[str, list]] = {}
+        self.chan: dict[int, _Chan | None] = {}
+
+    # union-find over spaces
+    def find(self, s: str) -> str:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def new(self, s: str, size: int) -> None:
+        if s not in self.parent:
+            self.parent[s] = s
+            self.size[s] = size
+            self.members[s] = {"producers": [], "norms": [], "consumers": [], "neurons": []}
+
+    def union(self, a: str, b: str, node: Node) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] != self.size[rb]:
+            self.block_space(ra, f"{node.where()} joins {self.size[ra]} and {self.size[rb]} channels")
+            self.block_space(rb, f"{node.where()} joins {self.size[ra]} and {self.size[rb]} channels")
+            return
+        first, second = sorted((ra, rb), key=lambda r: self._order.get(r, 0))
+        self.parent[second] = first
+        for k, v in self.members[second].items():
+            self.members[first][k].extend(v)
+        if second in self.blocked and first not in self.blocked:
+            self.blocked[first] = self.blocked[second]
+
+    def block_space(self, s: str, why: str) -> None:
+        self.blocked.setdefault(self.find(s), why)
+
+    def block(self, chan: _Chan | None, why: str) -> None:
+        if chan is not None:
+            for s, _, _ in chan.segments:
+                self.block_space(s, why)
+
+    # flow
+    def groups(self) -> list[ChannelGroup]:
+        g = self.g
+        self._order: dict[str, int] = {}
+        for n in g.nodes:
+            self.chan[n.id] = self._flow(n)
+        for o in g.outputs:
+            self.block(self.chan.get(o), "it is the network's output")
+        roots: dict[str, list[str]] = {}
+        for s in self.parent:
+            roots.setdefault(self.find(s), []).append(s)
+        out = []
+        for root in sorted(roots, key=lambda r: self._order.get(r, 0)):
+            if root == "input":
+                continue
+            m = self.members[root]
+            out.append(ChannelGroup(
+                name=root, size=self.size[root], producers=tuple(dict.fromkeys(m["producers"])),
+                norms=tuple(dict.fromkeys(m["norms"])), consumers=tuple(dict.fromkeys(m["consumers"])),
+                neurons=tuple(dict.fromkeys(m["neurons"])), blocked=self.blocked.get(root)))
+        return out
+
+    def _in(self, n: Node, i: int = 0) -> _Chan | None:
+        return self.chan.get(n.inputs[i]) if i < len(n.inputs) else None
+
+    def _flow(self, n: Node) -> _Chan | None:
+        g = self.g
+        if n.kind == "input":
+            shape = n.out_shape
+            lay = _layout(shape, g.T, g.B)
+            if lay is None or len(shape) <= _batch_dims(lay):
+                return None
+            self.new("input", shape[_batch_dims(lay)])
+            self._order["input"] = -1
+            self.block_space("input", "it is the network's input")
+            return _Chan(_batch_dims(lay), (("input", shape[_batch_dims(lay)], 1),))
+        if n.kind == "const":
+            return None
+        if n.kind == "module" and n.role == "weight":
+            return self._weight(n)
+        ins = [self.chan.get(i) for i in n.inputs]
+        carried = [c for c in ins if c is not None]
+        if not carried:
+            return None
+        if n.kind == "module" and n.role not in _PASS_MODULES:
+            self.block(carried[0], f"{n.where()} is not a layer spikeprune can follow through channels "
+                                   "(supported: conv, linear, BatchNorm, neurons, pooling, dropout, flatten, "
+                                   "activations)")
+            return None
+        if n.kind == "op" and n.name not in _ELEMENTWISE | _RESHAPE:
+            for c in carried:
+                self.block(c, f"{n.where()} is not an operation spikeprune can follow through channels")
+            return None
+        if n.kind == "op" and n.name in ("cat", "concat"):
+            return self._cat(n, ins)
+        if n.kind == "op" and n.name == "stack" or n.kind == "op" and n.name in _ELEMENTWISE and len(carried) > 1:
+            return self._join(n, ins)
+        chan = carried[0]
+        for shape in n.const_inputs:  # an untraced tensor broadcast against the channels (x * scale[C, 1, 1])
+            if math.prod(shape) > 1 and n.name in _ELEMENTWISE:
+                self.block(chan, f"{n.where()} combines the channels with a constant tensor of shape {shape}")
+                return None
+        first = next(i for i, c in enumerate(ins) if c is not None)
+        out = self._reshape(n, n.in_shapes[first], n.out_shape, chan)
+        if n.kind == "module" and out is not None:
+            self._record_member(n, out)
+        if out is None:
+            self.block(chan, f"{n.where()} reshapes {n.in_shapes[first]} -> {n.out_shape} across channels")
+        return out
+
+    def _weight(self, n: Node) -> _Chan:
+        m = n.module
+        x_shape, y_shape = n.in_shapes[0] if n.in_shapes else None, n.out_shape
+        chan = self._in(n)
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups != 1:
+            self.block(chan, f"{n.where()} is a grouped convolution (groups={m.groups}), not supported by "
+                             "channel removal")
+            chan = None
+        if chan is not None and x_shape is not None:
+            axis = len(x_shape) - 1 if isinstance(m, nn.Linear) else len(x_shape) - 1 - len(m.kernel_size)
+            if chan.axis != axis:
+                self.block(chan, f"{n.where()} reads axis {axis} but the channels sit on axis {chan.axis}")
+            else:
+                offset = 0
+                for s, size, per in chan.segments:
+                    if isinstance(m, nn.modules.conv._ConvNd) and per != 1:
+                        self.block_space(s, f"{n.where()} reads flattened channels")
+                    self.members[self.find(s)]["consumers"].append((n.name, per, offset))
+                    offset += size * per
+        space = n.name
+        out_channels = int(m.weight.shape[0])
+        self.new(space, out_channels)
+        self._order.setdefault(space, n.id)
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups != 1:
+            self.block_space(space, f"{n.where()} is a grouped convolution (groups={m.groups}), not supported by "
+                                    "channel removal")
+        self.members[self.find(space)]["producers"].append(n.name)
+        axis = len(y_shape) - 1 if isinstance(m, nn.Linear) else len(y_shape) - 1 - len(m.kernel_size)
+        return _Chan(axis, ((space, out_channels, 1),))
+
+    def _record_member(self, n: Node, chan: _Chan) -> None:
+        if n.role == "bn":
+            offset = 0
+            for s, size, per in chan.segments:
+                self.members[self.find(s)]["norms"].append((n.name, per, offset))
+                offset += size * per
+        elif n.role == "neuron":
+            for s, _, _ in chan.segments:
+                self.members[self.find(s)]["neurons"].append(n.name)
+
+    def _reshape(self, n: Node, x: tuple[int, ...], y: tuple[int, ...], chan: _Chan) -> _Chan | None:
+        """Channels of ``y`` given those of ``x``, from the shapes (see the module docstring)."""
+        g = self.g
+        lx, ly = _layout(x, g.T, g.B), _layout(y, g.T, g.B)
+        if lx is None or ly is None:
+            return None
+        bx, by = _batch_dims(lx), _batch_dims(ly)
+        k = chan.axis - bx  # position of the channel axis among the per-sample dims
+        px, py = x[bx:], y[by:]
+        if k < 0 or k >= len(px):
+            return None
+        if px == py:
+            return _Chan(by + k, chan.segments)
+        spatial_ok = n.kind == "module" and n.role in ("pool", "flatten") or n.name in (
+            "flatten", "view", "reshape", "mean", "sum", "amax", "max", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+            "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+            "adaptive_avg_pool3d", "adaptive_max_pool2d", "interpolate", "transpose", "permute", "squeeze",
+            "unsqueeze")
+        if not spatial_ok:
+            return None
+        # the prefix up to the channel axis is unchanged and only dims after it change (pooling, global
+        # pooling, reshaping H x W): channel c stays channel c, unless a transpose/permute moved it.
+        if len(py) > k and py[:k + 1] == px[:k + 1] and n.name not in ("transpose", "permute"):
+            return _Chan(by + k, chan.segments)
+        if n.name in ("transpose", "permute"):
+            dims = n.args.get("args", [])
+            return _Chan(by + k, chan.segments) if len(py) > k and py[:k + 1] == px[:k + 1] and \
+                self._keeps_axis(n, chan.axis, len(x)) else None
+        # flatten of the channel with the dims after it: [.., C, H, W] -> [.., C*H*W]; channel c owns
+        # features c*H*W ... (c+1)*H*W - 1 (C-major, as torch.flatten lays them out)
+        for j in range(k + 1, len(px) + 1):
+            if py[:k] == px[:k] and len(py) > k and py[k] == math.prod(px[k:j]) and py[k + 1:] == px[j:]:
+                per = math.prod(px[k + 1:j])
+                return _Chan(by + k, tuple((s, size, p * per) for s, size, p in chan.segments))
+        return None
+
+    def _keeps_axis(self, n: Node, axis: int, ndim: int) -> bool:
+        a = n.args.get("args", [])
+        if n.name == "transpose" and len(a) >= 2:
+            d0, d1 = (int(d) % ndim for d in a[:2])
+            return axis not in (d0, d1)
+        if n.name == "permute":
+            dims = a[0] if a and isinstance(a[0], (list, tuple)) else a
+            return len(dims) == ndim and int(dims[axis]) % ndim == axis
+        return False
+
+    def _join(self, n: Node, ins: list[_Chan | None]) -> _Chan | None:
+        """Elementwise ops of several channel-carrying tensors (residual add, SEW AND/IAND) and stack."""
+        shapes = n.in_shapes
+        carried = [(c, s) for c, s in zip(ins, shapes) if c is not None]
+        c0, s0 = carried[0]
+        ok = True
+        for c, s in carried[1:]:
+            if n.name == "stack":
+                same = s == s0 and c.axis == c0.axis
+            else:
+                same = s == s0 and c.axis == c0.axis
+            if not same or len(c.segments) != len(c0.segments) or \
+                    any(a[1:] != b[1:] for a, b in zip(c.segments, c0.segments)):
+                ok = False
+                break
+        if not ok:
+            for c, _ in carried:
+                self.block(c, f"{n.where()} combines tensors whose channels do not line up ({shapes})")
+            return None
+        for c, _ in carried[1:]:
+            for a, b in zip(c0.segments, c.segments):
+                self.union(a[0], b[0], n)
+        if n.name == "stack":
+            return self._reshape(n, s0, n.out_shape, c0)
+        return self._reshape(n, s0, n.out_shape, c0) if s0 != n.out_shape else _Chan(c0.axis, c0.segments)
+
+    def _cat(self, n: Node, ins: list[_Chan | None]) -> _Chan | None:
+        a = n.args.get("args", [])
+        dim = n.args.get("dim", a[0] if a and isinstance(a[0], int) else 0)
+        shapes = n.in_shapes
+        if any(c is None for c in ins) or len(ins) != len(shapes):
+            for c in ins:
+                self.block(c, f"{n.where()} concatenates channels with untraced tensors")
+            return None
+        ndim = len(shapes[0])
+        dim = int(dim) % ndim
+        axes = {c.axis for c in ins}
+        if len(axes) != 1:
+            for c in ins:
+                self.block(c, f"{n.where()} concatenates tensors whose channels sit on different axes")
+            return None
+        axis = axes.pop()
+        if dim == axis:
+            segments = tuple(s for c in ins for s in c.segments)
+            return _Chan(axis, segments)
+        return self._join(n, ins)  # along time or batch: same channels in every part
