@@ -335,17 +335,18 @@ def test_dataset_probe_wraps_only_the_shape_mismatch_of_a_layer():
         check_fits_dataset(buggy, synthetic, "synthetic")
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="calibration.py takes dim 1 of a SpikingJelly multi-step conv's [T, B, C, H, W] input as its "
-                          "channels (input_rate has B entries), so sf scoring fails in criteria._firing_scores; the "
-                          "cost report (cost._measured_sops) fails on the same 5-D input. Remove when fixed there.")
-def test_cli_multistep_zoo_net_runs_end_to_end_on_synthetic(tmp_path, monkeypatch):
+def test_cli_multistep_zoo_net_runs_end_to_end_on_synthetic(tmp_path, capsys):
+    import json
+
     from spikeprune.cli import main
 
-    monkeypatch.setenv("SPIKEPRUNE_DEBUG", "1")  # the traceback, not exit 2, if it fails
     out = tmp_path / "out"
-    assert main(["interop", "--model", f"{ZOO_FILE}:plif_cifar10net", "--dataset", "synthetic", "--timesteps", "2",
-                 "--batch-size", "32", "--calibration-batches", "1", "--analysis-batches", "1", "--out", str(out)]) == 0
+    code = main(["interop", "--model", f"{ZOO_FILE}:plif_cifar10net", "--dataset", "synthetic", "--timesteps", "2",
+                 "--batch-size", "32", "--calibration-batches", "1", "--analysis-batches", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["output"] == "spikes" and metrics["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert all((out / f).is_file() for f in ("neurons.json", "mask.safetensors", "cost.json", "flips.csv"))
 
 
 # --------------------------------------------------------------------------------------------------
