@@ -53,6 +53,12 @@ def _net(name: str) -> nn.Module:
     return zoo_nets.build(name)
 
 
+def _adapt(net: nn.Module) -> nn.Module:
+    # NIR's neuron nodes emit spikes: compare with the adapted model's spikes, not the membrane readout that
+    # adapt()'s default gives a final snnTorch output=True layer (docs/interop.md, Decisions)
+    return adapt(net, zoo_nets.T, output="spikes")
+
+
 def _run(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     spikes: list[torch.Tensor] = []
     with torch.no_grad(), observe(model, lambda lif, u, s: spikes.append(s.clone())):
@@ -82,7 +88,7 @@ def _round_trip(model: nn.Module, x: torch.Tensor, path) -> tuple[object, nn.Mod
 
 @pytest.mark.parametrize("name", EXPORTABLE + ["snntorch-csnn-zero"])
 def test_zoo_round_trip_reproduces_every_spike(name, tmp_path):
-    model = adapt(_net(name), zoo_nets.T)
+    model = _adapt(_net(name))
     x = zoo_nets.images(4)
     graph, rebuilt = _round_trip(model, x, tmp_path / "net.nir")
     kinds = [type(n).__name__ for n in graph.nodes.values()]
@@ -104,7 +110,7 @@ def test_zoo_round_trip_reproduces_every_spike(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_zoo_refusals_are_one_line(name):
-    model = adapt(_net(name), zoo_nets.T)
+    model = _adapt(_net(name))
     with pytest.raises(ValueError) as info:
         to_nir(model, zoo_nets.images(2))
     msg = str(info.value)
@@ -124,7 +130,7 @@ def test_soft_reset_is_refused_naming_the_neuron():
 @pytest.mark.parametrize("name", ["sj-spiking_resnet18", "sj-sew_resnet18-ADD", "sj-plif-CIFAR10Net",
                                   "sj-sequential-single-step", "snntorch-csnn-zero"])
 def test_masked_export_keeps_exact_zeros(name, tmp_path):
-    model = adapt(_net(name), zoo_nets.T)
+    model = _adapt(_net(name))
     prune(model, "magnitude", 0.5)
     x = zoo_nets.images(4)
     graph, rebuilt = _round_trip(model, x, tmp_path / "masked.nir")
@@ -147,7 +153,7 @@ def test_quantized_export_writes_the_levels(name, tmp_path):
 
     adapt() turns a Sequential's SpikingJelly layers into plain torch layers (multi-step zoo nets: see
     test_quantized_multistep_zoo_nets_export_their_levels)."""
-    model = adapt(_net(name), zoo_nets.T)
+    model = _adapt(_net(name))
     quantize_model(model, bits=4)
     x = zoo_nets.images(4)
     graph, rebuilt = _round_trip(model, x, tmp_path / "q.nir")
@@ -178,7 +184,7 @@ def test_quantized_multistep_zoo_nets_export_their_levels(name, tmp_path):
     """Multi-step zoo nets keep SpikingJelly's layer classes; quantize_model gives them quantized twins
     (spikeprune.quant.is_layout_wrapper). Linear layers (no BN to fold) carry exactly the levels; every
     spike survives the round trip."""
-    model = adapt(_net(name), zoo_nets.T)
+    model = _adapt(_net(name))
     quantize_model(model, bits=4)
     x = zoo_nets.images(4)
     graph, rebuilt = _round_trip(model, x, tmp_path / "q.nir")
@@ -253,7 +259,7 @@ def test_import_snntorch_export_reproduces_its_spikes(tmp_path):
     rebuilt = from_nir(tmp_path / "snn.nir", timesteps=zoo_nets.T, dt=1e-4)
     neurons = [m for m in rebuilt.modules() if isinstance(m, NIRNeuron)]
     assert len(neurons) == 2 and not any(m.inclusive for m in neurons)  # snnTorch fires at u > threshold
-    ref = zoo_nets.package_run(net, x)
+    ref = zoo_nets.package_run(net, x, output="spikes")  # the output=True layer's spikes, as NIR's LIF emits
     with torch.no_grad():
         out = rebuilt(x)
     assert 0 < float(ref.mean()) < 1

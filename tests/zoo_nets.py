@@ -163,14 +163,18 @@ def images(batch: int = 4, seed: int = 0, scale: float = 3.0) -> torch.Tensor:
     return torch.rand(batch, *IMAGE, generator=g) * scale
 
 
-def package_run(net: nn.Module, x: torch.Tensor, timesteps: int = T) -> torch.Tensor:
+def package_run(net: nn.Module, x: torch.Tensor, timesteps: int = T, output: str = "auto") -> torch.Tensor:
     """The package's own run of the *unadapted* net on a static batch ``x``: ``[T, B, ...]`` outputs.
 
     SpikingJelly multi-step nets get the repeated sequence; single-step nets (SpikingJelly or snnTorch)
-    are stepped ``timesteps`` times with their own state, then reset (snnTorch ``output=True`` layers
-    return ``(spk, mem)``: the spikes are taken, as the adapter's default output).
+    are stepped ``timesteps`` times with their own state, then reset. snnTorch ``output=True`` layers
+    return ``(spk, mem)``: ``output="auto"`` (as ``adapt``'s default) and ``"membrane"`` take ``mem``,
+    ``"spikes"`` takes ``spk``.
     """
     from spikingjelly.activation_based import functional
+    if output not in ("auto", "spikes", "membrane"):
+        raise ValueError(f"output must be auto, spikes or membrane; got {output!r}")
+    pick = 0 if output == "spikes" else 1
     steps = any(getattr(m, "step_mode", "s") == "m" for m in net.modules())
     functional.reset_net(net)
     _reset_snntorch(net)
@@ -181,7 +185,7 @@ def package_run(net: nn.Module, x: torch.Tensor, timesteps: int = T) -> torch.Te
             outs = []
             for _ in range(timesteps):
                 o = net(x)
-                outs.append(o[0] if isinstance(o, tuple) else o)
+                outs.append(o[pick] if isinstance(o, tuple) else o)
             out = torch.stack(outs)
     functional.reset_net(net)
     _reset_snntorch(net)

@@ -19,26 +19,33 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .calibration import Calibration
-from .masks import prunable_weights
+from .diagnostics import SFFallbackWarning
+from .masks import PRUNABLE_TYPES, prunable_weights
 from .neuron import LIF
 
 __all__ = ["CRITERIA", "FIRING_AWARE", "Scores", "compute_scores", "magnitude", "random", "sf", "sf_current", "sf_empirical",
-           "sf_layers", "sf_rms"]
+           "sf_fallbacks", "sf_layers", "sf_rms"]
 
 
 @dataclass
 class Scores:
-    """Per-weight importance, same names/shapes as the prunable weights, and the criterion per layer."""
+    """Per-weight importance, same names/shapes as the prunable weights, and the criterion per layer.
+
+    ``fallback``: for a firing-aware criterion, the layers it scored by magnitude instead, with the reason
+    (:func:`sf_fallbacks`); empty for the other criteria.
+    """
 
     values: dict[str, torch.Tensor]
     kinds: dict[str, str]
+    fallback: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.values[name]
@@ -99,6 +106,55 @@ def sf_layers(model: nn.Module, calibration: Calibration) -> dict[str, tuple[nn.
     return found
 
 
+def _next_neuron_or_layer(model: nn.Module, module: str) -> tuple[str, str] | None:
+    """What follows ``module`` in definition order: ``("neuron", name)`` if a LIF comes before the next prunable
+    layer, ``("layer", name)`` if that layer comes first, ``None`` if neither follows (a readout layer).
+
+    Definition order stands in for execution order (which calibration records only when a BatchNorm
+    follows): they agree for ``nn.Sequential`` nets and the usual conv-BN-neuron blocks.
+    """
+    after = False
+    for name, m in model.named_modules():
+        if name == module:
+            after = True
+        elif after and isinstance(m, LIF):
+            return "neuron", name
+        elif after and isinstance(m, PRUNABLE_TYPES) and getattr(m, "weight", None) is not None and m.weight.dim() > 1:
+            return "layer", name
+    return None
+
+
+def sf_fallbacks(model: nn.Module, calibration: Calibration) -> dict[str, tuple[str, bool]]:
+    """``{weight name: (why it keeps magnitude, surprising?)}`` for the prunable layers not in :func:`sf_layers`.
+
+    Expected (not surprising): the encoding layer (analog input) and a readout layer that drives no neuron.
+    Surprising: a layer that reads spikes and drives a neuron but gets no SF score (no BatchNorm between
+    them, or neuron statistics that are not per output channel), e.g. every hidden layer of a net without BN.
+    """
+    qualified = sf_layers(model, calibration)
+    out: dict[str, tuple[str, bool]] = {}
+    for name, w in prunable_weights(model).items():
+        if name in qualified:
+            continue
+        rec = calibration.layers.get(name)
+        module = name.rpartition(".")[0]
+        if rec is None:
+            out[name] = ("not executed during calibration", False)
+        elif not rec.input_is_spikes:
+            out[name] = ("its input is not spikes (an encoding layer)", False)
+        elif rec.bn is None:
+            nxt = _next_neuron_or_layer(model, module)
+            if nxt is None or nxt[0] == "layer":
+                out[name] = ("it drives no spiking neuron (a readout layer)", False)
+            else:
+                out[name] = (f"no BatchNorm between it and the neuron {nxt[1]!r} it drives", True)
+        elif calibration.neuron_of(name) is None:
+            out[name] = (f"no spiking neuron after its BatchNorm {rec.bn!r}", True)
+        else:
+            out[name] = (f"its neuron's statistics are not one per output channel ({w.shape[0]})", True)
+    return out
+
+
 def _firing_scores(model: nn.Module, calibration: Calibration | None, density: str, kind: str) -> Scores:
     """``r_i |w| gain_j * d_j`` on the layers of :func:`sf_layers`, magnitude elsewhere.
 
@@ -111,7 +167,17 @@ def _firing_scores(model: nn.Module, calibration: Calibration | None, density: s
         raise ValueError(f"the {kind} criterion needs calibration data (pass calibration=<batches>)")
     weights = prunable_weights(model)
     scores = magnitude(model)
-    for name, (bn, lif, stats) in sf_layers(model, calibration).items():
+    layers = sf_layers(model, calibration)
+    fallbacks = sf_fallbacks(model, calibration)
+    scores.fallback = {n: why for n, (why, _) in fallbacks.items()}
+    surprising = {n: why for n, (why, odd) in fallbacks.items() if odd or not layers}
+    if surprising:
+        # The run is still labelled with the criterion: say which layers it did not score, and why.
+        head = (f"the {kind} criterion scored no layer by firing statistics" if not layers else
+                f"the {kind} criterion fell back to magnitude for {len(surprising)} spiking layer(s)")
+        warnings.warn(f"{head}: " + "; ".join(f"{n}: {why}" for n, why in surprising.items()),
+                      SFFallbackWarning, stacklevel=2)
+    for name, (bn, lif, stats) in layers.items():
         w = weights[name]
         rate = calibration.layers[name].input_rate
         if density == "rms":  # root-mean-square instead of mean perturbation: sqrt(E[(s_i w g_j)^2])

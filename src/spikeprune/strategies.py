@@ -34,14 +34,16 @@ layers are made comparable (docs/lottery.md has the measurements behind the defa
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Mapping
 
 import numpy as np
 import torch
 
+from .diagnostics import LayerCollapseWarning
 from .masks import Mask
 
-__all__ = ["NORMALIZATIONS", "STRATEGIES", "global_prune", "layerwise_prune", "normalize_scores", "resolve_normalization",
+__all__ = ["NORMALIZATIONS", "STRATEGIES", "collapsed_layers", "global_prune", "layerwise_prune", "normalize_scores", "resolve_normalization",
            "kth_smallest", "select", "MIXED_DEFAULT"]
 
 NORMALIZATIONS = ("auto", "none", "budget", "mean", "max", "l2")
@@ -150,10 +152,26 @@ def _keep_best(scores: torch.Tensor, candidates: torch.Tensor, keep: int) -> tor
     return candidates & ~select(flat, drop).view_as(candidates)
 
 
+def collapsed_layers(before: Mask, after: Mask) -> dict[str, tuple[int, int, int]]:
+    """``{name: (kept before, kept after, output units)}`` for the layers this step emptied or left with fewer
+    surviving weights than output units (dim 0 of the weight), where they were not so before."""
+    out = {}
+    for n in after:
+        units = after[n].shape[0]
+        was, now = int(before[n].sum()), int(after[n].sum())
+        if (now == 0 < was) or (now < units <= was):
+            out[n] = (was, now, units)
+    return out
+
+
 def global_prune(scores: Mapping[str, torch.Tensor], mask: Mask, fraction: float, *,
                  normalize: str = "none", kinds: Mapping[str, str] | None = None,
                  dynamic: Collection[str] = (), allocation: Mapping[str, torch.Tensor] | None = None) -> Mask:
     """Keep the ``surviving - round(fraction * surviving)`` best candidates overall.
+
+    Warns (:class:`~spikeprune.diagnostics.LayerCollapseWarning`) when the ranking empties a layer or leaves it
+    fewer surviving weights than output units (some units then get no input at all): a valid mask, but
+    one layer's scores were on another scale than the rest (e.g. conv weights shrunk by BatchNorm).
 
     Args:
         scores: ``{name: tensor}`` importance (higher = keep), shapes as the mask.
@@ -164,6 +182,19 @@ def global_prune(scores: Mapping[str, torch.Tensor], mask: Mask, fraction: float
         dynamic: layers whose pruned weights compete again (SF-IMP-2).
         allocation: scores that set the per-layer budgets for ``normalize="budget"`` (|w|).
     """
+    new = _global_prune(scores, mask, fraction, normalize=normalize, kinds=kinds, dynamic=dynamic,
+                        allocation=allocation)
+    collapsed = collapsed_layers(mask, new)
+    if collapsed:
+        warnings.warn("global ranking " + "; ".join(
+            f"{'emptied' if now == 0 else 'left'} {n}{'' if now == 0 else f' with {now} weights'} (of {was} before; "
+            f"{units} output units)" for n, (was, now, units) in collapsed.items()), LayerCollapseWarning, stacklevel=2)
+    return new
+
+
+def _global_prune(scores: Mapping[str, torch.Tensor], mask: Mask, fraction: float, *,
+                  normalize: str = "none", kinds: Mapping[str, str] | None = None,
+                  dynamic: Collection[str] = (), allocation: Mapping[str, torch.Tensor] | None = None) -> Mask:
     _check_fraction(fraction)
     _check_keys(scores, mask)
     method = resolve_normalization(normalize, kinds)
@@ -174,7 +205,7 @@ def global_prune(scores: Mapping[str, torch.Tensor], mask: Mask, fraction: float
         # dynamic layer compete across layers hands it the other layers' places: under BN, conv weights
         # shrink with weight decay while the dense FC weights do not, and the study's SF-IMP-2 emptied
         # both spiking conv layers at 98 % sparsity (benchmarks/lottery/RESULTS.md, §1).
-        counts = global_prune(scores, mask, fraction, normalize=method, kinds=kinds, allocation=allocation)
+        counts = _global_prune(scores, mask, fraction, normalize=method, kinds=kinds, allocation=allocation)
         return Mask({n: _keep_best(scores[n], candidates[n], int(counts[n].sum())) if n in dynamic else counts[n]
                      for n in mask})
     alive = mask.num_kept
@@ -183,7 +214,7 @@ def global_prune(scores: Mapping[str, torch.Tensor], mask: Mask, fraction: float
         if allocation is None:
             raise ValueError("normalize='budget' needs allocation scores (the weights' magnitudes)")
         _check_keys(allocation, mask)
-        budget = global_prune(allocation, mask, fraction, normalize="none")
+        budget = _global_prune(allocation, mask, fraction, normalize="none")
         return Mask({n: _keep_best(scores[n], candidates[n], int(budget[n].sum())) for n in mask})
     scores = normalize_scores(scores, candidates, method, kinds)
     names = list(mask)

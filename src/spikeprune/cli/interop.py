@@ -3,6 +3,8 @@
 The network comes from your own code: ``--model my_nets.py:build`` (or ``package.module:build``) names a
 function that returns it (an ``nn.Sequential``, or a SpikingJelly multi-step network). Supported neurons:
 SpikingJelly LIFNode / ParametricLIFNode / IFNode and snnTorch Leaky(init_hidden=True); docs/interop.md.
+The network is checked against the dataset before anything is written: a CIFAR-shaped net (3x32x32) needs
+``--dataset cifar10`` or ``--dataset synthetic`` (3x32x32, 10 classes), not the default 8x8 digits.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "('file.py:function' or 'package.module:function'; runs your code)")
     p.add_argument("--weights", metavar="FILE", help="safetensors state_dict of the network to load first")
     p.add_argument("--timesteps", type=int, default=4, metavar="T", help="timesteps of direct encoding (default 4)")
-    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
+    p.add_argument("--dataset", default="digits",
+                   help="dataset (default: digits, 1x8x8; synthetic: 3x32x32, 10 classes)")
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
     p.add_argument("--epochs", type=int, default=0, metavar="N", help="train N epochs (Adam) before pruning")
     p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate for --epochs (default 5e-3)")

@@ -22,10 +22,16 @@ exactly as with spikeprune's stateless :class:`~spikeprune.LIF` (both packages k
 module - SpikingJelly ``v``, snnTorch ``mem`` - and a copy taken after a forward pass would otherwise
 start its next pass from the stale potential).
 
+Stateful SpikingJelly layers that are not neurons (``layer.Dropout``'s mask) are reset before and after every
+sequence as well, as ``functional.reset_net`` would. The adapted model is in the mode the user's net is in.
+
 Supported: SpikingJelly ``LIFNode``, ``ParametricLIFNode``, ``IFNode`` (single- or multi-step, hard or
 soft reset, ``decay_input`` either way) and snnTorch ``Leaky`` with ``init_hidden=True`` (reset
-``"subtract"``, ``"zero"`` or ``"none"``; scalar beta/threshold). Anything else that is recognisably a
-spiking neuron of those packages raises ``ValueError`` naming its class and listing what is supported.
+``"subtract"``, ``"zero"`` or ``"none"``; scalar beta/threshold), and subclasses of them that override only
+``__init__``/``extra_repr``. Anything else that is recognisably a spiking neuron of those packages (an instance
+of SpikingJelly's ``BaseNode`` or snnTorch's ``SpikingNeuron``, wherever its class is defined) raises
+``ValueError`` naming its class and listing what is supported. A final snnTorch ``output=True`` neuron is read
+out by its membrane potential (``adapt(output=...)``, docs/interop.md "Decisions").
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from torch import nn
 
 from ..neuron import LIF
 
-__all__ = ["AdaptedModel", "NeuronAdapter", "SUPPORTED_NEURONS", "SpikeMismatchError", "adapt",
+__all__ = ["AdaptedModel", "NeuronAdapter", "OUTPUTS", "SUPPORTED_NEURONS", "SpikeMismatchError", "adapt",
            "find_neurons", "load_factory", "neuron_summary"]
 
 #: what :func:`adapt` accepts, as shown in error messages
@@ -81,14 +87,29 @@ def _qualname(m: nn.Module) -> str:
     return f"{type(m).__module__}.{type(m).__qualname__}"
 
 
-def _is_sj_neuron(m: nn.Module) -> bool:
+def _sj_neuron_types() -> tuple[type, ...]:
     sj = _sj()
-    if sj is None or not type(m).__module__.startswith("spikingjelly"):
+    if sj is None:
+        return ()
+    neuron = sj[1]
+    return tuple(getattr(neuron, n) for n in ("BaseNode", "SimpleBaseNode", "NonSpikingBaseNode") if hasattr(neuron, n))
+
+
+def _is_sj_neuron(m: nn.Module) -> bool:
+    """A SpikingJelly neuron, wherever its class is defined (a user's ``LIFNode`` subclass included)."""
+    sj = _sj()
+    if sj is None:
         return False
-    base, neuron = sj
-    neuron_types = tuple(getattr(neuron, n) for n in ("BaseNode", "SimpleBaseNode", "NonSpikingBaseNode")
-                         if hasattr(neuron, n))
-    return isinstance(m, neuron_types) or ".neuron" in type(m).__module__ and isinstance(m, base.MemoryModule)
+    base = sj[0]
+    return isinstance(m, _sj_neuron_types()) or (".neuron" in type(m).__module__
+                                                 and type(m).__module__.startswith("spikingjelly")
+                                                 and isinstance(m, base.MemoryModule))
+
+
+def _is_sj_memory(m: nn.Module) -> bool:
+    """A stateful SpikingJelly module (``MemoryModule``: neurons, ``layer.Dropout``, ...)."""
+    sj = _sj()
+    return sj is not None and isinstance(m, sj[0].MemoryModule)
 
 
 def _is_snn_neuron(m: nn.Module) -> bool:
@@ -115,21 +136,45 @@ def _scalar(value: Any, what: str, path: str, m: nn.Module) -> float:
     return float(t.reshape(()))
 
 
+#: what a subclass of a supported neuron may define and still run exactly as its base class: anything else
+#: (``neuronal_charge``, ``single_step_forward``, ``*_functional_forward``, ``forward``, ``fire``, ``mem_reset``,
+#: ``_base_state_function``, a property, a class attribute...) can change the dynamics the adapter recomputes
+_SAFE_OVERRIDES = frozenset({"__init__", "extra_repr", "__doc__", "__module__", "__qualname__", "__dict__",
+                             "__weakref__", "__annotations__", "__firstlineno__", "__static_attributes__",
+                             "__orig_bases__", "__parameters__"})
+
+
+def _supported_base(path: str, m: nn.Module, bases: dict[type, str]) -> str | None:
+    """The kind of the supported class ``m`` is an instance of, if any; ``ValueError`` if ``m``'s class is a
+    subclass of it that overrides anything besides ``__init__``/``extra_repr``."""
+    for cls in type(m).__mro__:
+        if cls in bases:
+            break
+    else:
+        return None
+    overridden = sorted({k for c in type(m).__mro__[:type(m).__mro__.index(cls)] for k in vars(c)}
+                        - _SAFE_OVERRIDES)
+    if overridden:
+        raise _unsupported(path, m, f"a subclass of {cls.__module__}.{cls.__qualname__} that overrides "
+                           f"{', '.join(overridden)}; only __init__ and extra_repr may be overridden")
+    return bases[cls]
+
+
 def _kind(path: str, m: nn.Module) -> str:
     """``"sj-lif"``, ``"sj-plif"``, ``"sj-if"`` or ``"snn-leaky"``; ``ValueError`` for anything else."""
     sj = _sj()
-    if sj is not None and type(m).__module__.startswith("spikingjelly"):
+    if sj is not None and _is_sj_neuron(m):
         neuron = sj[1]
-        kinds = {"LIFNode": "sj-lif", "ParametricLIFNode": "sj-plif", "IFNode": "sj-if"}
-        for cls_name, kind in kinds.items():
-            # Exact types only: a subclass may change the dynamics the adapter recomputes.
-            if type(m) is getattr(neuron, cls_name, None):
-                if getattr(m, "_neuron_precision", None) is not None:
-                    raise _unsupported(path, m, "explicit neuron precision (Triton kernels) is not supported")
-                return kind
-        raise _unsupported(path, m)
+        bases = {getattr(neuron, name): kind for name, kind in
+                 (("LIFNode", "sj-lif"), ("ParametricLIFNode", "sj-plif"), ("IFNode", "sj-if")) if hasattr(neuron, name)}
+        kind = _supported_base(path, m, bases)
+        if kind is None:
+            raise _unsupported(path, m)
+        if getattr(m, "_neuron_precision", None) is not None:
+            raise _unsupported(path, m, "explicit neuron precision (Triton kernels) is not supported")
+        return kind
     snn = _snn()
-    if snn is not None and type(m) is snn.Leaky:
+    if snn is not None and isinstance(m, snn.SpikingNeuron) and _supported_base(path, m, {snn.Leaky: "snn-leaky"}):
         if not m.init_hidden:
             raise _unsupported(path, m, "snntorch Leaky needs init_hidden=True so the membrane lives on the module")
         if not getattr(m, "reset_delay", True):
@@ -187,6 +232,9 @@ class NeuronAdapter(LIF):
         self.neuron = neuron
         self.kind = kind
         self.path = path
+        #: what forward returns: "spikes", or "membrane" (the pre-spike u_t, with its gradient) for a final
+        #: neuron read out by its potential (adapt(output=...))
+        self.emit = "spikes"
         self.observer = None
         self.check_spikes = True  # verify recomputed u against the package's spikes when observed
         self.step_mode = getattr(neuron, "step_mode", "s")
@@ -242,7 +290,7 @@ class NeuronAdapter(LIF):
         """The neuron's parameters in spikeprune's terms (JSON-ready)."""
         return {"source": _qualname(self.neuron), "kind": self.kind, "beta": self.beta, "u_th": self.u_th,
                 "reset": self.reset_mode, "v_reset": self.v_reset, "input_gain": self.input_gain,
-                "fires_at_threshold": self.fires_at_threshold, "step_mode": self.step_mode}
+                "fires_at_threshold": self.fires_at_threshold, "step_mode": self.step_mode, "output": self.emit}
 
     # -- state handling -----------------------------------------------------------------------------
     def reset_state(self) -> None:
@@ -255,39 +303,42 @@ class NeuronAdapter(LIF):
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: input currents ``[T, B, ...]`` -> spikes ``[T, B, ...]`` (the package's own)."""
+        """``x``: input currents ``[T, B, ...]`` -> spikes ``[T, B, ...]`` (the package's own), or with
+        ``emit == "membrane"`` the pre-spike membrane potential ``u_t`` ``[T, B, ...]`` (differentiable)."""
         if x.dim() < 2:
             raise ValueError(f"{self.kind} adapter expects a time-major input [T, B, ...]; got {tuple(x.shape)}")
         observing = self.observer is not None
+        membrane = self.emit == "membrane"
         self.reset_state()
         try:
             if self.kind.startswith("sj"):
-                spikes, u = self._run_sj(x, observing)
+                spikes, u = self._run_sj(x, observing or membrane, membrane)
             else:
-                spikes, u = self._run_snn(x, observing)
+                spikes, u = self._run_snn(x, observing or membrane, membrane)
         finally:
             self.reset_state()  # no state survives the call: deepcopy / rewinding stay clean
         if observing:
             if self.check_spikes:
-                self._check(u, spikes)
-            self.observer(self, u, spikes)
-        return spikes
+                self._check(u.detach(), spikes)
+            self.observer(self, u.detach(), spikes)
+        return u if membrane else spikes
 
-    def _run_sj(self, x: torch.Tensor, observing: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run_sj(self, x: torch.Tensor, need_u: bool, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Spikes and (if ``need_u``) ``u_t``, ``[T, B, ...]`` each; ``u_t`` keeps its graph if ``grad``."""
         n = self.neuron
-        if not observing:
+        if not need_u:
             return n.multi_step_forward(x), None
         stored = n.store_v_seq
         n.store_v_seq = True  # keep the package's post-reset state h_t of every step
         try:
             spikes = n.multi_step_forward(x)
-            h = n.v_seq.detach()
+            h = n.v_seq if grad else n.v_seq.detach()
         finally:
             n.store_v_seq = stored
-        with torch.no_grad():
-            v0 = torch.full_like(h[:1], 0.0 if n.v_reset is None else float(n.v_reset))
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            v0 = torch.full_like(h[:1], 0.0 if n.v_reset is None else float(n.v_reset)).detach()
             prev = torch.cat([v0, h[:-1]])  # h_{t-1}, with the package's initial value at t = 0
-            u = self._sj_charge(x.detach().to(prev.dtype), prev)
+            u = self._sj_charge((x if grad else x.detach()).to(prev.dtype), prev)
         return spikes, u
 
     def _sj_charge(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -302,15 +353,16 @@ class NeuronAdapter(LIF):
         q = n.w.detach().sigmoid()
         return v + (x - (v - reset)) * q if n.decay_input else v - (v - reset) * q + x
 
-    def _run_snn(self, x: torch.Tensor, observing: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run_snn(self, x: torch.Tensor, need_u: bool, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Spikes and (if ``need_u``) ``u_t``, ``[T, B, ...]`` each; ``u_t`` keeps its graph if ``grad``."""
         n = self.neuron
         spikes, us = [], []
         for t in range(x.shape[0]):
             out = n(x[t])
             spikes.append(out[0] if isinstance(out, tuple) else out)
-            if observing:
-                us.append(n.mem.detach())  # with reset_delay=True, mem after the call is the pre-spike u_t
-        return torch.stack(spikes), (torch.stack(us) if observing else None)
+            if need_u:  # with reset_delay=True, mem after the call is the pre-spike u_t (what output=True returns)
+                us.append(n.mem if grad else n.mem.detach())
+        return torch.stack(spikes), (torch.stack(us) if need_u else None)
 
     def _check(self, u: torch.Tensor, spikes: torch.Tensor) -> None:
         th = self.u_th
@@ -345,11 +397,21 @@ def _is_multistep(m: nn.Module) -> bool:
 
 
 def _call_stateless(m: nn.Module, x: torch.Tensor, static: bool) -> torch.Tensor:
-    """Run a time-independent module on ``[B, ...]`` (static) or ``[T, B, ...]``."""
+    """Run a module that holds no neuron on ``[B, ...]`` (static) or ``[T, B, ...]``."""
     if _is_multistep(m):  # SpikingJelly multi-step layers fold time themselves
         return m(x.unsqueeze(0)).squeeze(0) if static else m(x)
     if static:
         return m(x)
+    if _is_sj_memory(m):
+        # A stateful SpikingJelly layer in single-step mode (layer.Dropout) keeps its state across the steps of
+        # one sequence (one dropout mask for all T): its multi-step forward is exactly the user's step loop,
+        # whereas folding T into the batch would draw a different mask per step. Called through forward (the
+        # module's hooks run) in multi-step mode for this call.
+        m.step_mode = "m"
+        try:
+            return m(x)
+        finally:
+            m.step_mode = "s"
     return m(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
@@ -362,13 +424,20 @@ class AdaptedModel(nn.Module):
     neurons back and returns it.
     """
 
-    def __init__(self, net: nn.Module, timesteps: int, static_dims: int, layer_classes: dict[str, type]) -> None:
+    def __init__(self, net: nn.Module, timesteps: int, static_dims: int, layer_classes: dict[str, type],
+                 output: str = "spikes") -> None:
         super().__init__()
         self.net = net
         self.T = timesteps
         self.static_dims = static_dims
         self._layer_classes = layer_classes
         self.sequential = type(net) is nn.Sequential
+        #: what forward returns: "spikes" (or the last layer's currents), or "membrane" (adapt(output=...))
+        self.output = output
+        # The wrapper is in the mode the user's net is in: calibrate/evaluate restore ``model.training`` and
+        # would otherwise switch an eval-mode net (BatchNorm statistics, dropout) to training. Set directly,
+        # not with train(): that would also overwrite the modes of the net's submodules.
+        self.training = net.training
 
     def neurons(self) -> dict[str, NeuronAdapter]:
         """The adapters by qualified name (relative to this model, e.g. ``net.2``)."""
@@ -379,17 +448,36 @@ class AdaptedModel(nn.Module):
             raise ValueError(f"expected a static input with {self.static_dims} dims or a time-major one with "
                              f"{self.static_dims + 1}; got shape {tuple(x.shape)}")
         static = x.dim() == self.static_dims
-        if self.sequential:
-            out, static = self._run(self.net, x, static)
-            if static:
-                out = out.unsqueeze(0).repeat(self.T, *([1] * out.dim()))
-        else:  # a multi-step SpikingJelly model with its own forward: give it the whole sequence
-            seq = x.unsqueeze(0).repeat(self.T, *([1] * x.dim())) if static else x
-            out = self.net(seq)
+        self._reset_memories()
+        try:
+            if self.sequential:
+                out, static = self._run(self.net, x, static)
+                if static:
+                    out = out.unsqueeze(0).repeat(self.T, *([1] * out.dim()))
+            else:  # a multi-step SpikingJelly model with its own forward: give it the whole sequence
+                seq = x.unsqueeze(0).repeat(self.T, *([1] * x.dim())) if static else x
+                out = self.net(seq)
+        finally:
+            self._reset_memories()
         if not torch.is_tensor(out) or out.dim() < 2:
             raise ValueError(f"the adapted network must return a time-major tensor [T, B, ...]; got "
                              f"{type(out).__name__}{tuple(out.shape) if torch.is_tensor(out) else ''}")
         return out
+
+    def _reset_memories(self) -> None:
+        """``reset()`` every stateful SpikingJelly module that is not a neuron (``layer.Dropout``'s mask, ...),
+        as ``functional.reset_net`` between sequences would; the adapters reset their own neurons."""
+        sj = _sj()
+        if sj is None:
+            return
+        stack = [self.net]
+        while stack:
+            m = stack.pop()
+            if isinstance(m, NeuronAdapter):
+                continue
+            if isinstance(m, sj[0].MemoryModule):
+                m.reset()
+            stack.extend(m.children())
 
     def _run(self, seq: nn.Sequential, x: torch.Tensor, static: bool) -> tuple[torch.Tensor, bool]:
         for name, m in seq.named_children():
@@ -445,7 +533,40 @@ def _plain_layer_class(m: nn.Module) -> type | None:
     return None
 
 
-def adapt(model: nn.Module, timesteps: int, *, static_dims: int = 4) -> AdaptedModel:
+#: values of adapt(output=...)
+OUTPUTS = ("auto", "spikes", "membrane")
+
+
+def _final_module(model: nn.Module) -> nn.Module | None:
+    """The module whose output is the network's output, for an ``nn.Sequential`` (nested ones followed)."""
+    m = model
+    while type(m) is nn.Sequential:
+        if len(m) == 0:
+            return None
+        m = m[-1]
+    return m if m is not model else None
+
+
+def _resolve_output(model: nn.Module, output: str, neurons: dict[str, nn.Module]) -> str | None:
+    """The name of the neuron to read out by its membrane potential, or ``None`` (spikes)."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+    if output == "spikes":
+        return None
+    final = _final_module(model) if type(model) is nn.Sequential else None
+    name = next((n for n, m in neurons.items() if m is final), None)
+    if output == "membrane":
+        if name is None:
+            raise ValueError("output='membrane' needs an nn.Sequential whose last layer is a supported spiking neuron "
+                             f"(the one read out); {type(model).__name__}'s last layer is "
+                             f"{type(final).__name__ if final is not None else 'not a layer of a Sequential'}")
+        return name
+    # auto: snnTorch's output=True marks a neuron whose potential the user reads (the tutorials' mem_rec)
+    return name if name is not None and getattr(final, "output", False) and _snn() is not None \
+        and isinstance(final, _snn().SpikingNeuron) else None
+
+
+def adapt(model: nn.Module, timesteps: int, *, static_dims: int = 4, output: str = "auto") -> AdaptedModel:
     """Wrap a SpikingJelly / snnTorch network for spikeprune (in place: neurons are swapped for adapters).
 
     Args:
@@ -454,6 +575,11 @@ def adapt(model: nn.Module, timesteps: int, *, static_dims: int = 4) -> AdaptedM
             ``[T, B, ...]``.
         timesteps: T, how often a static input is presented (direct encoding).
         static_dims: dimensions of a static input batch (4 for images ``[B, C, H, W]``, 2 for ``[B, F]``).
+        output: what the adapted model returns when its last layer is a neuron: ``"spikes"``; ``"membrane"``,
+            that neuron's pre-spike membrane potential ``u_t`` ``[T, B, ...]`` (differentiable: the readout
+            to train on); ``"auto"`` (default): ``"membrane"`` if that neuron is an snnTorch neuron built with
+            ``output=True`` (which returns ``(spk, mem)``, and whose ``mem`` the snnTorch tutorials train on),
+            else ``"spikes"``. ``AdaptedModel.output`` and ``neuron_summary`` record the choice.
 
     Raises:
         ValueError: an unsupported neuron (naming its class and what is supported), no neuron at all,
@@ -471,6 +597,7 @@ def adapt(model: nn.Module, timesteps: int, *, static_dims: int = 4) -> AdaptedM
     if not neurons:
         raise ValueError(f"found no spiking neuron in {type(model).__name__}; supported: {_SUPPORTED_TEXT}")
     kinds = {name: _kind(name, m) for name, m in neurons.items()}  # raises before anything is modified
+    readout = _resolve_output(model, output, neurons)
     sequential = type(model) is nn.Sequential
     if not sequential:
         single = [n for n, m in neurons.items() if getattr(m, "step_mode", "s") != "m"]
@@ -490,8 +617,11 @@ def adapt(model: nn.Module, timesteps: int, *, static_dims: int = 4) -> AdaptedM
                 layer_classes[name] = type(m)
                 m.__class__ = cls
     for name, m in neurons.items():
-        _set(model, name, NeuronAdapter(m, kinds[name], name))
-    return AdaptedModel(model, timesteps, static_dims, layer_classes)
+        adapter = NeuronAdapter(m, kinds[name], name)
+        if name == readout:
+            adapter.emit = "membrane"
+        _set(model, name, adapter)
+    return AdaptedModel(model, timesteps, static_dims, layer_classes, "membrane" if readout else "spikes")
 
 
 def neuron_summary(model: nn.Module) -> dict[str, dict[str, Any]]:

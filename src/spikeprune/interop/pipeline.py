@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..calibration import calibrate
 from ..cost import cost_report
-from ..criteria import CRITERIA
+from ..criteria import CRITERIA, FIRING_AWARE, sf_fallbacks
 from ..data import BatchLoader, load_dataset
+from ..diagnostics import SpikepruneWarning
 from ..firing import flip_analysis, flip_rows_csv, flip_summary
 from .adapters import adapt, load_factory, neuron_summary
 from ..io import check_writable_dir, write_json, write_text
 from ..pruning import prune
 from ..train import evaluate, train_epoch
 
-__all__ = ["analyse_third_party"]
+__all__ = ["analyse_third_party", "check_fits_dataset"]
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -46,6 +51,44 @@ def _state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("model/") for k in tensors):
         tensors = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     return tensors
+
+
+#: what torch's conv / linear say when an input's shape does not fit the layer (channels, features, rank)
+_SHAPE_MISMATCH = re.compile(r"to have \d+ channels|mat1 and mat2 shapes cannot be multiplied|"
+                             r"Expected \d+D \(unbatched\) or \d+D \(batched\) input")
+
+
+def _from_conv_or_linear(exc: BaseException) -> bool:
+    """Did ``exc`` arise inside torch's conv or linear modules (the innermost Python frame)?"""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).name in ("conv.py", "linear.py") \
+        and "torch" in Path(frames[-1].filename).parts
+
+
+def check_fits_dataset(model: torch.nn.Module, data, dataset: str) -> None:
+    """Run one test sample ``[1, C, H, W]`` through ``model`` (eval mode, no gradient, mode restored) and raise
+    a one-line ValueError if the dataset's samples do not fit its first layers or its output has a number of
+    classes other than the dataset's. Only torch's own shape complaint from a conv/linear layer becomes that
+    ValueError; any other error of the probe propagates unchanged (a bug in the network, or in spikeprune)."""
+    x, _ = next(iter(BatchLoader(data, "test", 1, shuffle=False)))
+    c, (h, w) = data.in_channels, data.image_size
+    hint = "pass the dataset the network was built for (--dataset synthetic gives 3x32x32 images of 10 classes)"
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics are updated by the probe
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as exc:
+        if not (_SHAPE_MISMATCH.search(str(exc)) and _from_conv_or_linear(exc)):
+            raise
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"the network does not fit dataset {dataset!r}, whose samples are {c}x{h}x{w}: {first}; "
+                         f"{hint}") from None
+    finally:
+        model.train(was_training)
+    if out.shape[-1] != data.num_classes:
+        raise ValueError(f"the network gives {out.shape[-1]} outputs per sample but dataset {dataset!r} has "
+                         f"{data.num_classes} classes; {hint}")
 
 
 def analyse_third_party(
@@ -75,8 +118,49 @@ def analyse_third_party(
         epochs: training epochs with Adam at ``lr`` before pruning (0: use the weights as they are).
         sparsity: fraction of prunable weights removed (global, ``criterion``).
     Writes ``neurons.json``, ``mask.safetensors``, ``cost.json``, ``flips.csv``, ``flip_summary.json`` and
-    ``metrics.json`` to ``out``; returns the metrics.
+    ``metrics.json`` to ``out``; returns the metrics. spikeprune's warnings (:mod:`spikeprune.diagnostics`:
+    an ``sf`` run that scored hidden layers by magnitude, a layer emptied by global ranking) are logged as
+    ``warning: ...`` lines as they occur and listed in ``metrics["warnings"]``; other warnings pass through.
     """
+    caught: list[dict[str, str]] = []
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SpikepruneWarning):
+            caught.append({"category": category.__name__, "message": str(message)})
+            log(f"warning: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SpikepruneWarning)  # every occurrence, also repeats across runs
+        warnings.showwarning = show
+        return _analyse(factory, out, timesteps=timesteps, dataset=dataset, data_dir=data_dir, weights=weights,
+                        epochs=epochs, lr=lr, batch_size=batch_size, sparsity=sparsity, criterion=criterion,
+                        calibration_batches=calibration_batches, analysis_batches=analysis_batches, seed=seed,
+                        log=log, caught=caught)
+
+
+def _analyse(
+    factory: str,
+    out: str | Path,
+    *,
+    timesteps: int = 4,
+    dataset: str = "digits",
+    data_dir: str | None = None,
+    weights: str | None = None,
+    epochs: int = 0,
+    lr: float = 5e-3,
+    batch_size: int = 64,
+    sparsity: float = 0.8,
+    criterion: str = "sf",
+    calibration_batches: int = 4,
+    analysis_batches: int = 2,
+    seed: int = 0,
+    log=print,
+    caught: list[dict[str, str]],
+) -> dict[str, Any]:
+    """:func:`analyse_third_party`'s work; ``caught`` collects its warnings for metrics.json."""
     _positive_int(timesteps, "timesteps")
     _positive_int(epochs, "epochs", 0)
     _positive_int(batch_size, "batch size")
@@ -98,8 +182,9 @@ def analyse_third_party(
         if missing or unexpected:
             raise ValueError(f"{weights} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model = adapt(net, timesteps)  # an unsupported neuron fails here, before any file is written
-    out = check_writable_dir(out)
     data = load_dataset(dataset, data_dir)
+    check_fits_dataset(model, data, dataset)  # so does a network built for other data
+    out = check_writable_dir(out)
     train = BatchLoader(data, "train", batch_size, shuffle=True, seed=seed)
     test = BatchLoader(data, "test", max(batch_size, 128), shuffle=False)
     history = []
@@ -114,13 +199,17 @@ def analyse_third_party(
     reference = copy.deepcopy(model).eval()
     train.set_epoch(0)
     calib = [b for _, b in zip(range(calibration_batches), train)]
-    mask = prune(model, criterion, sparsity, calibration=calib, seed=seed)
+    calibration = calibrate(model, calib, calibration_batches) if criterion in FIRING_AWARE else None
+    # which layers the firing-aware criterion scored by magnitude instead, and why (recorded, not only warned)
+    fallback = {n: why for n, (why, _) in sf_fallbacks(model, calibration).items()} if calibration else {}
+    mask = prune(model, criterion, sparsity, calibration=calibration, seed=seed)
     pruned = evaluate(model, test)
     analysis = [b for _, b in zip(range(analysis_batches), test)]
     report = cost_report(model, analysis)
     rows = flip_analysis(reference, model, analysis, p_sup_method="gaussian", label=f"prune-{sparsity:g}-{criterion}")
     metrics = {
         "factory": factory, "timesteps": timesteps, "dataset": dataset, "epochs": epochs, "criterion": criterion,
+        "output": model.output, "criterion_fallback": fallback, "warnings": list(caught),
         "sparsity": mask.sparsity, "history": history,
         "dense": {"accuracy": dense["accuracy"], "firing_rate": dense["firing_rate"]},
         "pruned": {"accuracy": pruned["accuracy"], "firing_rate": pruned["firing_rate"]},
