@@ -299,17 +299,23 @@ def test_cli_zoo_net_on_the_wrong_dataset_is_one_line_exit_2(tmp_path, capsys):
         assert not out.exists()  # nothing written, not even the directory
 
 
-def test_cli_zoo_net_runs_end_to_end_on_synthetic(tmp_path, capsys):
+@pytest.mark.parametrize("name", ZOO)
+def test_cli_interop_runs_end_to_end_on_every_zoo_net(name, tmp_path, capsys):
+    """`spikeprune interop --model tests/zoo_nets.py:<factory>` on every network users bring (synthetic
+    3x32x32 data; T = 2 and one calibration/analysis batch to keep it short)."""
     import json
 
     from spikeprune.cli import main
 
+    factory = zoo_nets.ZOO[name].__name__
     out = tmp_path / "out"
-    code = main(["interop", "--model", f"{ZOO_FILE}:sj_sequential_single_step", "--dataset", "synthetic",
-                 "--timesteps", "2", "--calibration-batches", "1", "--analysis-batches", "1", "--out", str(out)])
+    code = main(["interop", "--model", f"{ZOO_FILE}:{factory}", "--dataset", "synthetic", "--timesteps", "2",
+                 "--batch-size", "32", "--calibration-batches", "1", "--analysis-batches", "1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "synthetic" and metrics["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert metrics["output"] == ("membrane" if name.startswith("snntorch") else "spikes")
+    assert all((out / f).is_file() for f in ("neurons.json", "mask.safetensors", "cost.json", "flips.csv"))
 
 
 def test_dataset_probe_wraps_only_the_shape_mismatch_of_a_layer():
@@ -333,20 +339,6 @@ def test_dataset_probe_wraps_only_the_shape_mismatch_of_a_layer():
     buggy = adapt(nn.Sequential(Buggy(), neuron.LIFNode()), T)
     with pytest.raises(RuntimeError, match="bug in my layer"):
         check_fits_dataset(buggy, synthetic, "synthetic")
-
-
-def test_cli_multistep_zoo_net_runs_end_to_end_on_synthetic(tmp_path, capsys):
-    import json
-
-    from spikeprune.cli import main
-
-    out = tmp_path / "out"
-    code = main(["interop", "--model", f"{ZOO_FILE}:plif_cifar10net", "--dataset", "synthetic", "--timesteps", "2",
-                 "--batch-size", "32", "--calibration-batches", "1", "--analysis-batches", "1", "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["output"] == "spikes" and metrics["sparsity"] == pytest.approx(0.8, abs=0.01)
-    assert all((out / f).is_file() for f in ("neurons.json", "mask.safetensors", "cost.json", "flips.csv"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -243,3 +243,22 @@ def test_trace_pairs_every_bn_layer_with_its_neuron(name):
         bn, neuron = g.driven(layer)
         if bn is not None:
             assert neuron is not None, f"{layer} -> {bn} drives no neuron"
+
+
+def test_freeze_writes_the_levels_where_other_packages_read_them():
+    """Another package's exporter reads ``.weight`` (the latent float weight of a quantized layer);
+    ``quant.freeze`` writes the levels there, and the network computes the same."""
+    from spikeprune.quant import freeze
+
+    model = _adapted("sj-plif-CIFAR10Net")
+    quantize_model(model, 4)
+    x = zoo_nets.images(2)
+    with torch.no_grad():
+        before = model(x)
+    freeze(model)
+    for n, m in model.named_modules():
+        if isinstance(m, QUANT_TYPES):
+            assert torch.equal(m.weight, m.quantized_weight()), n
+            assert m.weight[m.weight != 0].unique().numel() <= 16, n
+    with torch.no_grad():
+        assert torch.equal(model(x), before)

@@ -278,3 +278,11 @@ def test_import_refusals():
     graph.edges = [("input", "a"), ("a", "b"), ("b", "output")]
     with pytest.raises(ValueError, match="Delay is not imported"):
         from_nir(graph, timesteps=2, dt=1e-4)
+
+
+def test_a_membrane_readout_is_refused_in_one_line():
+    """adapt()'s default reads a final snnTorch output=True neuron out by its membrane; NIR cannot say so."""
+    model = adapt(zoo_nets.build("snntorch-csnn"), zoo_nets.T)
+    assert model.output == "membrane"
+    with pytest.raises(ValueError, match="membrane potential.*output='spikes'"):
+        to_nir(model, zoo_nets.images(2))

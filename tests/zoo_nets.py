@@ -138,15 +138,20 @@ def snntorch_csnn(batchnorm: bool = False, beta: float = 0.5) -> nn.Sequential:
         snn.Leaky(beta=beta, spike_grad=grad, init_hidden=True, output=True))
 
 
-#: name -> (factory, multi-step SpikingJelly network with its own forward?)
+def snntorch_csnn_bn() -> nn.Sequential:
+    """:func:`snntorch_csnn` with BatchNorm after each conv (a factory for ``spikeprune interop --model``)."""
+    return snntorch_csnn(batchnorm=True)
+
+
+#: name -> factory (each also usable as ``spikeprune interop --model tests/zoo_nets.py:<factory>``)
 ZOO: dict[str, Callable[[], nn.Module]] = {
     "sj-spiking_resnet18": spiking_resnet18,
     "sj-sew_resnet18-ADD": sew_resnet18,
     "sj-spiking_vgg11_bn": spiking_vgg11_bn,
     "sj-plif-CIFAR10Net": plif_cifar10net,
     "sj-sequential-single-step": sj_sequential_single_step,
-    "snntorch-csnn": lambda: snntorch_csnn(batchnorm=False),
-    "snntorch-csnn-bn": lambda: snntorch_csnn(batchnorm=True),
+    "snntorch-csnn": snntorch_csnn,
+    "snntorch-csnn-bn": snntorch_csnn_bn,
 }
 
 

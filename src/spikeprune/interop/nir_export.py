@@ -192,6 +192,10 @@ def to_nir(model: nn.Module, example_input: torch.Tensor, *, timesteps: int | No
         raise ValueError(f"timesteps must be a positive integer; got {T!r}")
     if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not dt > 0:
         raise ValueError(f"dt must be a number > 0; got {dt!r}")
+    if getattr(model, "output", "spikes") == "membrane":
+        # NIR neuron nodes emit spikes; exporting would silently change what the network returns
+        raise ValueError("this adapted network returns its last neuron's membrane potential (snnTorch "
+                         "output=True), which NIR cannot express; adapt it with output='spikes' to export it")
     graph = trace(model, example_input, timesteps=T)  # TopologyError is a ValueError
     return _Exporter(nir, graph, float(dt)).run(model, T)
 
