@@ -7,7 +7,6 @@ hand counts of the operations.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest

@@ -8,7 +8,6 @@ float64 and rounded once; the tolerance below only allows float32 summation-orde
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest

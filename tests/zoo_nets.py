@@ -26,7 +26,7 @@ IMAGE = (3, 32, 32)
 def install_torchvision_standin() -> None:
     """Register a minimal ``torchvision.models.utils`` if torchvision is not importable (see module doc)."""
     try:
-        import torchvision.models.utils  # noqa: F401
+        import torchvision.models.utils  # noqa: F401  (the real package, where it is installed)
         return
     except Exception:
         pass

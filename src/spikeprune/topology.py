@@ -819,7 +819,6 @@ class _ChannelAnalysis:
         if len(py) > k and py[:k + 1] == px[:k + 1] and n.name not in ("transpose", "permute"):
             return _Chan(by + k, chan.segments)
         if n.name in ("transpose", "permute"):
-            dims = n.args.get("args", [])
             return _Chan(by + k, chan.segments) if len(py) > k and py[:k + 1] == px[:k + 1] and \
                 self._keeps_axis(n, chan.axis, len(x)) else None
         # flatten of the channel with the dims after it: [.., C, H, W] -> [.., C*H*W]; channel c owns

@@ -321,8 +321,8 @@ class _Exporter:
         src = n.inputs[0]
         if src in self.replicated:  # flatten the pool's *input*; the following Linear folds the copies
             shape, idx = self.replicated[src]
-            key = self.one(n, self.nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
-                           f"{n.name}_flatten")
+            self.one(n, self.nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
+                     f"{n.name}_flatten")
             self.replicated[n.id] = ((int(np.prod(shape)),), idx)
             return
         self.one(n, self.nir.Flatten(input_type={"input": np.array(x)}, start_dim=0, end_dim=-1),
