@@ -79,36 +79,30 @@ def _sj():
     return functional, layer, neuron
 
 
-def spiking_resnet18() -> nn.Module:
-    functional, _, neuron = _sj()
-    from spikingjelly.activation_based.model import spiking_resnet
-    net = spiking_resnet.spiking_resnet18(spiking_neuron=neuron.LIFNode, num_classes=10)
+def _multistep_zoo(module: str, factory: str, neuron: str = "LIFNode", **kwargs) -> nn.Module:
+    """``spikingjelly.activation_based.model.<module>.<factory>(spiking_neuron=..., **kwargs)`` in multi-step mode."""
+    import importlib
+    functional, _, neurons = _sj()
+    build_fn = getattr(importlib.import_module(f"spikingjelly.activation_based.model.{module}"), factory)
+    net = build_fn(spiking_neuron=getattr(neurons, neuron), **kwargs)
     functional.set_step_mode(net, "m")
     return net
+
+
+def spiking_resnet18() -> nn.Module:
+    return _multistep_zoo("spiking_resnet", "spiking_resnet18", num_classes=10)
 
 
 def sew_resnet18() -> nn.Module:
-    functional, _, neuron = _sj()
-    from spikingjelly.activation_based.model import sew_resnet
-    net = sew_resnet.sew_resnet18(spiking_neuron=neuron.LIFNode, cnf="ADD", num_classes=10)
-    functional.set_step_mode(net, "m")
-    return net
+    return _multistep_zoo("sew_resnet", "sew_resnet18", cnf="ADD", num_classes=10)
 
 
 def spiking_vgg11_bn() -> nn.Module:
-    functional, _, neuron = _sj()
-    from spikingjelly.activation_based.model import spiking_vgg
-    net = spiking_vgg.spiking_vgg11_bn(spiking_neuron=neuron.LIFNode, num_classes=10)
-    functional.set_step_mode(net, "m")
-    return net
+    return _multistep_zoo("spiking_vgg", "spiking_vgg11_bn", num_classes=10)
 
 
 def plif_cifar10net() -> nn.Module:
-    functional, _, neuron = _sj()
-    from spikingjelly.activation_based.model import parametric_lif_net
-    net = parametric_lif_net.CIFAR10Net(channels=8, spiking_neuron=neuron.ParametricLIFNode)
-    functional.set_step_mode(net, "m")
-    return net
+    return _multistep_zoo("parametric_lif_net", "CIFAR10Net", "ParametricLIFNode", channels=8)
 
 
 def sj_sequential_single_step(width: int = 8) -> nn.Sequential:

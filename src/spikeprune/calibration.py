@@ -101,7 +101,8 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
         def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
             x = inputs[0].detach()
             # The channel axis the layer reads, whatever the leading layout ([B], [T*B] or [T, B]).
-            flat = x.movedim(channel_axis(module, x), -1).reshape(-1, x.shape[channel_axis(module, x)])
+            axis = channel_axis(module, x)
+            flat = x.movedim(axis, -1).reshape(-1, x.shape[axis])
             rate_sum[name] = rate_sum.get(name, 0) + flat.double().sum(0)
             rate_count[name] = rate_count.get(name, 0) + flat.shape[0]
             binary[name] = binary.get(name, True) and bool(((x == 0) | (x == 1)).all())

@@ -188,12 +188,15 @@ def _measured_sops(module: nn.Module, x: torch.Tensor) -> float:
     return float(out.sum())
 
 
-def _lead(graph: Any, name: str, x: torch.Tensor) -> int:
-    """(sample, timestep) executions held by the leading dims of layer ``name``'s input ``x``."""
+def _lead(time_major: bool, x: torch.Tensor) -> int:
+    """(sample, timestep) executions held by the leading dims of a layer's input ``x``: ``T*B`` for a
+    time-major ``[T, B, ...]`` input (as traced), else dim 0 (``[T*B, ...]`` or the encoding ``[B, ...]``)."""
+    return int(x.shape[0] * x.shape[1]) if time_major else int(x.shape[0])
+
+
+def _traced_time_major(graph: Any, name: str) -> bool:
     calls = graph.calls(name)
-    if calls and graph.input_layout(calls[0]) == "TB":
-        return int(x.shape[0] * x.shape[1])
-    return int(x.shape[0])
+    return bool(calls) and graph.input_layout(calls[0]) == "TB"
 
 
 @torch.no_grad()
@@ -235,14 +238,14 @@ def cost_report(
     if not layers:
         raise ValueError(f"{type(model).__name__} has no conv or linear layer to cost")
     acc: dict[str, dict[str, float]] = {}
-    graph_box: list[Any] = []
+    graph = None
 
-    def hook(name: str):
+    def hook(name: str, time_major: bool):
         def fn(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
             x = inputs[0].detach()
             a = acc.setdefault(name, {"flops": 0.0, "rows": 0.0, "nonzero": 0.0, "numel": 0.0, "binary": 1.0,
                                       "measured": 0.0})
-            lead = _lead(graph_box[0], name, x)
+            lead = _lead(time_major, x)
             a["flops"] = _flops(module, output, lead)
             a["rows"] += lead
             a["nonzero"] += float((x != 0).sum())
@@ -259,11 +262,11 @@ def cost_report(
         with evaluation(model):
             for batch in batches:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                if not graph_box:  # each layer's layout, traced once on (a few samples of) the first batch
-                    graph_box.append(trace(model, x))
-                    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+                if graph is None:  # each layer's layout, traced once on (a few samples of) the first batch
+                    graph = trace(model, x)
+                    handles = [m.register_forward_hook(hook(n, _traced_time_major(graph, n))) for n, m in layers.items()]
                 model(x)
-                samples += batch_size if batch_size is not None else sample_count(model, x, graph_box[0])
+                samples += batch_size if batch_size is not None else sample_count(model, x, graph)
                 seen += 1
                 if num_batches is not None and seen >= num_batches:
                     break

@@ -323,10 +323,7 @@ def _swap(module: nn.Module, spec: QuantSpec) -> nn.Module:
     Reassigning ``__class__`` keeps the module's identity, so optimizers, masks, hooks and references
     held elsewhere stay valid, and no new weights are initialised (no RNG is consumed).
     """
-    if not isinstance(module, QUANT_TYPES):
-        if not is_layout_wrapper(module):
-            raise TypeError(f"cannot quantize a {type(module).__name__}: its forward is not the plain "
-                            "conv/linear on folded leading dims")
+    if not isinstance(module, QUANT_TYPES):  # quantize_model checked it is a layout wrapper
         module.__class__ = quantized_class(type(module))
     module._init_quant(spec)  # type: ignore[attr-defined]
     return module

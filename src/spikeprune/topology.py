@@ -50,7 +50,7 @@ from torch.overrides import TorchFunctionMode
 from .neuron import LIF
 
 __all__ = ["ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "evaluation", "is_time_major",
-           "sample_count", "trace", "weight_layers"]
+           "sample_count", "trace"]
 
 _WEIGHT = (nn.modules.conv._ConvNd, nn.Linear)
 _BN = (nn.modules.batchnorm._BatchNorm,)
@@ -97,11 +97,6 @@ def role_of(m: nn.Module) -> str | None:
     return None
 
 
-def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv/linear layers of ``model`` by qualified name (any subclass: wrappers, masked, quantized)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, _WEIGHT)}
-
-
 def channel_axis(module: nn.Module, x: torch.Tensor) -> int:
     """The channel (feature) axis of ``x`` as ``module`` reads it, whatever the leading layout.
 
@@ -114,9 +109,7 @@ def channel_axis(module: nn.Module, x: torch.Tensor) -> int:
     if isinstance(module, nn.modules.conv._ConvNd):
         return x.dim() - 1 - len(module.kernel_size)
     if isinstance(module, _BN):
-        spatial = {nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}.get(next(c for c in type(module).__mro__
-                                                                  if c in (nn.BatchNorm1d, nn.BatchNorm2d,
-                                                                           nn.BatchNorm3d, _BN[0])), None)
+        spatial = 3 if isinstance(module, nn.BatchNorm3d) else 2 if isinstance(module, nn.BatchNorm2d) else None
         if spatial is None:  # BatchNorm1d: [N, C] or [N, C, L]; multi-step wrappers add a leading T
             return 1 if x.dim() in (2, 3) and not getattr(module, "step_mode", "s") == "m" else 2
         return x.dim() - 1 - spatial
@@ -421,6 +414,7 @@ class _Tracer:
         self.scope: list[str] = []
         self.active = True
         self.names = {id(m): n for n, m in model.named_modules()}
+        self.roles = {id(m): role_of(m) for m in model.modules()}  # hooks run per call: classify once
         self.leaf_inputs: list[tuple[list[torch.Tensor], list[tuple[int, ...]]]] = []
 
     def _input_ids(self, tensors: list[torch.Tensor]) -> tuple[list[int], list[tuple[int, ...]], list[tuple[int, ...]]]:
@@ -466,15 +460,16 @@ class _Tracer:
 
     # module hooks
     def pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.depth == 0 and role_of(module) is None:
+        role = self.roles.get(id(module), role_of(module))
+        if self.depth == 0 and role is None:
             self.scope.append(self.names.get(id(module), type(module).__name__))
-        if role_of(module) is not None and module is not self.model:
+        if role is not None and module is not self.model:
             if self.depth == 0:
                 self.leaf_inputs.append((_tensors(args) + _tensors(kwargs), []))
             self.depth += 1
 
     def post(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-        role = role_of(module)
+        role = self.roles.get(id(module), role_of(module))
         if role is None or module is self.model:
             if self.depth == 0 and self.scope:
                 self.scope.pop()
@@ -846,10 +841,7 @@ class _ChannelAnalysis:
         c0, s0 = carried[0]
         ok = True
         for c, s in carried[1:]:
-            if n.name == "stack":
-                same = s == s0 and c.axis == c0.axis
-            else:
-                same = s == s0 and c.axis == c0.axis
+            same = s == s0 and c.axis == c0.axis
             if not same or len(c.segments) != len(c0.segments) or \
                     any(a[1:] != b[1:] for a, b in zip(c.segments, c0.segments)):
                 ok = False
@@ -861,8 +853,6 @@ class _ChannelAnalysis:
         for c, _ in carried[1:]:
             for a, b in zip(c0.segments, c.segments):
                 self.union(a[0], b[0], n)
-        if n.name == "stack":
-            return self._reshape(n, s0, n.out_shape, c0)
         return self._reshape(n, s0, n.out_shape, c0) if s0 != n.out_shape else _Chan(c0.axis, c0.segments)
 
     def _cat(self, n: Node, ins: list[_Chan | None]) -> _Chan | None:

@@ -12,6 +12,8 @@ import math
 import re
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,25 @@ def check_fits_dataset(model: torch.nn.Module, data, dataset: str) -> None:
                          f"{data.num_classes} classes; {hint}")
 
 
+@contextmanager
+def _spikeprune_warnings(log) -> Iterator[list[dict[str, str]]]:
+    """Log spikeprune's own warnings as ``warning: ...`` lines and collect them (for metrics.json)."""
+    caught: list[dict[str, str]] = []
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SpikepruneWarning):
+            caught.append({"category": category.__name__, "message": str(message)})
+            log(f"warning: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SpikepruneWarning)  # every occurrence, also repeats across runs
+        warnings.showwarning = show
+        yield caught
+
+
 def analyse_third_party(
     factory: str,
     out: str | Path,
@@ -122,106 +143,70 @@ def analyse_third_party(
     an ``sf`` run that scored hidden layers by magnitude, a layer emptied by global ranking) are logged as
     ``warning: ...`` lines as they occur and listed in ``metrics["warnings"]``; other warnings pass through.
     """
-    caught: list[dict[str, str]] = []
-    shown = warnings.showwarning
+    with _spikeprune_warnings(log) as caught:
+        _positive_int(timesteps, "timesteps")
+        _positive_int(epochs, "epochs", 0)
+        _positive_int(batch_size, "batch size")
+        _positive_int(calibration_batches, "calibration batches")
+        _positive_int(analysis_batches, "analysis batches")
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity (fraction removed) must be in [0, 1); got {sparsity!r}")
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a number > 0; got {lr!r}")
+        torch.manual_seed(seed)
+        net = load_factory(factory)()
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(f"{factory} returned a {type(net).__name__}, not a torch.nn.Module")
+        if weights is not None:
+            tensors = _state_dict_file(weights)
+            missing, unexpected = net.load_state_dict(tensors, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{weights} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        model = adapt(net, timesteps)  # an unsupported neuron fails here, before any file is written
+        data = load_dataset(dataset, data_dir)
+        check_fits_dataset(model, data, dataset)  # so does a network built for other data
+        out = check_writable_dir(out)
+        train = BatchLoader(data, "train", batch_size, shuffle=True, seed=seed)
+        test = BatchLoader(data, "test", max(batch_size, 128), shuffle=False)
+        history = []
+        if epochs:
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            for epoch in range(epochs):
+                train.set_epoch(epoch)
+                stats = train_epoch(model, train, optimizer)
+                history.append({"epoch": epoch + 1, **stats})
+                log(f"epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train accuracy {stats['accuracy']:.3f}")
+        dense = evaluate(model, test)
+        reference = copy.deepcopy(model).eval()
+        train.set_epoch(0)
+        calib = [b for _, b in zip(range(calibration_batches), train)]
+        calibration = calibrate(model, calib, calibration_batches) if criterion in FIRING_AWARE else None
+        # which layers the firing-aware criterion scored by magnitude instead, and why (recorded, not only warned)
+        fallback = {n: why for n, (why, _) in sf_fallbacks(model, calibration).items()} if calibration else {}
+        mask = prune(model, criterion, sparsity, calibration=calibration, seed=seed)
+        pruned = evaluate(model, test)
+        analysis = [b for _, b in zip(range(analysis_batches), test)]
+        report = cost_report(model, analysis)
+        rows = flip_analysis(reference, model, analysis, p_sup_method="gaussian", label=f"prune-{sparsity:g}-{criterion}")
+        metrics = {
+            "factory": factory, "timesteps": timesteps, "dataset": dataset, "epochs": epochs, "criterion": criterion,
+            "output": model.output, "criterion_fallback": fallback, "warnings": list(caught),
+            "sparsity": mask.sparsity, "history": history,
+            "dense": {"accuracy": dense["accuracy"], "firing_rate": dense["firing_rate"]},
+            "pruned": {"accuracy": pruned["accuracy"], "firing_rate": pruned["firing_rate"]},
+            "energy_uj": report.totals["energy_uj"], "sops": report.totals["sops"],
+        }
+        write_json(out / "neurons.json", neuron_summary(model))
+        mask.save(out / "mask.safetensors", {"factory": factory, "criterion": criterion})
+        write_json(out / "cost.json", report.to_dict())
+        write_text(out / "flips.csv", flip_rows_csv(rows))
+        write_json(out / "flip_summary.json", flip_summary(rows))
+        write_json(out / "metrics.json", metrics)
+        log(report.table())
+        log(f"accuracy dense {dense['accuracy']:.4f} -> pruned ({mask.sparsity:.1%} removed, {criterion}) "
+            f"{pruned['accuracy']:.4f}; results in {out}")
+        return metrics
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, SpikepruneWarning):
-            caught.append({"category": category.__name__, "message": str(message)})
-            log(f"warning: {message}")
-        else:
-            shown(message, category, filename, lineno, file, line)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", SpikepruneWarning)  # every occurrence, also repeats across runs
-        warnings.showwarning = show
-        return _analyse(factory, out, timesteps=timesteps, dataset=dataset, data_dir=data_dir, weights=weights,
-                        epochs=epochs, lr=lr, batch_size=batch_size, sparsity=sparsity, criterion=criterion,
-                        calibration_batches=calibration_batches, analysis_batches=analysis_batches, seed=seed,
-                        log=log, caught=caught)
-
-
-def _analyse(
-    factory: str,
-    out: str | Path,
-    *,
-    timesteps: int = 4,
-    dataset: str = "digits",
-    data_dir: str | None = None,
-    weights: str | None = None,
-    epochs: int = 0,
-    lr: float = 5e-3,
-    batch_size: int = 64,
-    sparsity: float = 0.8,
-    criterion: str = "sf",
-    calibration_batches: int = 4,
-    analysis_batches: int = 2,
-    seed: int = 0,
-    log=print,
-    caught: list[dict[str, str]],
-) -> dict[str, Any]:
-    """:func:`analyse_third_party`'s work; ``caught`` collects its warnings for metrics.json."""
-    _positive_int(timesteps, "timesteps")
-    _positive_int(epochs, "epochs", 0)
-    _positive_int(batch_size, "batch size")
-    _positive_int(calibration_batches, "calibration batches")
-    _positive_int(analysis_batches, "analysis batches")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity (fraction removed) must be in [0, 1); got {sparsity!r}")
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a number > 0; got {lr!r}")
-    torch.manual_seed(seed)
-    net = load_factory(factory)()
-    if not isinstance(net, torch.nn.Module):
-        raise TypeError(f"{factory} returned a {type(net).__name__}, not a torch.nn.Module")
-    if weights is not None:
-        tensors = _state_dict_file(weights)
-        missing, unexpected = net.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model = adapt(net, timesteps)  # an unsupported neuron fails here, before any file is written
-    data = load_dataset(dataset, data_dir)
-    check_fits_dataset(model, data, dataset)  # so does a network built for other data
-    out = check_writable_dir(out)
-    train = BatchLoader(data, "train", batch_size, shuffle=True, seed=seed)
-    test = BatchLoader(data, "test", max(batch_size, 128), shuffle=False)
-    history = []
-    if epochs:
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        for epoch in range(epochs):
-            train.set_epoch(epoch)
-            stats = train_epoch(model, train, optimizer)
-            history.append({"epoch": epoch + 1, **stats})
-            log(f"epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f}, train accuracy {stats['accuracy']:.3f}")
-    dense = evaluate(model, test)
-    reference = copy.deepcopy(model).eval()
-    train.set_epoch(0)
-    calib = [b for _, b in zip(range(calibration_batches), train)]
-    calibration = calibrate(model, calib, calibration_batches) if criterion in FIRING_AWARE else None
-    # which layers the firing-aware criterion scored by magnitude instead, and why (recorded, not only warned)
-    fallback = {n: why for n, (why, _) in sf_fallbacks(model, calibration).items()} if calibration else {}
-    mask = prune(model, criterion, sparsity, calibration=calibration, seed=seed)
-    pruned = evaluate(model, test)
-    analysis = [b for _, b in zip(range(analysis_batches), test)]
-    report = cost_report(model, analysis)
-    rows = flip_analysis(reference, model, analysis, p_sup_method="gaussian", label=f"prune-{sparsity:g}-{criterion}")
-    metrics = {
-        "factory": factory, "timesteps": timesteps, "dataset": dataset, "epochs": epochs, "criterion": criterion,
-        "output": model.output, "criterion_fallback": fallback, "warnings": list(caught),
-        "sparsity": mask.sparsity, "history": history,
-        "dense": {"accuracy": dense["accuracy"], "firing_rate": dense["firing_rate"]},
-        "pruned": {"accuracy": pruned["accuracy"], "firing_rate": pruned["firing_rate"]},
-        "energy_uj": report.totals["energy_uj"], "sops": report.totals["sops"],
-    }
-    write_json(out / "neurons.json", neuron_summary(model))
-    mask.save(out / "mask.safetensors", {"factory": factory, "criterion": criterion})
-    write_json(out / "cost.json", report.to_dict())
-    write_text(out / "flips.csv", flip_rows_csv(rows))
-    write_json(out / "flip_summary.json", flip_summary(rows))
-    write_json(out / "metrics.json", metrics)
-    log(report.table())
-    log(f"accuracy dense {dense['accuracy']:.4f} -> pruned ({mask.sparsity:.1%} removed, {criterion}) "
-        f"{pruned['accuracy']:.4f}; results in {out}")
-    return metrics
