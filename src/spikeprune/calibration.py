@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .diagnostics import UserError
 from .masks import PRUNABLE_TYPES, prunable_weights
 from .neuron import LIF, NeuronStatistics, StatisticsRecorder, observe
 from .topology import channel_axis, evaluation, sample_count, trace
@@ -84,10 +85,10 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
         crisis_eps: half-width of the window around u_th for the empirical threshold density.
     """
     if isinstance(crisis_eps, bool) or not isinstance(crisis_eps, (int, float)) or not crisis_eps > 0:
-        raise ValueError(f"crisis_eps must be a number > 0; got {crisis_eps!r}")
+        raise UserError(f"crisis_eps must be a number > 0; got {crisis_eps!r}")
     if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
                                     or num_batches < 1):
-        raise ValueError(f"calibration batches must be a positive integer; got {num_batches!r}")
+        raise UserError(f"calibration batches must be a positive integer; got {num_batches!r}")
     weights = prunable_weights(model)
     named = dict(model.named_modules())
     owner = {f"{n}.weight" if n else "weight": n for n, m in named.items() if isinstance(m, PRUNABLE_TYPES)}
@@ -126,7 +127,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
-        raise ValueError("calibration needs at least one batch; the calibration data was empty")
+        raise UserError("calibration needs at least one batch; the calibration data was empty")
     # Which BN / neuron each layer drives: traced once on the first batch, before anything is observed.
     graph = trace(model, first[0] if isinstance(first, (tuple, list)) else first)
     handles = [named[n].register_forward_pre_hook(pre_hook(n)) for n in layer_modules]
@@ -143,7 +144,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
         for h in handles:
             h.remove()
     if seen_batches == 0:
-        raise ValueError("calibration needs at least one batch; the calibration data was empty")
+        raise UserError("calibration needs at least one batch; the calibration data was empty")
 
     layers: dict[str, LayerRecord] = {}
     for module_name, weight_name in layer_modules.items():

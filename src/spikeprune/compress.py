@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .diagnostics import UserError
 from .config import TrainConfig, hparam, to_dict, validate
 from .cost import CostReport, cost_report, measure_latency
 from .data import BatchLoader, ImageDataset, load_dataset
@@ -78,23 +79,23 @@ class CompressConfig(TrainConfig):
         if self.membrane_bits is not None:
             _check_int("membrane_bits", self.membrane_bits, 2, 16)
         if not (0.0 <= self.channel_sparsity < 1.0):
-            raise ValueError(f"channel_sparsity (fraction of channels removed) must be in [0, 1); "
+            raise UserError(f"channel_sparsity (fraction of channels removed) must be in [0, 1); "
                              f"got {self.channel_sparsity!r}")
         if not 0.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile must be in (0, 100]; got {self.percentile!r}")
+            raise UserError(f"percentile must be in (0, 100]; got {self.percentile!r}")
         _check_int("qat_epochs", self.qat_epochs, 0, None)
         _check_int("finetune_epochs", self.finetune_epochs, 0, None)
         _check_int("calibration_batches", self.calibration_batches, 1, None)
         _check_int("cost_batches", self.cost_batches, 1, None)
         _check_int("latency_repeats", self.latency_repeats, 1, None)
         if not (self.finetune_lr > 0 and math.isfinite(self.finetune_lr)):
-            raise ValueError(f"finetune_lr must be > 0; got {self.finetune_lr!r}")
+            raise UserError(f"finetune_lr must be > 0; got {self.finetune_lr!r}")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {'in ' if hi is not None else ''}{bound}; got {value!r}")
+        raise UserError(f"{name} must be an integer {'in ' if hi is not None else ''}{bound}; got {value!r}")
 
 
 def _train_config(cfg: CompressConfig, **changes: Any) -> TrainConfig:
@@ -128,7 +129,7 @@ def load_compressed(path: str | Path, example_input: torch.Tensor | None = None,
     q_meta = meta.get("quantization") or {}
     if q_meta.get("layers"):
         if q_meta.get("membrane_bits") and example_input is None:
-            raise ValueError(f"{path} quantizes membrane potentials; loading it needs an example input batch")
+            raise UserError(f"{path} quantizes membrane potentials; loading it needs an example input batch")
         tensors, _ = load_checkpoint(path)
         q_tensors = {k[len("quant/"):]: v for k, v in tensors.items() if k.startswith("quant/")}
         load_quantization_state(model, q_tensors, q_meta, example_input=example_input, frozen=frozen)
@@ -155,16 +156,16 @@ def _dense_model(cfg: CompressConfig, out: Path, dataset: ImageDataset, resume: 
     model, meta = load_model(cfg.checkpoint)
     config = model.spikeprune_config
     if config["name"] != cfg.model:
-        raise ValueError(f"checkpoint {cfg.checkpoint} holds a {config['name']} model, not the {cfg.model} "
+        raise UserError(f"checkpoint {cfg.checkpoint} holds a {config['name']} model, not the {cfg.model} "
                          f"this run compresses (pass --model {config['name']})")
     if meta.get("quantization", {}).get("layers") or "channel_history" in meta:
-        raise ValueError(f"checkpoint {cfg.checkpoint} is already compressed; start from a dense checkpoint")
+        raise UserError(f"checkpoint {cfg.checkpoint} is already compressed; start from a dense checkpoint")
     if config["width"] != cfg.width or config["T"] != cfg.timesteps:
-        raise ValueError(f"checkpoint {cfg.checkpoint} has width {config['width']} and T {config['T']}; this run "
+        raise UserError(f"checkpoint {cfg.checkpoint} has width {config['width']} and T {config['T']}; this run "
                          f"expects width {cfg.width} and T {cfg.timesteps} (pass --width / --timesteps)")
     if (config["in_channels"], list(config["image_size"]), config["num_classes"]) != \
             (dataset.in_channels, list(dataset.image_size), dataset.num_classes):
-        raise ValueError(f"checkpoint {cfg.checkpoint} expects {config['in_channels']}x{config['image_size']} "
+        raise UserError(f"checkpoint {cfg.checkpoint} expects {config['in_channels']}x{config['image_size']} "
                          f"inputs and {config['num_classes']} classes; {dataset.name} does not match")
     return model, cfg.checkpoint
 
@@ -215,18 +216,20 @@ def _phase(cfg: CompressConfig, out: Path, name: str, epochs: int, model: nn.Mod
 def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
              progress: bool = False, log: Callable[[str], None] | None = _log_default) -> dict[str, Any]:
     """Run the joint pipeline of ``cfg`` into ``out``; returns the metrics (also in ``out/metrics.json``)."""
+    if cfg.checkpoint is not None:
+        load_checkpoint(cfg.checkpoint)  # a missing or foreign checkpoint is refused before OUT is created
     out = check_writable_dir(out)
     manifest = out / "compress.json"
     if manifest.exists():
         saved = read_json(manifest)
         if not resume:
-            raise ValueError(f"{out} already holds a compression run; pass --resume to continue it or choose "
+            raise UserError(f"{out} already holds a compression run; pass --resume to continue it or choose "
                              "another --out")
         changed = sorted(k for k in set(saved) | set(to_dict(cfg))
                          if k not in ("data_dir", "compile") and saved.get(k) != to_dict(cfg).get(k))
         if changed:
             k = changed[0]
-            raise ValueError(f"cannot resume {out}: it was run with {k}={saved.get(k)!r}, now {k}="
+            raise UserError(f"cannot resume {out}: it was run with {k}={saved.get(k)!r}, now {k}="
                              f"{to_dict(cfg).get(k)!r}; use another --out")
         if (out / "metrics.json").exists():
             return read_json(out / "metrics.json")
@@ -340,14 +343,13 @@ def cost_of_checkpoint(
     _check_int("latency_repeats", latency_repeats, 0, None)
     if threads is not None:
         _check_int("threads", threads, 1, None)
-    out_dir = check_writable_dir(out) if out is not None else None
     tensors, meta = load_checkpoint(checkpoint)
     config = meta.get("model_config") or {}
     if config.get("kind") == "edgepopup-search":  # scores, not a model: its export is what runs
-        raise ValueError(f"{checkpoint} is an edge-popup search checkpoint (weights + scores); pass the exported "
+        raise UserError(f"{checkpoint} is an edge-popup search checkpoint (weights + scores); pass the exported "
                          "subnetwork (subnet.safetensors in the same folder) to the cost report")
     if "name" not in config:
-        raise ValueError(f"{checkpoint} does not describe its model (no model_config); cannot rebuild it")
+        raise UserError(f"{checkpoint} does not describe its model (no model_config); cannot rebuild it")
     trained = meta.get("config") or {}
     data = checkpoint_dataset(checkpoint, config, trained, dataset, data_dir)
     loader = BatchLoader(data, "test", batch_size, shuffle=False, seed=int(trained.get("seed", 0)),
@@ -373,6 +375,6 @@ def cost_of_checkpoint(
     finally:
         torch.set_num_threads(previous)
     report.extra = {"checkpoint": str(checkpoint), "dataset": data.name, "mask": mask_used}
-    if out_dir is not None:
-        write_json(out_dir / "cost.json", report.to_dict())
+    if out is not None:  # created only now: a refused request leaves no directory behind
+        write_json(check_writable_dir(out) / "cost.json", report.to_dict())
     return report

@@ -21,16 +21,39 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from .diagnostics import UserError
 
-__all__ = ["TrainConfig", "hparam", "load_yaml", "run_id", "from_mapping", "to_dict", "NOT_HPARAMS"]
+__all__ = ["CommandConfig", "TrainConfig", "hparam", "path_option", "validate_fields", "load_yaml", "run_id", "from_mapping", "to_dict", "NOT_HPARAMS"]
 
 #: fields that describe where/how a run executes, not what it computes (excluded from run identity)
 NOT_HPARAMS = frozenset({"data_dir", "progress", "compile", "threads", "device"})
 
 
-def hparam(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
-    """A dataclass field carrying its CLI help text and allowed values."""
-    return field(default=default, metadata={"help": help, "choices": choices, **extra})
+def hparam(default: Any, help: str, choices: tuple | None = None, *, bounds: str | None = None,
+           **extra: Any) -> Any:
+    """A dataclass field carrying its CLI help text and allowed values.
+
+    ``bounds`` is an interval in the usual notation, e.g. ``"[1, inf)"`` or ``"(0, 1]"``: the field's value
+    (when not None) must lie in it, checked by :func:`validate_fields` for flags, YAML and Python alike.
+    Other metadata: ``flags`` (extra CLI spellings), ``repeat`` (the flag may be given several times),
+    ``excludes`` (names of fields that may not be given together with this one).
+    """
+    if bounds is not None:
+        parse_bounds(bounds)  # a typo in a declaration fails at import, not at a user's run
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds, **extra})
+
+
+def parse_bounds(text: str) -> tuple[float, bool, float, bool]:
+    """``"[0, 1)"`` -> ``(0.0, True, 1.0, False)``: low, low included, high, high included."""
+    m = re.fullmatch(r"\s*([\[(])\s*(-?inf|[-+0-9.e]+)\s*,\s*(-?inf|[-+0-9.e]+)\s*([\])])\s*", text)
+    if m is None:
+        raise ValueError(f"bad bounds {text!r}; write an interval such as '[1, inf)'")
+    return float(m[2]), m[1] == "[", float(m[3]), m[4] == "]"
+
+
+def in_bounds(value: float, bounds: str) -> bool:
+    lo, lo_in, hi, hi_in = parse_bounds(bounds)
+    return (value > lo or (lo_in and value == lo)) and (value < hi or (hi_in and value == hi))
 
 
 @dataclass
@@ -60,7 +83,7 @@ class TrainConfig:
                        ("per_timestep", "mean_output"))
     train_limit: int | None = hparam(None, "use only the first N training samples")
     test_limit: int | None = hparam(None, "use only the first N test samples")
-    seed: int = hparam(0, "random seed (model init, data order, Poisson spikes)")
+    seed: int = hparam(0, "random seed (model init, data order, Poisson spikes)", bounds="[0, 4294967295]")
     bf16: bool = hparam(False, "bfloat16 autocast for the forward pass (~1.7x on CPU)")
     compile: bool = hparam(False, "torch.compile the model (~1.5x on CPU after ~20 s of compilation)")
     data_dir: str | None = hparam(None, "directory holding the dataset files (default: system paths, then cache)")
@@ -68,6 +91,32 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+@dataclass
+class CommandConfig:
+    """Base of the option sets of the commands that are not a training run (evaluate, cost, analyze, ...):
+    one dataclass per command builds its flags and YAML keys and validates them (:func:`validate_fields`);
+    a subclass adds its cross-field rules in ``check``."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # an empty path would silently mean "none" or the current directory
+            value = getattr(self, f.name)
+            if f.metadata.get("path") and isinstance(value, str) and not value.strip():
+                raise UserError(f"{f.name} must name a file or directory; got an empty path")
+        validate_fields(self)
+        for f in fields(self):
+            if f.metadata.get("required") and getattr(self, f.name) is None:
+                raise UserError(f"{f.name} is required; got an empty value")
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields (override)."""
+
+
+def path_option(help: str, *, required: bool = False, metavar: str = "FILE") -> Any:
+    """A file/directory option (None by default); ``required`` ones must come from a flag or the YAML."""
+    return hparam(None, help, required=required, metavar=metavar, path=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +140,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split()]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name} must be a list; got {value!r}")
+            raise UserError(f"{name} must be a list; got {value!r}")
         inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
         return tuple(_coerce(v, inner, name) for v in value)
     if tp is bool:
@@ -99,42 +148,58 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.lower() in ("true", "yes", "1", "on")
-        raise ValueError(f"{name} must be true or false; got {value!r}")
+        raise UserError(f"{name} must be true or false; got {value!r}")
     if tp is int:
         if isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer; got {value!r}")
+            raise UserError(f"{name} must be an integer; got {value!r}")
         if isinstance(value, int):
             return value
         try:
             as_float = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an integer; got {value!r}") from None
+            raise UserError(f"{name} must be an integer; got {value!r}") from None
         if not as_float.is_integer():
-            raise ValueError(f"{name} must be an integer; got {value!r}")
+            raise UserError(f"{name} must be an integer; got {value!r}")
         return int(as_float)
     if tp is float:
         if isinstance(value, bool):
-            raise ValueError(f"{name} must be a number; got {value!r}")
+            raise UserError(f"{name} must be a number; got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number; got {value!r}") from None
+            raise UserError(f"{name} must be a number; got {value!r}") from None
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ValueError(f"{name} must be a string; got {value!r}")
+            raise UserError(f"{name} must be a string; got {value!r}")
         return str(value)
     return value
 
 
-def validate(cfg: Any) -> None:
-    """Coerce every field to its type, check choices, then the cross-field rules of TrainConfig."""
+def validate_fields(cfg: Any) -> None:
+    """Coerce every field of the dataclass ``cfg`` to its type, then check choices, finiteness and bounds.
+
+    Every number must be finite (NaN and inf are refused everywhere: no hyperparameter means them), and a
+    field declared with ``bounds`` must lie in that interval; a tuple field's bounds apply to each entry.
+    """
     cls = type(cfg)
     for f in fields(cfg):
         value = _coerce(getattr(cfg, f.name), _field_type(cls, f.name), f.name)
         choices = f.metadata.get("choices")
-        if choices is not None and value is not None and value not in choices:
-            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if choices is not None and item is not None and item not in choices:
+                raise UserError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {item!r}")
+            if isinstance(item, float) and not math.isfinite(item):
+                raise UserError(f"{f.name} must be a finite number; got {item!r}")
+            bounds = f.metadata.get("bounds")
+            if bounds is not None and item is not None and not in_bounds(item, bounds):
+                raise UserError(f"{f.name} must be in {bounds}; got {item!r}")
         object.__setattr__(cfg, f.name, value)
+
+
+def validate(cfg: Any) -> None:
+    """Coerce and check every field (:func:`validate_fields`), then the cross-field rules of TrainConfig."""
+    validate_fields(cfg)
     _check(isinstance(cfg.timesteps, int) and cfg.timesteps >= 1, "timesteps (T) must be >= 1", cfg.timesteps)
     _check(0.0 < cfg.beta < 1.0, "beta must be in (0, 1)", cfg.beta)
     _check(math.isfinite(cfg.u_th) and cfg.u_th > 0, "u_th must be a finite number > 0", cfg.u_th)
@@ -162,7 +227,7 @@ def validate(cfg: Any) -> None:
 
 def _check(ok: bool, message: str, value: Any) -> None:
     if not ok:
-        raise ValueError(f"{message}; got {value!r}")
+        raise UserError(f"{message}; got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +252,7 @@ def from_mapping(cls: type, values: dict[str, Any], source: str = "config") -> A
     normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(normalised) - names)
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} in {source}; valid keys: {', '.join(sorted(names))}")
+        raise UserError(f"unknown key {unknown[0]!r} in {source}; valid keys: {', '.join(sorted(names))}")
     return cls(**normalised)
 
 
@@ -197,15 +262,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text()
     except OSError as e:
-        raise ValueError(f"cannot read config {p}: {e.strerror or e}") from None
+        raise UserError(f"cannot read config {p}: {e.strerror or e}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UserError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config {p} must be a mapping of option: value; got {type(data).__name__}")
+        raise UserError(f"config {p} must be a mapping of option: value; got {type(data).__name__}")
     return data
 
 

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .diagnostics import UserError
 from .topology import evaluation, sample_count, trace
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "CostReport", "LayerCost", "cost_report", "measure_latency"]
@@ -152,7 +153,7 @@ def _bits_of(name: str, module: nn.Module, bits: int | Mapping[str, int] | None)
         return int(spec.bits), scales
     b = bits.get(name, 32) if isinstance(bits, Mapping) else (32 if bits is None else bits)
     if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32:
-        raise ValueError(f"bits for layer {name!r} must be an integer in [1, 32]; got {b!r}")
+        raise UserError(f"bits for layer {name!r} must be an integer in [1, 32]; got {b!r}")
     return b, (1 if b < 32 else 0)
 
 
@@ -230,13 +231,13 @@ def cost_report(
     """
     for label, value in (("e_mac_pj", e_mac_pj), ("e_ac_pj", e_ac_pj)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or not math.isfinite(value):
-            raise ValueError(f"{label} must be a finite number >= 0; got {value!r}")
+            raise UserError(f"{label} must be a finite number >= 0; got {value!r}")
     for name, b in (bits.items() if isinstance(bits, Mapping) else [("all layers", bits)]):
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32):
-            raise ValueError(f"bits for {name} must be an integer in [1, 32]; got {b!r}")
+            raise UserError(f"bits for {name} must be an integer in [1, 32]; got {b!r}")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, _LAYERS) and getattr(m, "weight", None) is not None}
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no conv or linear layer to cost")
+        raise UserError(f"{type(model).__name__} has no conv or linear layer to cost")
     acc: dict[str, dict[str, float]] = {}
     graph = None
 
@@ -274,7 +275,7 @@ def cost_report(
         for h in handles:
             h.remove()
     if seen == 0:
-        raise ValueError("the cost report needs at least one batch; the data was empty")
+        raise UserError("the cost report needs at least one batch; the data was empty")
 
     rows: list[LayerCost] = []
     for name, module in layers.items():
@@ -316,7 +317,7 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, war
     side, are meaningful on a shared machine.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"latency repeats must be a positive integer; got {repeats!r}")
+        raise UserError(f"latency repeats must be a positive integer; got {repeats!r}")
     times = []
     with evaluation(model):
         for i in range(warmup + repeats):

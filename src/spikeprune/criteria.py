@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .diagnostics import UserError
 from .calibration import Calibration
 from .diagnostics import SFFallbackWarning
 from .masks import PRUNABLE_TYPES, prunable_weights
@@ -164,7 +165,7 @@ def _firing_scores(model: nn.Module, calibration: Calibration | None, density: s
     ``"rms"`` (d_j = 1 and ``sqrt(r_i)`` for ``r_i``: the root-mean-square change).
     """
     if calibration is None:
-        raise ValueError(f"the {kind} criterion needs calibration data (pass calibration=<batches>)")
+        raise UserError(f"the {kind} criterion needs calibration data (pass calibration=<batches>)")
     weights = prunable_weights(model)
     scores = magnitude(model)
     layers = sf_layers(model, calibration)
@@ -241,7 +242,7 @@ def compute_scores(criterion: str | Criterion, model: nn.Module, calibration: Ca
     """Scores of a named (or callable) criterion; validates the result's names and shapes."""
     if isinstance(criterion, str):
         if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+            raise UserError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
         fn = CRITERIA[criterion]
     elif callable(criterion):
         fn = criterion
@@ -253,7 +254,7 @@ def compute_scores(criterion: str | Criterion, model: nn.Module, calibration: Ca
     weights = prunable_weights(model)
     for name, s in scores.values.items():
         if name not in weights or s.shape != weights[name].shape:
-            raise ValueError(f"criterion returned scores for {name!r} that do not match the model's weights")
+            raise UserError(f"criterion returned scores for {name!r} that do not match the model's weights")
         if torch.isnan(s).any():
-            raise ValueError(f"criterion returned NaN scores for {name!r}")
+            raise UserError(f"criterion returned NaN scores for {name!r}")
     return scores

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 import torch.nn.functional as F
+from .diagnostics import UserError
 
 __all__ = [
     "ENCODINGS",
@@ -86,19 +87,19 @@ class ImageDataset:
         for split in SPLITS:
             images, labels = self.images(split), self.labels(split)
             if images.dtype != torch.uint8 or images.dim() != 4:
-                raise ValueError(f"{self.name}: {split} images must be uint8 [N, C, H, W], got "
+                raise UserError(f"{self.name}: {split} images must be uint8 [N, C, H, W], got "
                                  f"{images.dtype} {tuple(images.shape)}")
             if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
-                raise ValueError(f"{self.name}: {split} labels must be int64 [{images.shape[0]}], got "
+                raise UserError(f"{self.name}: {split} labels must be int64 [{images.shape[0]}], got "
                                  f"{labels.dtype} {tuple(labels.shape)}")
             if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
-                raise ValueError(f"{self.name}: {split} labels fall outside 0..{self.num_classes - 1}")
+                raise UserError(f"{self.name}: {split} labels fall outside 0..{self.num_classes - 1}")
         if self.test_images.shape[1:] != self.train_images.shape[1:]:
-            raise ValueError(f"{self.name}: train and test images differ in shape")
+            raise UserError(f"{self.name}: train and test images differ in shape")
         if not len(self.mean) == len(self.std) == self.in_channels or min(self.std) <= 0:
-            raise ValueError(f"{self.name}: need one mean and one positive std per channel")
+            raise UserError(f"{self.name}: need one mean and one positive std per channel")
         if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"{self.name}: unknown augment {self.augment!r}; use one of {AUGMENTATIONS}")
+            raise UserError(f"{self.name}: unknown augment {self.augment!r}; use one of {AUGMENTATIONS}")
 
     @property
     def in_channels(self) -> int:
@@ -124,7 +125,7 @@ class ImageDataset:
 
 def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        raise UserError(f"unknown split {split!r}; use one of {SPLITS}")
     return split
 
 
@@ -186,7 +187,7 @@ def _gunzip(data: bytes, path: Path | str) -> bytes:
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is EOFError
-        raise ValueError(f"{path} is not a valid gzip file ({e}); delete it or replace it with a good copy") from e
+        raise UserError(f"{path} is not a valid gzip file ({e}); delete it or replace it with a good copy") from e
 
 
 def _verify(data: bytes, spec: RemoteFile, path: Path | str) -> None:
@@ -201,7 +202,7 @@ def _verify(data: bytes, spec: RemoteFile, path: Path | str) -> None:
                 return
         except ValueError:
             pass  # report the checksum mismatch below, it is the clearer message
-    raise ValueError(f"checksum mismatch for {path}: expected md5 {spec.md5}"
+    raise UserError(f"checksum mismatch for {path}: expected md5 {spec.md5}"
                      + (f" (or {spec.raw_md5} decompressed)" if spec.raw_md5 else "")
                      + f", got {actual}; delete the file to re-download it or pass --data-dir with a good copy")
 
@@ -287,15 +288,15 @@ def _parse_idx(data: bytes, path: Path, ndim: int) -> np.ndarray:
     expected_magic = 0x0800 | ndim  # 0x08 = unsigned byte; last byte = number of dimensions
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path} is truncated ({len(data)} bytes, shorter than an IDX header); "
+        raise UserError(f"{path} is truncated ({len(data)} bytes, shorter than an IDX header); "
                          "delete it or replace it with a good copy")
     magic = int.from_bytes(data[:4], "big")
     if magic != expected_magic:
-        raise ValueError(f"{path} is not an IDX file of {ndim}-d uint8 data (magic 0x{magic:08x}, expected "
+        raise UserError(f"{path} is not an IDX file of {ndim}-d uint8 data (magic 0x{magic:08x}, expected "
                          f"0x{expected_magic:08x}); delete it or replace it with a good copy")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     if len(data) != header + math.prod(dims):
-        raise ValueError(f"{path} is truncated or corrupt ({len(data)} bytes, header {dims} needs "
+        raise UserError(f"{path} is truncated or corrupt ({len(data)} bytes, header {dims} needs "
                          f"{header + math.prod(dims)}); delete it or replace it with a good copy")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
@@ -308,7 +309,7 @@ def _load_idx_dataset(name: str, data_dir: Path | None, download: bool) -> tuple
     train_x, train_y, test_x, test_y = arrays
     for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
         if len(x) != len(y) or (len(y) and y.max() >= 10):
-            raise ValueError(f"{name} {split} files do not match ({len(x)} images, {len(y)} labels, "
+            raise UserError(f"{name} {split} files do not match ({len(x)} images, {len(y)} labels, "
                              f"max label {y.max() if len(y) else None}); replace them with good copies")
     return (torch.from_numpy(train_x).unsqueeze(1), torch.from_numpy(train_y).long(),
             torch.from_numpy(test_x).unsqueeze(1), torch.from_numpy(test_y).long())
@@ -338,7 +339,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
-            raise ValueError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed "
+            raise UserError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed "
                              "in dataset files; use the official archive") from None
 
 
@@ -347,13 +348,13 @@ def _load_cifar_batch(blob: bytes, where: str, label_key: bytes, num_classes: in
     try:
         batch = RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError) as e:
-        raise ValueError(f"{where} is not a valid CIFAR pickle ({e}); use the official archive") from e
+        raise UserError(f"{where} is not a valid CIFAR pickle ({e}); use the official archive") from e
     data = batch.get(b"data") if isinstance(batch, dict) else None
     labels = np.asarray(batch.get(label_key, []) if isinstance(batch, dict) else [], dtype=np.int64)
     if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
             or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],)
             or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes)):
-        raise ValueError(f"{where} does not hold CIFAR data (uint8 [N, 3072] under b'data' and "
+        raise UserError(f"{where} does not hold CIFAR data (uint8 [N, 3072] under b'data' and "
                          f"{label_key!r}); use the official archive")
     # Rows are channel-major: 1024 red, then 1024 green, then 1024 blue values, each row-major.
     return data.reshape(-1, 3, 32, 32), labels
@@ -378,9 +379,9 @@ def _load_cifar(name: str, data_dir: Path | None, download: bool) -> tuple[torch
                     blob = tar.extractfile(member).read()  # type: ignore[union-attr]
                     batches[member.name] = _load_cifar_batch(blob, f"{path}:{member.name}", label_key, num_classes)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"{path} is not a valid tar.gz archive ({e}); delete it to re-download it") from e
+        raise UserError(f"{path} is not a valid tar.gz archive ({e}); delete it to re-download it") from e
     if missing := sorted(wanted - batches.keys()):
-        raise ValueError(f"{path} lacks {', '.join(missing)}; delete it to re-download it")
+        raise UserError(f"{path} lacks {', '.join(missing)}; delete it to re-download it")
     out: list[torch.Tensor] = []
     for split in SPLITS:
         parts = [batches[m] for m in members[split]]
@@ -413,11 +414,11 @@ def _synthetic(num_classes: int = 10, in_channels: int = 3, image_size: int = 32
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size),
                        ("train_size", train_size), ("test_size", test_size)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"synthetic option {key} must be a positive integer, got {value!r}")
+            raise UserError(f"synthetic option {key} must be a positive integer, got {value!r}")
     if not isinstance(seed, int):
-        raise ValueError(f"synthetic option seed must be an integer, got {seed!r}")
+        raise UserError(f"synthetic option seed must be an integer, got {seed!r}")
     if augment not in AUGMENTATIONS:
-        raise ValueError(f"synthetic option augment must be one of {AUGMENTATIONS}, got {augment!r}")
+        raise UserError(f"synthetic option augment must be one of {AUGMENTATIONS}, got {augment!r}")
     g = torch.Generator().manual_seed(seed)
     # Low-resolution noise upsampled: spatially smooth templates survive crops and suit conv nets.
     coarse = torch.rand(num_classes, in_channels, 4, 4, generator=g)
@@ -481,10 +482,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
     """
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(_REGISTRY)}")
+        raise UserError(f"unknown dataset {name!r}; available: {', '.join(_REGISTRY)}")
     spec = _REGISTRY[key]
     if unknown := sorted(set(options) - set(spec.options)):
-        raise ValueError(f"unknown option {unknown[0]!r} for dataset {key!r}; valid options: "
+        raise UserError(f"unknown option {unknown[0]!r} for dataset {key!r}; valid options: "
                          f"{', '.join(spec.options) or 'none'}")
     if spec.needs_files:
         return spec.build(Path(data_dir).expanduser() if data_dir is not None else None, download)
@@ -505,9 +506,9 @@ def encode(images01: torch.Tensor, encoding: str, timesteps: int | None,
     if encoding == "direct":
         return images01
     if encoding != "poisson":
-        raise ValueError(f"unknown encoding {encoding!r}; use one of {ENCODINGS}")
+        raise UserError(f"unknown encoding {encoding!r}; use one of {ENCODINGS}")
     if not isinstance(timesteps, int) or timesteps < 1:
-        raise ValueError(f"poisson encoding needs timesteps >= 1, got {timesteps!r}")
+        raise UserError(f"poisson encoding needs timesteps >= 1, got {timesteps!r}")
     # rand in [0, 1): p = 0 never fires, p = 1 always does.
     u = torch.rand((timesteps, *images01.shape), generator=generator, dtype=images01.dtype, device=images01.device)
     return (u < images01).to(images01.dtype)
@@ -560,17 +561,17 @@ class BatchLoader:
                  encoding: str = "direct", timesteps: int | None = None, augment: bool | None = None,
                  drop_last: bool = False, limit: int | None = None, rank: int = 0, world_size: int = 1) -> None:
         if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         if encoding not in ENCODINGS:
-            raise ValueError(f"unknown encoding {encoding!r}; use one of {ENCODINGS}")
+            raise UserError(f"unknown encoding {encoding!r}; use one of {ENCODINGS}")
         if encoding == "poisson" and (not isinstance(timesteps, int) or timesteps < 1):
-            raise ValueError(f"poisson encoding needs timesteps >= 1, got {timesteps!r}")
+            raise UserError(f"poisson encoding needs timesteps >= 1, got {timesteps!r}")
         if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+            raise UserError(f"limit must be a positive integer or None, got {limit!r}")
         self.dataset, self.split, self.batch_size = dataset, _check_split(split), batch_size
         self.shuffle, self.seed, self.encoding, self.timesteps = shuffle, seed, encoding, timesteps
         if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size); got rank={rank!r}, world_size={world_size!r}")
+            raise UserError(f"rank must be in [0, world_size); got rank={rank!r}, world_size={world_size!r}")
         self.drop_last, self.epoch = drop_last, 0
         self.rank, self.world_size = rank, world_size
         self.augment = (dataset.augment == "crop_flip" and split == "train") if augment is None else bool(augment)

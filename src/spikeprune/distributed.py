@@ -47,6 +47,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from .diagnostics import UserError
 
 __all__ = [
     "DistContext",
@@ -93,7 +94,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer; got {value!r}") from None
+        raise UserError(f"environment variable {name} must be an integer; got {value!r}") from None
 
 
 def context() -> DistContext:
@@ -111,7 +112,7 @@ def context() -> DistContext:
         return _SINGLE
     backend = os.environ.get("SPIKEPRUNE_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend not in ("gloo", "nccl", "mpi"):
-        raise ValueError(f"SPIKEPRUNE_BACKEND must be gloo, nccl or mpi; got {backend!r}")
+        raise UserError(f"SPIKEPRUNE_BACKEND must be gloo, nccl or mpi; got {backend!r}")
     local_rank = _env_int("LOCAL_RANK", 0)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
@@ -140,7 +141,7 @@ def shard_slice(n: int, rank: int, world_size: int) -> slice:
     """Rank ``rank``'s contiguous part of ``n`` items split into ``world_size`` near-equal parts
     (the first ``n % world_size`` parts get one more), as ``torch.tensor_split`` splits."""
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size); got rank={rank!r}, world_size={world_size!r}")
+        raise UserError(f"rank must be in [0, world_size); got rank={rank!r}, world_size={world_size!r}")
     q, r = divmod(n, world_size)
     start = rank * q + min(rank, r)
     return slice(start, start + q + (1 if rank < r else 0))

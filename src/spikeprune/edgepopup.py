@@ -57,6 +57,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .diagnostics import UserError
 from .config import TrainConfig, fields_of, hparam, hyperparameters, to_dict
 from .data import ImageDataset, load_dataset
 from .io import check_writable_dir, load_checkpoint, read_json, write_json, write_text
@@ -102,7 +103,7 @@ def check_density(density: Any, name: str = "density") -> float:
     """``density`` as a float in (0, 1] (fraction of weights KEPT), or ValueError naming it."""
     if isinstance(density, bool) or not isinstance(density, (int, float)) or not math.isfinite(density) \
             or not 0.0 < float(density) <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1] (the fraction of weights kept; sparsity = 1 - density); "
+        raise UserError(f"{name} must be in (0, 1] (the fraction of weights kept; sparsity = 1 - density); "
                          f"got {density!r}")
     return float(density)
 
@@ -111,7 +112,7 @@ def num_kept(numel: int, density: float, name: str = "layer") -> int:
     """Weights a layer of ``numel`` weights keeps: ``round(density * numel)``; 0 is refused."""
     k = round(check_density(density) * numel)
     if k < 1:
-        raise ValueError(f"density {density!r} keeps no weight of {name} ({numel} weights); "
+        raise UserError(f"density {density!r} keeps no weight of {name} ({numel} weights); "
                          f"the smallest usable density for it is {0.5 / numel:.3g}")
     return int(k)
 
@@ -278,12 +279,12 @@ def to_edgepopup(
     """
     density = check_density(density)
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        raise UserError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer; got {seed!r}")
     prunable_weights(model)  # raises "has no prunable layer"
     if scored_layers(model):
-        raise ValueError("this model is already an edge-popup model (it has score-carrying layers)")
+        raise UserError("this model is already an edge-popup model (it has score-carrying layers)")
     searched = copy.deepcopy(model)
     weights_rng = torch.Generator().manual_seed(seed)
     scores_rng = torch.Generator().manual_seed(seed + 0x5C0E5)  # an independent stream, same seed
@@ -340,7 +341,7 @@ def subnet_mask(model: nn.Module) -> Mask:
     """
     layers = scored_layers(model)
     if not layers:
-        raise ValueError("this model has no score-carrying layer; make one with to_edgepopup()")
+        raise UserError("this model has no score-carrying layer; make one with to_edgepopup()")
     return Mask({f"{name}.weight": m.mask().bool() for name, m in layers.items()})
 
 
@@ -395,11 +396,11 @@ def load_search_model(path: str | Path) -> nn.Module:
     tensors, meta = load_checkpoint(path)
     config = meta.get("model_config") or {}
     if config.get("kind") != "edgepopup-search":
-        raise ValueError(f"{path} is not an edge-popup search checkpoint; an ordinary model loads with "
+        raise UserError(f"{path} is not an edge-popup search checkpoint; an ordinary model loads with "
                          "spikeprune.train.load_model")
     source = config.get("source")
     if not isinstance(source, dict) or "name" not in source or source.get("neuron") == "custom":
-        raise ValueError(f"{path} was searched in a model spikeprune cannot rebuild (unregistered or custom "
+        raise UserError(f"{path} was searched in a model spikeprune cannot rebuild (unregistered or custom "
                          "neuron); rebuild it, call to_edgepopup and load_model_state yourself")
     base = create_model(source["name"], source["num_classes"], source["in_channels"], source["T"],
                         source["width"], image_size=tuple(source["image_size"]), neuron=source.get("neuron"),
@@ -422,7 +423,7 @@ class EdgePopupConfig(TrainConfig):
     density: float = hparam(0.5, "fraction of weights KEPT in every prunable layer, in (0, 1] "
                                  "(sparsity = 1 - density)")
     densities: tuple[float, ...] = hparam((), "sweep: one search per density, e.g. 0.1,0.3,0.5,0.7,0.9 "
-                                              "(then leave --density unset)")
+                                              "(then leave --density unset)", excludes=("density",))
     init: str = hparam("signed_constant", "frozen random weights", INITS)
     affine_bn: bool = hparam(False, "also TRAIN BatchNorm gamma/beta (results then say the network is not "
                                     "untrained); default: non-affine BN")
@@ -434,9 +435,9 @@ class EdgePopupConfig(TrainConfig):
         for d in self.densities:
             check_density(d, "each of densities")
         if len(set(self.densities)) != len(self.densities):
-            raise ValueError(f"densities has a repeated value; got {self.densities!r}")
+            raise UserError(f"densities has a repeated value; got {self.densities!r}")
         if self.densities and self.density != type(self).__dataclass_fields__["density"].default:
-            raise ValueError(f"give either density (one search) or densities (a sweep), not both; got "
+            raise UserError(f"give either density (one search) or densities (a sweep), not both; got "
                              f"density={self.density!r} and densities={self.densities!r}")
 
 
@@ -474,7 +475,7 @@ def search(
     evaluate --checkpoint`` takes it), ``mask.safetensors`` and ``result.json``.
     """
     if cfg.densities:
-        raise ValueError("search() runs one density; use sweep() for densities")
+        raise UserError("search() runs one density; use sweep() for densities")
     from .distributed import context, is_main
 
     context()
@@ -540,18 +541,28 @@ CSV_FIELDS = ["density", "sparsity", "seed", "test_accuracy", "best_test_accurac
               "init", "scale_fan", "affine_bn", "weights_trained"]
 
 
-def read_reference(paths: Iterable[str | Path]) -> list[float]:
-    """Test accuracies of dense *trained* reference runs: each path is a ``metrics.json`` or a run folder."""
+def read_reference(paths: Iterable[str | Path], like: Any = None) -> list[float]:
+    """Test accuracies of dense *trained* reference runs: each path is a ``metrics.json`` or a run folder.
+
+    ``like`` (a config with ``model``, ``dataset``, ``width``, ``timesteps``): a reference whose recorded
+    config differs in any of these is refused, since "vs dense" would then compare different networks.
+    """
     values = []
     for p in paths:
         p = Path(p)
         f = p / "metrics.json" if p.is_dir() else p
         if not f.is_file():
-            raise ValueError(f"reference {p} is neither a metrics.json nor a run folder holding one")
+            raise UserError(f"reference {p} is neither a metrics.json nor a run folder holding one")
         data = read_json(f)
         acc = data.get("test_accuracy") if isinstance(data, dict) else None
         if not isinstance(acc, (int, float)) or isinstance(acc, bool):
-            raise ValueError(f"reference {f} has no test_accuracy")
+            raise UserError(f"reference {f} has no test_accuracy")
+        recorded = data.get("config")
+        if like is not None and isinstance(recorded, dict):
+            for key in ("model", "dataset", "width", "timesteps"):
+                if key in recorded and recorded[key] != getattr(like, key):
+                    raise UserError(f"reference {f} is a {key}={recorded[key]!r} run; this search has "
+                                    f"{key}={getattr(like, key)!r}, so 'vs dense' would compare different networks")
         values.append(float(acc))
     return values
 
@@ -622,16 +633,16 @@ def sweep(
     densities = list(cfg.densities) or [cfg.density]
     names = [run_dir_name(d) for d in densities]
     if len(set(names)) != len(names):
-        raise ValueError(f"densities {densities} are too close to tell apart")
+        raise UserError(f"densities {densities} are too close to tell apart")
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     probe = build_model(cfg, dataset)
     for name, w in prunable_weights(probe).items():  # every density keeps >= 1 weight of every layer
         for d in densities:
             num_kept(w.numel(), d, name)
-    ref = read_reference(reference)
+    ref = read_reference(reference, like=cfg)
     out = Path(out)
     if not resume and ((out / "results.json").exists() or any((out / n).exists() for n in names)):
-        raise ValueError(f"{out} already holds an edge-popup sweep; pass --resume to continue it or choose "
+        raise UserError(f"{out} already holds an edge-popup sweep; pass --resume to continue it or choose "
                          "another --out")
     from .distributed import barrier
 
@@ -645,7 +656,7 @@ def sweep(
         if (run / RESULT_FILE).is_file():
             row = read_json(run / RESULT_FILE)
             if row.get("hyperparameters") != hyperparameters(cfg_d):
-                raise ValueError(f"cannot resume {out}: {run} was searched with other hyperparameters; "
+                raise UserError(f"cannot resume {out}: {run} was searched with other hyperparameters; "
                                  "use another --out")
             if log:
                 log(f"edgepopup: density {d:g} already done ({row['test_accuracy']:.4f}); skipped")

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .diagnostics import UserError
 from .masks import Mask, prunable_weights
 from .neuron import LIF, observe, spiking_layers
 
@@ -78,27 +79,27 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number; got {value!r}")
+        raise UserError(f"{name} must be a finite number; got {value!r}")
     return float(value)
 
 
 def _nonnegative(value: Any, name: str) -> float:
     v = _number(value, name)
     if v < 0:
-        raise ValueError(f"{name} must be >= 0; got {value!r}")
+        raise UserError(f"{name} must be >= 0; got {value!r}")
     return v
 
 
 def _beta(beta: Any) -> float:
     b = _number(beta, "beta")
     if not 0.0 < b < 1.0:
-        raise ValueError(f"beta must be in (0, 1); got {beta!r}")
+        raise UserError(f"beta must be in (0, 1); got {beta!r}")
     return b
 
 
 def _method(method: str) -> str:
     if method not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {method!r}; choose one of {', '.join(ESTIMATORS)}")
+        raise UserError(f"unknown estimator {method!r}; choose one of {', '.join(ESTIMATORS)}")
     return method
 
 
@@ -106,9 +107,9 @@ def _samples(u: torch.Tensor | Any) -> torch.Tensor:
     """Any tensor of membrane potentials -> 1-D float64 samples (finite values only are accepted)."""
     u = torch.as_tensor(u).detach().reshape(-1).to(torch.float64)
     if u.numel() == 0:
-        raise ValueError("no membrane potentials given (empty tensor)")
+        raise UserError("no membrane potentials given (empty tensor)")
     if not bool(torch.isfinite(u).all()):
-        raise ValueError("membrane potentials contain NaN or inf")
+        raise UserError("membrane potentials contain NaN or inf")
     return u
 
 
@@ -133,10 +134,10 @@ def scott_bandwidth(u: torch.Tensor) -> float:
     """Gaussian-KDE bandwidth by Scott's rule, ``h = std(u, ddof=1) n^(-1/5)`` (scipy's default)."""
     u = _samples(u)
     if u.numel() < 2:
-        raise ValueError("a kernel density needs at least 2 membrane potentials")
+        raise UserError("a kernel density needs at least 2 membrane potentials")
     h = float(u.std(unbiased=True)) * u.numel() ** (-0.2)
     if h <= 0:
-        raise ValueError("all membrane potentials are equal: no density can be estimated "
+        raise UserError("all membrane potentials are equal: no density can be estimated "
                          "(u is a point mass, which violates LTH-SNN Definition 3.1)")
     return h
 
@@ -179,7 +180,7 @@ def _degenerate(u: torch.Tensor) -> bool:
 def _positive_bandwidth(bandwidth: Any) -> float:
     h = _number(bandwidth, "bandwidth")
     if h <= 0:
-        raise ValueError(f"bandwidth must be > 0; got {bandwidth!r}")
+        raise UserError(f"bandwidth must be > 0; got {bandwidth!r}")
     return h
 
 
@@ -200,7 +201,7 @@ def density_sup(u: torch.Tensor, u_th: float, radius: float, method: str = "kde"
     u, u_th, radius = _samples(u), _number(u_th, "u_th"), _nonnegative(radius, "radius")
     method = _method(method)
     if not isinstance(grid, int) or grid < 2:
-        raise ValueError(f"grid must be an integer >= 2; got {grid!r}")
+        raise UserError(f"grid must be an integer >= 2; got {grid!r}")
     lo, hi = u_th - radius, u_th + radius
     if method == "gaussian":
         mu, sd = float(u.mean()), float(u.std(unbiased=True)) if u.numel() > 1 else 0.0
@@ -253,7 +254,7 @@ def bound_theorem35(p_sup: float, eps: float, beta: float, width: int) -> float:
     A probability bound above 1 is vacuous; it is returned as is so that looseness stays visible.
     """
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"layer width N must be a positive integer; got {width!r}")
+        raise UserError(f"layer width N must be a positive integer; got {width!r}")
     return width * bound_lemma34(p_sup, eps, beta)
 
 
@@ -330,34 +331,36 @@ def parse_perturbation(text: str) -> Perturbation:
         raise TypeError(f"a perturbation is a string like 'prune:0.8:sf'; got {type(text).__name__}")
     kind, _, arg = text.partition(":")
     if kind not in PERTURBATIONS or not arg:
-        raise ValueError(f"bad perturbation {text!r}; use prune:<mask file>, prune:<sparsity>[:<criterion>], "
+        raise UserError(f"bad perturbation {text!r}; use prune:<mask file>, prune:<sparsity>[:<criterion>], "
                          "quantize:<bits>[:mean|max|percentile], weight-noise:<sigma> or input-noise:<sigma>")
     if kind == "prune":
         head, _, criterion = arg.partition(":")
         try:
             sparsity = float(head)
         except ValueError:
+            if not Path(arg).is_file():  # refused while parsing, before any output exists
+                raise UserError(f"mask file {arg!r} of perturbation {text!r} does not exist") from None
             return Perturbation("prune", mask=arg)
         if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"prune sparsity (fraction removed) must be in [0, 1); got {head!r} in {text!r}")
+            raise UserError(f"prune sparsity (fraction removed) must be in [0, 1); got {head!r} in {text!r}")
         criterion = criterion or "magnitude"
         if criterion not in ("magnitude", "sf", "random"):
-            raise ValueError(f"unknown pruning criterion {criterion!r} in {text!r}; use magnitude, sf or random")
+            raise UserError(f"unknown pruning criterion {criterion!r} in {text!r}; use magnitude, sf or random")
         return Perturbation("prune", sparsity=sparsity, criterion=criterion)
     if kind == "quantize":
         bits, _, scale = arg.partition(":")
         if not re.fullmatch(r"\d+", bits) or not 1 <= int(bits) <= 16:
-            raise ValueError(f"quantize bits must be an integer in [1, 16]; got {bits!r} in {text!r}")
+            raise UserError(f"quantize bits must be an integer in [1, 16]; got {bits!r} in {text!r}")
         scale = scale or "mean"
         if scale not in ("mean", "max", "percentile"):
-            raise ValueError(f"unknown quantization scale {scale!r} in {text!r}; use mean, max or percentile")
+            raise UserError(f"unknown quantization scale {scale!r} in {text!r}; use mean, max or percentile")
         return Perturbation("quantize", bits=int(bits), scale=scale)
     try:
         sigma = float(arg)
     except ValueError:
-        raise ValueError(f"{kind} sigma must be a number; got {arg!r} in {text!r}") from None
+        raise UserError(f"{kind} sigma must be a number; got {arg!r} in {text!r}") from None
     if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"{kind} sigma must be a finite number >= 0; got {arg!r} in {text!r}")
+        raise UserError(f"{kind} sigma must be a finite number >= 0; got {arg!r} in {text!r}")
     return Perturbation(kind, sigma=sigma)
 
 
@@ -386,7 +389,7 @@ def apply_perturbation(model: nn.Module, perturbation: Perturbation | str, *, ca
             else:
                 already = Mask.from_model(perturbed).sparsity  # exact zeros of a ticket count as pruned
                 if p.sparsity <= already:
-                    raise ValueError(f"prune:{p.sparsity:g} asks for a total sparsity the model already has "
+                    raise UserError(f"prune:{p.sparsity:g} asks for a total sparsity the model already has "
                                      f"({already:.4f} of its weights are 0): nothing would change; ask for more")
                 prune(perturbed, p.criterion, p.sparsity, calibration=calibration, seed=seed)
         elif p.kind == "quantize":
@@ -505,7 +508,7 @@ class _Capture:
     def _pre(self, name: str):
         def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
             if name in self.x:
-                raise ValueError(f"spiking layer {name} runs twice in one forward pass; the flip analysis "
+                raise UserError(f"spiking layer {name} runs twice in one forward pass; the flip analysis "
                                  "needs every LIF module to be called once")
             self.x[name] = inputs[0].detach()
         return hook
@@ -577,21 +580,21 @@ def flip_analysis(
     modes = list(modes)
     for m in modes:
         if m not in MODES:
-            raise ValueError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+            raise UserError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
     _method(p_sup_method)
     ref_lifs = spiking_layers(reference)
     pert_lifs = spiking_layers(perturbed)
     if not ref_lifs:
-        raise ValueError(f"{type(reference).__name__} has no spiking layer (spikeprune.LIF); nothing to analyse")
+        raise UserError(f"{type(reference).__name__} has no spiking layer (spikeprune.LIF); nothing to analyse")
     if list(ref_lifs) != list(pert_lifs):
-        raise ValueError("reference and perturbed models do not have the same spiking layers")
+        raise UserError("reference and perturbed models do not have the same spiking layers")
     for name, lif in ref_lifs.items():
         if not 0.0 < lif.beta < 1.0:  # e.g. an adapted SpikingJelly IFNode (beta = 1, spikeprune.interop)
-            raise ValueError(f"spiking layer {name} has beta={lif.beta:g}; the flip bounds of Lemma 3.4 need a "
+            raise UserError(f"spiking layer {name} has beta={lif.beta:g}; the flip bounds of Lemma 3.4 need a "
                              "leaky neuron (0 < beta < 1)")
         other = pert_lifs[name]
         if (lif.beta, lif.u_th, lif.v_reset) != (other.beta, other.u_th, other.v_reset):
-            raise ValueError(f"spiking layer {name} has different neuron parameters in the two models")
+            raise UserError(f"spiking layer {name} has different neuron parameters in the two models")
     names = list(ref_lifs)
     was = (reference.training, perturbed.training)
     reference.eval()
@@ -632,7 +635,7 @@ def flip_analysis(
                     pick = torch.randperm(flat.shape[1], generator=g)[:u_samples_per_batch]
                     errors.setdefault(key, []).append(flat[:, pick].clone())
         if seen == 0:
-            raise ValueError("the flip analysis got no batch (empty data)")
+            raise UserError("the flip analysis got no batch (empty data)")
 
         # Radii per (mode, layer, t): eps = running max over timesteps, r_t = eps * sum_{n<t} beta^n.
         radius: dict[tuple[str, str], torch.Tensor] = {}
@@ -809,7 +812,7 @@ def plot_flips(rows: list[FlipRow], path: str | Path, title: str = "") -> None:
     modes = [m for m in MODES if any(r.mode == m for r in rows)]
     layers = list(dict.fromkeys(r.layer for r in rows))
     if not rows:
-        raise ValueError("no flip rows to plot")
+        raise UserError("no flip rows to plot")
     fig, axes = plt.subplots(len(modes), len(layers), figsize=(3.2 * len(layers), 2.8 * len(modes)),
                              squeeze=False, sharey=True)
     floor = 1e-7
@@ -856,7 +859,7 @@ def plot_flip_summary(rows: list[FlipRow], path: str | Path) -> None:
 
     summary = [s for s in flip_summary(rows) if s["eps"] > 0]
     if not summary:
-        raise ValueError("no flip rows with a non-zero input error to plot")
+        raise UserError("no flip rows with a non-zero input error to plot")
     modes = [m for m in MODES if any(s["mode"] == m for s in summary)]
     perts = list(dict.fromkeys(s["perturbation"] for s in summary))
     layers = list(dict.fromkeys(s["layer"] for s in summary))

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from .diagnostics import UserError
 
 __all__ = [
     "atomic_path",
@@ -88,10 +89,13 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    """Parse a JSON file with spikeprune's size and depth limits (:func:`spikeprune.limits.parse_json`)."""
+    from .limits import MAX_JSON_BYTES, parse_json
+
+    p = Path(path)
+    if p.is_file() and p.stat().st_size > MAX_JSON_BYTES:
+        raise UserError(f"{p} is larger than the {MAX_JSON_BYTES // 2**20} MiB of JSON spikeprune reads")
+    return parse_json(p.read_bytes(), str(p))
 
 
 def _json_default(obj: Any) -> Any:
@@ -115,7 +119,7 @@ def check_writable_dir(path: str | Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ValueError(f"cannot write to output directory {p}: {e.strerror or e}") from None
+        raise UserError(f"cannot write to output directory {p}: {e.strerror or e}") from None
     return p
 
 
@@ -132,8 +136,10 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a file written by :func:`save_checkpoint`. Raises ValueError if it is not one."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"checkpoint {p} is a directory; name the .safetensors file inside it")
     if not p.is_file():
-        raise ValueError(f"checkpoint {p} does not exist")
+        raise UserError(f"checkpoint {p} does not exist")
     try:
         tensors = load_file(str(p))
         from safetensors import safe_open
@@ -141,15 +147,15 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         with safe_open(str(p), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{p} is not a readable safetensors checkpoint (corrupt or truncated): "
+        raise UserError(f"{p} is not a readable safetensors checkpoint (corrupt or truncated): "
                          f"{str(e).splitlines()[0]}") from None
-    try:
-        meta = json.loads(metadata["spikeprune"])
-    except (KeyError, json.JSONDecodeError):
-        raise ValueError(f"{p} is a safetensors file but not a spikeprune checkpoint "
-                         "(no 'spikeprune' metadata)") from None
+    from .limits import check_checkpoint_meta, parse_json
+
+    if "spikeprune" not in metadata:
+        raise UserError(f"{p} is a safetensors file but not a spikeprune checkpoint (no 'spikeprune' metadata)")
+    meta = check_checkpoint_meta(parse_json(metadata["spikeprune"], f"{p}'s metadata"), str(p))
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{p} is not a spikeprune checkpoint (format {meta.get('format')!r})")
+        raise UserError(f"{p} is not a spikeprune checkpoint (format {meta.get('format')!r})")
     if meta.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{p} was written by a newer spikeprune (checkpoint version {meta['version']})")
+        raise UserError(f"{p} was written by a newer spikeprune (checkpoint version {meta['version']})")
     return tensors, meta

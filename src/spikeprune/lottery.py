@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .diagnostics import UserError
 from . import distributed
 from .calibration import calibrate
 from .config import TrainConfig, hparam, hyperparameters, run_id, to_dict
@@ -91,18 +92,18 @@ class LotteryConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 < self.prune_fraction < 1.0:
-            raise ValueError(f"prune_fraction must be in (0, 1) (a fraction of the surviving weights); "
+            raise UserError(f"prune_fraction must be in (0, 1) (a fraction of the surviving weights); "
                              f"got {self.prune_fraction!r}")
         if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1; got {self.rounds!r}")
+            raise UserError(f"rounds must be >= 1; got {self.rounds!r}")
         if not 0 <= self.rewind_epoch < self.epochs:
-            raise ValueError(f"rewind_epoch must be in [0, epochs) = [0, {self.epochs}); got {self.rewind_epoch!r}")
+            raise UserError(f"rewind_epoch must be in [0, epochs) = [0, {self.epochs}); got {self.rewind_epoch!r}")
         if self.calibration_batches < 1:
-            raise ValueError(f"calibration_batches must be >= 1; got {self.calibration_batches!r}")
+            raise UserError(f"calibration_batches must be >= 1; got {self.calibration_batches!r}")
         if self.criterion is not None and self.criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
+            raise UserError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
         if self.variant != "imp" and self.pruning_criterion not in FIRING_AWARE:
-            raise ValueError(f"variant {self.variant} prunes by a firing-aware criterion "
+            raise UserError(f"variant {self.variant} prunes by a firing-aware criterion "
                              f"({', '.join(sorted(FIRING_AWARE))}); got criterion {self.criterion!r} "
                              "(use --variant imp for magnitude or random pruning)")
 
@@ -157,17 +158,17 @@ def _check_identity(out: Path, cfg: LotteryConfig, resume: bool) -> None:
     identity = hyperparameters(cfg)
     if path.exists():
         if not resume:
-            raise ValueError(f"{out} already holds a lottery run; pass --resume to continue it or choose another --out")
+            raise UserError(f"{out} already holds a lottery run; pass --resume to continue it or choose another --out")
         diff = _first_difference(read_json(path).get("hyperparameters", {}), identity, RESUMABLE_CHANGES)
         if diff:
-            raise ValueError(f"cannot resume {out}: it was run with {diff}; use another --out")
+            raise UserError(f"cannot resume {out}: it was run with {diff}; use another --out")
     write_json(path, {"hyperparameters": identity, "run_id": run_id(cfg), "config": to_dict(cfg)})
 
 
 def _check_dense_matches(where: Path, saved: dict[str, Any], tcfg: TrainConfig) -> None:
     diff = _first_difference({k: v for k, v in saved.items() if k in hyperparameters(tcfg)}, hyperparameters(tcfg))
     if diff:
-        raise ValueError(f"the dense run in {where} does not match this configuration ({diff}); use another --out")
+        raise UserError(f"the dense run in {where} does not match this configuration ({diff}); use another --out")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def _dense(cfg: LotteryConfig, out: Path, dataset: ImageDataset, progress: bool,
             if int(meta.get("epoch", -1)) == R:
                 _save_rewind(rewind, {k: v for k, v in tensors.items() if k.startswith("model/")}, R, tcfg)
             elif int(meta.get("epoch", -1)) > R:
-                raise ValueError(f"{where} trained past the rewind epoch {R} without saving {REWIND}; "
+                raise UserError(f"{where} trained past the rewind epoch {R} without saving {REWIND}; "
                                  f"delete {where} to restart it")
 
     def capture(epoch: int, trained: nn.Module) -> None:
@@ -212,7 +213,7 @@ def _dense(cfg: LotteryConfig, out: Path, dataset: ImageDataset, progress: bool,
 def _read_mask(path: Path) -> tuple[Mask, list[str], dict[str, Any]]:
     tensors, meta = load_checkpoint(path)
     if meta.get("kind") != "mask":
-        raise ValueError(f"{path} is a spikeprune file but not a mask (kind {meta.get('kind')!r})")
+        raise UserError(f"{path} is a spikeprune file but not a mask (kind {meta.get('kind')!r})")
     return Mask(tensors), list(meta.get("dynamic", [])), meta
 
 
@@ -371,7 +372,7 @@ def adopt_dense(run: str | Path, out: str | Path) -> None:
     run, target = Path(run), round_dir(Path(out), 0)
     for name in ("metrics.json", CHECKPOINT):
         if not (run / name).is_file():
-            raise ValueError(f"{run} is not a finished training run with a rewind state (no {name})")
+            raise UserError(f"{run} is not a finished training run with a rewind state (no {name})")
     target.mkdir(parents=True, exist_ok=True)
     for name in ("metrics.json", "history.csv", CHECKPOINT, REWIND):
         if (run / name).is_file() and not (target / name).exists():

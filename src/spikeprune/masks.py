@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .diagnostics import UserError
 from .io import load_checkpoint, save_checkpoint
 
 __all__ = ["ForwardMasking", "Mask", "MaskEnforcement", "enforce", "mask_forward", "prunable_weights"]
@@ -35,7 +36,7 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
         if isinstance(m, PRUNABLE_TYPES) and getattr(m, "weight", None) is not None and m.weight.dim() > 1
     }
     if not found:
-        raise ValueError(f"{type(model).__name__} has no prunable layer (no conv or linear weight)")
+        raise UserError(f"{type(model).__name__} has no prunable layer (no conv or linear weight)")
     return found
 
 
@@ -123,9 +124,9 @@ class Mask(Mapping[str, torch.Tensor]):
         weights = prunable_weights(model)
         for name, t in self._t.items():
             if name not in weights:
-                raise ValueError(f"mask entry {name!r} names no prunable weight of this model")
+                raise UserError(f"mask entry {name!r} names no prunable weight of this model")
             if tuple(t.shape) != tuple(weights[name].shape):
-                raise ValueError(f"mask entry {name!r} has shape {tuple(t.shape)}, "
+                raise UserError(f"mask entry {name!r} has shape {tuple(t.shape)}, "
                                  f"the model's weight has {tuple(weights[name].shape)}")
         return weights
 
@@ -148,7 +149,7 @@ class Mask(Mapping[str, torch.Tensor]):
         """Read a mask written by :meth:`save`."""
         tensors, meta = load_checkpoint(path)
         if meta.get("kind") != "mask":
-            raise ValueError(f"{path} is a spikeprune file but not a mask (kind {meta.get('kind')!r})")
+            raise UserError(f"{path} is a spikeprune file but not a mask (kind {meta.get('kind')!r})")
         return cls(tensors)
 
 

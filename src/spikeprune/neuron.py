@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+from .diagnostics import UserError
 
 __all__ = [
     "LIF",
@@ -92,7 +93,7 @@ def _surrogate(name: str) -> tuple[Callable[[torch.Tensor, float], torch.Tensor]
     try:
         return SURROGATES[name]
     except KeyError:
-        raise ValueError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}") from None
+        raise UserError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ def lif_multistep(
         differentiable; exposed for statistics and the firing analyses of LTH-SNN §3).
     """
     if x.dim() < 2:
-        raise ValueError(f"LIF expects a time-major input [T, B, ...]; got shape {tuple(x.shape)}")
+        raise UserError(f"LIF expects a time-major input [T, B, ...]; got shape {tuple(x.shape)}")
     fn, default_alpha = _surrogate(surrogate)
     if x.dtype in (torch.bfloat16, torch.float16):
         # Integrating the membrane in half precision would move spikes near u_th; keep fp32 state.
@@ -258,14 +259,14 @@ class LIF(nn.Module):
     ) -> None:
         super().__init__()
         if not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
-            raise ValueError(f"beta must be in (0, 1) (beta = exp(-dt/tau)); got {beta!r}")
+            raise UserError(f"beta must be in (0, 1) (beta = exp(-dt/tau)); got {beta!r}")
         if not (isinstance(u_th, (int, float)) and math.isfinite(u_th)):
-            raise ValueError(f"u_th must be a finite number; got {u_th!r}")
+            raise UserError(f"u_th must be a finite number; got {u_th!r}")
         if not (isinstance(v_reset, (int, float)) and math.isfinite(v_reset)):
-            raise ValueError(f"v_reset must be a finite number; got {v_reset!r}")
+            raise UserError(f"v_reset must be a finite number; got {v_reset!r}")
         _surrogate(surrogate)
         if alpha is not None and not (isinstance(alpha, (int, float)) and alpha > 0):
-            raise ValueError(f"surrogate alpha must be > 0; got {alpha!r}")
+            raise UserError(f"surrogate alpha must be > 0; got {alpha!r}")
         self.beta = float(beta)
         self.u_th = float(u_th)
         self.v_reset = float(v_reset)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from .diagnostics import UserError
 
 __all__ = ["CLAIMS", "SCALES", "STUDIES", "Protocol", "protocol"]
 
@@ -72,9 +73,9 @@ def protocol(study: str, scale: str, *, project_root: str | Path | None = None) 
 
     ``paper`` reads the presets in ``project_root/configs`` (default: the source checkout)."""
     if study not in STUDIES:
-        raise ValueError(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
+        raise UserError(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
     if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
+        raise UserError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     root = Path(project_root) if project_root else Path(__file__).resolve().parents[2]
     if study == "fig5":
         variants = ("imp", "sf-imp-1", "sf-imp-2")

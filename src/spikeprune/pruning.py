@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from .diagnostics import UserError
 from .calibration import Calibration, calibrate
 from .criteria import FIRING_AWARE, Criterion, compute_scores, magnitude
 from .masks import Mask
@@ -23,14 +24,14 @@ __all__ = ["prune", "prune_step"]
 
 def _check_sparsity(sparsity: Any) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, float) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity (fraction of weights removed) must be a float in [0, 1); got {sparsity!r}")
+        raise UserError(f"sparsity (fraction of weights removed) must be a float in [0, 1); got {sparsity!r}")
     return sparsity
 
 
 def _calibration(model: nn.Module, criterion: str | Criterion, calibration: Any, batches: int) -> Calibration | None:
     if isinstance(calibration, Calibration) or calibration is None:
         if calibration is None and isinstance(criterion, str) and criterion in FIRING_AWARE:
-            raise ValueError(f"criterion {criterion!r} needs calibration data: pass calibration=<loader or batches>")
+            raise UserError(f"criterion {criterion!r} needs calibration data: pass calibration=<loader or batches>")
         return calibration
     if isinstance(calibration, Iterable):
         return calibrate(model, calibration, batches)
@@ -56,7 +57,7 @@ def prune_step(
     the other arguments are those of :func:`prune`.
     """
     if scope not in STRATEGIES:
-        raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown scope {scope!r}; choose one of {', '.join(STRATEGIES)}")
     current = mask if mask is not None else Mask.from_model(model)
     current.check_fits(model)
     calib = _calibration(model, criterion, calibration, calibration_batches)
@@ -99,7 +100,7 @@ def prune(
     current.check_fits(model)
     target_kept = round((1.0 - sparsity) * current.numel)
     if target_kept > current.num_kept:
-        raise ValueError(f"the model is already {current.sparsity:.4f} sparse; cannot prune it to {sparsity}")
+        raise UserError(f"the model is already {current.sparsity:.4f} sparse; cannot prune it to {sparsity}")
     fraction = (current.num_kept - target_kept) / current.num_kept if current.num_kept else 0.0
     new = prune_step(model, fraction, criterion=criterion, scope=scope, mask=current, calibration=calibration,
                      calibration_batches=calibration_batches, normalize=normalize, seed=seed)

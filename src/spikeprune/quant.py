@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .diagnostics import UserError
 from .neuron import LIF, surrogate_gradient
 
 __all__ = [
@@ -71,7 +72,7 @@ SCALES = ("mean", "max", "percentile")
 
 def _check_bits(bits: object) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-        raise ValueError(f"bits must be an integer in [1, 16]; got {bits!r}")
+        raise UserError(f"bits must be an integer in [1, 16]; got {bits!r}")
     return bits
 
 
@@ -79,9 +80,9 @@ def weight_scale(w: torch.Tensor, method: str = "mean", *, per_channel: bool = F
                  percentile: float = 99.0) -> torch.Tensor:
     """ReScaW scale gamma: a 0-dim tensor, or ``[C_out, 1, ...]`` with ``per_channel`` (dim 0 = output)."""
     if method not in SCALES:
-        raise ValueError(f"unknown scale {method!r}; choose one of {', '.join(SCALES)}")
+        raise UserError(f"unknown scale {method!r}; choose one of {', '.join(SCALES)}")
     if not 0.0 < percentile <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100]; got {percentile!r}")
+        raise UserError(f"percentile must be in (0, 100]; got {percentile!r}")
     a = w.detach().abs()
     a = a.reshape(a.shape[0], -1) if per_channel else a.reshape(1, -1)
     if method == "mean":
@@ -140,10 +141,10 @@ class QuantSpec:
     def __post_init__(self) -> None:
         _check_bits(self.bits)
         if self.method not in SCALES:
-            raise ValueError(f"unknown scale {self.method!r}; choose one of {', '.join(SCALES)}")
+            raise UserError(f"unknown scale {self.method!r}; choose one of {', '.join(SCALES)}")
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
                 or not 0.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile must be in (0, 100]; got {self.percentile!r}")
+            raise UserError(f"percentile must be in (0, 100]; got {self.percentile!r}")
 
     @property
     def levels(self) -> int:
@@ -380,7 +381,7 @@ def quantize_model(
     if layers is None:
         if subclassed:
             name, m = next(iter(subclassed.items()))
-            raise ValueError(f"cannot quantize {name!r} ({type(m).__module__}.{type(m).__name__}): its forward "
+            raise UserError(f"cannot quantize {name!r} ({type(m).__module__}.{type(m).__name__}): its forward "
                              f"is not nn.{_plain_class(m).__name__}'s on folded leading dims, so a quantized "
                              "twin would change what it computes"
                              + (f" ({len(subclassed) - 1} more such layers)" if len(subclassed) > 1 else "")
@@ -392,10 +393,10 @@ def quantize_model(
             if name not in candidates:
                 why = (f" ({type(subclassed[name]).__name__} computes more than the plain layer)"
                        if name in subclassed else "")
-                raise ValueError(f"{name!r} is not a conv/linear layer of this model that can be quantized{why}; "
+                raise UserError(f"{name!r} is not a conv/linear layer of this model that can be quantized{why}; "
                                  f"layers: {', '.join(candidates) or 'none'}")
     if not chosen:
-        raise ValueError(f"{type(model).__name__} has no conv/linear layer to quantize")
+        raise UserError(f"{type(model).__name__} has no conv/linear layer to quantize")
     for name in chosen:
         _swap(candidates[name], spec)
     if membrane_bits is not None:
@@ -452,7 +453,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[Any], num_batches: 
             m.momentum = momentum
         model.train(was_training)
     if seen == 0:
-        raise ValueError("BatchNorm re-estimation needs at least one batch; the data was empty")
+        raise UserError("BatchNorm re-estimation needs at least one batch; the data was empty")
     return seen
 
 
@@ -494,7 +495,7 @@ class _RoundClampSTE(torch.autograd.Function):
 
 def _check_membrane_bits(bits: object) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
-        raise ValueError(f"membrane bits must be an integer in [2, 16] (a signed register needs a sign "
+        raise UserError(f"membrane bits must be an integer in [2, 16] (a signed register needs a sign "
                          f"bit and one magnitude bit); got {bits!r}")
     return bits
 
@@ -527,7 +528,7 @@ def lif_multistep_quantized(
     """
     _check_membrane_bits(bits)
     if x.dim() < 2:
-        raise ValueError(f"LIF expects a time-major input [T, B, ...]; got shape {tuple(x.shape)}")
+        raise UserError(f"LIF expects a time-major input [T, B, ...]; got shape {tuple(x.shape)}")
     from .neuron import SURROGATES
 
     alpha = SURROGATES[surrogate][1] if alpha is None else float(alpha)
@@ -653,17 +654,17 @@ def quantize_membranes(model: nn.Module, bits: int, example_input: torch.Tensor 
     """
     _check_membrane_bits(bits)
     if example_input is None:
-        raise ValueError("membrane quantization needs example_input (one input batch) to find which "
+        raise UserError("membrane quantization needs example_input (one input batch) to find which "
                          "layer drives which neuron")
     layers = quantized_layers(model)
     found = {}
     for lif_name, (layer, bn) in _drivers(model, example_input).items():
         if layer not in layers:
-            raise ValueError(f"neuron {lif_name!r} is driven by {layer!r}, which is not quantized; the membrane "
+            raise UserError(f"neuron {lif_name!r} is driven by {layer!r}, which is not quantized; the membrane "
                              "scale is shared with the driving layer's weights (quantize that layer too)")
         old = model.get_submodule(lif_name)
         if getattr(old, "third_party", False):  # an interop adapter: its dynamics are the package's own
-            raise ValueError(f"membrane quantization needs spikeprune's LIF; {lif_name!r} is an adapted "
+            raise UserError(f"membrane quantization needs spikeprune's LIF; {lif_name!r} is an adapted "
                              f"{old.mapping()['source']} (weights can still be quantized)")
         new = old if isinstance(old, QuantizedLIF) else QuantizedLIF.from_lif(old, bits)
         new.membrane_bits = bits
@@ -682,7 +683,7 @@ def quantize_membranes(model: nn.Module, bits: int, example_input: torch.Tensor 
             lif=_relative(lif_name, prefix)))
         found[lif_name] = layer
     if not found:
-        raise ValueError(f"{type(model).__name__} has no LIF neuron driven by a quantized layer")
+        raise UserError(f"{type(model).__name__} has no LIF neuron driven by a quantized layer")
     return found
 
 
@@ -765,15 +766,15 @@ def load_quantization_state(model: nn.Module, tensors: dict[str, torch.Tensor], 
         key = f"{name}.gamma"
         if frozen:
             if key not in tensors:
-                raise ValueError(f"quantization state has no gamma for layer {name!r}")
+                raise UserError(f"quantization state has no gamma for layer {name!r}")
             layer.weight_gamma = tensors[key].to(layer.weight.dtype).clone()
             layer.frozen = True
     bits = set((meta.get("membrane_bits") or {}).values())
     if bits:
         if len(bits) != 1:
-            raise ValueError(f"mixed membrane bit-widths are not supported; got {sorted(bits)}")
+            raise UserError(f"mixed membrane bit-widths are not supported; got {sorted(bits)}")
         found = quantize_membranes(model, bits.pop(), example_input)
         expected = set(meta["membrane_bits"])
         if set(found) != expected:
-            raise ValueError("the membrane-quantized neurons of this checkpoint do not match the model")
+            raise UserError("the membrane-quantized neurons of this checkpoint do not match the model")
     return model

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .diagnostics import UserError
 from .io import atomic_path, read_json
 
 __all__ = ["format_table", "plot_accuracy_vs_sparsity", "plot_subnetwork_accuracy", "read_results", "summarize"]
@@ -33,10 +34,10 @@ def read_results(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         p = p / "results.json"
     if not p.is_file():
-        raise ValueError(f"no results file at {p}")
+        raise UserError(f"no results file at {p}")
     data = read_json(p)
     if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
-        raise ValueError(f"{p} is not a results file (no 'rounds' list)")
+        raise UserError(f"{p} is not a results file (no 'rounds' list)")
     return data
 
 
@@ -45,7 +46,7 @@ def _density(point: Mapping[str, Any]) -> float:
         return float(point["density"])
     if "sparsity" in point:
         return 1.0 - float(point["sparsity"])
-    raise ValueError(f"a point needs 'density' or 'sparsity'; got keys {sorted(point)}")
+    raise UserError(f"a point needs 'density' or 'sparsity'; got keys {sorted(point)}")
 
 
 def _t_quantile(dof: int) -> float:
@@ -217,7 +218,7 @@ def plot_subnetwork_accuracy(
     for p in points:
         s = float(p["sparsity"])
         if not 0.0 <= s <= 1.0:
-            raise ValueError(f"sparsity must be in [0, 1]; got {s!r}")
+            raise UserError(f"sparsity must be in [0, 1]; got {s!r}")
         series.setdefault(str(p.get("series", label)), {}).setdefault(s, []).append(100.0 * float(p["accuracy"]))
     refs = reference if isinstance(reference, Mapping) else ({reference_label: reference} if reference else {})
 

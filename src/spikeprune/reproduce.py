@@ -37,6 +37,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .diagnostics import UserError
 from .config import TrainConfig, fields_of
 from .io import check_writable_dir, file_slug, read_json, write_json, write_text
 from .protocols import CLAIMS, Protocol, protocol
@@ -255,7 +256,7 @@ def _fig3_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_
         dense_jobs = train_jobs(dense, p.seeds, where)
         status = run_jobs(dense_jobs, where, max_jobs=jobs, threads=threads, log=log)
         if any(s.startswith("failed") for s in status.values()):
-            raise ValueError(f"dense reference training failed: {status}")
+            raise UserError(f"dense reference training failed: {status}")
         cfg = EdgePopupConfig(**{**fields_of(EdgePopupConfig, values), **extra})
         edgepopup_sweep(cfg, where, seeds=p.seeds, reference=[j.out for j in dense_jobs], jobs=jobs,
                         threads=threads, log=log)
@@ -788,7 +789,7 @@ def write_report(study: str, scale: str, out: str | Path, root: str | Path, *, c
     p = protocol(study, scale, project_root=project_root)
     out, root = check_writable_dir(out), Path(root)
     if not root.is_dir():
-        raise ValueError(f"no results directory at {root}")
+        raise UserError(f"no results directory at {root}")
     data = _collect(study, p, root, references)
     body, numbers = REPORTERS[study](p, data, out)
     complete = _complete(study, data)
@@ -824,12 +825,12 @@ def reproduce(study: str, scale: str, out: str | Path, *, from_results: str | Pa
     Returns the path of ``report.md``. Resumable: finished runs are not repeated.
     """
     p = protocol(study, scale, project_root=project_root)
+    if from_results is not None and not Path(from_results).is_dir():
+        raise UserError(f"--from-results {from_results} is not a directory")
     out = check_writable_dir(out)
     root = Path(from_results) if from_results is not None else out / "runs"
     if from_results is None:
         RUNNERS[study](p, root, out, jobs, threads, data_dir, log)
-    elif not root.is_dir():
-        raise ValueError(f"--from-results {root} is not a directory")
     command = command or (f"spikeprune reproduce {study} --scale {scale} --out {out}"
                           + (f" --from-results {from_results}" if from_results is not None else ""))
     path = write_report(study, scale, out, root, command=command, references=references, project_root=project_root)

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .diagnostics import UserError
+from .limits import check_memory
 from .firing import _atom_mass, density_sup
 from .neuron import lif_multistep
 
@@ -86,13 +88,13 @@ KINDS = ("snn", "relu+", "relu-")
 
 def _int(value: Any, name: str, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+        raise UserError(f"{name} must be an integer >= {low}; got {value!r}")
     return int(value)
 
 
 def _eps(eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite number > 0 (the allowed input-feature error); got {eps!r}")
+        raise UserError(f"eps must be a finite number > 0 (the allowed input-feature error); got {eps!r}")
     return float(eps)
 
 
@@ -104,23 +106,23 @@ def c_th(u_th: float) -> float:
     has u = 0 >= u_th and fires without an input spike, so it cannot copy its input either.
     """
     if isinstance(u_th, bool) or not isinstance(u_th, (int, float)) or not math.isfinite(u_th):
-        raise ValueError(f"u_th must be a finite number; got {u_th!r}")
+        raise UserError(f"u_th must be a finite number; got {u_th!r}")
     if u_th >= 1.0:
-        raise ValueError(f"the construction needs u_th < 1: with u_th={u_th:g}, C_th = (1 - u_th)/2 = "
+        raise UserError(f"the construction needs u_th < 1: with u_th={u_th:g}, C_th = (1 - u_th)/2 = "
                          f"{(1 - u_th) / 2:g} <= 0, no in-weight v ~ U[-1, 1] reaches the threshold, so no "
                          "virtual neuron fires when its input does (LTH-SNN Eq. S.14)")
     if u_th <= 0.0:
-        raise ValueError(f"the construction needs u_th > 0: with u_th={u_th:g} a virtual neuron with zero input "
+        raise UserError(f"the construction needs u_th > 0: with u_th={u_th:g} a virtual neuron with zero input "
                          "(u = 0 >= u_th) fires without an input spike and cannot copy its input")
     return (1.0 - u_th) / 2.0
 
 
 def _neuron(beta: Any, u_th: Any, v_reset: Any) -> tuple[float, float, float]:
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 < beta < 1.0:
-        raise ValueError(f"beta must be in (0, 1); got {beta!r}")
+        raise UserError(f"beta must be in (0, 1); got {beta!r}")
     c_th(u_th)
     if isinstance(v_reset, bool) or not isinstance(v_reset, (int, float)) or not 0.0 <= v_reset < u_th:
-        raise ValueError(f"the construction needs 0 <= v_reset < u_th (a reset potential that neither fires "
+        raise UserError(f"the construction needs 0 <= v_reset < u_th (a reset potential that neither fires "
                          f"by itself nor drags the next input spike below threshold); got v_reset={v_reset!r}")
     return float(beta), float(u_th), float(v_reset)
 
@@ -142,7 +144,7 @@ def _memory_guard(N: int, L: int, k: int, max_memory: int | None) -> None:
     limit = _physical_memory() if max_memory is None else int(max_memory)
     need = large_network_bytes(N, L, k)
     if need > limit:
-        raise ValueError(f"N*k too large: the large network for N={N}, L={L}, k={k} has 2*L*N*k = "
+        raise UserError(f"N*k too large: the large network for N={N}, L={L}, k={k} has 2*L*N*k = "
                          f"{2 * L * N * k:.3g} weights ({need / 2**30:.1f} GiB as float32), more than the "
                          f"{limit / 2**30:.1f} GiB memory limit; lower k (or eps' demand on it) or raise the limit")
 
@@ -163,13 +165,13 @@ class TargetSNN:
 
     def __post_init__(self) -> None:
         if not self.weights:
-            raise ValueError("a target needs at least one layer")
+            raise UserError("a target needs at least one layer")
         N = self.weights[0].shape[0]
         for l, w in enumerate(self.weights):
             if w.shape != (N, N):
-                raise ValueError(f"target layer {l} has shape {tuple(w.shape)}; every layer must be [N, N] = [{N}, {N}]")
+                raise UserError(f"target layer {l} has shape {tuple(w.shape)}; every layer must be [N, N] = [{N}, {N}]")
             if float(w.abs().max()) > 1.0 / math.sqrt(N) + 1e-12:
-                raise ValueError(f"target layer {l} has weights outside [-1/sqrt(N), 1/sqrt(N)] (Theorem 4.3's premise)")
+                raise UserError(f"target layer {l} has weights outside [-1/sqrt(N), 1/sqrt(N)] (Theorem 4.3's premise)")
         _neuron(self.beta, self.u_th, self.v_reset)
 
     @property
@@ -200,7 +202,7 @@ def random_spikes(T: int, B: int, N: int, rate: float = 0.3, *, seed: int = 0) -
     """Input spike trains ``S`` ``[T, B, N]`` (float64 0/1), i.i.d. Bernoulli(``rate``)."""
     T, B, N = _int(T, "T"), _int(B, "samples"), _int(N, "N")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate <= 1.0:
-        raise ValueError(f"input spike rate must be in (0, 1]; got {rate!r}")
+        raise UserError(f"input spike rate must be in (0, 1]; got {rate!r}")
     g = torch.Generator().manual_seed(int(seed) + 7_777_777)
     return (torch.rand(T, B, N, generator=g, dtype=torch.float64) < rate).to(torch.float64)
 
@@ -236,7 +238,7 @@ def run_target(target: TargetSNN, spikes: torch.Tensor) -> Trace:
 
 def _check_spikes(spikes: torch.Tensor, N: int) -> None:
     if not torch.is_tensor(spikes) or spikes.dim() != 3 or spikes.shape[2] != N:
-        raise ValueError(f"input spikes must be a [T, B, N={N}] tensor; got "
+        raise UserError(f"input spikes must be a [T, B, N={N}] tensor; got "
                          f"{tuple(spikes.shape) if torch.is_tensor(spikes) else type(spikes).__name__}")
 
 
@@ -450,7 +452,7 @@ def minimal_width(target: TargetSNN, eps: float, *, seed: int = 0, trial: int = 
     """
     eps = _eps(eps)
     if kind not in ("snn", "relu", "relu-nonneg"):
-        raise ValueError(f"unknown construction {kind!r}; choose snn, relu or relu-nonneg")
+        raise UserError(f"unknown construction {kind!r}; choose snn, relu or relu-nonneg")
     N = target.N
     k_max = k_max if k_max is not None else _default_k_max(target, eps)
     _memory_guard(N, target.L, k_max, max_memory)
@@ -653,12 +655,12 @@ def width_bound(N: int, L: int, T: int, eps: float, delta: float, u_th: float, C
     """
     N, L, T, eps = _int(N, "N"), _int(L, "L"), _int(T, "T"), _eps(eps)
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta <= 1.0:
-        raise ValueError(f"delta must be in (0, 1]; got {delta!r}")
+        raise UserError(f"delta must be in (0, 1]; got {delta!r}")
     if form not in ("paper", "proof"):
-        raise ValueError(f"form must be 'paper' or 'proof'; got {form!r}")
+        raise UserError(f"form must be 'paper' or 'proof'; got {form!r}")
     flips = N * C * L * T * eps
     if delta <= flips:
-        raise ValueError(f"the width bound is undefined: delta={delta:g} <= N*C*L*T*eps = {N}*{C:.4g}*{L}*{T}*{eps:g} "
+        raise UserError(f"the width bound is undefined: delta={delta:g} <= N*C*L*T*eps = {N}*{C:.4g}*{L}*{T}*{eps:g} "
                          f"= {flips:.4g} (the flip probability of Theorem 3.5 alone exceeds delta); "
                          "lower eps or raise delta")
     inner = math.ceil(N / (c_th(u_th) * eps) * math.log(N * N * L / (delta - flips)))
@@ -730,7 +732,15 @@ def slth_experiment(
     trials, equality_trials = _int(trials, "trials"), _int(equality_trials, "equality trials", low=0)
     beta, u_th, v_reset = _neuron(beta, u_th, v_reset)
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta <= 1.0:
-        raise ValueError(f"delta must be in (0, 1]; got {delta!r}")
+        raise UserError(f"delta must be in (0, 1]; got {delta!r}")
+    samples = _int(samples, "samples")
+    if equality_trials > trials:
+        raise UserError(f"equality trials ({equality_trials}) are a subset of the trials; they cannot "
+                        f"exceed trials ({trials})")
+    # Before allocating: the target (L float64 N x N matrices), its input spikes and potentials, and the
+    # smallest large network (k >= N: 2 L N k float32 weights); the grid's largest k is guarded below.
+    check_memory(8 * L * N * N + 8 * (L + 1) * T * samples * N + 8 * L * N * N, f"the construction at N={N}, L={L}",
+                 "use a smaller --N, --L or --samples")
     target = random_target(N, L, beta=beta, u_th=u_th, v_reset=v_reset, seed=seed)
     if ks is not None:
         ks = sorted({_int(k, "k", low=N) for k in ks})

@@ -40,6 +40,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import torch
 
+from .diagnostics import UserError
 from .diagnostics import LayerCollapseWarning
 from .masks import Mask
 
@@ -53,14 +54,14 @@ MIXED_DEFAULT = "budget"
 
 def _check_fraction(fraction: float) -> float:
     if isinstance(fraction, bool) or not isinstance(fraction, float) or not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"the fraction of surviving weights to prune must be a float in [0, 1]; got {fraction!r}")
+        raise UserError(f"the fraction of surviving weights to prune must be a float in [0, 1]; got {fraction!r}")
     return fraction
 
 
 def resolve_normalization(method: str, kinds: Mapping[str, str] | None) -> str:
     """The normalisation ``method`` stands for (``auto`` -> ``none`` or ``budget``)."""
     if method not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        raise UserError(f"unknown normalization {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
     if method == "auto":
         return "none" if kinds is None or len(set(kinds.values())) <= 1 else MIXED_DEFAULT
     return method
@@ -141,7 +142,7 @@ def _candidates(mask: Mask, dynamic: Collection[str]) -> dict[str, torch.Tensor]
     """Weights that may hold a place after this step: survivors, and every weight of a dynamic layer."""
     unknown = sorted(set(dynamic) - set(mask))
     if unknown:
-        raise ValueError(f"dynamic layer {unknown[0]!r} is not in the mask")
+        raise UserError(f"dynamic layer {unknown[0]!r} is not in the mask")
     return {n: torch.ones_like(mask[n]) if n in dynamic else mask[n] for n in mask}
 
 
@@ -212,7 +213,7 @@ def _global_prune(scores: Mapping[str, torch.Tensor], mask: Mask, fraction: floa
     target = alive - round(fraction * alive)
     if method == "budget":
         if allocation is None:
-            raise ValueError("normalize='budget' needs allocation scores (the weights' magnitudes)")
+            raise UserError("normalize='budget' needs allocation scores (the weights' magnitudes)")
         _check_keys(allocation, mask)
         budget = _global_prune(allocation, mask, fraction, normalize="none")
         return Mask({n: _keep_best(scores[n], candidates[n], int(budget[n].sum())) for n in mask})

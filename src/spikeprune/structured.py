@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .diagnostics import UserError
 from .calibration import calibrate
 from .criteria import sf as sf_scores
 from .neuron import LIF, observe
@@ -102,14 +103,14 @@ def _example(model: nn.Module, example: torch.Tensor | None) -> torch.Tensor:
     ``spikeprune_config`` (the trace reads shapes only, so zeros do)."""
     if example is not None:
         if not torch.is_tensor(example):
-            raise ValueError(f"example must be an input tensor as model(x) takes it; got {type(example).__name__}")
+            raise UserError(f"example must be an input tensor as model(x) takes it; got {type(example).__name__}")
         return example
     config = getattr(model, "spikeprune_config", None)
     if isinstance(config, dict) and "in_channels" in config and "image_size" in config:
         p = next(model.parameters(), None)
         kw = {"dtype": p.dtype, "device": p.device} if p is not None else {}
         return torch.zeros(1, int(config["in_channels"]), *(int(v) for v in config["image_size"]), **kw)
-    raise ValueError(f"channel pruning traces the network on an example input, and a {type(model).__name__} "
+    raise UserError(f"channel pruning traces the network on an example input, and a {type(model).__name__} "
                      "does not say what it takes; pass example= (one input batch as model(x) takes it)")
 
 
@@ -166,7 +167,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor | None = None) -> lis
     """
     groups, blocked = _analyse(model, example)
     if not groups:
-        raise ValueError(_nothing_prunable(model, blocked))
+        raise UserError(_nothing_prunable(model, blocked))
     return groups
 
 
@@ -193,7 +194,7 @@ def channel_config(model: nn.Module) -> dict[str, Any]:
     width 1.0); each registered model class says it (``channel_options``)."""
     options = getattr(model, "channel_options", None)
     if options is None:
-        raise ValueError(f"no channel configuration for a {type(model).__name__} (not a registered spikeprune model)")
+        raise UserError(f"no channel configuration for a {type(model).__name__} (not a registered spikeprune model)")
     return options()
 
 
@@ -257,7 +258,7 @@ def channel_statistics(model: nn.Module, batches: Iterable[Any], num_batches: in
     """
     if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
                                     or num_batches < 1):
-        raise ValueError(f"calibration batches must be a positive integer; got {num_batches!r}")
+        raise UserError(f"calibration batches must be a positive integer; got {num_batches!r}")
     names = {id(m): n for n, m in model.named_modules() if isinstance(m, LIF)}
     stats = ChannelStatistics()
 
@@ -284,7 +285,7 @@ def channel_statistics(model: nn.Module, batches: Iterable[Any], num_batches: in
             if num_batches is not None and seen >= num_batches:
                 break
     if seen == 0:
-        raise ValueError("calibration needs at least one batch; the calibration data was empty")
+        raise UserError("calibration needs at least one batch; the calibration data was empty")
     return stats
 
 
@@ -349,10 +350,10 @@ def channel_scores(
     ``example``, else the first calibration batch, else the registered model's input shape).
     """
     if criterion not in CHANNEL_CRITERIA:
-        raise ValueError(f"unknown channel criterion {criterion!r}; choose one of {', '.join(CHANNEL_CRITERIA)}")
+        raise UserError(f"unknown channel criterion {criterion!r}; choose one of {', '.join(CHANNEL_CRITERIA)}")
     needs_data = criterion in ("svs", "membrane", "sf")
     if needs_data and batches is None:
-        raise ValueError(f"channel criterion {criterion!r} needs calibration data (batches)")
+        raise UserError(f"channel criterion {criterion!r} needs calibration data (batches)")
     if groups is None:
         groups = channel_groups(model, example if example is not None else _first_input(batches))
     out: dict[str, torch.Tensor] = {}
@@ -361,11 +362,11 @@ def channel_scores(
         get = stats.svs if criterion == "svs" else stats.mean_abs_u
         for g in groups:
             if not g.neuron_slices:
-                raise ValueError(f"channel group {g.name!r} reaches no spiking neuron, so criterion {criterion!r} "
+                raise UserError(f"channel group {g.name!r} reaches no spiking neuron, so criterion {criterion!r} "
                                  "cannot score it; use l1 or bn, or exclude it")
             missing = [n for n, _, _ in g.neuron_slices if n not in stats.samples]
             if missing:
-                raise ValueError(f"neuron {missing[0]!r} never ran during calibration")
+                raise UserError(f"neuron {missing[0]!r} never ran during calibration")
             out[g.name] = _combine([_per_channel(get(n), g.size, per, offset, f"neuron {n}")
                                     for n, per, offset in g.neuron_slices])
     elif criterion == "sf":
@@ -385,7 +386,7 @@ def channel_scores(
         out = {g.name: torch.rand(g.size, generator=gen) for g in groups}
     for g in groups:
         if out[g.name].shape != (g.size,) or torch.isnan(out[g.name]).any():
-            raise ValueError(f"criterion {criterion!r} gave invalid scores for channel group {g.name!r}")
+            raise UserError(f"criterion {criterion!r} gave invalid scores for channel group {g.name!r}")
     return out
 
 
@@ -399,7 +400,7 @@ def _check_sparsity(value: Any, what: str = "channel sparsity", upper_inclusive:
     ok = ok and 0.0 <= value and (value <= 1.0 if upper_inclusive else value < 1.0)
     if not ok:
         bound = "[0, 1]" if upper_inclusive else "[0, 1)"
-        raise ValueError(f"{what} (fraction of channels removed) must be a number in {bound}; got {value!r}")
+        raise UserError(f"{what} (fraction of channels removed) must be a number in {bound}; got {value!r}")
     return float(value)
 
 
@@ -429,13 +430,13 @@ def select_channels(
     Raises ValueError when a ratio would remove every channel of a group.
     """
     if scope not in ("layerwise", "global"):
-        raise ValueError(f"unknown channel pruning scope {scope!r}; choose layerwise or global")
+        raise UserError(f"unknown channel pruning scope {scope!r}; choose layerwise or global")
     if isinstance(sparsity, Mapping):
         if scope != "layerwise":
-            raise ValueError("per-layer channel ratios need scope='layerwise'")
+            raise UserError("per-layer channel ratios need scope='layerwise'")
         unknown = sorted(set(sparsity) - set(scores))
         if unknown:
-            raise ValueError(f"no channel group {unknown[0]!r}; groups: {', '.join(scores)}")
+            raise UserError(f"no channel group {unknown[0]!r}; groups: {', '.join(scores)}")
         ratios = {g: _check_sparsity(sparsity.get(g, 0.0), f"channel sparsity of {g}", True) for g in scores}
     else:
         s = _check_sparsity(sparsity)
@@ -446,7 +447,7 @@ def select_channels(
             n = sc.numel()
             k = round(ratios[g] * n)
             if k >= n:
-                raise ValueError(f"channel sparsity {ratios[g]} would remove every channel of layer {g} "
+                raise UserError(f"channel sparsity {ratios[g]} would remove every channel of layer {g} "
                                  f"({n} channel{'s' if n != 1 else ''}); a layer keeps at least one")
             drop = set(_lowest(sc, k).tolist())
             keep[g] = torch.tensor([i for i in range(n) if i not in drop], dtype=torch.long)
@@ -471,7 +472,7 @@ def select_channels(
         remaining[g] -= 1
         taken += 1
     if taken < budget:
-        raise ValueError(f"a global channel budget of {budget} of {total} channels would remove every "
+        raise UserError(f"a global channel budget of {budget} of {total} channels would remove every "
                          f"channel of some layer; lower the channel sparsity")
     return {g: torch.tensor([i for i in range(sc.numel()) if i not in dropped[g]], dtype=torch.long)
             for g, sc in scores.items()}
@@ -534,14 +535,14 @@ def _check_keep(keep: Mapping[str, Sequence[int] | torch.Tensor], groups: Mappin
     plan: dict[str, torch.Tensor] = {}
     for name, kept in keep.items():
         if name not in groups:
-            raise ValueError(_unknown_group(name, groups, blocked))
+            raise UserError(_unknown_group(name, groups, blocked))
         idx = torch.as_tensor(list(kept) if not torch.is_tensor(kept) else kept, dtype=torch.long).flatten()
         size = groups[name].size
         if idx.numel() == 0:
-            raise ValueError(f"removing every channel of layer {name} ({size} channels) would disconnect the "
+            raise UserError(f"removing every channel of layer {name} ({size} channels) would disconnect the "
                              "network; keep at least one")
         if idx.unique().numel() != idx.numel() or int(idx.min()) < 0 or int(idx.max()) >= size:
-            raise ValueError(f"kept channels of {name} must be distinct indices in [0, {size}); got {idx.tolist()}")
+            raise UserError(f"kept channels of {name} must be distinct indices in [0, {size}); got {idx.tolist()}")
         plan[name] = idx.sort().values
     return plan
 
@@ -634,15 +635,15 @@ def prune_channels(
         example = _first_input(calibration)
     found, blocked = _analyse(model, example)
     if not found:
-        raise ValueError(_nothing_prunable(model, blocked))
+        raise UserError(_nothing_prunable(model, blocked))
     excluded = set(exclude)
     unknown = sorted(excluded - {g.name for g in found} - set(blocked))
     if unknown:
-        raise ValueError(_unknown_group(unknown[0], [g.name for g in found], blocked))
+        raise UserError(_unknown_group(unknown[0], [g.name for g in found], blocked))
     if isinstance(sparsity, Mapping):
         for name in sparsity:
             if name in blocked:
-                raise ValueError(_unknown_group(name, [g.name for g in found], blocked))
+                raise UserError(_unknown_group(name, [g.name for g in found], blocked))
     active = [g for g in found if g.name not in excluded]
     scores = channel_scores(criterion, model, calibration, num_batches=calibration_batches, groups=active,
                             seed=seed)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .diagnostics import UserError
 from .config import TrainConfig, from_mapping, to_dict
 from .io import check_writable_dir, file_slug, read_json, write_json, write_text
 
@@ -82,7 +83,7 @@ def _config(kind: str, values: dict[str, Any]) -> Any:
         from .edgepopup import EdgePopupConfig
 
         return from_mapping(EdgePopupConfig, values, source="job")
-    raise ValueError(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
+    raise UserError(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
 
 
 def execute(job: Job, *, progress: bool = False, log: Callable[[str], None] | None = _log) -> None:
@@ -129,12 +130,12 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, max_jobs: int = 1, thread
     ``root/logs/<job>.log``.
     """
     if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) or max_jobs < 1:
-        raise ValueError(f"jobs must be a positive integer; got {max_jobs!r}")
+        raise UserError(f"jobs must be a positive integer; got {max_jobs!r}")
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer; got {threads!r}")
+        raise UserError(f"threads must be a positive integer; got {threads!r}")
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
-        raise ValueError(f"job names must be unique; got {names}")
+        raise UserError(f"job names must be unique; got {names}")
     root = check_writable_dir(root)
     status: dict[str, str] = {}
     pending = []
@@ -197,7 +198,7 @@ def _raise_failures(status: dict[str, str]) -> None:
     failed = {n: s for n, s in status.items() if s.startswith("failed")}
     if failed:
         first = next(iter(failed.items()))
-        raise ValueError(f"{len(failed)} of {len(status)} jobs failed ({first[0]}: {first[1]}); "
+        raise UserError(f"{len(failed)} of {len(status)} jobs failed ({first[0]}: {first[1]}); "
                          "re-run the same command to retry them")
 
 
@@ -208,12 +209,12 @@ def _seed_dir(out: Path, seed: int) -> Path:
 def _check_seeds(seeds: Iterable[Any]) -> list[int]:
     seeds = list(seeds)
     if not seeds:
-        raise ValueError("seeds must name at least one seed")
+        raise UserError("seeds must name at least one seed")
     for s in seeds:
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ValueError(f"each seed must be a non-negative integer; got {s!r}")
+            raise UserError(f"each seed must be a non-negative integer; got {s!r}")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds has a repeated value; got {seeds}")
+        raise UserError(f"seeds has a repeated value; got {seeds}")
     return seeds
 
 
@@ -262,9 +263,9 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
     variants = list(variants or [cfg.variant])
     for v in variants:
         if v not in VARIANTS:
-            raise ValueError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+            raise UserError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     if len(set(variants)) != len(variants):
-        raise ValueError(f"variants has a repeated value; got {variants}")
+        raise UserError(f"variants has a repeated value; got {variants}")
     configs = {v: replace(cfg, variant=v, criterion=cfg.criterion if v == cfg.variant else None) for v in variants}
     out = check_writable_dir(out)
     dense = [Job(f"seed-{s}/dense", "lottery-dense", to_dict(replace(configs[variants[0]], seed=s)),
@@ -327,7 +328,7 @@ def edgepopup_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = 
     densities = list(cfg.densities) or [cfg.density]
     for d in densities:
         check_density(d, "each of densities")
-    ref = read_reference(reference)
+    ref = read_reference(reference, like=cfg)
     out = check_writable_dir(out)
     where = {s: (_seed_dir(out, s) if per_seed_dirs else out) for s in seeds}
     grid = [Job(f"seed-{s}/density-{d:g}", "edgepopup", to_dict(replace(cfg, seed=s, density=d, densities=())),

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .diagnostics import UserError
 from .neuron import LIF
 
 __all__ = ["ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "evaluation", "is_time_major",
@@ -517,7 +518,7 @@ def _example(model: nn.Module, x: torch.Tensor, time_major: bool, T_hint: int | 
     T = T_hint or int(getattr(model, "T", 0) or (x.shape[0] if time_major else 0))
     B = 2 if T == 3 else 3
     if x.dim() <= axis or x.shape[axis] < 1:
-        raise ValueError(f"tracing needs at least one sample; the example batch has shape {tuple(x.shape)}")
+        raise UserError(f"tracing needs at least one sample; the example batch has shape {tuple(x.shape)}")
     idx = torch.arange(B, device=x.device) % x.shape[axis]
     return x.index_select(axis, idx), B
 

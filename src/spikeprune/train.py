@@ -28,6 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from .diagnostics import UserError
+from .limits import check_model_fits, check_training_fits
 from .config import TrainConfig, hyperparameters, run_id, to_dict
 from . import distributed
 from .data import BatchLoader, ImageDataset, load_dataset
@@ -71,10 +73,14 @@ def build_model(cfg: TrainConfig, dataset: ImageDataset) -> nn.Module:
     """The registered model of ``cfg`` sized for ``dataset``; initialised from ``cfg.seed``."""
     options = {"tdbn": True} if cfg.tdbn and cfg.model == "resnet19" else {}
     if cfg.tdbn and cfg.model != "resnet19":
-        raise ValueError(f"tdbn is an option of resnet19 only; got model {cfg.model!r}")
+        raise UserError(f"tdbn is an option of resnet19 only; got model {cfg.model!r}")
+    def build() -> nn.Module:
+        return create_model(cfg.model, dataset.num_classes, dataset.in_channels, cfg.timesteps, cfg.width,
+                            image_size=dataset.image_size, neuron=neuron_kwargs(cfg), **options)
+
+    check_model_fits(build, f"{cfg.model} at width {cfg.width:g} on {dataset.name}")
     torch.manual_seed(cfg.seed)
-    return create_model(cfg.model, dataset.num_classes, dataset.in_channels, cfg.timesteps, cfg.width,
-                        image_size=dataset.image_size, neuron=neuron_kwargs(cfg), **options)
+    return build()
 
 
 def make_loaders(cfg: TrainConfig, dataset: ImageDataset) -> tuple[BatchLoader, BatchLoader]:
@@ -131,9 +137,9 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__})")
+            raise UserError(f"device {name!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__})")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
+            raise UserError(f"device {name!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -174,7 +180,7 @@ def train_epoch(
         if after_step is not None:
             after_step()
         if not math.isfinite(batch_loss.item()):
-            raise FloatingPointError("training diverged (loss is not finite); lower --lr")
+            raise UserError("training diverged (loss is not finite); lower --lr")
         n = y.shape[0]
         total_loss += batch_loss.item() * n
         correct += int((out.detach().sum(0).argmax(-1) == y).sum())
@@ -281,10 +287,10 @@ def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], source:
     extra = sorted(set(state) - set(expected))
     if missing or extra:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-        raise ValueError(f"{source} does not fit this model ({what}); it was made for another architecture")
+        raise UserError(f"{source} does not fit this model ({what}); it was made for another architecture")
     for k, v in state.items():
         if v.shape != expected[k].shape:
-            raise ValueError(f"{source} does not fit this model: {k} has shape {tuple(v.shape)}, "
+            raise UserError(f"{source} does not fit this model: {k} has shape {tuple(v.shape)}, "
                              f"the model expects {tuple(expected[k].shape)}")
     model.load_state_dict(state)
 
@@ -303,7 +309,7 @@ def checkpoint_dataset(checkpoint: str | Path, model_config: dict[str, Any], tra
     data = load_dataset(dataset or trained_on.get("dataset", "digits"), data_dir)
     expected = (model_config.get("in_channels"), list(model_config.get("image_size") or []))
     if (data.in_channels, list(data.image_size)) != expected:
-        raise ValueError(f"{checkpoint} expects {model_config.get('in_channels')}x{model_config.get('image_size')} "
+        raise UserError(f"{checkpoint} expects {model_config.get('in_channels')}x{model_config.get('image_size')} "
                          f"inputs; {data.name} has {data.in_channels}x{list(data.image_size)}")
     return data
 
@@ -313,13 +319,17 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     tensors, meta = load_checkpoint(path)
     config = meta.get("model_config")
     if not isinstance(config, dict) or "name" not in config:
-        raise ValueError(f"{path} does not describe its model (no model_config); cannot rebuild it")
+        raise UserError(f"{path} does not describe its model (no model_config); cannot rebuild it")
     if config.get("neuron") == "custom":
-        raise ValueError(f"{path} was made with a custom neuron; rebuild the model yourself and load "
+        raise UserError(f"{path} was made with a custom neuron; rebuild the model yourself and load "
                          "its state with spikeprune.train.load_model_state")
-    model = create_model(config["name"], config["num_classes"], config["in_channels"], config["T"],
-                         config["width"], image_size=tuple(config["image_size"]),
-                         neuron=config.get("neuron"), **config.get("options", {}))
+    def build() -> nn.Module:
+        return create_model(config["name"], config["num_classes"], config["in_channels"], config["T"],
+                            config["width"], image_size=tuple(config["image_size"]),
+                            neuron=config.get("neuron"), **config.get("options", {}))
+
+    check_model_fits(build, f"the model {path} describes")
+    model = build()
     load_model_state(model, tensors, str(path))
     return model, meta
 
@@ -385,13 +395,15 @@ def fit(
     ctx = distributed.context()
     if not distributed.is_main():
         progress, log = False, None
-    out = check_writable_dir(out)
+    out = Path(out)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
-        raise ValueError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
+        raise UserError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
                          "or choose another --out")
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     model = model if model is not None else build_model(cfg, dataset)
+    check_training_fits(model, (dataset.in_channels, *dataset.image_size), cfg.timesteps, cfg.batch_size)
+    check_writable_dir(out)  # only now: a request refused above leaves no directory behind
     # Under torchrun with nccl every rank owns cuda:<local_rank>; in one process cfg.device decides.
     model.to(ctx.device if ctx.backend == "nccl" else resolve_device(cfg.device))
     optimizer = make_optimizer(model, cfg)
@@ -404,12 +416,12 @@ def fit(
     if resume and ckpt_path.exists():
         tensors, meta = load_checkpoint(ckpt_path)
         if meta.get("kind") != "train":
-            raise ValueError(f"{ckpt_path} is not a training checkpoint (kind {meta.get('kind')!r})")
+            raise UserError(f"{ckpt_path} is not a training checkpoint (kind {meta.get('kind')!r})")
         saved = meta.get("hyperparameters", {})
         changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
         if changed:
             k = changed[0]
-            raise ValueError(f"cannot resume {out}: it was trained with {k}={saved.get(k)!r}, "
+            raise UserError(f"cannot resume {out}: it was trained with {k}={saved.get(k)!r}, "
                              f"now {k}={identity.get(k)!r}; use another --out")
         load_model_state(model, tensors, str(ckpt_path))
         optimizer.load_state_dict(_unpack_optimizer(tensors, meta["optimizer"]))

@@ -1,9 +1,11 @@
 """``spikeprune <command>``: parsing and calling, nothing else.
 
 Each command lives in its own module exposing ``add_parser(subparsers)``; the parser it registers
-sets ``func`` (called with the parsed namespace, returns an exit code). Errors a user can cause
-(ValueError, TypeError, OSError) become one line on stderr and exit code 2. Set
-``SPIKEPRUNE_DEBUG=1`` to see the traceback instead. The command tunes glibc's malloc for big tensors
+sets ``func`` (called with the parsed namespace, returns an exit code). A request spikeprune refuses
+(:class:`~spikeprune.diagnostics.UserError`), a file or directory the system refuses (``OSError``) and a
+size that does not fit in memory become one line on stderr and exit code 2. Anything else is a bug in
+spikeprune: a short report (exception type, message, where it was raised) and exit code 1, never
+disguised as bad input. ``SPIKEPRUNE_DEBUG=1`` re-raises either kind with its traceback. The command tunes glibc's malloc for big tensors
 (:mod:`spikeprune.allocator`; ``SPIKEPRUNE_MALLOC=system`` leaves it alone).
 """
 
@@ -11,8 +13,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+from pathlib import Path
 
+from ..diagnostics import UserError
 from .args import OneLineParser
 
 #: command modules, in the order ``--help`` lists them
@@ -59,11 +64,52 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spikeprune: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, FloatingPointError) as exc:
+    except BaseException as exc:  # noqa: BLE001 - every exit path below is deliberate
         if os.environ.get("SPIKEPRUNE_DEBUG"):
             raise
-        print(f"spikeprune {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        if isinstance(exc, SystemExit):  # argparse inside a command, or sys.exit() in a user's factory
+            if exc.code in (None, 0):
+                return 0
+            if isinstance(exc.code, int):
+                return exc.code
+            print(f"spikeprune {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        message = user_error_message(exc)
+        if message is not None:
+            print(f"spikeprune {args.command}: error: {message}", file=sys.stderr)
+            return 2
+        print(f"spikeprune {args.command}: internal error (a bug in spikeprune, not in your input): "
+              f"{type(exc).__name__}: {_one_line(exc)} [at {_where(exc)}]; rerun with SPIKEPRUNE_DEBUG=1 for "
+              "the traceback and report it", file=sys.stderr)
+        return 1
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one line for an error the user caused or the system imposes, or ``None`` for a bug."""
+    if isinstance(exc, UserError):
+        return _one_line(exc)
+    if isinstance(exc, OSError):  # a path that cannot be read or written, a full disk: not our bug
+        return _one_line(exc)
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _OUT_OF_MEMORY.search(str(exc))):
+        # The memory estimates (spikeprune.limits) catch sizes before allocating; this is the net under them.
+        return ("out of memory: the requested sizes do not fit in this machine's memory "
+                f"({_one_line(exc)[:160]}); use smaller sizes")
+    return None
+
+
+#: what torch's CPU/CUDA allocators say when an allocation fails
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|CUDA out of memory|DefaultCPUAllocator|not enough memory")
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    frame = None
+    while tb is not None:
+        frame = tb
+        tb = tb.tb_next
+    if frame is None:
+        return "?"
+    return f"{Path(frame.tb_frame.f_code.co_filename).name}:{frame.tb_lineno}"
 
 
 if __name__ == "__main__":  # pragma: no cover

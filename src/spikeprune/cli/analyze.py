@@ -8,9 +8,40 @@ crisis neighbourhood and the bounds of Lemma 3.3 / 3.4 / Theorem 3.5 (docs/theor
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from .args import add_run_arguments
+from ..config import CommandConfig, hparam, path_option
+from ..diagnostics import UserError
+from .args import add_config_arguments, add_run_arguments, config_from_args
+
+
+@dataclass
+class FlipsConfig(CommandConfig):
+    """What ``spikeprune analyze flips`` reads (flags and ``--config`` YAML keys)."""
+
+    checkpoint: str | None = path_option("a spikeprune .safetensors checkpoint", required=True)
+    perturb: tuple[str, ...] = hparam(
+        (), "prune:<mask file> | prune:<sparsity>[:magnitude|sf|random] | quantize:<bits>[:mean|max|percentile] | "
+            "weight-noise:<sigma, relative to each weight tensor's std> | input-noise:<sigma>",
+        required=True, repeat=True, metavar="SPEC")
+    mode: str = hparam("both", "local: every layer fed the reference spikes (the lemmas' setting); end_to_end: "
+                               "errors propagate", ("local", "end_to_end", "both"))
+    dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
+    data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
+    samples: int = hparam(512, "test samples analysed", bounds="[1, inf)")
+    batch_size: int = hparam(128, "batch size", bounds="[1, inf)")
+    p_sup: str = hparam("kde", "estimator of p_sup, the density of u near u_th", ("kde", "gaussian", "empirical"))
+    calibration_batches: int = hparam(8, "training batches for the SF criterion's statistics", bounds="[1, inf)")
+    seed: int = hparam(0, "seed of noise and random pruning", bounds="[0, 4294967295]")
+
+    def check(self) -> None:
+        from ..firing import parse_perturbation
+
+        if not self.perturb:
+            raise UserError("perturb needs at least one perturbation")
+        for spec in self.perturb:  # a typo fails before any work
+            parse_perturbation(spec)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,24 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     analyses.required = True
     f = analyses.add_parser("flips", help="spike flips caused by pruning / quantization / noise vs the bounds",
                             description=__doc__)
-    f.add_argument("--checkpoint", required=True, metavar="FILE", help="a spikeprune .safetensors checkpoint")
-    f.add_argument("--perturb", required=True, action="append", metavar="SPEC",
-                   help="prune:<mask file> | prune:<sparsity>[:magnitude|sf|random] | quantize:<bits>[:mean|max|percentile] | "
-                        "weight-noise:<sigma, relative to each weight tensor's std> | input-noise:<sigma>; "
-                        "repeat to analyse several perturbations")
-    f.add_argument("--mode", choices=("local", "end_to_end", "both"), default="both",
-                   help="local: every layer fed the reference spikes (the lemmas' setting); end_to_end: errors "
-                        "propagate (default: both)")
-    f.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
-    f.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
-    f.add_argument("--samples", type=int, default=512, metavar="N", help="test samples analysed (default: 512)")
-    f.add_argument("--batch-size", type=int, default=128, metavar="N", help="default: 128")
-    f.add_argument("--p-sup", choices=("kde", "gaussian", "empirical"), default="kde",
-                   help="estimator of p_sup, the density of u near u_th (default: kde)")
-    f.add_argument("--calibration-batches", type=int, default=8, metavar="N",
-                   help="training batches for the SF criterion's statistics (default: 8)")
-    f.add_argument("--seed", type=int, default=0, metavar="N", help="seed of noise and random pruning (default: 0)")
     add_run_arguments(f, out_default=None, resume=False)
+    add_config_arguments(f, FlipsConfig, title="settings")
     f.set_defaults(func=run_flips)
 
 
@@ -48,29 +63,27 @@ def run_flips(args: argparse.Namespace) -> int:
     from ..io import check_writable_dir
     from ..train import checkpoint_dataset, load_model
 
-    for name in ("samples", "batch_size", "calibration_batches"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    perturbations = [parse_perturbation(s) for s in args.perturb]  # fail on a typo before any work
-    out = check_writable_dir(args.out)
-    model, meta = load_model(args.checkpoint)
+    cfg = config_from_args(FlipsConfig, args)
+    perturbations = [parse_perturbation(s) for s in cfg.perturb]
+    model, meta = load_model(cfg.checkpoint)
     trained_on = meta.get("config", {})
     config = model.spikeprune_config
-    dataset = checkpoint_dataset(args.checkpoint, config, trained_on, args.dataset, args.data_dir)
+    dataset = checkpoint_dataset(cfg.checkpoint, config, trained_on, cfg.dataset, cfg.data_dir)
     encoding = trained_on.get("encoding", "direct")
-    test = BatchLoader(dataset, "test", args.batch_size, shuffle=False, seed=args.seed, encoding=encoding,
-                       timesteps=config["T"], limit=args.samples)
-    calibration = BatchLoader(dataset, "train", args.batch_size, shuffle=True, seed=args.seed, encoding=encoding,
+    test = BatchLoader(dataset, "test", cfg.batch_size, shuffle=False, seed=cfg.seed, encoding=encoding,
+                       timesteps=config["T"], limit=cfg.samples)
+    calibration = BatchLoader(dataset, "train", cfg.batch_size, shuffle=True, seed=cfg.seed, encoding=encoding,
                               timesteps=config["T"], augment=False)
     if (meta.get("quantization") or {}).get("layers"):
         # A `spikeprune compress` checkpoint: rebuild it with its weight and membrane quantization, as it
         # runs (load_model alone gives the stored weights with float membranes).
-        model, meta = load_compressed(args.checkpoint, _first_batches(test, 1)[0][0])
-    modes = ["local", "end_to_end"] if args.mode == "both" else [args.mode]
-    ck = Path(args.checkpoint)
-    rows = flip_study(model, perturbations, test, out, modes=modes, p_sup_method=args.p_sup, seed=args.seed,
-                      calibration=_first_batches(calibration, args.calibration_batches),
-                      record={"checkpoint": str(args.checkpoint), "dataset": dataset.name,
+        model, meta = load_compressed(cfg.checkpoint, _first_batches(test, 1)[0][0])
+    modes = ["local", "end_to_end"] if cfg.mode == "both" else [cfg.mode]
+    ck = Path(cfg.checkpoint)
+    out = check_writable_dir(args.out)  # only once every input has been read: a refusal leaves nothing
+    rows = flip_study(model, perturbations, test, out, modes=modes, p_sup_method=cfg.p_sup, seed=cfg.seed,
+                      calibration=_first_batches(calibration, cfg.calibration_batches),
+                      record={"checkpoint": str(cfg.checkpoint), "dataset": dataset.name,
                               "samples": test.num_samples},
                       title=f"{ck.parent.name}/{ck.name}")
     summary = flip_summary(rows)
@@ -90,4 +103,3 @@ def _first_batches(loader, n: int) -> list:
         if len(batches) >= n:
             break
     return batches
-

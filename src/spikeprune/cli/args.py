@@ -12,6 +12,7 @@ import typing
 from typing import Any, NoReturn
 
 from ..config import from_mapping, load_yaml
+from ..diagnostics import UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -23,30 +24,43 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _describe(f: dataclasses.Field) -> str:
-    help_text = f.metadata.get("help", "")
+    help_text = f.metadata.get("help", "").replace("%", "%%")
     choices = f.metadata.get("choices")
     if choices:
         help_text += f" [{'|'.join(map(str, choices))}]"
+    if f.metadata.get("bounds") and f.metadata["bounds"] not in help_text:
+        help_text += f", in {f.metadata['bounds']}"
+    if f.metadata.get("required"):
+        return f"{help_text} (required)"
     default = f.default if f.default is not dataclasses.MISSING else None
     if isinstance(default, tuple):
-        default = ",".join(map(str, default))
+        default = ",".join(map(str, default)) or "none"
     return help_text if "default" in help_text else f"{help_text} (default: {default})"
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: set[str] = frozenset()) -> None:
-    """One ``--field-name`` flag per field of ``cls``; values are validated by the dataclass itself."""
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: set[str] = frozenset(),
+                         title: str = "hyperparameters") -> None:
+    """One ``--field-name`` flag per field of ``cls``; values are validated by the dataclass itself.
+
+    A field is *required* on the command line when its metadata says ``required=True`` (it may then come
+    from ``--config`` instead); ``repeat=True`` lets the flag be given several times (a tuple field).
+    """
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group("hyperparameters")
+    group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if f.name in exclude:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("flags", ())]
         if hints[f.name] is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=_describe(f))
+        elif f.metadata.get("repeat"):
+            group.add_argument(*flags, dest=f.name, action="append", default=argparse.SUPPRESS,
+                               metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]),
+                               help=_describe(f) + "; repeat the flag for several")
         else:
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=_metavar(f, hints[f.name]),
-                               help=_describe(f))
+            group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
+                               metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]), help=_describe(f))
 
 
 def _metavar(f: dataclasses.Field, tp: Any) -> str:
@@ -61,7 +75,7 @@ def _metavar(f: dataclasses.Field, tp: Any) -> str:
 def add_run_arguments(parser: argparse.ArgumentParser, *, out_default: str | None = None, resume: bool = True) -> None:
     """``--config``, ``--out``, ``--resume`` and ``--progress``: where and how a command runs."""
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML preset of hyperparameters (flags override it)")
-    parser.add_argument("--out", metavar="DIR", default=out_default, required=out_default is None,
+    parser.add_argument("--out", metavar="DIR", type=out_path, default=out_default, required=out_default is None,
                         help="run directory for checkpoints and results" +
                         (f" (default: {out_default})" if out_default else ""))
     if resume:
@@ -71,14 +85,35 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, out_default: str | Non
                         help="show progress bars (default: when stderr is a terminal)")
 
 
+def out_path(text: str) -> str:
+    """``--out``: a non-empty path (an empty one would silently mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("--out must name a directory; got an empty path")
+    return text
+
+
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build ``cls`` from defaults, then ``args.config`` (YAML), then the flags that were given."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(from_mapping(cls, load_yaml(args.config), source=args.config).__dict__)
+    """Build ``cls`` from defaults, then ``args.config`` (YAML), then the flags that were given.
+
+    Checks, before anything runs: the YAML's keys are fields of ``cls``; a field declared ``required`` was
+    given (by a flag or the YAML); no two fields that exclude each other (metadata ``excludes``) were both
+    given; then the dataclass validates every value.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    return from_mapping(cls, values)
+    given: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        preset = load_yaml(args.config)
+        from_mapping(cls, preset, source=args.config)  # unknown keys and bad values, naming the file
+        given.update({str(k).replace("-", "_"): v for k, v in preset.items()})
+    given.update({k: v for k, v in vars(args).items() if k in names})
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.metadata.get("required") and f.name not in given:
+            raise UserError(f"{flag} is required (on the command line or in --config)")
+        for other in f.metadata.get("excludes", ()):
+            if f.name in given and other in given:
+                raise UserError(f"give either {flag} or --{other.replace('_', '-')}, not both")
+    return from_mapping(cls, given)
 
 
 def _list_of(kind: type, what: str):
@@ -93,6 +128,17 @@ def _list_of(kind: type, what: str):
     return parse
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1 (``--jobs 0`` would otherwise silently mean 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def add_sweep_arguments(parser: argparse.ArgumentParser, *, variants: bool = False) -> None:
     """``--seeds``, ``--jobs``, ``--threads`` (and ``--variants``): run a grid as independent jobs."""
     group = parser.add_argument_group("sweep (independent jobs; spikeprune.sweep)")
@@ -101,9 +147,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, variants: bool = Fal
     if variants:
         group.add_argument("--variants", type=_list_of(str, "names"), metavar="V1,V2,...",
                            help="run several variants (imp,sf-imp-1,sf-imp-2) sharing one dense run per seed")
-    group.add_argument("--jobs", type=int, metavar="N",
+    group.add_argument("--jobs", type=positive_int, metavar="N",
                        help="run at most N jobs at the same time, each its own process (default 1: in order)")
-    group.add_argument("--threads", type=int, default=1, metavar="N",
+    group.add_argument("--threads", type=positive_int, default=1, metavar="N",
                        help="OMP_NUM_THREADS of each job process (default 1)")
 
 

@@ -1,36 +1,49 @@
-"""``spikeprune cost``: size, FLOPs, SOPs, energy and measured CPU latency of a checkpoint (SPEC §8)."""
+"""``spikeprune cost``: size, FLOPs, SOPs, energy and measured CPU latency of a checkpoint (docs/reports.md)."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+from ..config import CommandConfig, hparam, path_option
+from .args import add_config_arguments, config_from_args
+
+
+@dataclass
+class CostConfig(CommandConfig):
+    """What ``spikeprune cost`` reads (flags and ``--config`` YAML keys)."""
+
+    checkpoint: str | None = path_option("a spikeprune .safetensors checkpoint (dense, channel-pruned or "
+                                         "quantized)", required=True)
+    mask: str | None = path_option("an unstructured mask (.safetensors) to apply first")
+    dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
+    data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
+    batches: int = hparam(4, "test batches for firing rates", bounds="[1, inf)")
+    batch_size: int = hparam(256, "batch size", bounds="[1, inf)")
+    bits: int | None = hparam(None, "stored weight bits of layers that are not quantized modules (default 32)",
+                              bounds="[1, 32]")
+    e_mac: float = hparam(4.6, "energy per MAC in pJ", bounds="[0, inf)")
+    e_ac: float = hparam(0.9, "energy per accumulate in pJ", bounds="[0, inf)")
+    latency_repeats: int = hparam(5, "timed inference runs (0: skip the latency measurement)", bounds="[0, inf)")
+    threads: int = hparam(1, "CPU threads for the latency", bounds="[1, 4096]")
+    out: str | None = path_option("also write cost.json there", metavar="DIR")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cost", help="cost report of a checkpoint (size, SOPs, energy, latency)",
                        description=__doc__)
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a spikeprune .safetensors checkpoint "
-                   "(dense, channel-pruned or quantized)")
-    p.add_argument("--mask", metavar="FILE", help="an unstructured mask (.safetensors) to apply first")
-    p.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
-    p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
-    p.add_argument("--batches", type=int, default=4, metavar="N", help="test batches for firing rates (default 4)")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N")
-    p.add_argument("--bits", type=int, metavar="B", help="stored weight bits of layers that are not quantized "
-                   "modules (default 32)")
-    p.add_argument("--e-mac", type=float, default=4.6, metavar="PJ", help="energy per MAC in pJ (default 4.6)")
-    p.add_argument("--e-ac", type=float, default=0.9, metavar="PJ", help="energy per accumulate in pJ (default 0.9)")
-    p.add_argument("--latency-repeats", type=int, default=5, metavar="N",
-                   help="timed inference runs (0: skip the latency measurement)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the latency (default 1)")
-    p.add_argument("--out", metavar="DIR", help="also write cost.json there")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options (flags override it)")
+    add_config_arguments(p, CostConfig, title="settings")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..compress import cost_of_checkpoint
 
-    report = cost_of_checkpoint(args.checkpoint, mask=args.mask, dataset=args.dataset, data_dir=args.data_dir,
-                      batches=args.batches, batch_size=args.batch_size, bits=args.bits, e_mac_pj=args.e_mac,
-                      e_ac_pj=args.e_ac, latency_repeats=args.latency_repeats, threads=args.threads, out=args.out)
+    cfg = config_from_args(CostConfig, args)
+    report = cost_of_checkpoint(cfg.checkpoint, mask=cfg.mask, dataset=cfg.dataset, data_dir=cfg.data_dir,
+                                batches=cfg.batches, batch_size=cfg.batch_size, bits=cfg.bits, e_mac_pj=cfg.e_mac,
+                                e_ac_pj=cfg.e_ac, latency_repeats=cfg.latency_repeats, threads=cfg.threads,
+                                out=cfg.out)
     print(report.table())
     return 0

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from .args import add_run_arguments
+from ..config import CommandConfig, hparam, path_option
+from .args import add_config_arguments, add_run_arguments, config_from_args
+
+
+@dataclass
+class EvaluateConfig(CommandConfig):
+    """What ``spikeprune evaluate`` reads (flags and ``--config`` YAML keys)."""
+
+    checkpoint: str | None = path_option("a spikeprune .safetensors checkpoint", required=True)
+    dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
+    data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
+    batch_size: int = hparam(256, "batch size", bounds="[1, inf)")
+    encoding: str | None = hparam(None, "input encoding (default: the checkpoint's)", ("direct", "poisson"))
+    seed: int = hparam(0, "seed for Poisson encoding", bounds="[0, 4294967295]")
+    mask: str | None = path_option("apply this mask (default: the mask a lottery checkpoint carries)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a test set", description=__doc__)
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a spikeprune .safetensors checkpoint")
-    p.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
-    p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N")
-    p.add_argument("--encoding", choices=("direct", "poisson"), help="default: the checkpoint's")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for Poisson encoding")
-    p.add_argument("--mask", metavar="FILE", help="apply this mask (default: the mask a lottery checkpoint carries)")
     add_run_arguments(p, out_default=None, resume=False)
+    add_config_arguments(p, EvaluateConfig, title="settings")
     p.set_defaults(func=run)
 
 
@@ -28,33 +37,32 @@ def run(args: argparse.Namespace) -> int:
     from ..masks import Mask, stored_mask
     from ..train import checkpoint_dataset, evaluate, load_model
 
-    if args.batch_size < 1:
-        raise ValueError(f"batch size must be >= 1; got {args.batch_size}")
-    out = check_writable_dir(args.out)
-    model, meta = load_model(args.checkpoint)
+    cfg = config_from_args(EvaluateConfig, args)
+    model, meta = load_model(cfg.checkpoint)
     trained_on = meta.get("config", {})
     config = model.spikeprune_config
-    dataset = checkpoint_dataset(args.checkpoint, config, trained_on, args.dataset, args.data_dir)
-    encoding = args.encoding or trained_on.get("encoding", "direct")
-    loader = BatchLoader(dataset, "test", args.batch_size, shuffle=False, seed=args.seed, encoding=encoding,
+    dataset = checkpoint_dataset(cfg.checkpoint, config, trained_on, cfg.dataset, cfg.data_dir)
+    encoding = cfg.encoding or trained_on.get("encoding", "direct")
+    loader = BatchLoader(dataset, "test", cfg.batch_size, shuffle=False, seed=cfg.seed, encoding=encoding,
                          timesteps=config["T"])
     if (meta.get("quantization") or {}).get("layers"):
         # A `spikeprune compress` checkpoint: evaluate it as it runs, with its weight and membrane
         # quantization (load_model alone gives the stored weights with float membranes).
         from ..compress import load_compressed
 
-        model, meta = load_compressed(args.checkpoint, next(iter(loader))[0])
+        model, meta = load_compressed(cfg.checkpoint, next(iter(loader))[0])
     # A lottery round's checkpoint carries its mask; SF-IMP-2's dynamic layers keep dense weights behind
     # it, so the network that round evaluated is weights x mask, not the stored weights alone.
-    mask = Mask.load(args.mask) if args.mask else stored_mask(load_checkpoint(args.checkpoint)[0])
+    mask = Mask.load(cfg.mask) if cfg.mask else stored_mask(load_checkpoint(cfg.checkpoint)[0])
     if mask is not None:
         mask.check_fits(model)
         mask.apply(model)
+    out = check_writable_dir(args.out)  # only once every input has been read: a refusal leaves nothing
     result = evaluate(model, loader)
     metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                "firing_rate": result["firing_rate"], "firing_rates": result["firing_rates"],
-               "checkpoint": str(Path(args.checkpoint)), "dataset": dataset.name, "encoding": encoding,
-               "mask": args.mask or ("stored in the checkpoint" if mask is not None else None)}
+               "checkpoint": str(Path(cfg.checkpoint)), "dataset": dataset.name, "encoding": encoding,
+               "mask": cfg.mask or ("stored in the checkpoint" if mask is not None else None)}
     write_json(out / "metrics.json", metrics)
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "firing_rate")}, indent=2))
     return 0

@@ -8,23 +8,36 @@ folded into the layer before it. Needs ``pip install 'spikeprune[nir]'``; mappin
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+from ..config import CommandConfig, hparam, path_option
+from .args import add_config_arguments, config_from_args
+
+
+@dataclass
+class ExportConfig(CommandConfig):
+    """What ``spikeprune export`` reads (flags and ``--config`` YAML keys)."""
+
+    format: str = hparam("nir", "output format", ("nir",))
+    checkpoint: str | None = path_option("a spikeprune .safetensors checkpoint", required=True)
+    mask: str | None = path_option("an unstructured mask (.safetensors) to apply first")
+    dt: float = hparam(1e-4, "time step (s) NIR's time constants refer to (SpikingJelly's NIR default)",
+                       bounds="(0, inf)")
+    out: str | None = path_option("file to write", required=True, metavar="FILE.nir")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to NIR (neuromorphic tool chains)", description=__doc__)
-    p.add_argument("--format", default="nir", choices=["nir"], help="output format (default: nir)")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a spikeprune .safetensors checkpoint")
-    p.add_argument("--mask", metavar="FILE", help="an unstructured mask (.safetensors) to apply first")
-    p.add_argument("--dt", type=float, default=1e-4, help="time step (s) NIR's time constants refer to "
-                   "(default 1e-4, SpikingJelly's NIR default)")
-    p.add_argument("--out", required=True, metavar="FILE.nir", help="file to write")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options (flags override it)")
+    add_config_arguments(p, ExportConfig, title="settings")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..interop.nir_export import export_checkpoint
 
-    summary = export_checkpoint(args.checkpoint, args.out, format=args.format, mask=args.mask, dt=args.dt)
+    cfg = config_from_args(ExportConfig, args)
+    summary = export_checkpoint(cfg.checkpoint, cfg.out, format=cfg.format, mask=cfg.mask, dt=cfg.dt)
     print(f"wrote {summary['out']}: {len(summary['nodes'])} NIR nodes, {summary['nonzero']}/{summary['weights']} "
           f"non-zero weights, T={summary['timesteps']}, dt={summary['dt']:g}")
     return 0

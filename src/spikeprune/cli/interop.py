@@ -10,37 +10,58 @@ The network is checked against the dataset before anything is written: a CIFAR-s
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+from ..config import CommandConfig, hparam, path_option
+from .args import add_config_arguments, add_run_arguments, config_from_args
+
+
+@dataclass
+class InteropConfig(CommandConfig):
+    """What ``spikeprune interop`` reads (flags and ``--config`` YAML keys)."""
+
+    model: str | None = hparam(None, "factory returning the network ('file.py:function' or "
+                                     "'package.module:function'; runs your code)", required=True,
+                               metavar="FILE.py:FN")
+    weights: str | None = path_option("safetensors state_dict of the network to load first")
+    timesteps: int = hparam(4, "timesteps of direct encoding", bounds="[1, inf)", metavar="T")
+    dataset: str = hparam("digits", "dataset (digits: 1x8x8; synthetic: 3x32x32, 10 classes)")
+    data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
+    epochs: int = hparam(0, "train N epochs (Adam) before pruning", bounds="[0, inf)")
+    lr: float = hparam(5e-3, "Adam learning rate for --epochs", bounds="(0, inf)")
+    batch_size: int = hparam(64, "batch size", bounds="[1, inf)")
+    sparsity: float = hparam(0.8, "fraction of weights removed", bounds="[0, 1)")
+    criterion: str = hparam("sf", "pruning criterion")
+    calibration_batches: int = hparam(4, "training batches of the calibration pass", bounds="[1, inf)")
+    analysis_batches: int = hparam(2, "test batches for the cost report and the flip analysis", bounds="[1, inf)")
+    seed: int = hparam(0, "random seed", bounds="[0, 4294967295]")
+
+    def check(self) -> None:
+        from ..criteria import CRITERIA
+        from ..data import list_datasets
+        from ..diagnostics import UserError
+
+        if self.criterion not in CRITERIA:
+            raise UserError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
+        if self.dataset not in list_datasets():
+            raise UserError(f"unknown dataset {self.dataset!r}; available: {', '.join(list_datasets())}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interop", help="prune + cost report + flip analysis of a SpikingJelly/snnTorch network",
                        description=__doc__)
-    p.add_argument("--model", required=True, metavar="FILE.py:FN", help="factory returning the network "
-                   "('file.py:function' or 'package.module:function'; runs your code)")
-    p.add_argument("--weights", metavar="FILE", help="safetensors state_dict of the network to load first")
-    p.add_argument("--timesteps", type=int, default=4, metavar="T", help="timesteps of direct encoding (default 4)")
-    p.add_argument("--dataset", default="digits",
-                   help="dataset (default: digits, 1x8x8; synthetic: 3x32x32, 10 classes)")
-    p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
-    p.add_argument("--epochs", type=int, default=0, metavar="N", help="train N epochs (Adam) before pruning")
-    p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate for --epochs (default 5e-3)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
-    p.add_argument("--sparsity", type=float, default=0.8, help="fraction of weights removed (default 0.8)")
-    p.add_argument("--criterion", default="sf", help="pruning criterion (default: sf)")
-    p.add_argument("--calibration-batches", type=int, default=4, metavar="N")
-    p.add_argument("--analysis-batches", type=int, default=2, metavar="N",
-                   help="test batches for the cost report and the flip analysis (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, metavar="DIR", help="directory for the result files")
+    add_run_arguments(p, out_default=None, resume=False)
+    add_config_arguments(p, InteropConfig, title="settings")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..interop.pipeline import analyse_third_party
 
-    analyse_third_party(args.model, args.out, timesteps=args.timesteps, dataset=args.dataset,
-                        data_dir=args.data_dir, weights=args.weights, epochs=args.epochs, lr=args.lr,
-                        batch_size=args.batch_size, sparsity=args.sparsity, criterion=args.criterion,
-                        calibration_batches=args.calibration_batches, analysis_batches=args.analysis_batches,
-                        seed=args.seed)
+    cfg = config_from_args(InteropConfig, args)
+    analyse_third_party(cfg.model, args.out, timesteps=cfg.timesteps, dataset=cfg.dataset,
+                        data_dir=cfg.data_dir, weights=cfg.weights, epochs=cfg.epochs, lr=cfg.lr,
+                        batch_size=cfg.batch_size, sparsity=cfg.sparsity, criterion=cfg.criterion,
+                        calibration_batches=cfg.calibration_batches, analysis_batches=cfg.analysis_batches,
+                        seed=cfg.seed)
     return 0

@@ -13,6 +13,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..diagnostics import UserError
 from ..config import TrainConfig, hparam
 from .args import add_config_arguments, add_run_arguments, config_from_args
 
@@ -24,11 +25,14 @@ class QuickstartConfig(TrainConfig):
     dataset: str = hparam("digits", "dataset")
     epochs: int = hparam(20, "training epochs of the dense run (>= 1); lottery rounds retrain epochs - rewind_epoch")
     batch_size: int = hparam(64, "batch size (>= 1)")
-    rounds: int = hparam(3, "lottery-ticket rounds per criterion after the dense run (0: skip that part)")
-    prune_fraction: float = hparam(0.5, "fraction of the surviving weights pruned per round, in (0, 1)")
-    rewind_epoch: int | None = hparam(None, "epoch of the dense run the tickets rewind to (default: epochs // 10)")
+    rounds: int = hparam(3, "lottery-ticket rounds per criterion after the dense run (0: skip that part)",
+                         bounds="[0, inf)")
+    prune_fraction: float = hparam(0.5, "fraction of the surviving weights pruned per round", bounds="(0, 1)")
+    rewind_epoch: int | None = hparam(None, "epoch of the dense run the tickets rewind to (default: epochs // 10)",
+                                      bounds="[0, inf)")
     edgepopup_epochs: int = hparam(30, "epochs of the edge-popup search (0: skip that part); a mask over frozen "
-                                       "random weights learns less per step than training, so it gets more")
+                                       "random weights learns less per step than training, so it gets more",
+                                   bounds="[0, inf)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     rewind_epoch = cfg.epochs // 10 if cfg.rewind_epoch is None else cfg.rewind_epoch
     lottery = _lottery_configs(cfg, rewind_epoch) if cfg.rounds > 0 else {}  # validate before training
     if cfg.edgepopup_epochs < 0:
-        raise ValueError(f"edgepopup_epochs must be >= 0 (0 skips the edge-popup part); got {cfg.edgepopup_epochs}")
+        raise UserError(f"edgepopup_epochs must be >= 0 (0 skips the edge-popup part); got {cfg.edgepopup_epochs}")
     # A demo: re-running it continues (or just re-reports) the same run instead of refusing. The dense run
     # is identified by its TrainConfig alone, so changing only the lottery flags re-uses it.
     dense = TrainConfig(**{f: getattr(cfg, f) for f in TrainConfig.__dataclass_fields__})

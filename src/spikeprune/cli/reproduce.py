@@ -17,6 +17,8 @@ import argparse
 import shlex
 import sys
 
+from .args import out_path, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..protocols import SCALES, STUDIES
@@ -25,13 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=STUDIES, help="which study")
     p.add_argument("--scale", choices=SCALES, default="smoke", help="smoke (CI), cpu (benchmarks/) or paper (GPU)")
-    p.add_argument("--out", required=True, metavar="DIR", help="report directory (runs go to DIR/runs)")
+    p.add_argument("--out", required=True, type=out_path, metavar="DIR", help="report directory (runs go to DIR/runs)")
     p.add_argument("--from-results", metavar="DIR", help="only rebuild the report from the runs in DIR")
     p.add_argument("--reference", action="append", default=[], metavar="RUN",
                    help="fig3: an extra dense trained run (folder or metrics.json) for the dashed line")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="fig3/fig5: independent runs at a time, each its own process (default 1)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="OMP_NUM_THREADS per job (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N", help="OMP_NUM_THREADS per job (default 1)")
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
     p.set_defaults(func=run)
 

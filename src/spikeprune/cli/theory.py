@@ -9,18 +9,60 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
-from .args import add_run_arguments
+from ..config import CommandConfig, hparam
+from ..diagnostics import UserError
+from .args import add_config_arguments, add_run_arguments, config_from_args
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--N", "--neurons", dest="N", type=int, required=True, help="target layer width N")
-    p.add_argument("--L", "--layers", dest="L", type=int, default=1, help="target spiking layers L (default: 1)")
-    p.add_argument("--T", "--timesteps", dest="T", type=int, default=1, help="timesteps T (default: 1)")
-    p.add_argument("--eps", type=float, required=True, help="allowed input-feature error eps (> 0)")
-    p.add_argument("--delta", type=float, default=0.1, help="failure probability delta of Theorem 4.3 (default: 0.1)")
-    p.add_argument("--u-th", type=float, default=0.2, help="threshold, 0 < u_th < 1 (default: 0.2)")
-    p.add_argument("--beta", type=float, default=0.5, help="membrane decay (default: 0.5)")
+@dataclass
+class TargetConfig(CommandConfig):
+    """The target SNN and the tolerances both theory commands share (flags and ``--config`` YAML keys)."""
+
+    N: int | None = hparam(None, "target layer width N", required=True, bounds="[1, inf)", flags=("--neurons",))
+    L: int = hparam(1, "target spiking layers L", bounds="[1, inf)", flags=("--layers",))
+    T: int = hparam(1, "timesteps T", bounds="[1, inf)", flags=("--timesteps",))
+    eps: float | None = hparam(None, "allowed input-feature error eps", required=True, bounds="(0, inf)")
+    delta: float = hparam(0.1, "failure probability delta of Theorem 4.3", bounds="(0, 1]")
+    u_th: float = hparam(0.2, "threshold", bounds="(0, 1)")
+    beta: float = hparam(0.5, "membrane decay", bounds="(0, 1)")
+
+
+@dataclass
+class SlthConfig(TargetConfig):
+    """``theory slth``: the construction run on random large networks."""
+
+    k: tuple[int, ...] = hparam((), "widths k to evaluate, each >= N (default: a grid over the construction's "
+                                    "transition)", metavar="K1,K2,...")
+    trials: int = hparam(50, "random large networks for the success rate", bounds="[1, inf)")
+    equality_trials: int = hparam(10, "of those, how many are built at every k and run on the inputs",
+                                  bounds="[0, inf)")
+    samples: int = hparam(256, "input spike trains", bounds="[1, inf)")
+    rate: float = hparam(0.3, "input firing rate", bounds="[0, 1]")
+    v_reset: float = hparam(0.0, "reset potential, 0 <= v_reset < u_th", bounds="[0, 1)")
+    seed: int = hparam(0, "random seed", bounds="[0, 4294967295]")
+    compare_relu: bool = hparam(False, "also measure the two-neurons-per-weight ReLU construction on the same "
+                                       "networks")
+    max_memory_gb: float | None = hparam(None, "largest large network allowed, 2*L*N*k float32 weights (default: "
+                                               "physical memory)", bounds="(0, inf)", metavar="GB")
+
+    def check(self) -> None:
+        if self.equality_trials > self.trials:
+            raise UserError(f"equality_trials ({self.equality_trials}) are a subset of the trials; they cannot "
+                            f"exceed trials ({self.trials})")
+        small = [k for k in self.k if k < self.N]
+        if small:
+            raise UserError(f"every k must be >= N ({self.N}): the construction copies each target neuron; "
+                            f"got {small[0]}")
+
+
+@dataclass
+class WidthConfig(TargetConfig):
+    """``theory width``: Theorem 4.3's width bound at given constants."""
+
+    p_sup: float | None = hparam(None, "largest density of the target's membrane potentials near u_th "
+                                       "(C = 2 p_sup/(1-beta))", required=True, bounds="[0, inf)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,51 +71,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     commands.required = True
 
     s = commands.add_parser("slth", help="run the construction and compare with Theorem 4.3", description=__doc__)
-    _common(s)
-    s.add_argument("--k", type=_int_list, metavar="K1,K2,...",
-                   help="widths k to evaluate (default: a grid over the construction's transition)")
-    s.add_argument("--trials", type=int, default=50, help="random large networks for the success rate (default: 50)")
-    s.add_argument("--equality-trials", type=int, default=10,
-                   help="of those, how many are built at every k and run on the inputs (default: 10)")
-    s.add_argument("--samples", type=int, default=256, help="input spike trains (default: 256)")
-    s.add_argument("--rate", type=float, default=0.3, help="input firing rate (default: 0.3)")
-    s.add_argument("--v-reset", type=float, default=0.0, help="reset potential, 0 <= v_reset < u_th (default: 0)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--compare-relu", action="store_true",
-                   help="also measure the two-neurons-per-weight ReLU construction on the same networks")
-    s.add_argument("--max-memory-gb", type=float, metavar="GB",
-                   help="largest large network allowed, 2*L*N*k float32 weights (default: physical memory)")
     add_run_arguments(s, out_default=None, resume=False)
+    add_config_arguments(s, SlthConfig, title="settings")
     s.set_defaults(func=run_slth)
 
     w = commands.add_parser("width", help="evaluate Theorem 4.3's width bound", description=__doc__)
-    _common(w)
-    w.add_argument("--p-sup", type=float, required=True,
-                   help="largest density of the target's membrane potentials near u_th (C = 2 p_sup/(1-beta))")
+    w.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options (flags override it)")
+    add_config_arguments(w, WidthConfig, title="settings")
     w.set_defaults(func=run_width)
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(float(x)) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def run_slth(args: argparse.Namespace) -> int:
     from ..io import check_writable_dir, write_json, write_text
     from ..slth import plot_slth, slth_experiment
 
-    max_memory = None
-    if args.max_memory_gb is not None:
-        if not args.max_memory_gb > 0:
-            raise ValueError(f"--max-memory-gb must be > 0; got {args.max_memory_gb}")
-        max_memory = int(args.max_memory_gb * 2**30)
-    out = check_writable_dir(args.out)
-    result = slth_experiment(args.N, args.L, args.T, args.eps, ks=args.k, trials=args.trials,
-                             equality_trials=args.equality_trials, samples=args.samples, rate=args.rate,
-                             beta=args.beta, u_th=args.u_th, v_reset=args.v_reset, delta=args.delta,
-                             seed=args.seed, compare_relu=args.compare_relu, max_memory=max_memory)
+    cfg = config_from_args(SlthConfig, args)
+    max_memory = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30)
+    result = slth_experiment(cfg.N, cfg.L, cfg.T, cfg.eps, ks=list(cfg.k) or None, trials=cfg.trials,
+                             equality_trials=cfg.equality_trials, samples=cfg.samples, rate=cfg.rate,
+                             beta=cfg.beta, u_th=cfg.u_th, v_reset=cfg.v_reset, delta=cfg.delta,
+                             seed=cfg.seed, compare_relu=cfg.compare_relu, max_memory=max_memory)
+    out = check_writable_dir(args.out)  # only once the experiment has run: a refusal leaves nothing
     rows = result["rows"]
     header = list(rows[0])
     write_text(out / "slth.csv", ",".join(header) + "\n" + "".join(
@@ -95,14 +113,11 @@ def run_slth(args: argparse.Namespace) -> int:
 def run_width(args: argparse.Namespace) -> int:
     from ..slth import width_bound
 
-    if not args.p_sup >= 0:
-        raise ValueError(f"--p-sup must be >= 0; got {args.p_sup}")
-    C = 2 * args.p_sup / (1 - args.beta) if 0 < args.beta < 1 else None
-    if C is None:
-        raise ValueError(f"beta must be in (0, 1); got {args.beta}")
-    result = {form: width_bound(args.N, args.L, args.T, args.eps, args.delta, args.u_th, C, form=form)
+    cfg = config_from_args(WidthConfig, args)
+    C = 2 * cfg.p_sup / (1 - cfg.beta)
+    result = {form: width_bound(cfg.N, cfg.L, cfg.T, cfg.eps, cfg.delta, cfg.u_th, C, form=form)
               for form in ("paper", "proof")}
-    result["construction_only"] = width_bound(args.N, args.L, args.T, args.eps, args.delta, args.u_th, 0.0,
+    result["construction_only"] = width_bound(cfg.N, cfg.L, cfg.T, cfg.eps, cfg.delta, cfg.u_th, 0.0,
                                               form="proof")
     result["C"] = C
     print(json.dumps(result))

@@ -45,6 +45,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..diagnostics import UserError
 from ..neuron import LIF
 
 __all__ = ["AdaptedModel", "NeuronAdapter", "OUTPUTS", "SUPPORTED_NEURONS", "SpikeMismatchError", "adapt",
@@ -306,7 +307,7 @@ class NeuronAdapter(LIF):
         """``x``: input currents ``[T, B, ...]`` -> spikes ``[T, B, ...]`` (the package's own), or with
         ``emit == "membrane"`` the pre-spike membrane potential ``u_t`` ``[T, B, ...]`` (differentiable)."""
         if x.dim() < 2:
-            raise ValueError(f"{self.kind} adapter expects a time-major input [T, B, ...]; got {tuple(x.shape)}")
+            raise UserError(f"{self.kind} adapter expects a time-major input [T, B, ...]; got {tuple(x.shape)}")
         observing = self.observer is not None
         membrane = self.emit == "membrane"
         self.reset_state()
@@ -445,7 +446,7 @@ class AdaptedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (self.static_dims, self.static_dims + 1):
-            raise ValueError(f"expected a static input with {self.static_dims} dims or a time-major one with "
+            raise UserError(f"expected a static input with {self.static_dims} dims or a time-major one with "
                              f"{self.static_dims + 1}; got shape {tuple(x.shape)}")
         static = x.dim() == self.static_dims
         self._reset_memories()
@@ -460,7 +461,7 @@ class AdaptedModel(nn.Module):
         finally:
             self._reset_memories()
         if not torch.is_tensor(out) or out.dim() < 2:
-            raise ValueError(f"the adapted network must return a time-major tensor [T, B, ...]; got "
+            raise UserError(f"the adapted network must return a time-major tensor [T, B, ...]; got "
                              f"{type(out).__name__}{tuple(out.shape) if torch.is_tensor(out) else ''}")
         return out
 
@@ -490,7 +491,7 @@ class AdaptedModel(nn.Module):
                 x, static = self._run(m, x, static)
             elif _contains_adapter(m):
                 if not all(a.step_mode == "m" for a in m.modules() if isinstance(a, NeuronAdapter)):
-                    raise ValueError(f"block {name!r} ({type(m).__name__}) holds single-step neurons inside its own "
+                    raise UserError(f"block {name!r} ({type(m).__name__}) holds single-step neurons inside its own "
                                      "forward; spikeprune can run it only in SpikingJelly multi-step mode "
                                      "(functional.set_step_mode(net, 'm')) or as an nn.Sequential")
                 if static:
@@ -550,14 +551,14 @@ def _final_module(model: nn.Module) -> nn.Module | None:
 def _resolve_output(model: nn.Module, output: str, neurons: dict[str, nn.Module]) -> str | None:
     """The name of the neuron to read out by its membrane potential, or ``None`` (spikes)."""
     if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+        raise UserError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
     if output == "spikes":
         return None
     final = _final_module(model) if type(model) is nn.Sequential else None
     name = next((n for n, m in neurons.items() if m is final), None)
     if output == "membrane":
         if name is None:
-            raise ValueError("output='membrane' needs an nn.Sequential whose last layer is a supported spiking neuron "
+            raise UserError("output='membrane' needs an nn.Sequential whose last layer is a supported spiking neuron "
                              f"(the one read out); {type(model).__name__}'s last layer is "
                              f"{type(final).__name__ if final is not None else 'not a layer of a Sequential'}")
         return name
@@ -588,21 +589,21 @@ def adapt(model: nn.Module, timesteps: int, *, static_dims: int = 4, output: str
     if not isinstance(model, nn.Module):
         raise TypeError(f"adapt() needs a torch.nn.Module; got {type(model).__name__}")
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
-        raise ValueError(f"timesteps must be a positive integer; got {timesteps!r}")
+        raise UserError(f"timesteps must be a positive integer; got {timesteps!r}")
     if isinstance(static_dims, bool) or not isinstance(static_dims, int) or static_dims < 1:
-        raise ValueError(f"static_dims must be a positive integer; got {static_dims!r}")
+        raise UserError(f"static_dims must be a positive integer; got {static_dims!r}")
     if isinstance(model, AdaptedModel) or any(isinstance(m, NeuronAdapter) for m in model.modules()):
-        raise ValueError(f"{type(model).__name__} is already adapted; adapt() it once (unwrap() undoes it)")
+        raise UserError(f"{type(model).__name__} is already adapted; adapt() it once (unwrap() undoes it)")
     neurons = find_neurons(model)
     if not neurons:
-        raise ValueError(f"found no spiking neuron in {type(model).__name__}; supported: {_SUPPORTED_TEXT}")
+        raise UserError(f"found no spiking neuron in {type(model).__name__}; supported: {_SUPPORTED_TEXT}")
     kinds = {name: _kind(name, m) for name, m in neurons.items()}  # raises before anything is modified
     readout = _resolve_output(model, output, neurons)
     sequential = type(model) is nn.Sequential
     if not sequential:
         single = [n for n, m in neurons.items() if getattr(m, "step_mode", "s") != "m"]
         if single:
-            raise ValueError(f"{type(model).__name__} is not an nn.Sequential and neuron {single[0]!r} is single-step; "
+            raise UserError(f"{type(model).__name__} is not an nn.Sequential and neuron {single[0]!r} is single-step; "
                              "spikeprune runs single-step networks layer by layer, so pass an nn.Sequential "
                              "(or a SpikingJelly network in multi-step mode)")
     layer_classes: dict[str, type] = {}
@@ -636,23 +637,55 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     callable takes no arguments and returns the network.
     """
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ValueError(f"a model factory is 'package.module:function' or 'file.py:function'; got {spec!r}")
+        raise UserError(f"a model factory is 'package.module:function' or 'file.py:function'; got {spec!r}")
     where, attr = spec.split(":")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
-            raise ValueError(f"model file {where!r} does not exist")
+            raise UserError(f"model file {where!r} does not exist")
         name = f"spikeprune_user_model_{abs(hash(str(path.resolve())))}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
-        module_spec.loader.exec_module(module)
-    else:
         try:
-            module = importlib.import_module(where)
-        except ImportError as exc:
-            raise ValueError(f"cannot import model module {where!r}: {exc}") from None
+            run_user_code(f"importing {where}", module_spec.loader.exec_module, module)
+        except UserError:
+            sys.modules.pop(name, None)
+            raise
+    else:
+        module = run_user_code(f"importing {where}", importlib.import_module, where)
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ValueError(f"{where!r} has no callable {attr!r}")
+        raise UserError(f"{where!r} has no callable {attr!r}")
     return fn
+
+
+def run_user_code(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` where ``fn`` is the user's own code (a model file, a factory): whatever it raises -- an
+    exception, a syntax error, ``sys.exit()`` -- becomes one :class:`UserError` naming the exception and the
+    line of the user's code it came from. Ctrl-C still interrupts."""
+    try:
+        return fn(*args)
+    except KeyboardInterrupt:
+        raise
+    except UserError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the user's code may raise anything, SystemExit included
+        where = ""
+        if isinstance(exc, SyntaxError) and exc.filename:
+            where = f" ({exc.filename}:{exc.lineno})"
+        else:
+            # the innermost frame in the user's files: not spikeprune's, not an installed library's
+            library = (str(Path(__file__).resolve().parents[1]), sys.prefix, sys.base_prefix, "<frozen")
+            tb, last = exc.__traceback__, None
+            while tb is not None:
+                if not tb.tb_frame.f_code.co_filename.startswith(library):
+                    last = tb
+                tb = tb.tb_next
+            if last is not None:
+                where = f" ({last.tb_frame.f_code.co_filename}:{last.tb_lineno})"
+        if isinstance(exc, SystemExit):
+            message = f"called sys.exit({exc.code!r})"
+        else:
+            message = f"raised {type(exc).__name__}: {str(exc).strip() or '(no message)'}"
+        raise UserError(f"{what} {message}{where}") from None

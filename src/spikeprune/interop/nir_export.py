@@ -69,6 +69,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..diagnostics import UserError
 from ..io import atomic_path
 from ..neuron import LIF
 
@@ -82,7 +83,7 @@ def _nir():
     try:
         import nir
     except ImportError:
-        raise ValueError("NIR export needs the 'nir' package: pip install 'spikeprune[nir]'") from None
+        raise UserError("NIR export needs the 'nir' package: pip install 'spikeprune[nir]'") from None
     return nir
 
 
@@ -130,22 +131,22 @@ def _neuron_node(nir: Any, name: str, m: LIF, shape: tuple[int, ...], dt: float)
     full = lambda v: np.full(shape, v, dtype=np.float32)  # noqa: E731
     inclusive = {"spike_condition": _INCLUSIVE}
     if hasattr(m, "membrane_bits"):
-        raise ValueError(f"{name!r} quantizes its membrane potential, which NIR cannot express")
+        raise UserError(f"{name!r} quantizes its membrane potential, which NIR cannot express")
     kind = getattr(m, "kind", None) if getattr(m, "third_party", False) else "spikeprune"
     if kind == "spikeprune":
         if m.v_reset != 0.0:
-            raise ValueError(f"{name!r} resets to V_reset={m.v_reset}: LTH-SNN Eq. 4 does not decay the reset "
+            raise UserError(f"{name!r} resets to V_reset={m.v_reset}: LTH-SNN Eq. 4 does not decay the reset "
                              "value but NIR's LIF does, so only V_reset = 0 is exported exactly")
         a = 1.0 - m.beta
         return nir.LIF(tau=full(dt / a), r=full(1.0 / a), v_leak=full(0.0), v_threshold=full(m.u_th),
                        v_reset=full(0.0), metadata=inclusive)
     if kind not in ("sj-lif", "sj-plif", "sj-if", "snn-leaky"):
-        raise ValueError(f"{name!r} is a {type(m).__name__} of kind {kind!r}, which NIR export does not map")
+        raise UserError(f"{name!r} is a {type(m).__name__} of kind {kind!r}, which NIR export does not map")
     if m.reset_mode == "soft":
-        raise ValueError(f"{name!r} ({kind}) resets by subtracting the threshold (soft reset); NIR neurons reset "
+        raise UserError(f"{name!r} ({kind}) resets by subtracting the threshold (soft reset); NIR neurons reset "
                          "to v_reset, so it has no exact NIR form")
     if m.reset_mode != "hard":
-        raise ValueError(f"{name!r} ({kind}) never resets (reset_mechanism='none'); NIR's LIF/IF always reset, "
+        raise UserError(f"{name!r} ({kind}) never resets (reset_mechanism='none'); NIR's LIF/IF always reset, "
                          "so it has no exact NIR form")
     v_reset = float(m.v_reset)
     meta = inclusive if m.fires_at_threshold else {}
@@ -156,7 +157,7 @@ def _neuron_node(nir: Any, name: str, m: LIF, shape: tuple[int, ...], dt: float)
     a = {"sj-lif": lambda: 1.0 / float(n.tau), "sj-plif": lambda: float(torch.sigmoid(n.w.detach())),
          "snn-leaky": lambda: 1.0 - m.beta}[kind]()
     if not a > 0.0:
-        raise ValueError(f"{name!r} ({kind}) has no leak towards rest (beta = {m.beta}): not an LIF")
+        raise UserError(f"{name!r} ({kind}) has no leak towards rest (beta = {m.beta}): not an LIF")
     return nir.LIF(tau=full(dt / a), r=full(m.input_gain / a), v_leak=full(v_reset if kind != "snn-leaky" else 0.0),
                    v_threshold=full(m.u_th), v_reset=full(v_reset), metadata=meta)
 
@@ -189,12 +190,12 @@ def to_nir(model: nn.Module, example_input: torch.Tensor, *, timesteps: int | No
     nir = _nir()
     T = timesteps if timesteps is not None else getattr(model, "T", None)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"timesteps must be a positive integer; got {T!r}")
+        raise UserError(f"timesteps must be a positive integer; got {T!r}")
     if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not dt > 0:
-        raise ValueError(f"dt must be a number > 0; got {dt!r}")
+        raise UserError(f"dt must be a number > 0; got {dt!r}")
     if getattr(model, "output", "spikes") == "membrane":
         # NIR neuron nodes emit spikes; exporting would silently change what the network returns
-        raise ValueError("this adapted network returns its last neuron's membrane potential (snnTorch "
+        raise UserError("this adapted network returns its last neuron's membrane potential (snnTorch "
                          "output=True), which NIR cannot express; adapt it with output='spikes' to export it")
     graph = trace(model, example_input, timesteps=T)  # TopologyError is a ValueError
     return _Exporter(nir, graph, float(dt)).run(model, T)
@@ -228,7 +229,7 @@ class _Exporter:
         self.nodes[k] = node
         srcs = [s for j in (n.inputs if inputs is None else inputs) for s in self.sources[j]]
         if len(set(srcs)) != len(srcs):
-            raise ValueError(f"{n.where()} adds a tensor to itself; NIR edges cannot express a doubled input")
+            raise UserError(f"{n.where()} adds a tensor to itself; NIR edges cannot express a doubled input")
         self.edges.extend((s, k) for s in srcs)
         return k
 
@@ -243,7 +244,7 @@ class _Exporter:
             if n.id in self.sources:  # already mapped (a BatchNorm folded into its layer)
                 continue
             if n.kind != "input" and any(i not in self.sources for i in n.inputs):
-                raise ValueError(f"{n.where()} reads a tensor that is not computed from the network input")
+                raise UserError(f"{n.where()} reads a tensor that is not computed from the network input")
             if n.kind == "input":
                 self.nodes["input"] = nir.Input(input_type=np.array(self.ps_out(n)))
                 self.sources[n.id] = ["input"]
@@ -254,10 +255,10 @@ class _Exporter:
             else:
                 self._module(n)
         if len(g.outputs) != 1:
-            raise ValueError(f"NIR export needs one output tensor; the network returns {len(g.outputs)}")
+            raise UserError(f"NIR export needs one output tensor; the network returns {len(g.outputs)}")
         out = g.nodes[g.outputs[0]]
         if out.id in self.replicated:
-            raise ValueError("the network's output is a replicating AdaptiveAvgPool2d; nothing to fold it into")
+            raise UserError("the network's output is a replicating AdaptiveAvgPool2d; nothing to fold it into")
         self.nodes["output"] = nir.Output(output_type=np.array(self.ps_out(out)))
         self.edges.extend((s, "output") for s in self.sources[out.id])
         metadata = {"producer": "spikeprune", "dt": self.dt, "timesteps": int(T),
@@ -271,10 +272,10 @@ class _Exporter:
         numbers = [a for a in n.args.get("args", []) if isinstance(a, (int, float)) and not isinstance(a, bool)]
         if n.name in _ADD:
             if n.const_inputs or numbers or n.args.get("alpha", 1) != 1 or len(n.inputs) < 2:
-                raise ValueError(f"{n.where()} adds a constant or scaled tensor; only sums of traced tensors "
+                raise UserError(f"{n.where()} adds a constant or scaled tensor; only sums of traced tensors "
                                  "(residual connections) are exported")
             if any(i in self.replicated for i in n.inputs):
-                raise ValueError(f"{n.where()} adds a replicating AdaptiveAvgPool2d output; not exported")
+                raise UserError(f"{n.where()} adds a replicating AdaptiveAvgPool2d output; not exported")
             srcs = [s for i in n.inputs for s in self.sources[i]]
             self.sources[n.id] = srcs
             return
@@ -283,7 +284,7 @@ class _Exporter:
             return
         if n.name == "mean" and len(n.inputs) == 1 and self._global_mean(n):
             return
-        raise ValueError(f"{n.where()} has no NIR equivalent; {_SUPPORTED_TEXT}")
+        raise UserError(f"{n.where()} has no NIR equivalent; {_SUPPORTED_TEXT}")
 
     def _global_mean(self, n: Any) -> bool:
         """``x.mean(dim=(-2, -1))`` of a ``[C, H, W]`` sample: ``AvgPool2d(H, W)`` (+ ``Flatten`` to ``[C]``)."""
@@ -295,7 +296,7 @@ class _Exporter:
         if len(x) != 3 or n.args.get("dtype") is not None or sorted(d % nd for d in dims) != [nd - 2, nd - 1]:
             return False
         if n.inputs[0] in self.replicated:
-            raise ValueError(f"{n.where()} averages a replicating AdaptiveAvgPool2d output; not exported")
+            raise UserError(f"{n.where()} averages a replicating AdaptiveAvgPool2d output; not exported")
         pool = self.nir.AvgPool2d(kernel_size=np.array(x[1:]), stride=np.array(x[1:]), padding=np.array((0, 0)))
         key = self.one(n, pool, f"{n.scope or 'top'}_mean")
         if len(y) == 1:
@@ -315,7 +316,7 @@ class _Exporter:
         if len(y) == 1 and int(np.prod(x)) == y[0]:
             self._flatten(n, x)
             return
-        raise ValueError(f"{n.where()} reshapes a sample {x} -> {y}; NIR export supports flattening a whole sample")
+        raise UserError(f"{n.where()} reshapes a sample {x} -> {y}; NIR export supports flattening a whole sample")
 
     def _flatten(self, n: Any, x: tuple[int, ...]) -> None:
         src = n.inputs[0]
@@ -333,12 +334,12 @@ class _Exporter:
         nir, m, role = self.nir, n.module, n.role
         if any(i in self.replicated for i in n.inputs) and not (role == "weight" and isinstance(m, nn.Linear)) \
                 and role not in ("dropout", "flatten"):
-            raise ValueError(f"{n.where()} reads a replicating AdaptiveAvgPool2d output; it is exported only "
+            raise UserError(f"{n.where()} reads a replicating AdaptiveAvgPool2d output; it is exported only "
                              "when a flatten and a Linear follow (folded into the Linear's weights)")
         if role == "weight":
             self._weight(n)
         elif role == "bn":
-            raise ValueError(f"BatchNorm {n.where()} does not read a conv/linear layer's output directly; NIR "
+            raise UserError(f"BatchNorm {n.where()} does not read a conv/linear layer's output directly; NIR "
                              "export folds BN into the layer before it")
         elif role == "neuron":
             key = self.one(n, _neuron_node(nir, n.name, m, self.ps_in(n), self.dt))
@@ -354,11 +355,11 @@ class _Exporter:
         elif _is_voting(m):
             (features,) = self.ps_in(n) if len(self.ps_in(n)) == 1 else (None,)
             if features is None or features % m.voting_size:
-                raise ValueError(f"{n.where()} needs [.., C * voting_size] features; got a sample {self.ps_in(n)}")
+                raise UserError(f"{n.where()} needs [.., C * voting_size] features; got a sample {self.ps_in(n)}")
             w = _voting_matrix(int(m.voting_size), features)
             self.one(n, nir.Affine(weight=w, bias=np.zeros(w.shape[0], dtype=np.float32)))
         else:
-            raise ValueError(f"{n.where()} has no NIR equivalent; {_SUPPORTED_TEXT}")
+            raise UserError(f"{n.where()} has no NIR equivalent; {_SUPPORTED_TEXT}")
 
     def _weight(self, n: Any) -> None:
         nir, m, g = self.nir, n.module, self.g
@@ -375,7 +376,7 @@ class _Exporter:
             break
         bn = after[0] if after and after[0].role == "bn" else None
         if bn is not None and len(after) != 1:
-            raise ValueError(f"{n.where()}'s output is read by its BatchNorm and by other layers; BN cannot be folded")
+            raise UserError(f"{n.where()}'s output is read by its BatchNorm and by other layers; BN cannot be folded")
         if bn is None:
             path = []
         w, b = _fold(m, bn.module if bn is not None else None)
@@ -387,7 +388,7 @@ class _Exporter:
             node = nir.Affine(weight=_f32(w), bias=_f32(b))
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             if m.padding_mode != "zeros":
-                raise ValueError(f"{n.where()}: NIR convolutions are zero-padded; got padding_mode={m.padding_mode!r}")
+                raise UserError(f"{n.where()}: NIR convolutions are zero-padded; got padding_mode={m.padding_mode!r}")
             x = self.ps_in(n)
             if isinstance(m, nn.Conv2d):
                 node = nir.Conv2d(input_shape=x[1:], weight=_f32(w), stride=_pair(m.stride),
@@ -398,7 +399,7 @@ class _Exporter:
                                   padding=m.padding if isinstance(m.padding, str) else int(m.padding[0]),
                                   dilation=int(m.dilation[0]), groups=m.groups, bias=_f32(b))
         else:
-            raise ValueError(f"{n.where()} is a {type(m).__name__}; NIR export maps Conv1d, Conv2d and Linear")
+            raise UserError(f"{n.where()} is a {type(m).__name__}; NIR export maps Conv1d, Conv2d and Linear")
         key = self.one(n, node)
         for p in path + ([bn] if bn is not None else []):
             self.sources[p.id] = [key]
@@ -409,10 +410,10 @@ class _Exporter:
         if isinstance(m, nn.MaxPool2d):
             srcs = self.sources[n.inputs[0]]
             if len(srcs) != 1 or srcs[0] not in self.spiking:
-                raise ValueError(f"{n.where()} max-pools values that are not one neuron layer's spikes; NIR has no "
+                raise UserError(f"{n.where()} max-pools values that are not one neuron layer's spikes; NIR has no "
                                  "max pooling (exact only on 0/1 spikes, as SumPool2d + Threshold)")
             if _pair(m.dilation) != (1, 1) or m.ceil_mode:
-                raise ValueError(f"{n.where()}: dilated or ceil-mode max pooling is not exported")
+                raise UserError(f"{n.where()}: dilated or ceil-mode max pooling is not exported")
             stride = m.stride if m.stride is not None else m.kernel_size
             key = self.emit(n, n.name, nir.SumPool2d(kernel_size=np.array(_pair(m.kernel_size)),
                                                      stride=np.array(_pair(stride)), padding=np.array(_pair(m.padding))))
@@ -423,7 +424,7 @@ class _Exporter:
             self.spiking.add(any_)
         elif isinstance(m, nn.AvgPool2d):
             if m.ceil_mode or m.divisor_override is not None or (any(_pair(m.padding)) and not m.count_include_pad):
-                raise ValueError(f"{n.where()}: this AvgPool2d configuration has no NIR equivalent")
+                raise UserError(f"{n.where()}: this AvgPool2d configuration has no NIR equivalent")
             stride = m.stride if m.stride is not None else m.kernel_size
             self.one(n, nir.AvgPool2d(kernel_size=np.array(_pair(m.kernel_size)), stride=np.array(_pair(stride)),
                                       padding=np.array(_pair(m.padding))))
@@ -442,10 +443,10 @@ class _Exporter:
                 self.sources[n.id] = self.sources[n.inputs[0]]
                 self.replicated[n.id] = (x, idx)
             else:
-                raise ValueError(f"{n.where()} pools {h}x{w} to {oh}x{ow}: overlapping adaptive windows have no "
+                raise UserError(f"{n.where()} pools {h}x{w} to {oh}x{ow}: overlapping adaptive windows have no "
                                  "NIR equivalent")
         else:
-            raise ValueError(f"{n.where()} has no NIR equivalent (NIR pools: sum and average over 2-D maps); "
+            raise UserError(f"{n.where()} has no NIR equivalent (NIR pools: sum and average over 2-D maps); "
                              f"{_SUPPORTED_TEXT}")
 
 
@@ -464,7 +465,7 @@ def read_nir(path: str | Path):
     except FileNotFoundError:
         raise
     except Exception as exc:  # h5py / NIR raise many kinds for foreign files
-        raise ValueError(f"{path} is not a readable NIR file ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path} is not a readable NIR file ({type(exc).__name__}: {exc})") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,7 +476,7 @@ def read_nir(path: str | Path):
 def _uniform(value: Any, what: str) -> float:
     a = np.asarray(value, dtype=np.float64)
     if a.size == 0 or not np.all(a == a.reshape(-1)[0]):
-        raise ValueError(f"{what} must be the same for every neuron of a layer (spikeprune's neurons are per layer)")
+        raise UserError(f"{what} must be the same for every neuron of a layer (spikeprune's neurons are per layer)")
     return float(a.reshape(-1)[0])
 
 
@@ -485,7 +486,7 @@ def _ints(v: Any, n: int, what: str) -> tuple[int, ...]:
     if a.size == 1:
         a = np.repeat(a, n)
     if a.size != n:
-        raise ValueError(f"{what} must have 1 or {n} entries; got {v!r}")
+        raise UserError(f"{what} must have 1 or {n} entries; got {v!r}")
     return tuple(int(x) for x in a)
 
 
@@ -534,7 +535,7 @@ class NIRNeuron(LIF):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
-            raise ValueError(f"NIRNeuron expects a time-major input [T, B, ...]; got {tuple(x.shape)}")
+            raise UserError(f"NIRNeuron expects a time-major input [T, B, ...]; got {tuple(x.shape)}")
         v = torch.full_like(x[0], self.v_reset)
         i = torch.zeros_like(x[0]) if self.synapse is not None else None
         spikes, us = torch.empty_like(x), torch.empty_like(x)
@@ -579,13 +580,13 @@ def _neuron_module(key: str, node: Any, nir: Any, dt: float) -> LIF:
         r = _uniform(node.r, f"{key}: r")
         v_leak = _uniform(node.v_leak, f"{key}: v_leak")
         if not tau >= dt:
-            raise ValueError(f"{key}: tau={tau:g} < dt={dt:g}; forward Euler at this dt would overshoot (not an LIF)")
+            raise UserError(f"{key}: tau={tau:g} < dt={dt:g}; forward Euler at this dt would overshoot (not an LIF)")
         a = dt / tau
         gain = r * a
         if isinstance(node, nir.CubaLIF):
             tau_syn = _uniform(node.tau_syn, f"{key}: tau_syn")
             if not tau_syn >= dt:
-                raise ValueError(f"{key}: tau_syn={tau_syn:g} < dt={dt:g} (not a synaptic filter)")
+                raise UserError(f"{key}: tau_syn={tau_syn:g} < dt={dt:g} (not a synaptic filter)")
             a_s = dt / tau_syn
             g_s = _uniform(node.w_in, f"{key}: w_in") * a_s
             if not (np.isclose(a_s, 1.0, rtol=1e-6) and np.isclose(g_s, 1.0, rtol=1e-6)):
@@ -669,7 +670,7 @@ class NIRNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (self.static_dims, self.static_dims + 1):
-            raise ValueError(f"expected a static input with {self.static_dims} dims or a time-major one with "
+            raise UserError(f"expected a static input with {self.static_dims} dims or a time-major one with "
                              f"{self.static_dims + 1}; got shape {tuple(x.shape)}")
         values: dict[str, tuple[torch.Tensor, bool]] = {self.source: (x, x.dim() == self.static_dims)}
         for key in self.order:
@@ -720,7 +721,7 @@ def _topological(keys: list[str], edges: list[tuple[str, str]]) -> list[str]:
             if indegree[b] == 0:
                 heapq.heappush(ready, pos[b])
     if len(order) != len(keys):
-        raise ValueError("the NIR graph has a cycle (recurrent connections); spikeprune imports acyclic graphs")
+        raise UserError("the NIR graph has a cycle (recurrent connections); spikeprune imports acyclic graphs")
     return order
 
 
@@ -743,30 +744,30 @@ def from_nir(graph: Any, *, timesteps: int | None = None, dt: float | None = Non
     T = timesteps if timesteps is not None else meta.get("timesteps")
     dt = dt if dt is not None else meta.get("dt")
     if T is None or dt is None:
-        raise ValueError("the NIR graph does not record timesteps and dt; pass them (SpikingJelly's and "
+        raise UserError("the NIR graph does not record timesteps and dt; pass them (SpikingJelly's and "
                          "snnTorch's exporters use dt=1e-4)")
     T, dt = int(np.asarray(T)), float(np.asarray(dt))
     if T < 1 or not dt > 0:
-        raise ValueError(f"timesteps must be >= 1 and dt > 0; got {T} and {dt}")
+        raise UserError(f"timesteps must be >= 1 and dt > 0; got {T} and {dt}")
     keys = list(graph.nodes)
     for a, b in graph.edges:
         if a not in graph.nodes or b not in graph.nodes:
-            raise ValueError(f"edge ({a!r}, {b!r}) names a node the graph does not have")
+            raise UserError(f"edge ({a!r}, {b!r}) names a node the graph does not have")
     starts = [k for k in keys if isinstance(graph.nodes[k], nir.Input)]
     ends = [k for k in keys if isinstance(graph.nodes[k], nir.Output)]
     if len(starts) != 1 or len(ends) != 1:
-        raise ValueError(f"expected one Input and one Output node; found {len(starts)} and {len(ends)}")
+        raise UserError(f"expected one Input and one Output node; found {len(starts)} and {len(ends)}")
     order = _topological(keys, list(graph.edges))
     inputs = {k: [a for a, b in graph.edges if b == k] for k in keys}
     reached = {starts[0]}
     for k in order:
         if k != starts[0]:
             if not inputs[k]:
-                raise ValueError(f"node {k!r} has no incoming edge and is not the Input")
+                raise UserError(f"node {k!r} has no incoming edge and is not the Input")
             if any(p in reached for p in inputs[k]):
                 reached.add(k)
     if ends[0] not in reached:
-        raise ValueError("the Output node is not reachable from the Input node")
+        raise UserError("the Output node is not reachable from the Input node")
     in_type = np.asarray(next(iter(graph.nodes[starts[0]].input_type.values()))).reshape(-1)
     static_dims = 1 + len(in_type)
     layers = {k: _layer(k, graph.nodes[k], nir, dt) for k in order}
@@ -777,12 +778,12 @@ def _layer(key: str, node: Any, nir: Any, dt: float) -> nn.Module:
     if isinstance(node, (nir.Input, nir.Output)):
         return _Identity()
     if isinstance(node, nir.NIRGraph):
-        raise ValueError(f"{key}: nested NIR graphs (recurrent subgraphs) are not imported")
+        raise UserError(f"{key}: nested NIR graphs (recurrent subgraphs) are not imported")
     if isinstance(node, (nir.Conv2d, nir.Conv1d)):
         w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
         d = 2 if isinstance(node, nir.Conv2d) else 1
         if w.dim() != d + 2:
-            raise ValueError(f"{key}: a {type(node).__name__} weight needs {d + 2} dims; got {tuple(w.shape)}")
+            raise UserError(f"{key}: a {type(node).__name__} weight needs {d + 2} dims; got {tuple(w.shape)}")
         cls = nn.Conv2d if d == 2 else nn.Conv1d
         padding = node.padding if isinstance(node.padding, str) else _ints(node.padding, d, f"{key}: padding")
         groups = int(np.asarray(node.groups))
@@ -814,7 +815,7 @@ def _layer(key: str, node: Any, nir: Any, dt: float) -> nn.Module:
         return _Scale(np.asarray(node.scale))
     if isinstance(node, nir.Flatten):
         return _Flatten(int(np.asarray(node.start_dim)), int(np.asarray(node.end_dim)))
-    raise ValueError(f"{key}: NIR node {type(node).__name__} is not imported by spikeprune (supported: Conv1d, "
+    raise UserError(f"{key}: NIR node {type(node).__name__} is not imported by spikeprune (supported: Conv1d, "
                      "Conv2d, Affine, Linear, Scale, Flatten, SumPool2d, AvgPool2d, Threshold, LIF, IF, CubaLIF)")
 
 
@@ -834,7 +835,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
     from ..masks import Mask
 
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise UserError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     _nir()
     model, meta = load_compressed(checkpoint)
     if mask is not None:

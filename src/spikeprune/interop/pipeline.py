@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
+from ..diagnostics import UserError
 from ..calibration import calibrate
 from ..cost import cost_report
 from ..criteria import CRITERIA, FIRING_AWARE, sf_fallbacks
 from ..data import BatchLoader, load_dataset
 from ..diagnostics import SpikepruneWarning
 from ..firing import flip_analysis, flip_rows_csv, flip_summary
-from .adapters import adapt, load_factory, neuron_summary
+from .adapters import adapt, load_factory, neuron_summary, run_user_code
 from ..io import check_writable_dir, write_json, write_text
 from ..pruning import prune
 from ..train import evaluate, train_epoch
@@ -35,7 +36,7 @@ __all__ = ["analyse_third_party", "check_fits_dataset"]
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        raise UserError(f"{name} must be an integer >= {minimum}; got {value!r}")
     return value
 
 
@@ -45,11 +46,11 @@ def _state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not Path(path).is_file():
-        raise ValueError(f"weights file {path} does not exist")
+        raise UserError(f"weights file {path} does not exist")
     try:
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error type for foreign/corrupt files
-        raise ValueError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     if any(k.startswith("model/") for k in tensors):
         tensors = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     return tensors
@@ -84,12 +85,12 @@ def check_fits_dataset(model: torch.nn.Module, data, dataset: str) -> None:
         if not (_SHAPE_MISMATCH.search(str(exc)) and _from_conv_or_linear(exc)):
             raise
         first = str(exc).splitlines()[0]
-        raise ValueError(f"the network does not fit dataset {dataset!r}, whose samples are {c}x{h}x{w}: {first}; "
+        raise UserError(f"the network does not fit dataset {dataset!r}, whose samples are {c}x{h}x{w}: {first}; "
                          f"{hint}") from None
     finally:
         model.train(was_training)
     if out.shape[-1] != data.num_classes:
-        raise ValueError(f"the network gives {out.shape[-1]} outputs per sample but dataset {dataset!r} has "
+        raise UserError(f"the network gives {out.shape[-1]} outputs per sample but dataset {dataset!r} has "
                          f"{data.num_classes} classes; {hint}")
 
 
@@ -150,20 +151,20 @@ def analyse_third_party(
         _positive_int(calibration_batches, "calibration batches")
         _positive_int(analysis_batches, "analysis batches")
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity (fraction removed) must be in [0, 1); got {sparsity!r}")
+            raise UserError(f"sparsity (fraction removed) must be in [0, 1); got {sparsity!r}")
         if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+            raise UserError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a number > 0; got {lr!r}")
+            raise UserError(f"lr must be a number > 0; got {lr!r}")
         torch.manual_seed(seed)
-        net = load_factory(factory)()
+        net = run_user_code(f"the model factory {factory}", load_factory(factory))
         if not isinstance(net, torch.nn.Module):
-            raise TypeError(f"{factory} returned a {type(net).__name__}, not a torch.nn.Module")
+            raise UserError(f"{factory} returned a {type(net).__name__}, not a torch.nn.Module")
         if weights is not None:
             tensors = _state_dict_file(weights)
             missing, unexpected = net.load_state_dict(tensors, strict=False)
             if missing or unexpected:
-                raise ValueError(f"{weights} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+                raise UserError(f"{weights} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
         model = adapt(net, timesteps)  # an unsupported neuron fails here, before any file is written
         data = load_dataset(dataset, data_dir)
         check_fits_dataset(model, data, dataset)  # so does a network built for other data

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..diagnostics import UserError
 from ..neuron import LIF
 
 NeuronFactory = Callable[[], nn.Module]
@@ -90,7 +91,7 @@ class ConvBNLIF(ConvBN):
         y = super().forward(x)
         if y.dim() == 4:
             if T is None:
-                raise ValueError("a static [B, C, H, W] input needs the number of timesteps T")
+                raise UserError("a static [B, C, H, W] input needs the number of timesteps T")
             y = y.unsqueeze(0).expand(T, *y.shape)
         return self.lif(y)
 
@@ -107,7 +108,7 @@ class LinearBNLIF(nn.Module):
     def forward(self, x: torch.Tensor, T: int | None = None) -> torch.Tensor:
         if x.dim() == 2:  # static input: the encoding layer, computed once
             if T is None:
-                raise ValueError("a static [B, N] input needs the number of timesteps T")
+                raise UserError("a static [B, N] input needs the number of timesteps T")
             y = self.bn(self.fc(x))
             y = y.unsqueeze(0).expand(T, *y.shape)
         else:
@@ -170,7 +171,7 @@ def make_neuron_factory(neuron: "NeuronFactory | dict | str | None") -> NeuronFa
         return ReLUNeuron
     if callable(neuron):
         return neuron
-    raise ValueError(f"neuron must be None, a dict of LIF arguments, 'lif', 'relu' or a callable; got {neuron!r}")
+    raise UserError(f"neuron must be None, a dict of LIF arguments, 'lif', 'relu' or a callable; got {neuron!r}")
 
 
 def scaled(channels: int, width: float) -> int:

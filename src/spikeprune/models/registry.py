@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..diagnostics import UserError
 from .layers import make_neuron_factory
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -31,7 +32,7 @@ def list_models() -> list[str]:
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        raise UserError(f"{name} must be a positive integer; got {value!r}")
     return value
 
 
@@ -64,21 +65,21 @@ def create_model(
         ``model.spikeprune_config`` holds the arguments (JSON-serialisable) so checkpoints can rebuild it.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise UserError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     _positive_int("num_classes", num_classes)
     _positive_int("in_channels", in_channels)
     _positive_int("T (timesteps)", T)
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise ValueError(f"width must be a number > 0; got {width!r}")
+        raise UserError(f"width must be a number > 0; got {width!r}")
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-        raise ValueError(f"image_size must be a positive int or (H, W); got {image_size!r}")
+        raise UserError(f"image_size must be a positive int or (H, W); got {image_size!r}")
     constructor = _REGISTRY[name]
     accepted = set(inspect.signature(constructor).parameters)
     unknown = sorted(set(options) - accepted)
     if unknown:
         allowed = sorted(accepted - _BASE_ARGS)
-        raise ValueError(f"model {name!r} has no option {unknown[0]!r}; its options: {allowed or 'none'}")
+        raise UserError(f"model {name!r} has no option {unknown[0]!r}; its options: {allowed or 'none'}")
     model = constructor(
         num_classes=num_classes, in_channels=in_channels, T=T, width=float(width),
         image_size=size, neuron=make_neuron_factory(neuron), **options,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..diagnostics import UserError
 from .layers import ConvBN, ConvBNLIF, NeuronFactory, ThresholdDependentBatchNorm2d, fold, scaled
 from .registry import register_model
 
@@ -83,7 +84,7 @@ class SpikingResNet(nn.Module):
             stages[-1] = block.conv2.conv.out_channels
             widths.append(block.conv1.conv.out_channels)
         if self.conv1.conv.out_channels != stages[0]:
-            raise ValueError("this ResNet's stem and first stage have different widths; it cannot be rebuilt")
+            raise UserError("this ResNet's stem and first stage have different widths; it cannot be rebuilt")
         return {"stage_channels": stages, "block_channels": widths, "hidden": self.fc1.out_features}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,10 +109,10 @@ def resnet19(num_classes, in_channels, T, width, image_size, neuron, tdbn: bool 
     stages = [(128, 3, 1), (256, 3, 2), (512, 2, 2)]
     if stage_channels is not None:
         if len(stage_channels) != len(stages):
-            raise ValueError(f"resnet19 stage_channels needs {len(stages)} entries; got {len(stage_channels)}")
+            raise UserError(f"resnet19 stage_channels needs {len(stages)} entries; got {len(stage_channels)}")
         stages = [(int(c), n, s) for c, (_, n, s) in zip(stage_channels, stages)]
     if block_channels is not None and len(block_channels) != sum(n for _, n, _ in stages):
-        raise ValueError(f"resnet19 block_channels needs {sum(n for _, n, _ in stages)} entries; "
+        raise UserError(f"resnet19 block_channels needs {sum(n for _, n, _ in stages)} entries; "
                          f"got {len(block_channels)}")
     return SpikingResNet(stages, in_channels, num_classes, T, width, neuron, bool(tdbn), float(u_th),
                          stem=stages[0][0], block_channels=block_channels, hidden=int(hidden))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..diagnostics import UserError
 from .layers import ConvBNLIF, LinearBNLIF, MaxPool2x2, NeuronFactory, TimeFolded, fold, scaled
 from .registry import register_model
 
@@ -78,11 +79,11 @@ def mlp(num_classes, in_channels, T, width, image_size, neuron, hidden: int = 25
     """Spiking MLP with ``depth`` hidden layers of ``hidden * width`` LIF neurons; ``hidden_sizes``
     (one int per layer, scaled by ``width``) overrides both (how a neuron-pruned MLP is rebuilt)."""
     if depth < 1:
-        raise ValueError(f"mlp depth must be >= 1; got {depth!r}")
+        raise UserError(f"mlp depth must be >= 1; got {depth!r}")
     in_features = in_channels * image_size[0] * image_size[1]
     if hidden_sizes is not None:
         if len(hidden_sizes) < 1:
-            raise ValueError("mlp hidden_sizes needs at least one entry")
+            raise UserError("mlp hidden_sizes needs at least one entry")
         return SpikingMLP(in_features, [scaled(int(h), width) for h in hidden_sizes], 0, num_classes, T, neuron)
     return SpikingMLP(in_features, scaled(hidden, width), depth, num_classes, T, neuron)
 
@@ -92,7 +93,7 @@ def convnet(num_classes, in_channels, T, width, image_size, neuron,
             channels: Sequence[int] = (32, 64, 128)) -> nn.Module:
     """Small spiking convnet: one conv-BN-LIF block + 2x2 max-pool per entry of ``channels``."""
     if not channels:
-        raise ValueError("convnet needs at least one entry in channels")
+        raise UserError("convnet needs at least one entry in channels")
     cfg: list[int | str] = []
     for c in channels:
         cfg += [scaled(int(c), width), "M"]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..diagnostics import UserError
 from .layers import scaled
 from .registry import register_model
 from .small import SpikingConvNet
@@ -46,7 +47,7 @@ def vgg16(num_classes, in_channels, T, width, image_size, neuron,
     if channels is not None:
         convs = [c for c in VGG16_CFG if c != "M"]
         if len(channels) != len(convs):
-            raise ValueError(f"vgg16 channels needs {len(convs)} entries; got {len(channels)}")
+            raise UserError(f"vgg16 channels needs {len(convs)} entries; got {len(channels)}")
         it = iter(channels)
         base = [c if c == "M" else int(next(it)) for c in VGG16_CFG]
     cfg = [c if c == "M" else scaled(c, width) for c in base]
