@@ -186,7 +186,9 @@ def check_checkpoint_meta(meta: Any, source: str) -> dict[str, Any]:
             _need(_is(meta[key], types), source, f"{key!r} must be {' or '.join(t.__name__ for t in types)}",
                   meta[key])
     config = meta.get("model_config")
-    if isinstance(config, dict):
+    if isinstance(config, dict) and "kind" in config:  # not a registered model (an edge-popup search)
+        _need(isinstance(config["kind"], str), source, "model_config.kind must be a string", config["kind"])
+    elif isinstance(config, dict):
         _check_model_config(config, source)
     q = meta.get("quantization")
     if isinstance(q, dict):

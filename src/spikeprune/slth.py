@@ -734,9 +734,6 @@ def slth_experiment(
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta <= 1.0:
         raise UserError(f"delta must be in (0, 1]; got {delta!r}")
     samples = _int(samples, "samples")
-    if equality_trials > trials:
-        raise UserError(f"equality trials ({equality_trials}) are a subset of the trials; they cannot "
-                        f"exceed trials ({trials})")
     # Before allocating: the target (L float64 N x N matrices), its input spikes and potentials, and the
     # smallest large network (k >= N: 2 L N k float32 weights); the grid's largest k is guarded below.
     check_memory(8 * L * N * N + 8 * (L + 1) * T * samples * N + 8 * L * N * N, f"the construction at N={N}, L={L}",

@@ -22,8 +22,8 @@ class CostConfig(CommandConfig):
     batch_size: int = hparam(256, "batch size", bounds="[1, inf)")
     bits: int | None = hparam(None, "stored weight bits of layers that are not quantized modules (default 32)",
                               bounds="[1, 32]")
-    e_mac: float = hparam(4.6, "energy per MAC in pJ", bounds="[0, inf)")
-    e_ac: float = hparam(0.9, "energy per accumulate in pJ", bounds="[0, inf)")
+    e_mac_pj: float = hparam(4.6, "energy per MAC in pJ", bounds="[0, inf)", flags=("--e-mac",), metavar="PJ")
+    e_ac_pj: float = hparam(0.9, "energy per accumulate in pJ", bounds="[0, inf)", flags=("--e-ac",), metavar="PJ")
     latency_repeats: int = hparam(5, "timed inference runs (0: skip the latency measurement)", bounds="[0, inf)")
     threads: int = hparam(1, "CPU threads for the latency", bounds="[1, 4096]")
     out: str | None = path_option("also write cost.json there", metavar="DIR")
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(CostConfig, args)
     report = cost_of_checkpoint(cfg.checkpoint, mask=cfg.mask, dataset=cfg.dataset, data_dir=cfg.data_dir,
-                                batches=cfg.batches, batch_size=cfg.batch_size, bits=cfg.bits, e_mac_pj=cfg.e_mac,
-                                e_ac_pj=cfg.e_ac, latency_repeats=cfg.latency_repeats, threads=cfg.threads,
+                                batches=cfg.batches, batch_size=cfg.batch_size, bits=cfg.bits, e_mac_pj=cfg.e_mac_pj,
+                                e_ac_pj=cfg.e_ac_pj, latency_repeats=cfg.latency_repeats, threads=cfg.threads,
                                 out=cfg.out)
     print(report.table())
     return 0

@@ -25,7 +25,7 @@ class TargetConfig(CommandConfig):
     T: int = hparam(1, "timesteps T", bounds="[1, inf)", flags=("--timesteps",))
     eps: float | None = hparam(None, "allowed input-feature error eps", required=True, bounds="(0, inf)")
     delta: float = hparam(0.1, "failure probability delta of Theorem 4.3", bounds="(0, 1]")
-    u_th: float = hparam(0.2, "threshold", bounds="(0, 1)")
+    u_th: float = hparam(0.2, "threshold, 0 < u_th < 1 (checked with the reason by spikeprune.slth)")
     beta: float = hparam(0.5, "membrane decay", bounds="(0, 1)")
 
 
