@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from .args import add_run_arguments
+from ..rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_flips)
 
 
+@holds_run_directory("analyze")
 def run_flips(args: argparse.Namespace) -> int:
     from ..compress import load_compressed
     from ..data import BatchLoader

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..rundir import holds_run_directory
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cost", help="cost report of a checkpoint (size, SOPs, energy, latency)",
@@ -23,9 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="timed inference runs (0: skip the latency measurement)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the latency (default 1)")
     p.add_argument("--out", metavar="DIR", help="also write cost.json there")
+    p.add_argument("--force", action="store_true", help="overwrite a cost.json another kind of run wrote in --out")
     p.set_defaults(func=run)
 
 
+@holds_run_directory("cost")
 def run(args: argparse.Namespace) -> int:
     from ..compress import cost_of_checkpoint
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .args import add_run_arguments
+from ..rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@holds_run_directory("evaluate")
 def run(args: argparse.Namespace) -> int:
     from ..data import BatchLoader
     from ..io import check_writable_dir, load_checkpoint, write_json

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..rundir import holds_run_directory
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interop", help="prune + cost report + flip analysis of a SpikingJelly/snnTorch network",
@@ -32,9 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="test batches for the cost report and the flip analysis (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the result files")
+    p.add_argument("--force", action="store_true", help="overwrite result files another kind of run wrote in --out")
     p.set_defaults(func=run)
 
 
+@holds_run_directory("interop")
 def run(args: argparse.Namespace) -> int:
     from ..interop.pipeline import analyse_third_party
 

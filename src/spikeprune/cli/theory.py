@@ -11,6 +11,7 @@ import argparse
 import json
 
 from .args import add_run_arguments
+from ..rundir import holds_run_directory
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -60,6 +61,7 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+@holds_run_directory("theory")
 def run_slth(args: argparse.Namespace) -> int:
     from ..io import check_writable_dir, write_json, write_text
     from ..slth import plot_slth, slth_experiment
