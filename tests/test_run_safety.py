@@ -358,3 +358,38 @@ def test_compress_and_cost_refuse_to_overwrite_another_runs_results(tmp_path, sy
     args = ["analyze", "flips", "--checkpoint", str(run / "dense" / CHECKPOINT), "--perturb", "prune:0.5", "--samples", "32",
             "--calibration-batches", "1", "--mode", "local", "--out", str(run)]
     assert main(args) == 0 and main(args) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun: rank 0 holds the directory, every rank shares its verdict.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_one_lock(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**ENV}
+    env.pop("WORLD_SIZE", None)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "spikeprune.cli"]
+    done = subprocess.run(launcher + ["train", *TRAIN, "--epochs", "1", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["distributed"]["world_size"] == 2
+    assert json.loads((out / RECORD_FILE).read_text())["kind"] == "train"
+    # while another process holds the directory, both ranks refuse (rank 0 decides, rank 1 is told)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from spikeprune.rundir import run_directory\n"
+        "with run_directory(sys.argv[1], 'train'):\n"
+        "    print('held', flush=True); time.sleep(120)\n"), str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = subprocess.run(launcher + ["train", *TRAIN, "--epochs", "1", "--out", str(out), "--resume"],
+                                 env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert refused.returncode != 0
+    errors = [line for line in refused.stderr.splitlines() if "spikeprune train: error:" in line]
+    assert len(errors) == 2 and all(f"in use by another spikeprune run (pid {holder.pid}" in e for e in errors)
+    assert "spikeprune/rundir.py" not in refused.stderr  # (torchrun prints its own traceback of the launch)
