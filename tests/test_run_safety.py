@@ -263,6 +263,7 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow  # 2 threads on a busy 2-core machine: up to ~20 s
 def test_resume_takes_the_recorded_thread_count_and_is_bit_identical(tmp_path, synthetic, monkeypatch, capsys):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
