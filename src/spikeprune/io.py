@@ -1,7 +1,10 @@
 """Atomic result files and safetensors checkpoints (never pickle).
 
-Every file is written to a temporary sibling and moved into place with ``os.replace``, so a killed
-run leaves either the previous complete file or the new complete file, never half of one.
+Every file is written to a temporary sibling (``.NAME.XXXXXXXX.spikeprune.tmp``), flushed to disk
+(``fsync``) and moved into place with ``os.replace``, so a killed run (or a machine that loses power)
+leaves either the previous complete file or the new complete file, never half of one. A kill between
+the write and the rename leaves the temporary file; :mod:`spikeprune.rundir` removes it when the next
+run starts in that directory.
 
 A checkpoint is one ``.safetensors`` file: tensors (model state, optimizer buffers, RNG state) plus a
 JSON document in the safetensors header's metadata under the key ``"spikeprune"`` (epoch, config,
@@ -59,19 +62,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         barrier()  # every rank has finished reading the state before this write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the ".spikeprune.tmp" suffix marks the file as ours for rundir's stale-file cleanup
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".spikeprune.tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         if write_here:
             # mkstemp creates 0600; a result file gets the mode any new file would (0644 under umask 022)
             os.chmod(tmp, 0o666 & ~_umask())
+            _fsync(tmp)  # the data is on disk before the name points at it: never a half file
             os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     if synchronise:
         barrier()
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # a filesystem without fsync (some FUSE mounts): the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 def file_slug(text: str) -> str:

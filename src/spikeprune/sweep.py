@@ -16,6 +16,12 @@ Layout (every run is an ordinary run directory of its command)::
     out/summary.json, summary.csv, summary.png   mean and 95 % CI over seeds (lottery),
     out/results.{json,csv,png}                   every seed's points (edge-popup)
 
+Jobs run in one process group of their own and end with the sweep: when the parent is interrupted
+(Ctrl-C, SIGTERM) it terminates the group; when it dies without a chance to (SIGKILL, a crash) every
+job gets SIGTERM from the kernel (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere a watchdog thread that
+notices the parent is gone). A terminated job stops like a killed run and resumes next time. Each
+job holds its own run directory (:mod:`spikeprune.rundir`), the sweep holds ``out``.
+
 Resumable: a finished job is skipped (its result file exists), an interrupted one resumes from its
 last checkpoint (every job runs with ``resume=True``). A failed job does not stop the others; the
 sweep then writes the summary of what finished and raises ``ValueError`` naming the failed jobs and
@@ -28,8 +34,10 @@ import csv
 import io as _io
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -86,9 +94,20 @@ def _config(kind: str, values: dict[str, Any]) -> Any:
     raise UserError(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
 
 
+#: the run-directory kind (spikeprune.rundir) of each job kind
+_RUN_KIND = {"train": "train", "lottery-dense": "lottery", "lottery": "lottery", "edgepopup": "edgepopup"}
+
+
 def execute(job: Job, *, progress: bool = False, log: Callable[[str], None] | None = _log) -> None:
-    """Run ``job`` in this process (resuming whatever it already did)."""
+    """Run ``job`` in this process (resuming whatever it already did), holding its run directory."""
+    from .rundir import run_directory
+
     cfg = _config(job.kind, job.config)
+    with run_directory(job.out, _RUN_KIND[job.kind]):
+        _execute(job, cfg, progress, log)
+
+
+def _execute(job: Job, cfg: Any, progress: bool, log: Callable[[str], None] | None) -> None:
     if job.kind == "train":
         from .train import fit
 
@@ -107,17 +126,47 @@ def execute(job: Job, *, progress: bool = False, log: Callable[[str], None] | No
         search(cfg, job.out, resume=True, progress=progress, log=log)
 
 
-def run_job(path: str | Path) -> int:
-    """Entry point of a job's process: run the job described by the JSON file ``path``; returns 0."""
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds: open atomic writes drop their temp files, locks are released
+
+
+def _watch_parent(parent: int, period: float = 1.0) -> None:
+    """Where PR_SET_PDEATHSIG does not exist: SIGTERM this process once its parent ``parent`` is gone."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(period)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="spikeprune-parent-watchdog", daemon=True).start()
+
+
+def run_job(path: str | Path, parent: int | None = None) -> int:
+    """Entry point of a job's process: run the job described by the JSON file ``path``; returns 0.
+
+    ``parent``: the sweep's pid; the job ends (SIGTERM) when that process is gone.
+    """
     import torch
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if parent is not None and not sys.platform.startswith("linux"):
+        _watch_parent(parent)
     data = read_json(path)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     execute(Job(data["name"], data["kind"], data["config"], data["out"]), progress=False)
     return 0
 
 
-_LAUNCH = "import sys; from spikeprune.sweep import run_job; sys.exit(run_job(sys.argv[1]))"
+# A job's process: on Linux, ask the kernel for SIGTERM when the sweep dies (PR_SET_PDEATHSIG = 1), then
+# check the sweep did not die before that (its pid is argv[2]) - before the seconds importing torch takes.
+_LAUNCH = """import os, signal, sys
+parent = int(sys.argv[2])
+if sys.platform.startswith("linux"):
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != parent:
+    sys.exit(143)
+from spikeprune.sweep import run_job
+sys.exit(run_job(sys.argv[1], parent))
+"""
 
 
 def run_jobs(jobs: Sequence[Job], root: str | Path, *, max_jobs: int = 1, threads: int = 1,
@@ -157,6 +206,8 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, max_jobs: int = 1, thread
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     running: list[tuple[Job, subprocess.Popen, Any, float]] = []
     queue = list(pending)
+    group = 0  # the jobs' process group (0: the next job starts a new one, led by itself)
+    previous = _terminate_on_sigterm()
     try:
         while queue or running:
             while queue and len(running) < max_jobs:
@@ -166,8 +217,12 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, max_jobs: int = 1, thread
                 logfile = root / "logs" / f"{file_slug(job.name)}.log"
                 logfile.parent.mkdir(parents=True, exist_ok=True)
                 handle = open(logfile, "a")  # appended: a resumed job keeps its earlier output
-                proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(spec)], stdout=handle,
-                                        stderr=subprocess.STDOUT, env=env)
+                # one process group for every job: killpg reaches them all, Ctrl-C reaches only the
+                # sweep (the terminal signals its foreground group), which then stops them in order
+                proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(spec), str(os.getpid())],
+                                        stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                        process_group=group if running else 0)
+                group = group if running else proc.pid
                 running.append((job, proc, handle, time.perf_counter()))
                 if log:
                     log(f"sweep: started {job.name} (pid {proc.pid}; {len(queue)} queued) -> {logfile}")
@@ -184,14 +239,41 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, max_jobs: int = 1, thread
                 if log:
                     log(f"sweep: {job.name} {status[job.name]} after {time.perf_counter() - start:.0f} s")
     finally:  # interrupted: stop the jobs this sweep started (they resume next time)
-        for job, proc, handle, _ in running:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            handle.close()
+        _stop(running, group)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return status
+
+
+def _terminate_on_sigterm() -> Any:
+    """Make SIGTERM unwind this process (so the ``finally`` that stops the jobs runs); returns the
+    previous handler, or None where none can be installed (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _stop(running: list[tuple[Job, subprocess.Popen, Any, float]], group: int) -> None:
+    """SIGTERM the jobs' process group, wait up to 10 s, then SIGKILL what is left."""
+    if not running:
+        return
+    def signal_all(sig: int) -> None:
+        try:
+            os.killpg(group, sig)
+        except (ProcessLookupError, PermissionError):
+            for _, proc, _, _ in running:
+                if proc.poll() is None:
+                    proc.send_signal(sig)
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for _, proc, _, _ in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            signal_all(signal.SIGKILL)
+            proc.wait()
+    for _, _, handle, _ in running:
+        handle.close()
 
 
 def _raise_failures(status: dict[str, str]) -> None:

@@ -7,7 +7,11 @@ Exact resume. A run directory holds ``checkpoint.safetensors`` (rewritten atomic
 epoch), ``history.csv`` and, when finished, ``metrics.json``. The data order, augmentation and Poisson
 spikes of epoch ``e`` are a pure function of ``(seed, e)`` (see :class:`~spikeprune.data.BatchLoader`),
 so restoring model, optimizer, scheduler and the global RNG from the checkpoint of epoch ``e`` makes
-the continued run bit-identical to an uninterrupted one on the CPU.
+the continued run bit-identical to an uninterrupted one on the CPU - with the same thread count and
+the same torch: a CPU reduction split over another number of threads sums in another order. Every
+checkpoint therefore records ``runtime`` (:func:`runtime_settings`); a resume takes the recorded
+thread count unless ``OMP_NUM_THREADS`` asks for another, and says in one line on stderr when the
+continuation will not be bit-identical and why.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -334,6 +339,53 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, meta
 
 
+def runtime_settings(device: torch.device, cfg: TrainConfig) -> dict[str, Any]:
+    """What, besides the hyperparameters, decides a run's bits: threads, torch, algorithms, device."""
+    return {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "mkl": torch.backends.mkl.is_available(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "device": str(device),
+        "bf16": bool(cfg.bf16),
+        "compile": bool(cfg.compile),
+    }
+
+
+def match_runtime(saved: dict[str, Any] | None, device: torch.device, cfg: TrainConfig, where: str,
+                  log: Callable[[str], None] | None = None) -> list[str]:
+    """Before resuming: take the recorded thread count (unless ``OMP_NUM_THREADS`` is set to another)
+    and return why the continuation will not be bit-identical (empty: it will be, as far as we know).
+
+    ``saved``: the checkpoint's ``runtime`` (None for checkpoints older than this record: nothing is
+    checked). Sets ``torch.set_num_threads`` for the rest of the process when it adopts the count.
+    """
+    if not isinstance(saved, dict):
+        return []
+    reasons = []
+    threads = saved.get("threads")
+    if isinstance(threads, int) and threads >= 1 and threads != torch.get_num_threads():
+        asked = os.environ.get("OMP_NUM_THREADS")
+        if asked:
+            reasons.append(f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={asked}), the checkpoint was "
+                           f"written with {threads}")
+        else:
+            torch.set_num_threads(threads)
+            if log:
+                log(f"resuming {where} with {threads} thread(s), as recorded in its checkpoint")
+    now = runtime_settings(device, cfg)
+    labels = {"torch": "torch", "deterministic_algorithms": "deterministic algorithms",
+              "float32_matmul_precision": "float32 matmul precision", "mkldnn": "oneDNN (mkldnn)", "mkl": "MKL",
+              "cudnn_deterministic": "cudnn.deterministic", "device": "device", "compile": "torch.compile"}
+    for key, label in labels.items():
+        if key in saved and saved[key] != now[key]:
+            reasons.append(f"{label} {now[key]} (recorded {saved[key]})")
+    return reasons
+
+
 # ---------------------------------------------------------------------------------------------
 # fit: the resumable training run.
 # ---------------------------------------------------------------------------------------------
@@ -431,6 +483,11 @@ def fit(
         history, best = list(meta["history"]), float(meta["best_test_accuracy"])
         if log and start_epoch < cfg.epochs:
             log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
+        if start_epoch < cfg.epochs:
+            reasons = match_runtime(meta.get("runtime"), _device(model), cfg, str(out), log)
+            if reasons and distributed.is_main():  # a warning, printed even when log is silenced
+                print(f"spikeprune: warning: the continuation of {out} will not be bit-identical to an "
+                      f"uninterrupted run: {'; '.join(reasons)}", file=sys.stderr, flush=True)
 
     forward: Callable[[torch.Tensor], torch.Tensor] = distributed.wrap(model, ctx)
     if cfg.compile:
@@ -459,6 +516,7 @@ def fit(
         save_checkpoint(ckpt_path, tensors, {
             "kind": "train", "epoch": epoch + 1, "seconds": seconds, "best_test_accuracy": best,
             "config": to_dict(cfg), "hyperparameters": identity, "run_id": run_id(cfg),
+            "runtime": runtime_settings(_device(model), cfg),
             "model_config": getattr(model, "spikeprune_config", None),
             "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "history": history,
         })

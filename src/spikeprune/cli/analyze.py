@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import CommandConfig, hparam, path_option
 from ..diagnostics import UserError
+from ..rundir import holds_run_directory
 from .args import add_config_arguments, add_run_arguments, config_from_args
 
 
@@ -56,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_flips)
 
 
+@holds_run_directory("analyze")
 def run_flips(args: argparse.Namespace) -> int:
     from ..compress import load_compressed
     from ..data import BatchLoader

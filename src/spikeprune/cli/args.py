@@ -73,7 +73,7 @@ def _metavar(f: dataclasses.Field, tp: Any) -> str:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, out_default: str | None = None, resume: bool = True) -> None:
-    """``--config``, ``--out``, ``--resume`` and ``--progress``: where and how a command runs."""
+    """``--config``, ``--out``, ``--resume``, ``--force`` and ``--progress``: where and how a command runs."""
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML preset of hyperparameters (flags override it)")
     parser.add_argument("--out", metavar="DIR", type=out_path, default=out_default, required=out_default is None,
                         help="run directory for checkpoints and results" +
@@ -81,6 +81,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, out_default: str | Non
     if resume:
         parser.add_argument("--resume", action="store_true",
                             help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite result files another kind of run wrote in --out")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                         help="show progress bars (default: when stderr is a terminal)")
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .args import add_config_arguments, add_run_arguments, config_from_args
+from ..rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@holds_run_directory("compress")
 def run(args: argparse.Namespace) -> int:
     from ..compress import CompressConfig, compress
 

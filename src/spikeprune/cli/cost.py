@@ -6,7 +6,8 @@ import argparse
 from dataclasses import dataclass
 
 from ..config import CommandConfig, hparam, path_option
-from .args import add_config_arguments, config_from_args
+from ..rundir import holds_run_directory
+from .args import add_config_arguments, config_from_args, out_path
 
 
 @dataclass
@@ -26,7 +27,6 @@ class CostConfig(CommandConfig):
     e_ac_pj: float = hparam(0.9, "energy per accumulate in pJ", bounds="[0, inf)", flags=("--e-ac",), metavar="PJ")
     latency_repeats: int = hparam(5, "timed inference runs (0: skip the latency measurement)", bounds="[0, inf)")
     threads: int = hparam(1, "CPU threads for the latency", bounds="[1, 4096]")
-    out: str | None = path_option("also write cost.json there", metavar="DIR")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options (flags override it)")
     add_config_arguments(p, CostConfig, title="settings")
+    p.add_argument("--out", metavar="DIR", type=out_path, help="also write cost.json there")
+    p.add_argument("--force", action="store_true", help="overwrite a cost.json another kind of run wrote in --out")
     p.set_defaults(func=run)
 
 
+@holds_run_directory("cost")
 def run(args: argparse.Namespace) -> int:
     from ..compress import cost_of_checkpoint
 
@@ -44,6 +47,6 @@ def run(args: argparse.Namespace) -> int:
     report = cost_of_checkpoint(cfg.checkpoint, mask=cfg.mask, dataset=cfg.dataset, data_dir=cfg.data_dir,
                                 batches=cfg.batches, batch_size=cfg.batch_size, bits=cfg.bits, e_mac_pj=cfg.e_mac_pj,
                                 e_ac_pj=cfg.e_ac_pj, latency_repeats=cfg.latency_repeats, threads=cfg.threads,
-                                out=cfg.out)
+                                out=args.out)
     print(report.table())
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 from .args import add_config_arguments, add_run_arguments, add_sweep_arguments, config_from_args, sweep_requested
+from ..rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@holds_run_directory("edgepopup")
 def run(args: argparse.Namespace) -> int:
     from ..edgepopup import EdgePopupConfig, sweep
 

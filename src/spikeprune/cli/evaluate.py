@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import CommandConfig, hparam, path_option
+from ..rundir import holds_run_directory
 from .args import add_config_arguments, add_run_arguments, config_from_args
 
 
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@holds_run_directory("evaluate")
 def run(args: argparse.Namespace) -> int:
     from ..data import BatchLoader
     from ..io import check_writable_dir, load_checkpoint, write_json

@@ -13,6 +13,7 @@ import argparse
 from dataclasses import dataclass
 
 from ..config import CommandConfig, hparam, path_option
+from ..rundir import holds_run_directory
 from .args import add_config_arguments, add_run_arguments, config_from_args
 
 
@@ -55,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@holds_run_directory("interop")
 def run(args: argparse.Namespace) -> int:
     from ..interop.pipeline import analyse_third_party
 

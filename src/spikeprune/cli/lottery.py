@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from .args import add_config_arguments, add_run_arguments, add_sweep_arguments, config_from_args, sweep_requested
+from ..rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@holds_run_directory("lottery")
 def run(args: argparse.Namespace) -> int:
     from ..lottery import LotteryConfig, run_lottery
     from ..report import format_table

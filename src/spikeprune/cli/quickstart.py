@@ -16,6 +16,7 @@ from pathlib import Path
 from ..diagnostics import UserError
 from ..config import TrainConfig, hparam
 from .args import add_config_arguments, add_run_arguments, config_from_args
+from ..rundir import holds_run_directory
 
 
 @dataclass
@@ -43,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@holds_run_directory("quickstart")
 def run(args: argparse.Namespace) -> int:
     from ..lottery import rewind_saver
     from ..train import fit

@@ -17,6 +17,7 @@ import argparse
 import shlex
 import sys
 
+from ..rundir import holds_run_directory
 from .args import out_path, positive_int
 
 
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", choices=STUDIES, help="which study")
     p.add_argument("--scale", choices=SCALES, default="smoke", help="smoke (CI), cpu (benchmarks/) or paper (GPU)")
     p.add_argument("--out", required=True, type=out_path, metavar="DIR", help="report directory (runs go to DIR/runs)")
+    p.add_argument("--force", action="store_true", help="overwrite result files another kind of run wrote in --out")
     p.add_argument("--from-results", metavar="DIR", help="only rebuild the report from the runs in DIR")
     p.add_argument("--reference", action="append", default=[], metavar="RUN",
                    help="fig3: an extra dense trained run (folder or metrics.json) for the dashed line")
@@ -38,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@holds_run_directory("reproduce")
 def run(args: argparse.Namespace) -> int:
     from ..reproduce import reproduce
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..config import CommandConfig, hparam
 from ..diagnostics import UserError
+from ..rundir import holds_run_directory
 from .args import add_config_arguments, add_run_arguments, config_from_args
 
 
@@ -81,6 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(func=run_width)
 
 
+@holds_run_directory("theory")
 def run_slth(args: argparse.Namespace) -> int:
     from ..io import check_writable_dir, write_json, write_text
     from ..slth import plot_slth, slth_experiment

@@ -7,6 +7,7 @@ import json
 
 from ..config import TrainConfig
 from .args import add_config_arguments, add_run_arguments, config_from_args
+from ..rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@holds_run_directory("train")
 def run(args: argparse.Namespace) -> int:
     from ..train import fit
 
