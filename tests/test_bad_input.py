@@ -319,9 +319,15 @@ ROWS: list[tuple[str, list[str]]] = [
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every path under ``root`` with (size, mtime): a created, changed or removed file shows as a difference."""
-    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
-            for p in root.rglob("*")}
+    """Every path under ``root`` with (size, mtime): a created, changed or removed file shows as a difference.
+
+    An existing run folder's lock file is rewritten by whoever takes the lock (its holder's pid): it is not
+    a result, so it alone is left out (spikeprune.rundir)."""
+    from spikeprune.rundir import LOCK_FILE
+
+    # Directories count by existence: probing that a folder is writable touches its mtime, not its files.
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0)
+            for p in root.rglob("*") if p.name != LOCK_FILE}
 
 
 @pytest.fixture(autouse=True)

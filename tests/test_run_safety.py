@@ -125,7 +125,9 @@ def test_empty_out_is_refused():
 
 def test_empty_out_cli_exit_2(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *TRAIN, "--epochs", "1", "--out", ""]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused while parsing the flags (cli.args.out_path)
+        main(["train", *TRAIN, "--epochs", "1", "--out", ""])
+    assert exit_.value.code == 2
     assert "empty" in _one_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
 
