@@ -165,12 +165,20 @@ def run_flips(args: argparse.Namespace) -> int:
                       record={"checkpoint": str(args.checkpoint), "dataset": dataset.name,
                               "samples": test.num_samples},
                       title=f"{ck.parent.name}/{ck.name}")
-    summary = flip_summary(rows)
-    print(f"{'perturbation':<22} {'mode':<11} {'layer':<16} {'eps':>8} {'flip|premise':>12} {'bound':>9} holds")
+    # layers whose bound says something (< 1 at some timestep) first; vacuous ones after, counted
+    summary = sorted(flip_summary(rows), key=lambda s: s["nonvacuous_rows"] == 0)
+    nonvac = sum(s["nonvacuous_rows"] for s in summary)
+    vac = sum(s["vacuous_rows"] for s in summary)
+    print(f"non-vacuous (bound < 1) rows: {nonvac}; vacuous (bound >= 1, true of any probability): {vac}")
+    print(f"{'perturbation':<22} {'mode':<11} {'layer':<16} {'eps':>8} {'flip|premise':>12} {'bound':>9} "
+          f"{'tightness':>9} {'bound<1':>7} holds")
     for s in summary:
         cond = "-" if s["max_cond_flip_rate"] is None else f"{s['max_cond_flip_rate']:.2e}"
+        tight = "-" if s["max_tightness"] is None else f"{s['max_tightness']:.3g}"
+        rows_ = f"{s['nonvacuous_rows']}/{s['nonvacuous_rows'] + s['vacuous_rows']}"
         print(f"{s['perturbation']:<22} {s['mode']:<11} {s['layer']:<16} {s['eps']:>8.3g} {cond:>12} "
-              f"{s['max_bound']:>9.3g} {'yes' if s['holds'] else 'NO'}")
+              f"{s['max_bound']:>9.3g} {tight:>9} {rows_:>7} {'yes' if s['holds'] else 'NO'}"
+              + ("" if s["nonvacuous_rows"] else " (vacuous)"))
     print(f"results: {out}/flips.csv, flips.json, flips.png")
     return 0
 
