@@ -125,3 +125,18 @@ def test_cli_validity_writes_results_and_refuses_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "unknown criterion 'nope'" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
+
+
+def test_random_criterion_is_not_the_initialisation_replayed():
+    """Seeded like the model (seed 0), the random scores used to equal the Kaiming-uniform initial
+    weights rescaled (same stream), so "random" pruning removed the most negative initial weights first."""
+    from spikeprune.criteria import compute_scores
+    from spikeprune.models import create_model
+    from scipy.stats import spearmanr
+
+    torch.manual_seed(0)
+    model = create_model("convnet", 10, 1, 2, 0.25, image_size=8)
+    for name, s in compute_scores("random", model, None, seed=0).values.items():
+        w = dict(model.named_parameters())[name]
+        rho = spearmanr(s.reshape(-1).numpy(), w.detach().reshape(-1).numpy()).statistic
+        assert abs(rho) < 0.2, (name, rho)
