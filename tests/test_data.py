@@ -481,3 +481,65 @@ def test_loader_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"split": "train", "batch_size": 4} | kwargs
     with pytest.raises(ValueError, match=message):
         BatchLoader(ds, args.pop("split"), args.pop("batch_size"), shuffle=False, **args)  # type: ignore[arg-type]
+
+
+# --- validation split (issue 14) -----------------------------------------------------------------
+
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    return {bytes(x.flatten().tolist()) for x in images}
+
+
+def test_validation_split_is_disjoint_from_train_and_test_and_stable_for_a_seed():
+    from spikeprune.data import split_validation, validation_indices
+
+    ds = load_dataset("digits")
+    fit_set, val_set, info = split_validation(ds, 0.1, seed=3)
+    n = len(ds.train_labels)
+    assert info == {"fraction": 0.1, "seed": 3, "train_size": n - round(0.1 * n), "val_size": round(0.1 * n),
+                    "test_size": len(ds.test_labels)}
+    assert len(fit_set.train_labels) == info["train_size"] and len(val_set.test_labels) == info["val_size"]
+    # as index sets: a partition of the training split
+    tr, va = validation_indices(n, 0.1, 3)
+    assert set(tr.tolist()).isdisjoint(va.tolist()) and len(set(tr.tolist()) | set(va.tolist())) == n
+    assert torch.equal(val_set.test_images, ds.train_images[va]) and torch.equal(fit_set.train_images, ds.train_images[tr])
+    # as content: no validation image is a training or a test image (digits has no duplicate images
+    # across these splits; a shared image would mean leakage, whatever its index)
+    val_rows = _rows(val_set.test_images)
+    assert val_rows.isdisjoint(_rows(fit_set.train_images)) and val_rows.isdisjoint(_rows(ds.test_images))
+    assert fit_set.test_images is ds.test_images  # the test split is untouched
+    # stable: same seed -> the same indices, recomputed from scratch (not just the cache)
+    assert torch.equal(validation_indices(n, 0.1, 3)[1], va)
+    assert va.tolist() == sorted(va.tolist())
+    # recorded 2026-12-07 (torch 2.13.0 CPU): pins the split across processes, machines and versions,
+    # so a saved run's validation set is the one a resumed or re-run one gets
+    assert va[:5].tolist() == [10, 14, 32, 33, 45]
+    other = validation_indices(n, 0.1, 4)[1]
+    assert not torch.equal(other, va)
+    # fraction 0: no validation set, the dataset itself
+    same, none, info0 = split_validation(ds, 0.0)
+    assert same is ds and none is None and info0["val_size"] == 0
+
+
+def test_validation_split_rejects_bad_fraction():
+    from spikeprune.data import validation_indices
+
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="val_fraction"):
+            validation_indices(100, bad, 0)
+
+
+def test_training_loader_never_reads_validation_samples():
+    from spikeprune.config import TrainConfig
+    from spikeprune.train import make_loaders, make_val_loader
+
+    ds = load_dataset("digits")
+    cfg = TrainConfig(val_fraction=0.2, val_seed=1, batch_size=64)
+    train, _ = make_loaders(cfg, ds)
+    val = make_val_loader(cfg, ds)
+    assert not val.augment and train.num_samples + val.num_samples == len(ds.train_labels)
+    seen_train = _rows(torch.cat([x for x, _ in train]).mul(torch.tensor(ds.std).view(1, -1, 1, 1))
+                       .add(torch.tensor(ds.mean).view(1, -1, 1, 1)).mul(255).round().to(torch.uint8))
+    seen_val = _rows(torch.cat([x for x, _ in val]).mul(torch.tensor(ds.std).view(1, -1, 1, 1))
+                     .add(torch.tensor(ds.mean).view(1, -1, 1, 1)).mul(255).round().to(torch.uint8))
+    assert seen_train.isdisjoint(seen_val) and len(seen_val) > 0

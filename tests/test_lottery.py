@@ -97,7 +97,7 @@ def test_files_rows_and_ticket_accuracy(imp_run, digits):
     for name in ("rounds.csv", "results.json", "accuracy_vs_sparsity.png", "lottery.json"):
         assert (out / name).is_file(), name
     header = (out / "rounds.csv").read_text().splitlines()[0].split(",")
-    assert {"round", "sparsity", "test_accuracy", "best_test_accuracy", "firing_rate", "seconds"} <= set(header)
+    assert {"round", "sparsity", "val_accuracy", "test_accuracy", "best_val_accuracy", "firing_rate", "seconds"} <= set(header)
     data = read_results(out)
     assert data["variant"] == "imp" and data["criterion"] == "magnitude"
     assert [r["test_accuracy"] for r in data["rounds"]] == [r["test_accuracy"] for r in result.rows]
@@ -169,7 +169,7 @@ def _killing_fit(after_epochs: int, before_inner: bool):
 def _snapshot(out: Path, rounds: int):
     masks = [Mask.load(out / f"round_{k:02d}" / "mask.safetensors") for k in range(1, rounds + 1)]
     final, _ = load_checkpoint(out / f"round_{rounds:02d}" / "checkpoint.safetensors")
-    rows = [(r["round"], r["test_accuracy"], r["best_test_accuracy"], r["firing_rate"], r["density"])
+    rows = [(r["round"], r["test_accuracy"], r["best_val_accuracy"], r["firing_rate"], r["density"])
             for r in collect_rows(out)]
     return masks, {k: v for k, v in final.items() if k.startswith("model/")}, rows
 

@@ -301,3 +301,100 @@ def test_layout_wrapper_subclasses_are_quantized_and_keep_their_class():
     expected = F.conv2d(x.flatten(0, 1), conv.quantized_weight(), conv.bias, padding=1).unflatten(0, (4, 2))
     assert torch.equal(conv(x), expected)
     assert conv.quantized_weight().unique().numel() <= 16
+
+
+# ---- QP-SNN's reference quantizer (issue 14) ------------------------------------------------
+
+
+def _reference_rescaw(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """QP-SNN's ReScaW written out by hand, in float64, one output channel at a time:
+    gamma_j = mean_i |W_ji|, W_int = round((s/2)(clamp(W/gamma_j, -1, 1) + 1)), W_hat = gamma_j((2/s)W_int - 1)."""
+    s = 2**bits - 1
+    out = []
+    for row in w.double().reshape(w.shape[0], -1).tolist():
+        gamma = sum(abs(v) for v in row) / len(row)
+        levels_ = []
+        for v in row:
+            c = max(-1.0, min(1.0, v / gamma))
+            w_int = math.floor((s / 2) * (c + 1) + 0.5)  # round half up; exact ties have probability 0
+            levels_.append(gamma * ((2.0 / s) * w_int - 1.0))
+        out.append(levels_)
+    return torch.tensor(out, dtype=torch.float64).reshape(w.shape)
+
+
+def test_qpsnn_preset_equals_a_hand_computation_of_the_reference_formulas():
+    torch.manual_seed(0)
+    model = tiny()
+    first = model.features[0].conv
+    originals = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    preset = q.PRESETS["qpsnn"]
+    q.quantize_model(model, 4, method=preset["method"], per_channel=preset["per_channel"], gradient=preset["gradient"],
+                     first_last=preset["first_last"], example_input=torch.randn(2, 1, 8, 8))
+    names = list(originals)
+    quantized = q.quantized_layers(model)
+    # first and last layers (in execution order) stay in float; every other layer is quantized
+    assert names[0] not in quantized and names[-1] not in quantized and set(quantized) == set(names[1:-1])
+    assert type(model.get_submodule(names[0])) in (nn.Conv2d, nn.Linear) and first is model.get_submodule(names[0])
+    for name, layer in quantized.items():
+        # per-output-channel gamma = mean |W_j|
+        gamma = layer.gamma().reshape(-1).double()
+        expected_gamma = originals[name].double().abs().reshape(originals[name].shape[0], -1).mean(1)
+        assert torch.allclose(gamma, expected_gamma, rtol=1e-6, atol=0)
+        # forward: the hand-computed levels
+        assert torch.allclose(layer.quantized_weight().double(), _reference_rescaw(originals[name], 4), atol=1e-6)
+        # backward: straight through everywhere, including the weights clipped at +-gamma
+        w = layer.weight
+        w.grad = None
+        g = torch.randn_like(w)
+        (layer.quantized_weight() * g).sum().backward()
+        outside = originals[name].abs() > layer.gamma()
+        assert outside.any()  # the test must include clipped weights (~40 % of them at gamma = mean|W|)
+        assert torch.equal(w.grad, g)
+
+
+def test_quantizer_gradient_options_and_first_last_precision():
+    w = torch.tensor([[-3.0, -0.5, 0.2, 1.0], [0.1, 0.1, 0.1, 4.0]], requires_grad=True)
+    # per-channel gamma: row 0 mean|W| = 4.7/4 = 1.175, row 1 = 4.3/4 = 1.075
+    gamma = q.weight_scale(w, "mean", per_channel=True)
+    assert torch.allclose(gamma.reshape(-1), torch.tensor([1.175, 1.075]))
+    q.quantize_weight(w, 2, gamma, gradient="clip").sum().backward()
+    assert w.grad.tolist() == [[0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]]  # zero where |W| > gamma
+    w.grad = None
+    q.quantize_weight(w, 2, gamma, gradient="ste").sum().backward()
+    assert w.grad.tolist() == [[1.0] * 4, [1.0] * 4]
+    with pytest.raises(ValueError, match="gradient"):
+        q.quantize_weight(w, 2, gamma, gradient="nope")
+    # first/last at 8 bits: those two layers get 8 bits, the others b
+    model = tiny()
+    q.quantize_model(model, 3, first_last="8", example_input=torch.randn(2, 1, 8, 8))
+    bits = {n: m.quant.bits for n, m in q.quantized_layers(model).items()}
+    order = list(bits)
+    assert bits[order[0]] == bits[order[-1]] == 8 and all(bits[n] == 3 for n in order[1:-1])
+    # the default is unchanged: per-layer gamma, clipped gradient, every layer at b bits
+    model = tiny()
+    q.quantize_model(model, 3)
+    assert all(m.quant == q.QuantSpec(3) for m in q.quantized_layers(model).values())
+
+
+def test_qpsnn_preset_survives_save_and_load(tmp_path):
+    model = tiny()
+    x = torch.randn(2, 1, 8, 8)
+    q.quantize_model(model, 4, per_channel=True, gradient="ste", first_last="full", example_input=x)
+    model.eval()
+    before = model(x)
+    q.freeze(model)
+    save_compressed(tmp_path / "m.safetensors", model)
+    again, meta = load_compressed(tmp_path / "m.safetensors")
+    assert all(spec["gradient"] == "ste" for spec in meta["quantization"]["layers"].values())
+    assert set(q.quantized_layers(again)) == set(q.quantized_layers(model))
+    assert torch.allclose(again.eval()(x), before)
+
+
+def test_compress_config_preset_sets_the_reference_quantizer():
+    from spikeprune.compress import CompressConfig
+
+    cfg = CompressConfig(quant_preset="qpsnn")
+    assert (cfg.scale, cfg.per_channel, cfg.quant_gradient, cfg.first_last) == ("mean", True, "ste", "full")
+    with pytest.raises(ValueError, match="quant_preset qpsnn sets scale"):
+        CompressConfig(quant_preset="qpsnn", scale="max")
+    assert CompressConfig().quant_gradient == "clip" and CompressConfig().first_last == "b"

@@ -63,6 +63,16 @@ def test_reproduce_smoke_every_study(tmp_path, study, expect):
     assert expect in text and "PARTIAL" not in text and "## The paper's claims" in text
     assert _images_exist(out / "report.md")
     assert json.loads((out / "report.json").read_text())["complete"]
+    if study == "theory":  # issue 14: informative (non-vacuous) rows lead, vacuous ones are counted
+        numbers = json.loads((out / "report.json").read_text())["numbers"]["informative"]
+        rows = [r for f in out.glob("runs/**/flips.json") for r in json.loads(f.read_text())["rows"]]
+        pos = [r for r in rows if r["eps"] > 0]
+        assert numbers["rows_eps_positive"] == len(pos) > 0
+        assert numbers["lemma_nonvacuous"] == sum(r["bound"] < 1 for r in pos)
+        assert numbers["lemma_vacuous"] == sum(r["bound"] >= 1 for r in pos)
+        assert numbers["theorem35_nonvacuous"] == sum(r["bound_theorem35"] < 1 for r in pos)
+        assert text.index("Informative rows first") < text.index("All perturbations (worst layer")
+        assert "Informative settings first" in text
 
 
 def test_partial_results_are_labelled(tmp_path):

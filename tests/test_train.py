@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -35,8 +37,17 @@ def test_fit_writes_metrics_history_and_checkpoint(tmp_path, synthetic):
     cfg = TrainConfig(**TINY, epochs=2)
     result = fit(cfg, tmp_path, dataset=synthetic, progress=False, log=None)
     m = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("test_accuracy", "best_test_accuracy", "train_loss", "epochs", "seconds", "firing_rate"):
+    for key in ("test_accuracy", "val_accuracy", "best_val_epoch", "best_val_accuracy", "test_accuracy_at_best_val",
+                "validation", "train_loss", "epochs", "seconds", "firing_rate"):
         assert key in m
+    assert "best_test_accuracy" not in m  # issue 14: nothing is selected on the test set
+    # the selected epoch is the one with the best validation accuracy, and its test accuracy is that epoch's
+    hist = list(csv.DictReader(io.StringIO((tmp_path / "history.csv").read_text())))
+    best = max(hist, key=lambda r: float(r["val_accuracy"]))
+    assert m["best_val_accuracy"] == pytest.approx(float(best["val_accuracy"]))
+    assert m["test_accuracy_at_best_val"] == pytest.approx(float(hist[m["best_val_epoch"] - 1]["test_accuracy"]))
+    assert m["validation"] == {"fraction": 0.1, "seed": 0, "train_size": len(synthetic.train_labels) - m["validation"]["val_size"],
+                               "val_size": round(0.1 * len(synthetic.train_labels)), "test_size": len(synthetic.test_labels)}
     assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["firing_rate"] <= 1.0
     assert m["epochs"] == 2 and m == result.metrics | {}
     rows = (tmp_path / "history.csv").read_text().strip().splitlines()
@@ -49,7 +60,7 @@ def test_fit_writes_metrics_history_and_checkpoint(tmp_path, synthetic):
 def test_training_learns(tmp_path, synthetic):
     cfg = TrainConfig(**TINY, epochs=6)
     m = fit(cfg, tmp_path, dataset=synthetic, progress=False, log=None).metrics
-    assert m["best_test_accuracy"] > 0.8  # 4 well-separated synthetic classes
+    assert m["best_val_accuracy"] > 0.8 and m["test_accuracy_at_best_val"] > 0.8  # 4 well-separated synthetic classes
 
 
 def test_same_seed_same_weights(tmp_path, synthetic):
@@ -74,7 +85,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, synthetic, extr
     resumed = fit(cfg, tmp_path / "resumed", resume=True, dataset=synthetic, progress=False, log=None)
     for (k, a), b in zip(_state(straight.model).items(), _state(resumed.model).values()):
         assert torch.equal(a, b), k
-    for key in ("test_accuracy", "train_loss", "best_test_accuracy"):
+    for key in ("test_accuracy", "train_loss", "best_val_accuracy", "best_val_epoch", "test_accuracy_at_best_val"):
         assert straight.metrics[key] == resumed.metrics[key]
 
 

@@ -23,8 +23,8 @@ from spikeprune.io import write_json, write_text  # noqa: E402
 from spikeprune.report import plot_subnetwork_accuracy  # noqa: E402
 
 GRID = [float(d) for d in DENSITIES.split(",")]
-FIELDS = ["run", "width", "seed", "density", "sparsity", "epochs", "init", "affine_bn", "test_accuracy",
-          "best_test_accuracy", "exported_test_accuracy", "train_accuracy", "firing_rate", "seconds"]
+FIELDS = ["run", "width", "seed", "density", "sparsity", "epochs", "init", "affine_bn", "val_accuracy",
+          "test_accuracy", "exported_test_accuracy", "train_accuracy", "firing_rate", "seconds"]
 
 
 def dense_references() -> dict[int, dict]:
@@ -34,7 +34,7 @@ def dense_references() -> dict[int, dict]:
         if f.exists():
             m = json.loads(f.read_text())
             refs[seed] = {"run": str(dense_dir(seed)), "test_accuracy": m["test_accuracy"],
-                          "best_test_accuracy": m["best_test_accuracy"], "train_accuracy": m["train_accuracy"],
+                          "val_accuracy": m.get("val_accuracy"), "train_accuracy": m["train_accuracy"],
                           "epochs": m["epochs"], "width": m["config"]["width"]}
     return refs
 

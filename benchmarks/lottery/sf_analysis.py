@@ -23,7 +23,7 @@ from scipy import stats as sstats
 
 from spikeprune.calibration import calibrate
 from spikeprune.criteria import gaussian_density_at_threshold
-from spikeprune.data import BatchLoader, load_dataset
+from spikeprune.data import BatchLoader, load_dataset, split_validation
 from spikeprune.io import atomic_path, write_json
 from spikeprune.masks import Mask
 from spikeprune.neuron import observe
@@ -107,7 +107,11 @@ def one_shot(model, calib, test, sparsities) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--test-limit", type=int, default=3000)
+    parser.add_argument("--test-limit", type=int, default=3000,
+                        help="with --select-on test only (the pre-issue-14 protocol); validation uses all its samples")
+    parser.add_argument("--select-on", choices=("val", "test"), default="val",
+                        help="which split the one-shot accuracies are measured on (issue 14: criterion choices "
+                             "are made on validation; needs a checkpoint trained with the validation split)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9])
     parser.add_argument("--out", default=str(HERE / "sf_analysis.json"))
     args = parser.parse_args()
@@ -115,15 +119,22 @@ def main() -> None:
     model, meta = load_model(args.checkpoint)
     dataset = load_dataset("fashion_mnist")
     T = model.spikeprune_config["T"]
-    train = BatchLoader(dataset, "train", 128, shuffle=True, seed=0, timesteps=T, augment=False)
-    test = BatchLoader(dataset, "test", 500, shuffle=False, timesteps=T, limit=args.test_limit)
+    vcfg = meta.get("config", {})
+    fit_set, val_set, split = split_validation(dataset, vcfg.get("val_fraction", 0.1), vcfg.get("val_seed", 0))
+    if args.select_on == "val" and "validation" not in meta:
+        raise SystemExit(f"{args.checkpoint} was trained on the whole training set: its 'validation' samples are "
+                         "training samples; train with the validation split first (or pass --select-on test)")
+    train = BatchLoader(fit_set, "train", 128, shuffle=True, seed=0, timesteps=T, augment=False)
+    test = (BatchLoader(val_set, "test", 500, shuffle=False, timesteps=T) if args.select_on == "val" else
+            BatchLoader(dataset, "test", 500, shuffle=False, timesteps=T, limit=args.test_limit))
     calib = calibrate(model, train, 8)
-    print(f"dense accuracy on {args.test_limit} test images: {evaluate(model, test)['accuracy']:.4f}")
+    print(f"dense accuracy on {test.num_samples} {args.select_on} images: {evaluate(model, test)['accuracy']:.4f}")
     print("1. membrane-potential density at u_th, Gaussian fit vs measured (eps = 0.05):")
     dens = density_comparison(model, calib, train, HERE / "sf_density.png")
     print(f"2. one-shot pruning, no retraining (accuracy % at sparsity {args.sparsities}):")
     shot = one_shot(model, calib, test, args.sparsities)
-    write_json(args.out, {"checkpoint": args.checkpoint, "epoch": meta.get("epoch"), "test_limit": args.test_limit,
+    write_json(args.out, {"checkpoint": args.checkpoint, "epoch": meta.get("epoch"), "measured_on": args.select_on, "validation": split,
+                          "samples": test.num_samples,
                           "density": dens, "sparsities": args.sparsities, "one_shot": shot})
 
 

@@ -18,11 +18,20 @@ from spikeprune.masks import Mask, prunable_weights
 from spikeprune.criteria import magnitude, sf_layers, bn_gain, gaussian_density_at_threshold, Scores
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument('--checkpoint', required=True)
+parser.add_argument('--select-on', choices=('val', 'test'), default='val',
+                    help='split the accuracies are measured on (issue 14: a criterion is chosen on validation)')
+parser.add_argument('--out', default=str(Path(__file__).resolve().parent / 'sf_decompose.json'))
 args = parser.parse_args()
-m, _ = load_model(args.checkpoint)
+m, meta = load_model(args.checkpoint)
 ds = load_dataset('fashion_mnist')
-cal = calibrate(m, BatchLoader(ds,'train',128,shuffle=True,seed=0,timesteps=4,augment=False), 8)
-test = BatchLoader(ds, 'test', 500, shuffle=False, timesteps=4, limit=3000)
+from spikeprune.data import split_validation
+vcfg = meta.get('config', {})
+fit_set, val_set, split = split_validation(ds, vcfg.get('val_fraction', 0.1), vcfg.get('val_seed', 0))
+if args.select_on == 'val' and 'validation' not in meta:
+    raise SystemExit(f'{args.checkpoint} was trained on the whole training set; train with the validation split first')
+cal = calibrate(m, BatchLoader(fit_set,'train',128,shuffle=True,seed=0,timesteps=4,augment=False), 8)
+test = (BatchLoader(val_set, 'test', 500, shuffle=False, timesteps=4) if args.select_on == 'val'
+        else BatchLoader(ds, 'test', 500, shuffle=False, timesteps=4, limit=3000))
 def make(use_rate, use_gain, use_density, sqrt_rate=False):
     def crit(model, calibration=None, **_):
         w = prunable_weights(model); sc = magnitude(model)
@@ -44,5 +53,5 @@ for label, c in variants.items():
         net = copy.deepcopy(m); prune(net, c, s, calibration=cal, normalize="budget", mask=Mask.ones(net))
         accs.append(round(100*evaluate(net, test)["accuracy"], 1))
     res[label] = accs; print(label, accs, flush=True)
-json.dump({'checkpoint': args.checkpoint, 'sparsities': [0.7, 0.8, 0.9], 'test_limit': 3000, 'accuracy': res},
-          open(Path(__file__).resolve().parent / 'sf_decompose.json', 'w'), indent=2)
+json.dump({'checkpoint': args.checkpoint, 'sparsities': [0.7, 0.8, 0.9], 'measured_on': args.select_on,
+           'samples': test.num_samples, 'validation': split, 'accuracy': res}, open(args.out, 'w'), indent=2)

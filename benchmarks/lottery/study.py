@@ -119,7 +119,7 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
             continue
         runs = list(found.values())
         per_seed[name] = found
-        series[name] = summarize(runs, metrics=("test_accuracy", "best_test_accuracy", "firing_rate"),
+        series[name] = summarize(runs, metrics=("test_accuracy", "val_accuracy", "best_val_accuracy", "firing_rate"),
                                  require_all=False)
     if not series:
         raise SystemExit(f"no finished rounds under {root}")
@@ -136,12 +136,13 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
                                               "per_seed": {n: {str(s): r for s, r in v.items()}
                                                            for n, v in per_seed.items()}})
     # a flat CSV of every (variant, seed, round)
-    lines = ["variant,seed,round,sparsity,test_accuracy,best_test_accuracy,firing_rate,seconds,prune_seconds"]
+    lines = ["variant,seed,round,sparsity,val_accuracy,test_accuracy,firing_rate,seconds,prune_seconds"]
     for name, runs in per_seed.items():
         for s, rows in runs.items():
             for r in rows:
-                lines.append(f"{SLUG[name]},{s},{r['round']},{r['sparsity']:.6f},{r['test_accuracy']:.4f},"
-                             f"{r['best_test_accuracy']:.4f},{r['firing_rate']:.5f},{r['seconds']:.1f},"
+                val = "" if r.get("val_accuracy") is None else f"{r['val_accuracy']:.4f}"  # runs before issue 14: none
+                lines.append(f"{SLUG[name]},{s},{r['round']},{r['sparsity']:.6f},{val},{r['test_accuracy']:.4f},"
+                             f"{r['firing_rate']:.5f},{r['seconds']:.1f},"
                              f"{r['prune_seconds']:.2f}")
     write_text(dest / "fmnist_lottery.csv", "\n".join(lines) + "\n")
     # align the table by sparsity level

@@ -44,8 +44,10 @@ from spikeprune.train import evaluate, fit, load_model  # noqa: E402
 
 
 def cell(bits, sparsity, criterion="svs", scale="mean", order="quantize-first", membrane_bits=None,
-         ft_epochs=None, tag="grid"):
+         ft_epochs=None, tag="grid", quantizer="spikeprune"):
     parts = [f"b{bits}", scale, f"s{int(round(sparsity * 100)):02d}", criterion]
+    if quantizer != "spikeprune":  # issue 14: QP-SNN's reference quantizer (quant.PRESETS)
+        parts.append(quantizer)
     if order != "quantize-first":
         parts.append(order)
     if membrane_bits:
@@ -53,7 +55,8 @@ def cell(bits, sparsity, criterion="svs", scale="mean", order="quantize-first", 
     if ft_epochs is not None:
         parts.append(f"ft{ft_epochs}")
     return {"id": "-".join(parts), "bits": bits, "sparsity": sparsity, "criterion": criterion, "scale": scale,
-            "order": order, "membrane_bits": membrane_bits, "ft_epochs": ft_epochs, "tag": tag}
+            "order": order, "membrane_bits": membrane_bits, "ft_epochs": ft_epochs, "tag": tag,
+            "quantizer": quantizer}
 
 
 def plan() -> list[dict]:
@@ -65,6 +68,9 @@ def plan() -> list[dict]:
     """
     cells = [cell(4, 0.5)]  # the target: 4-bit ReScaW + 50 % of channels removed by SVS
     cells.append(cell(32, 0.0, ft_epochs=4, tag="dense-control"))  # dense fp32, trained as long
+    # Issue 14: the 4-bit + 50 % cells with QP-SNN's reference quantizer (gamma per output channel,
+    # straight-through gradient, first/last layers in float), ReScaW (mean) vs vanilla (max) scale.
+    cells += [cell(4, 0.5, scale=sc, quantizer="qpsnn", tag="reference-quantizer") for sc in ("mean", "max")]
     cells += [cell(4, 0.5, "l1", tag="criteria"), cell(4, 0.5, "sf", tag="criteria")]
     cells.append(cell(4, 0.5, ft_epochs=10, tag="longer-ft"))
     for bits in (4, 8, 2):  # vanilla vs ReScaW: accuracy and utilisation right after QAT (no fine-tuning)
@@ -131,14 +137,20 @@ class Study:
     def quantized(self, model, c):
         if c["bits"] >= 32:
             return model
+        from spikeprune.quant import PRESETS
+
+        ref = PRESETS["qpsnn"] if c.get("quantizer", "spikeprune") == "qpsnn" else PRESETS["spikeprune"]
         model = quantize_model(model, c["bits"], method=c["scale"], membrane_bits=c["membrane_bits"],
-                               example_input=self.example)
+                               example_input=self.example, per_channel=ref["per_channel"],
+                               gradient=ref["gradient"], first_last=ref["first_last"])
         reestimate_batchnorm(model, self.calib)  # as spikeprune.compress does
         return model
 
     def qat(self, c) -> tuple[torch.nn.Module, dict]:
         """The QAT model of (scale, bits, membrane bits), trained once and shared by the cells."""
         key = f"qat-{c['scale']}-b{c['bits']}" + (f"-m{c['membrane_bits']}" if c["membrane_bits"] else "")
+        if c.get("quantizer", "spikeprune") != "spikeprune":
+            key += f"-{c['quantizer']}"
         run = self.out / key
         model = self.quantized(copy.deepcopy(self.dense), c)
         if c["bits"] >= 32:

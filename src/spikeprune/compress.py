@@ -37,9 +37,9 @@ from torch import nn
 from .diagnostics import UserError
 from .config import TrainConfig, hparam, to_dict, validate
 from .cost import CostReport, cost_report, measure_latency
-from .data import BatchLoader, ImageDataset, load_dataset
+from .data import BatchLoader, ImageDataset, load_dataset, split_validation
 from .io import check_writable_dir, load_checkpoint, read_json, save_checkpoint, write_json
-from .quant import (SCALES, freeze, load_quantization_state, quantization_state, quantize_model,
+from .quant import (FIRST_LAST, GRADIENTS, PRESETS, SCALES, freeze, load_quantization_state, quantization_state, quantize_model,
                     reestimate_batchnorm, utilisation_report)
 from .structured import CHANNEL_CRITERIA, channel_groups, channel_scores, remove_channels, select_channels
 from .train import build_model, checkpoint_dataset, evaluate, fit, load_model, make_loaders, model_tensors
@@ -61,6 +61,14 @@ class CompressConfig(TrainConfig):
     scale: str = hparam("mean", "weight scale gamma: mean|W| (ReScaW), max|W| (vanilla) or a percentile", SCALES)
     per_channel: bool = hparam(False, "one gamma per output channel instead of per layer")
     percentile: float = hparam(99.0, "percentile of |W| for --scale percentile")
+    quant_gradient: str = hparam("clip", "quantizer backward: clip (zero outside [-gamma, gamma], SPEC §7) or ste "
+                                         "(straight through everywhere, QP-SNN's reference)", GRADIENTS)
+    first_last: str = hparam("b", "first and last layers: b (quantized like the rest), full (float, QP-SNN's "
+                                  "reference) or 8 (8 bits)", FIRST_LAST)
+    quant_preset: str | None = hparam(None, "a named quantizer: qpsnn (QP-SNN's reference: gamma = mean|W| per "
+                                            "output channel, straight-through gradient, first/last layers in "
+                                            "float) or spikeprune (the defaults); sets --scale, --per-channel, "
+                                            "--quant-gradient, --first-last", tuple(PRESETS))
     channel_sparsity: float = hparam(0.5, "fraction of channels removed, in [0, 1)")
     criterion: str = hparam("svs", "channel criterion", CHANNEL_CRITERIA)
     scope: str = hparam("layerwise", "channel budget: the same ratio per layer, or one global budget",
@@ -75,6 +83,15 @@ class CompressConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.quant_preset is not None:  # a preset names a whole quantizer: its fields are set from it
+            preset = PRESETS[self.quant_preset]
+            for name, value in (("scale", preset["method"]), ("per_channel", preset["per_channel"]),
+                                ("quant_gradient", preset["gradient"]), ("first_last", preset["first_last"])):
+                default = type(self).__dataclass_fields__[name].default
+                current = getattr(self, name)
+                if current != default and current != value:
+                    raise UserError(f"quant_preset {self.quant_preset} sets {name}={value!r}; drop {name}={current!r}")
+                object.__setattr__(self, name, value)
         _check_int("bits", self.bits, 1, 16)
         if self.membrane_bits is not None:
             _check_int("membrane_bits", self.membrane_bits, 2, 16)
@@ -172,13 +189,16 @@ def _dense_model(cfg: CompressConfig, out: Path, dataset: ImageDataset, resume: 
 
 def _quantize(model: nn.Module, cfg: CompressConfig, calib: list[Any]) -> nn.Module:
     model = quantize_model(model, cfg.bits, method=cfg.scale, per_channel=cfg.per_channel,
-                           percentile=cfg.percentile, membrane_bits=cfg.membrane_bits, example_input=calib[0][0])
+                           percentile=cfg.percentile, membrane_bits=cfg.membrane_bits, example_input=calib[0][0],
+                           gradient=cfg.quant_gradient, first_last=cfg.first_last)
     reestimate_batchnorm(model, calib)  # the clipped/rounded weights change what every BN sees
     return model
 
 
 def _calibration(cfg: CompressConfig, dataset: ImageDataset) -> list[Any]:
-    loader = BatchLoader(dataset, "train", cfg.batch_size, shuffle=True, seed=cfg.seed, encoding=cfg.encoding,
+    # Calibration reads only the training samples not held out for validation (issue 14).
+    fit_set = split_validation(dataset, cfg.val_fraction, cfg.val_seed)[0]
+    loader = BatchLoader(fit_set, "train", cfg.batch_size, shuffle=True, seed=cfg.seed, encoding=cfg.encoding,
                          timesteps=cfg.timesteps, augment=False)
     return [b for _, b in zip(range(cfg.calibration_batches), loader)]
 

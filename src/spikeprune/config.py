@@ -83,6 +83,10 @@ class TrainConfig:
                        ("per_timestep", "mean_output"))
     train_limit: int | None = hparam(None, "use only the first N training samples")
     test_limit: int | None = hparam(None, "use only the first N test samples")
+    val_fraction: float = hparam(0.1, "fraction of the training set held out for validation, in [0, 1): every "
+                                      "selection (best epoch, criterion, hyperparameter) is made on it, never on test", bounds="[0, 1)")
+    val_seed: int = hparam(0, "seed of the validation split (fixed across training seeds by default, so seeds "
+                              "are compared on the same held-out samples)", bounds="[0, 4294967295]")
     seed: int = hparam(0, "random seed (model init, data order, Poisson spikes)", bounds="[0, 4294967295]")
     bf16: bool = hparam(False, "bfloat16 autocast for the forward pass (~1.7x on CPU)")
     compile: bool = hparam(False, "torch.compile the model (~1.5x on CPU after ~20 s of compilation)")
@@ -213,6 +217,7 @@ def validate(cfg: Any) -> None:
     _check(0.0 <= cfg.momentum < 1.0, "momentum must be in [0, 1)", cfg.momentum)
     _check(cfg.weight_decay >= 0, "weight_decay must be >= 0", cfg.weight_decay)
     _check(cfg.train_limit is None or cfg.train_limit >= 1, "train_limit must be >= 1", cfg.train_limit)
+    _check(0.0 <= cfg.val_fraction < 1.0, "val_fraction must be in [0, 1)", cfg.val_fraction)
     _check(cfg.test_limit is None or cfg.test_limit >= 1, "test_limit must be >= 1", cfg.test_limit)
     _check(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
            "device must be auto, cpu, cuda or cuda:N", cfg.device)

@@ -28,6 +28,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ __all__ = [
     "encode",
     "list_datasets",
     "load_dataset",
+    "split_validation",
 ]
 
 ENCODINGS = ("direct", "poisson")
@@ -490,6 +492,66 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
     if spec.needs_files:
         return spec.build(Path(data_dir).expanduser() if data_dir is not None else None, download)
     return spec.build(**options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation split (issue 14): every selection (best epoch, criterion, hyperparameter) is made on
+# samples carved from the *training* set; the test set is only ever reported.
+# --------------------------------------------------------------------------------------------------
+_SPLIT_CACHE: "weakref.WeakKeyDictionary[ImageDataset, dict]" = weakref.WeakKeyDictionary()
+
+
+def validation_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) index tensors partitioning ``range(n)``; both sorted ascending.
+
+    ``round(fraction * n)`` indices (at least 1 when ``fraction > 0``, at most ``n - 1``) are drawn
+    uniformly without replacement from a generator seeded by sha256 of ``seed`` (stable across
+    processes and machines: ``torch.randperm`` on the CPU generator is deterministic for a seed).
+    Sorting keeps the training set in its original order, so ``train_limit`` ("the first N") stays
+    meaningful.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1); got {fraction!r}")
+    k = 0 if fraction == 0 else min(max(1, round(fraction * n)), n - 1)
+    if fraction > 0 and k < 1:
+        raise UserError(f"cannot carve a validation set from {n} training sample(s)")
+    digest = hashlib.sha256(f"spikeprune:validation:{seed}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    perm = torch.randperm(n, generator=g)
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def split_validation(dataset: ImageDataset, fraction: float, seed: int = 0
+                     ) -> tuple[ImageDataset, ImageDataset | None, dict[str, Any]]:
+    """Carve a validation set out of ``dataset``'s training split.
+
+    Returns ``(fit_set, val_set, info)``: ``fit_set`` is ``dataset`` with its train split reduced to
+    the samples not held out (test split unchanged); ``val_set`` holds the held-out samples as its
+    *test* split (so a ``BatchLoader(val_set, "test", ...)`` reads them un-augmented), or is ``None``
+    when ``fraction == 0``; ``info`` = ``{"fraction", "seed", "train_size", "val_size", "test_size"}``
+    is what every result records. Normalisation statistics stay those of the whole training split
+    (pixel statistics, no labels). Results are cached per dataset object, so repeated calls (every
+    lottery round) cost nothing and return the same objects.
+    """
+    key = (float(fraction), int(seed))
+    cache = _SPLIT_CACHE.setdefault(dataset, {})
+    if key in cache:
+        return cache[key]
+    n = int(dataset.train_labels.shape[0])
+    train_idx, val_idx = validation_indices(n, fraction, seed)
+    info = {"fraction": float(fraction), "seed": int(seed), "train_size": int(train_idx.numel()),
+            "val_size": int(val_idx.numel()), "test_size": int(dataset.test_labels.shape[0])}
+    if val_idx.numel() == 0:
+        result: tuple = (dataset, None, info)
+    else:
+        common = dict(num_classes=dataset.num_classes, mean=dataset.mean, std=dataset.std, augment=dataset.augment)
+        fit_set = ImageDataset(dataset.name, dataset.train_images[train_idx], dataset.train_labels[train_idx],
+                               dataset.test_images, dataset.test_labels, **common)
+        val_set = ImageDataset(f"{dataset.name}[val]", fit_set.train_images[:0], fit_set.train_labels[:0],
+                               dataset.train_images[val_idx], dataset.train_labels[val_idx], **common)
+        result = (fit_set, val_set, info)
+    cache[key] = result
+    return result
 
 
 # --------------------------------------------------------------------------------------------------

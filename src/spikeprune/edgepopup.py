@@ -497,8 +497,12 @@ def search(
         "sparsity": 1.0 - cfg.density,
         "measured_density": mask.density,
         "seed": cfg.seed,
+        "val_accuracy": m["val_accuracy"],
         "test_accuracy": m["test_accuracy"],
-        "best_test_accuracy": m["best_test_accuracy"],
+        "best_val_epoch": m["best_val_epoch"],
+        "best_val_accuracy": m["best_val_accuracy"],
+        "test_accuracy_at_best_val": m["test_accuracy_at_best_val"],
+        "validation": m["validation"],
         "exported_test_accuracy": exported["accuracy"],
         "export_matches": exported["accuracy"] == m["test_accuracy"],
         "test_loss": m["test_loss"],
@@ -536,7 +540,8 @@ def search(
     return row
 
 
-CSV_FIELDS = ["density", "sparsity", "seed", "test_accuracy", "best_test_accuracy", "exported_test_accuracy",
+CSV_FIELDS = ["density", "sparsity", "seed", "val_accuracy", "test_accuracy", "best_val_epoch", "best_val_accuracy",
+              "test_accuracy_at_best_val", "exported_test_accuracy",
               "relative_to_dense", "firing_rate", "epochs", "seconds", "model", "width", "dataset", "timesteps",
               "init", "scale_fan", "affine_bn", "weights_trained"]
 
@@ -581,14 +586,16 @@ def write_results(out: str | Path, rows: Sequence[dict[str, Any]], *, cfg: EdgeP
     out = Path(out)
     ref = sum(reference) / len(reference) if reference else None
     rows = [{**r, "relative_to_dense": (r["test_accuracy"] / ref) if ref else None} for r in rows]
-    best = max(rows, key=lambda r: r["test_accuracy"]) if rows else None
+    # The best density is chosen on validation accuracy (issue 14); its test accuracy is only reported.
+    best = max(rows, key=lambda r: r.get("val_accuracy") or 0.0) if rows else None
     summary = {
         "method": "edge-popup (Ramanujan et al. 2020; LTH-SNN §5): weights frozen at random init",
         "complete": complete,
         "bn": _bn_statement(cfg.affine_bn),
         "affine_bn": cfg.affine_bn,
         "dense_reference": {"test_accuracies": list(reference), "mean": ref} if reference else None,
-        "best": {k: best[k] for k in ("density", "sparsity", "test_accuracy", "relative_to_dense")} if best else None,
+        "best": {k: best.get(k) for k in ("density", "sparsity", "val_accuracy", "test_accuracy", "relative_to_dense")}
+                if best else None, "best_selected_on": "val_accuracy",
         "rows": rows,
         "config": to_dict(cfg),
     }

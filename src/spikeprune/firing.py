@@ -795,6 +795,9 @@ def flip_summary(rows: list[FlipRow]) -> list[dict[str, Any]]:
             "max_atom_mass": max(r.atom_mass for r in rs),
             "max_layer_flip_rate": max((r.layer_flip_rate for r in rs if r.layer_flip_rate is not None), default=None),
             "min_bound_theorem35": min(r.bound_theorem35 for r in rs),
+            # issue 14: a bound >= 1 holds for any probability; only the rows below 1 are evidence
+            "nonvacuous_rows": sum(1 for r in rs if r.eps > 0 and r.bound < 1),
+            "vacuous_rows": sum(1 for r in rs if r.eps > 0 and r.bound >= 1),
         })
     return out
 

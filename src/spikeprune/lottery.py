@@ -54,7 +54,7 @@ from . import distributed
 from .calibration import calibrate
 from .config import TrainConfig, hparam, hyperparameters, run_id, to_dict
 from .criteria import CRITERIA, FIRING_AWARE, sf_layers
-from .data import BatchLoader, ImageDataset, load_dataset
+from .data import BatchLoader, ImageDataset, load_dataset, split_validation
 from .io import check_writable_dir, load_checkpoint, read_json, save_checkpoint, write_json, write_text
 from .masks import Mask, enforce, mask_forward, prunable_weights
 from .pruning import prune_step
@@ -66,8 +66,8 @@ __all__ = ["LotteryConfig", "LotteryResult", "VARIANTS", "collect_rows", "load_t
 VARIANTS = ("imp", "sf-imp-1", "sf-imp-2")
 REWIND = "rewind.safetensors"
 MASK = "mask.safetensors"
-ROUND_FIELDS = ["round", "sparsity", "density", "test_accuracy", "best_test_accuracy", "firing_rate", "seconds",
-                "prune_seconds", "epochs"]
+ROUND_FIELDS = ["round", "sparsity", "density", "val_accuracy", "test_accuracy", "best_val_epoch",
+                "best_val_accuracy", "test_accuracy_at_best_val", "firing_rate", "seconds", "prune_seconds", "epochs"]
 #: fields that may change when a run is resumed (extending a finished run by more rounds)
 RESUMABLE_CHANGES = frozenset({"rounds"})
 
@@ -230,7 +230,10 @@ def _masked_model(cfg: LotteryConfig, dataset: ImageDataset, tensors: dict[str, 
 
 
 def calibration_loader(cfg: TrainConfig, dataset: ImageDataset, k: int) -> BatchLoader:
-    """Training batches for the statistics of round ``k`` (no augmentation; deterministic in (seed, k))."""
+    """Training batches for the statistics of round ``k`` (no augmentation; deterministic in (seed, k)).
+
+    Drawn from the training samples not held out for validation, so validation stays unseen."""
+    dataset = split_validation(dataset, cfg.val_fraction, cfg.val_seed)[0]
     loader = BatchLoader(dataset, "train", cfg.batch_size, shuffle=True, seed=cfg.seed, encoding=cfg.encoding,
                          timesteps=cfg.timesteps, augment=False, limit=cfg.train_limit)
     loader.set_epoch(k)
@@ -317,8 +320,10 @@ def _row(out: Path, k: int) -> dict[str, Any] | None:
         mask, _, meta = _read_mask(where / MASK)
         density, prune_seconds = mask.density, float(meta.get("prune_seconds", 0.0))
         layers = {r["name"]: r["density"] for r in mask.report()[:-1]}
-    return {"round": k, "sparsity": 1.0 - density, "density": density, "test_accuracy": m["test_accuracy"],
-            "best_test_accuracy": m["best_test_accuracy"], "firing_rate": m["firing_rate"],
+    return {"round": k, "sparsity": 1.0 - density, "density": density, "val_accuracy": m.get("val_accuracy"),
+            "test_accuracy": m["test_accuracy"], "best_val_epoch": m.get("best_val_epoch"),
+            "best_val_accuracy": m.get("best_val_accuracy"), "test_accuracy_at_best_val": m.get("test_accuracy_at_best_val"),
+            "validation": m.get("validation"), "firing_rate": m["firing_rate"],
             "seconds": m["seconds"], "prune_seconds": prune_seconds, "epochs": m["epochs"],
             "firing_rates": m.get("firing_rates"), "layer_density": layers}
 

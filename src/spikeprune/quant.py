@@ -6,7 +6,9 @@ For a weight tensor ``W`` and scale ``gamma`` (per layer, or per output channel)
     W_hat = gamma * ((2 / s) * W_int - 1)                        2^b levels in [-gamma, gamma]
 
 Gradients use the straight-through estimator inside the clamp and zero outside (the clamp's own
-gradient). ReScaW chooses ``gamma`` per layer: ``mean|W|`` (QP-SNN's best), ``max|W|`` (the vanilla
+gradient; ``gradient="clip"``), or pass straight through everywhere (``gradient="ste"``, QP-SNN's
+public reference). First and last layers: quantized to b bits like the others, kept at full precision
+(QP-SNN's reference) or at 8 bits (``first_last=``). :data:`PRESETS` names QP-SNN's own combination. ReScaW chooses ``gamma`` per layer: ``mean|W|`` (QP-SNN's best), ``max|W|`` (the vanilla
 scheme, which wastes most levels because few weights are large), or a percentile of |W|.
 
 On top of the two functions above (shared with the flip analysis), this module makes whole models
@@ -41,6 +43,9 @@ from .neuron import LIF, surrogate_gradient
 
 __all__ = [
     "SCALES",
+    "GRADIENTS",
+    "FIRST_LAST",
+    "PRESETS",
     "QUANT_TYPES",
     "QuantConv1d",
     "QuantConv2d",
@@ -68,6 +73,19 @@ __all__ = [
 ]
 
 SCALES = ("mean", "max", "percentile")
+#: backward of the quantizer: "clip" = 1 inside [-gamma, gamma], 0 outside (the clamp's gradient, SPEC §7);
+#: "ste" = 1 everywhere (straight-through, as QP-SNN's public reference)
+GRADIENTS = ("clip", "ste")
+#: precision of the first and last quantized layers: "b" (the same b bits), "full" (not quantized) or "8"
+FIRST_LAST = ("b", "full", "8")
+#: named combinations of (scale method, per_channel, gradient, first_last). "qpsnn": QP-SNN's public
+#: reference quantizer (gamma = mean|W| per output channel, straight-through gradient, first and last
+#: layers at full precision); "spikeprune": this library's default (per-layer gamma, clipped gradient,
+#: every layer at b bits).
+PRESETS = {
+    "spikeprune": {"method": "mean", "per_channel": False, "gradient": "clip", "first_last": "b"},
+    "qpsnn": {"method": "mean", "per_channel": True, "gradient": "ste", "first_last": "full"},
+}
 
 
 def _check_bits(bits: object) -> int:
@@ -100,27 +118,33 @@ class _QuantizeSTE(torch.autograd.Function):
     ``[-gamma, gamma]`` and 0 outside (the clamp's gradient), with no rounding error from gamma/gamma."""
 
     @staticmethod
-    def forward(ctx, w, gamma, s):  # type: ignore[override]
-        inside = w.abs() <= gamma
-        ctx.save_for_backward(inside)
+    def forward(ctx, w, gamma, s, clip=True):  # type: ignore[override]
+        ctx.clip = clip
+        if clip:
+            ctx.save_for_backward(w.abs() <= gamma)
         w_int = torch.round((s / 2) * (torch.clamp(w / gamma, -1.0, 1.0) + 1))
         return gamma * ((2.0 / s) * w_int - 1.0)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
+        if not ctx.clip:  # QP-SNN's reference: dW_hat/dW = 1 everywhere, clipped weights included
+            return g, None, None, None
         (inside,) = ctx.saved_tensors
-        return g * inside.to(g.dtype), None, None
+        return g * inside.to(g.dtype), None, None, None
 
 
 def quantize_weight(w: torch.Tensor, bits: int, scale: torch.Tensor | float | None = None, *,
-                    method: str = "mean", per_channel: bool = False) -> torch.Tensor:
+                    method: str = "mean", per_channel: bool = False, gradient: str = "clip") -> torch.Tensor:
     """Fake-quantize ``w`` to ``2^bits`` levels in ``[-gamma, gamma]`` (same shape; STE gradient).
 
     ``scale`` fixes gamma; otherwise it is chosen by ``method`` (ReScaW). 1 bit gives {-gamma, +gamma}.
+    ``gradient``: ``"clip"`` (zero outside ``[-gamma, gamma]``) or ``"ste"`` (one everywhere).
     """
+    if gradient not in GRADIENTS:
+        raise UserError(f"unknown gradient {gradient!r}; choose one of {', '.join(GRADIENTS)}")
     s = (1 << _check_bits(bits)) - 1
     gamma = weight_scale(w, method, per_channel=per_channel) if scale is None else torch.as_tensor(scale, dtype=w.dtype)
-    return _QuantizeSTE.apply(w, gamma.detach(), s)
+    return _QuantizeSTE.apply(w, gamma.detach(), s, gradient == "clip")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,9 +161,12 @@ class QuantSpec:
     method: str = "mean"
     per_channel: bool = False
     percentile: float = 99.0
+    gradient: str = "clip"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
+        if self.gradient not in GRADIENTS:
+            raise UserError(f"unknown gradient {self.gradient!r}; choose one of {', '.join(GRADIENTS)}")
         if self.method not in SCALES:
             raise UserError(f"unknown scale {self.method!r}; choose one of {', '.join(SCALES)}")
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
@@ -201,7 +228,7 @@ class _QuantWeight:
     def quantized_weight(self) -> torch.Tensor:
         """SPEC §7 levels with the straight-through gradient; exact zeros (pruned weights) stay zero."""
         w = self.weight  # type: ignore[attr-defined]
-        w_hat = quantize_weight(w, self.quant.bits, self.gamma())
+        w_hat = quantize_weight(w, self.quant.bits, self.gamma(), gradient=self.quant.gradient)
         return torch.where(w == 0, torch.zeros((), dtype=w.dtype), w_hat)
 
 
@@ -255,7 +282,8 @@ _WRAPPED_TWINS: dict[type, type] = {}
 
 def _describe(spec: QuantSpec) -> str:
     scale = f"percentile {spec.percentile:g}" if spec.method == "percentile" else f"{spec.method}|W|"
-    return f"{spec.bits}-bit, gamma={scale}{' per channel' if spec.per_channel else ''}"
+    grad = ", straight-through gradient" if spec.gradient == "ste" else ""
+    return f"{spec.bits}-bit, gamma={scale}{' per channel' if spec.per_channel else ''}{grad}"
 
 
 def _plain_class(module: nn.Module) -> type | None:
@@ -350,6 +378,8 @@ def quantize_model(
     layers: Iterable[str] | None = None,
     membrane_bits: int | None = None,
     example_input: torch.Tensor | None = None,
+    gradient: str = "clip",
+    first_last: str = "b",
 ) -> nn.Module:
     """Make ``model`` quantization-aware, in place, and return it.
 
@@ -363,6 +393,11 @@ def quantize_model(
         per_channel: one gamma per output channel instead of per layer.
         percentile: the percentile of |W| for ``method="percentile"``.
         layers: module names to quantize (default: all conv/linear layers).
+        gradient: ``"clip"`` (SPEC §7: zero outside [-gamma, gamma]) or ``"ste"`` (QP-SNN's reference:
+            straight through everywhere).
+        first_last: the first and last of the chosen layers (in execution order on ``example_input``
+            when given, else in module order) at ``"b"`` bits like the rest, ``"full"`` precision (not
+            quantized; QP-SNN's reference) or ``"8"`` bits.
         membrane_bits: also quantize the membrane potential of every LIF driven by a quantized layer
             to this many bits, with the scale shared with that layer's weights (MINT; see
             :func:`membrane_scale`). Needs ``example_input`` to find which layer drives which neuron.
@@ -371,7 +406,9 @@ def quantize_model(
     Call it before building the optimizer. Training then needs nothing special:
     ``train.fit(cfg, out, model=quantize_model(model, 4))``.
     """
-    spec = QuantSpec(bits, method, bool(per_channel), percentile)
+    spec = QuantSpec(bits, method, bool(per_channel), percentile, gradient)
+    if first_last not in FIRST_LAST:
+        raise UserError(f"unknown first_last {first_last!r}; choose one of {', '.join(FIRST_LAST)}")
     layers_found = {n: m for n, m in model.named_modules() if _plain_class(m) is not None}
     # A subclass (SpikingJelly's layer.Conv2d, a user's) is quantized when its forward is the plain
     # layer's on folded leading dims (checked by behaviour); one that computes something of its own
@@ -397,11 +434,32 @@ def quantize_model(
                                  f"layers: {', '.join(candidates) or 'none'}")
     if not chosen:
         raise UserError(f"{type(model).__name__} has no conv/linear layer to quantize")
+    ends: set[str] = set()
+    if first_last != "b":
+        order = _execution_order(model, chosen, example_input)
+        ends = {order[0], order[-1]}
     for name in chosen:
-        _swap(candidates[name], spec)
+        if name in ends and first_last == "full":
+            continue  # QP-SNN's reference keeps the encoding layer and the classifier in float
+        _swap(candidates[name], QuantSpec(8, method, bool(per_channel), percentile, gradient)
+              if name in ends else spec)
     if membrane_bits is not None:
         quantize_membranes(model, membrane_bits, example_input)
     return model
+
+
+@torch.no_grad()
+def _execution_order(model: nn.Module, names: list[str], example_input: torch.Tensor | None) -> list[str]:
+    """``names`` in the order their modules first run on ``example_input`` (module order without one,
+    or for layers the input does not reach): "first" is the layer reading the input, "last" the one
+    producing the output, whatever order the modules were registered in."""
+    if example_input is None:
+        return list(names)
+    from .topology import trace  # the traced graph (stateful nets are reset by it)
+
+    graph = trace(model, example_input)
+    first_call = {n: min((node.id for node in graph.calls(n)), default=len(graph.nodes)) for n in names}
+    return sorted(names, key=lambda n: first_call[n])  # stable: module order breaks ties
 
 
 @torch.no_grad()
@@ -761,7 +819,7 @@ def load_quantization_state(model: nn.Module, tensors: dict[str, torch.Tensor], 
     for name, fields in layers.items():
         spec = QuantSpec(**fields)
         quantize_model(model, spec.bits, method=spec.method, per_channel=spec.per_channel,
-                       percentile=spec.percentile, layers=[name])
+                       percentile=spec.percentile, layers=[name], gradient=spec.gradient)
         layer = model.get_submodule(name)
         key = f"{name}.gamma"
         if frozen:

@@ -84,12 +84,16 @@ def summarize(runs: Sequence[Sequence[Mapping[str, Any]]], metrics: Sequence[str
         density = sum(_density(p) for p in points) / n
         row: dict[str, Any] = {key: k, "density": density, "sparsity": 1.0 - density, "n": n}
         for m in metrics:
-            values = [float(p[m]) for p in points]
-            mean = sum(values) / n
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+            values = [float(p[m]) for p in points if p.get(m) is not None]  # None: not measured (val_fraction 0)
+            if not values:
+                row[m] = row[f"{m}_std"] = row[f"{m}_ci"] = None
+                continue
+            nm = len(values)
+            mean = sum(values) / nm
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (nm - 1)) if nm > 1 else 0.0
             row[m] = mean
             row[f"{m}_std"] = std
-            row[f"{m}_ci"] = _t_quantile(n - 1) * std / math.sqrt(n) if n > 1 else 0.0
+            row[f"{m}_ci"] = _t_quantile(nm - 1) * std / math.sqrt(nm) if nm > 1 else 0.0
         out.append(row)
     return out
 

@@ -481,6 +481,39 @@ def _theory_collect(p: Protocol, root: Path) -> dict[str, Any]:
     return {"flips": flips, "slth": slth, "dense": dense, "complete": complete}
 
 
+def _informative_flip_rows(rows: list[Any], top: int = 15) -> tuple[list[str], dict[str, Any]]:
+    """The rows where a bound says something: eps > 0 and bound < 1 (Lemma 3.3/3.4), with how tight
+    they are (measured conditional flip rate / bound); vacuous rows (bound >= 1) are only counted.
+    Issue 14: a bound that is >= 1 holds for every probability, so "holds" there is no evidence."""
+    pos = [r for r in rows if r.eps > 0]
+    nonvac = [r for r in pos if r.bound < 1]
+    thm = [r for r in pos if r.bound_theorem35 < 1]
+    tight = sorted((r for r in nonvac if r.tightness is not None), key=lambda r: -r.tightness)
+    numbers = {"rows": len(rows), "rows_eps_positive": len(pos), "lemma_nonvacuous": len(nonvac),
+               "lemma_vacuous": len(pos) - len(nonvac), "theorem35_nonvacuous": len(thm),
+               "nonvacuous_holds": sum(1 for r in nonvac if r.holds in (True, None)),
+               "tightness_max": tight[0].tightness if tight else None,
+               "tightness_median": tight[len(tight) // 2].tightness if tight else None}
+    md = [f"**Informative rows first.** Of {len(pos)} (perturbation, mode, layer, timestep) rows with eps > 0, "
+          f"the Lemma 3.3/3.4 bound is below 1 in **{len(nonvac)}** (it holds in {numbers['nonvacuous_holds']} of "
+          f"them) and >= 1 — vacuous, true of any probability — in {len(pos) - len(nonvac)}; Theorem 3.5 "
+          f"(N neurons) is below 1 in {len(thm)}.\n"]
+    if tight:
+        md.append(f"Tightness (measured flip rate given no earlier flip / bound) of the non-vacuous rows: max "
+                  f"{tight[0].tightness:.3g}, median {numbers['tightness_median']:.3g} (1 = the bound is attained). "
+                  f"The {min(top, len(tight))} tightest:\n")
+        lines = ["| perturbation | mode | layer | t | eps | flip rate given no earlier flip | bound | tightness | "
+                 "refined bound |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in tight[:top]:
+            ref = "–" if r.bound_refined is None else f"{r.bound_refined:.3g}"
+            lines.append(f"| {r.perturbation} | {r.mode} | {r.layer} | {r.t} | {r.eps:.3g} | {r.cond_flip_rate:.3g} | "
+                         f"{r.bound:.3g} | {r.tightness:.3g} | {ref} |")
+        md.append("\n".join(lines) + "\n")
+    elif pos:
+        md.append("_No row with eps > 0 has a bound below 1: at these perturbations the lemmas say nothing._\n")
+    return md, numbers
+
+
 def _theory_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     from .firing import FlipRow, plot_flip_summary
 
@@ -517,26 +550,37 @@ def _theory_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[s
                              f"{max(x['max_bound'] for x in s):.3g} | {'yes' if holds else 'NO'} | {tight_txt} | "
                              f"{outside} |")
                 numbers["flips"][f"{label}/{mode}"] = s
+        informative, info_numbers = _informative_flip_rows(rows_all)
+        md += informative
+        md.append("All perturbations (worst layer and timestep; a bound >= 1 holds trivially):\n")
         md.append("\n".join(lines) + "\n")
         plot_flip_summary(rows_all, out / "theory_flips.png")
         md.append("![flips](theory_flips.png)\n")
         numbers["bound_holds"] = {"layers": total, "holds": holds_all}
-        md.append(f"What our numbers say:\n\n* the Lemma 3.3/3.4 bound holds in {holds_all} of {total} "
-                  "(perturbation, mode, layer) cases\n")
+        numbers["informative"] = info_numbers
+        md.append(f"What our numbers say:\n\n* of {info_numbers['rows_eps_positive']} (layer, timestep) rows with "
+                  f"eps > 0, the Lemma 3.3/3.4 bound is **non-vacuous (< 1) in {info_numbers['lemma_nonvacuous']}** "
+                  f"and vacuous (>= 1, holds trivially) in {info_numbers['lemma_vacuous']}; Theorem 3.5 is "
+                  f"non-vacuous in {info_numbers['theorem35_nonvacuous']}\n"
+                  f"* the bound holds in {holds_all} of {total} (perturbation, mode, layer) cases — a count that "
+                  "includes every vacuous row\n")
     else:
         md.append("_No flip analysis finished yet._\n")
     md.append("### Strong-LTH construction (Appendix C, Theorem 4.3)\n")
     if data["slth"]:
-        lines = ["| setting | C = 2 p_sup/(1-β) | k: construction bound | k: smallest that works (1-δ quantile) | "
-                 "k: output equality reached | k: Theorem 4.3 (paper / proof) | violations |",
-                 "|---|---:|---:|---:|---:|---|---|"]
+        lines = ["| setting | C = 2 p_sup/(1-β) | flip term N C L T eps | k: construction bound | "
+                 "k: smallest that works (1-δ quantile) | k: output equality reached | k: Theorem 4.3 (paper / proof) | "
+                 "violations |",
+                 "|---|---:|---:|---:|---:|---:|---|---|"]
         shown = 0
         for name, r in data["slth"].items():
             b = r["bounds"]
             thm = (f"{b['k_paper']} / {b['k_proof']}" if b.get("k_paper") or b.get("k_proof")
                    else "undefined (δ ≤ N C L T eps)")
             viol = r.get("violations", {})
-            lines.append(f"| {name} | {b['C']:.3g} | {b.get('k_construction')} | {b.get('k_success')} | "
+            ft = b.get("flip_term")
+            lines.append(f"| {name} | {b['C']:.3g} | {'–' if ft is None else f'{ft:.3g}'} | {b.get('k_construction')} | "
+                         f"{b.get('k_success')} | "
                          f"{b.get('k_equality')} | {thm} | {sum(int(v) for v in viol.values())} |")
             numbers["slth"][name] = {"bounds": b, "violations": viol}
             if shown < 4:
@@ -548,7 +592,15 @@ def _theory_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[s
         for name in list(data["slth"])[:shown]:
             md.append(f"![{name}](theory_slth_{slug(name)}.png)\n")
         bad = sum(sum(int(v) for v in r.get("violations", {}).values()) for r in data["slth"].values())
-        md.append(f"What our numbers say:\n\n* {len(data['slth'])} settings; invariant violations of the "
+        defined = [n for n, r in data["slth"].items() if r["bounds"].get("k_paper") or r["bounds"].get("k_proof")]
+        vacuous = [n for n, r in data["slth"].items() if (r["bounds"].get("flip_term") or 0) >= 1]
+        numbers["slth_informative"] = {"settings": len(data["slth"]), "theorem_defined": len(defined),
+                                       "flip_term_vacuous": len(vacuous)}
+        md.insert(len(md) - (1 + shown), f"**Informative settings first.** Theorem 4.3's width bound is defined "
+                  f"(δ > N C L T eps) in **{len(defined)}** of {len(data['slth'])} settings (listed first); its flip "
+                  f"term N C L T eps is >= 1 — vacuous — in {len(vacuous)}.\n")
+        md.append(f"What our numbers say:\n\n* {len(data['slth'])} settings, Theorem 4.3 defined in {len(defined)}, "
+                  f"flip term vacuous in {len(vacuous)}; invariant violations of the "
                   f"construction (copies, feature error, unexplained flips): {bad}\n")
     else:
         md.append("_No SLTH experiment finished yet._\n")

@@ -367,8 +367,8 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
         found = {s: rows for s, rows in found.items() if rows}
         if found:
             per_seed[v] = found
-            series[v] = summarize(list(found.values()), metrics=("test_accuracy", "best_test_accuracy",
-                                                                 "firing_rate"), require_all=False)
+            series[v] = summarize(list(found.values()), metrics=("val_accuracy", "test_accuracy",
+                                                                 "best_val_accuracy", "firing_rate"), require_all=False)
     summary = {"kind": "lottery", "seeds": seeds, "variants": variants, "status": status,
                "complete": all(not s.startswith("failed") for s in status.values()),
                "config": to_dict(cfg), "series": series,
@@ -376,7 +376,7 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
     write_json(out / "summary.json", summary)
     buf = _io.StringIO()
     fields = ["variant", "round", "sparsity", "density", "n", "test_accuracy", "test_accuracy_std",
-              "test_accuracy_ci", "best_test_accuracy", "firing_rate"]
+              "test_accuracy_ci", "val_accuracy", "best_val_accuracy", "firing_rate"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows({"variant": v, **p} for v, points in series.items() for p in points)

@@ -37,7 +37,7 @@ from .diagnostics import UserError
 from .limits import check_model_fits, check_training_fits
 from .config import TrainConfig, hyperparameters, run_id, to_dict
 from . import distributed
-from .data import BatchLoader, ImageDataset, load_dataset
+from .data import BatchLoader, ImageDataset, load_dataset, split_validation
 from .io import check_writable_dir, load_checkpoint, save_checkpoint, write_json, write_text
 from .models import create_model
 from .neuron import LIF, observe, spiking_layers
@@ -48,6 +48,7 @@ __all__ = [
     "fit",
     "load_model",
     "make_loaders",
+    "make_val_loader",
     "make_optimizer",
     "make_scheduler",
     "save_model",
@@ -56,8 +57,8 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.safetensors"
-HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                  "firing_rate", "seconds"]
+HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
+                  "test_accuracy", "firing_rate", "seconds"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,17 +89,33 @@ def build_model(cfg: TrainConfig, dataset: ImageDataset) -> nn.Module:
     return build()
 
 
+def _loader_common(cfg: TrainConfig) -> dict[str, Any]:
+    ctx = distributed.context()
+    return dict(seed=cfg.seed, encoding=cfg.encoding, timesteps=cfg.timesteps, rank=ctx.rank,
+                world_size=ctx.world_size)
+
+
 def make_loaders(cfg: TrainConfig, dataset: ImageDataset) -> tuple[BatchLoader, BatchLoader]:
     """(train, test) loaders; the train split is shuffled (and augmented where the dataset says so).
 
-    Under ``torchrun`` both are sharded by rank (:mod:`spikeprune.distributed`).
+    The train loader reads only the training samples *not* held out for validation
+    (``cfg.val_fraction``, ``cfg.val_seed``; :func:`spikeprune.data.split_validation`); see
+    :func:`make_val_loader` for the held-out ones. Under ``torchrun`` both are sharded by rank
+    (:mod:`spikeprune.distributed`).
     """
-    ctx = distributed.context()
-    common = dict(seed=cfg.seed, encoding=cfg.encoding, timesteps=cfg.timesteps, rank=ctx.rank,
-                  world_size=ctx.world_size)
-    train = BatchLoader(dataset, "train", cfg.batch_size, shuffle=True, limit=cfg.train_limit, **common)
+    common = _loader_common(cfg)
+    fit_set, _, _ = split_validation(dataset, cfg.val_fraction, cfg.val_seed)
+    train = BatchLoader(fit_set, "train", cfg.batch_size, shuffle=True, limit=cfg.train_limit, **common)
     test = BatchLoader(dataset, "test", max(cfg.batch_size, 256), shuffle=False, limit=cfg.test_limit, **common)
     return train, test
+
+
+def make_val_loader(cfg: TrainConfig, dataset: ImageDataset) -> BatchLoader | None:
+    """The validation loader (un-augmented, unshuffled), or ``None`` when ``cfg.val_fraction == 0``."""
+    _, val_set, _ = split_validation(dataset, cfg.val_fraction, cfg.val_seed)
+    if val_set is None:
+        return None
+    return BatchLoader(val_set, "test", max(cfg.batch_size, 256), shuffle=False, **_loader_common(cfg))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -461,8 +478,11 @@ def fit(
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     train_loader, test_loader = make_loaders(cfg, dataset)
+    val_loader = make_val_loader(cfg, dataset)
+    validation = split_validation(dataset, cfg.val_fraction, cfg.val_seed)[2]
     history: list[dict[str, Any]] = []
-    start_epoch, seconds, best = 0, 0.0, 0.0
+    # best: the epoch selected on *validation* accuracy (earliest on ties); test is only reported.
+    start_epoch, seconds, best = 0, 0.0, {"epoch": None, "val_accuracy": None, "test_accuracy": None}
     identity = hyperparameters(cfg)
 
     if resume and ckpt_path.exists():
@@ -480,7 +500,10 @@ def fit(
         scheduler.load_state_dict(meta["scheduler"])
         torch.set_rng_state(tensors["rng/torch"])
         start_epoch, seconds = int(meta["epoch"]), float(meta["seconds"])
-        history, best = list(meta["history"]), float(meta["best_test_accuracy"])
+        if "validation" not in meta:
+            raise UserError(f"cannot resume {out}: it was trained before the validation split existed "
+                             "(on the whole training set); use another --out")
+        history, best = list(meta["history"]), dict(meta["best_val"])
         if log and start_epoch < cfg.epochs:
             log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
         if start_epoch < cfg.epochs:
@@ -503,9 +526,13 @@ def fit(
         scheduler.step()
         distributed.broadcast_state(model)  # DDP lets BatchNorm running statistics drift per rank
         ev = evaluate(model, test_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward)
+        va = (evaluate(model, val_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward)
+              if val_loader is not None else {"accuracy": None, "loss": None})
         seconds += time.perf_counter() - tick
-        best = max(best, ev["accuracy"])
+        if va["accuracy"] is not None and (best["val_accuracy"] is None or va["accuracy"] > best["val_accuracy"]):
+            best = {"epoch": epoch + 1, "val_accuracy": va["accuracy"], "test_accuracy": ev["accuracy"]}
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+               "val_loss": va["loss"], "val_accuracy": va["accuracy"],
                "test_loss": ev["loss"], "test_accuracy": ev["accuracy"], "firing_rate": ev["firing_rate"],
                "firing_rates": ev["firing_rates"], "seconds": seconds}
         history.append(row)
@@ -514,7 +541,7 @@ def fit(
         if extra_tensors is not None:
             tensors.update({f"extra/{k}": v for k, v in extra_tensors().items()})
         save_checkpoint(ckpt_path, tensors, {
-            "kind": "train", "epoch": epoch + 1, "seconds": seconds, "best_test_accuracy": best,
+            "kind": "train", "epoch": epoch + 1, "seconds": seconds, "best_val": best, "validation": validation,
             "config": to_dict(cfg), "hyperparameters": identity, "run_id": run_id(cfg),
             "runtime": runtime_settings(_device(model), cfg),
             "model_config": getattr(model, "spikeprune_config", None),
@@ -522,15 +549,22 @@ def fit(
         })
         write_text(out / "history.csv", _history_csv(history))
         if log:
+            val = f"val {va['accuracy']:.4f}  " if va["accuracy"] is not None else ""
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f}  train {tr['accuracy']:.4f}  "
-                f"test {ev['accuracy']:.4f}  rate {ev['firing_rate']:.3f}  {seconds:.0f}s")
+                f"{val}test {ev['accuracy']:.4f}  rate {ev['firing_rate']:.3f}  {seconds:.0f}s")
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
 
     last = history[-1]
     metrics = {
         "test_accuracy": last["test_accuracy"],
-        "best_test_accuracy": best,
+        "val_accuracy": last.get("val_accuracy"),
+        # Selected on validation only: the epoch with the best validation accuracy and the test
+        # accuracy measured at that epoch (reported, never used to choose).
+        "best_val_epoch": best["epoch"],
+        "best_val_accuracy": best["val_accuracy"],
+        "test_accuracy_at_best_val": best["test_accuracy"],
+        "validation": validation,
         "train_loss": last["train_loss"],
         "train_accuracy": last["train_accuracy"],
         "test_loss": last["test_loss"],

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"spikeprune quickstart: {cfg.model} (T={cfg.timesteps}, {m['num_parameters']:,} parameters) "
           f"on {cfg.dataset}")
-    print(f"  test accuracy   {m['test_accuracy']:.4f}  (best {m['best_test_accuracy']:.4f})")
+    print(f"  test accuracy   {m['test_accuracy']:.4f}  (validation {m['val_accuracy']:.4f} on "
+          f"{m['validation']['val_size']} held-out training digits)")
     print(f"  firing rate     {m['firing_rate']:.3f} spikes / neuron / timestep")
     print(f"  training time   {m['seconds']:.1f} s over {m['epochs']} epochs")
     print(f"  results         {args.out}/metrics.json, history.csv, checkpoint.safetensors")

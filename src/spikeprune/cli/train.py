@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(TrainConfig, args)
     result = fit(cfg, args.out, resume=args.resume, progress=args.progress)
     m = result.metrics
-    print(json.dumps({k: m[k] for k in ("test_accuracy", "best_test_accuracy", "train_loss", "epochs",
+    print(json.dumps({k: m[k] for k in ("test_accuracy", "val_accuracy", "best_val_epoch", "best_val_accuracy", "test_accuracy_at_best_val", "train_loss", "epochs",
                                         "seconds", "firing_rate", "num_parameters")}, indent=2))
     print(f"results: {args.out}/metrics.json")
     return 0
