@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # foundation: neuron, models, data, warnings
-from .diagnostics import SpikepruneWarning
+from .diagnostics import SpikepruneWarning, UserError
 from .neuron import LIF, lif_multistep, record_statistics
 from .models import create_model, list_models, register_model
 from .data import BatchLoader, ImageDataset, list_datasets, load_dataset
@@ -30,7 +30,7 @@ from .reproduce import reproduce
 
 __all__ = [
     # foundation
-    "LIF", "lif_multistep", "record_statistics", "SpikepruneWarning",
+    "LIF", "lif_multistep", "record_statistics", "SpikepruneWarning", "UserError",
     "create_model", "list_models", "register_model",
     "BatchLoader", "ImageDataset", "list_datasets", "load_dataset",
     # lottery tickets
