@@ -1,7 +1,7 @@
 /* Fused multi-step LIF (LTH-SNN Eq. 2-4): one pass over T per direction, state kept in registers.
  *
- * Built at first use by spikeprune/fused.py with plain gcc (no Torch headers: a full Torch extension
- * takes ~40 s to compile on 2 cores, this file < 1 s) and called through ctypes on contiguous CPU
+ * Built at first use by spikeprune/fused.py with plain gcc (no Torch headers: a Torch extension
+ * typically takes tens of seconds to compile, this file ~2-3 s) and called through ctypes on contiguous CPU
  * buffers. Compile flags keep the arithmetic IEEE: -ffp-contract=off (no FMA contraction) and no
  * -ffast-math, so every forward operation rounds exactly as the eager kernels of neuron.py do:
  *
