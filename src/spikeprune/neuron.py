@@ -239,10 +239,26 @@ def lif_multistep(
     if x.dtype in (torch.bfloat16, torch.float16):
         # Integrating the membrane in half precision would move spikes near u_th; keep fp32 state.
         x = x.float()
-    return _LIFFunction.apply(
+    return _apply_lif(
         x, float(beta), float(u_th), float(v_reset), surrogate,
         float(default_alpha if alpha is None else alpha), bool(detach_reset),
     )
+
+
+# torch.compile cannot trace a ctypes call (the fused kernel) and would graph-break with warnings
+# inside it; the LIF is one opaque call for Dynamo instead, the layers around it still compile.
+@torch.compiler.disable
+def _apply_lif(*args):
+    return _LIFFunction.apply(*args)
+
+
+@torch.compiler.disable
+def _lif_inference(x: torch.Tensor, beta: float, u_th: float, v_reset: float) -> torch.Tensor:
+    """Spikes only (no u kept), by the fused kernel where it runs, else the eager kernels."""
+    lib = _fused_kernel(x)
+    if lib is not None:
+        return _fused.forward(lib, x, beta, u_th, v_reset, keep_u=False)[0]
+    return _lif_forward(x, beta, u_th, v_reset, keep_u=False)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,10 +314,7 @@ class LIF(nn.Module):
         if self.observer is None and not (torch.is_grad_enabled() and x.requires_grad) and x.dim() >= 2:
             # Inference (no gradient wanted, nobody observing u): skip materialising u.
             x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
-            lib = _fused_kernel(x)
-            if lib is not None:
-                return _fused.forward(lib, x, self.beta, self.u_th, self.v_reset, keep_u=False)[0]
-            return _lif_forward(x, self.beta, self.u_th, self.v_reset, keep_u=False)[0]
+            return _lif_inference(x, self.beta, self.u_th, self.v_reset)
         spikes, u = lif_multistep(
             x, self.beta, self.u_th, self.v_reset, self.surrogate, self.alpha, self.detach_reset
         )
