@@ -3,7 +3,7 @@
     python benchmarks/fusedlif/summarize.py
 
 Step times: median and minimum over the interleaved rounds (the machine was shared, so the minimum is
-the less load-distorted estimate; both are printed). Memory: from raw.md's tables (engine_speed --memory).
+the less load-distorted estimate; both are printed). Memory: from the raw*.md tables (engine_speed --memory).
 """
 import json
 import re
@@ -16,7 +16,8 @@ ENG = ["spikeprune", "spikeprune-eager", "spikingjelly", "snntorch", "ann-x-T"]
 def memory_tables():
     """(model, T) -> engine -> (rss_mb, saved_mb), from the markdown sections in file order."""
     out, key = {}, None
-    for line in (HERE / "raw.md").read_text().splitlines():
+    lines = [l for f in sorted(HERE.glob("raw*.md")) for l in f.read_text().splitlines()]
+    for line in lines:
         m = re.search(r"(convnet|vgg16) width .* T = (\d+),", line)
         if m:
             key = (m.group(1), int(m.group(2)))
