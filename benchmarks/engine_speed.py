@@ -4,8 +4,11 @@
     python benchmarks/engine_speed.py --inference --batch-size 256   # eval forward under no_grad
     python benchmarks/engine_speed.py --model vgg16 --width 0.25 --image-size 32 --channels 3
 
+    python benchmarks/engine_speed.py --memory   # + training memory per engine (one fresh process each)
+
 Engines (same architecture, same weights, same batch, same optimizer):
-  spikeprune        spikeprune.LIF, fp32 eager (the default)
+  spikeprune        spikeprune.LIF, fp32, the default kernel (the fused one where it builds)
+  spikeprune-eager  spikeprune.LIF forced onto the per-timestep PyTorch kernels (SPIKEPRUNE_LIF_KERNEL=eager)
   spikeprune-bf16   the same under bfloat16 autocast (``--bf16``)
   spikeprune-compile  the same through torch.compile (``--compile``)
   autograd-lif      Eq. 2-4 written with plain tensor ops, differentiated by autograd (unfused)
@@ -100,6 +103,7 @@ class SnnTorchLIF(nn.Module):
 
 ENGINES = {
     "spikeprune": dict(neuron=None),
+    "spikeprune-eager": dict(neuron=None, kernel="eager"),
     "spikeprune-bf16": dict(neuron=None, bf16=True),
     "spikeprune-compile": dict(neuron=None, compile=True),
     "autograd-lif": dict(neuron=AutogradLIF),
@@ -129,12 +133,16 @@ def build(args, engine):
         model.eval()
 
         def infer(x, y):
+            os.environ["SPIKEPRUNE_LIF_KERNEL"] = spec.get("kernel", "auto")
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return forward(x).float().sum().item()
 
         return model, infer
 
+    kernel = spec.get("kernel", "auto")
+
     def step(x, y):
+        os.environ["SPIKEPRUNE_LIF_KERNEL"] = kernel  # read at every LIF call: engines alternate freely
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = spike_loss(forward(x).float(), y)
         opt.zero_grad(set_to_none=True)
@@ -155,6 +163,64 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def measure_memory(argv, engine: str) -> dict | None:
+    """Run one engine's memory measurement in a fresh process (peak RSS is per process)."""
+    import subprocess
+
+    skip = {"--memory", "--json", "--markdown", "--engines"}
+    clean, it = [], iter(argv)
+    for a in it:
+        if a in skip:
+            if a != "--memory":
+                next(it, None)
+            continue
+        if a.split("=", 1)[0] in skip:
+            continue
+        clean.append(a)
+    out = subprocess.run([sys.executable, __file__, *clean, "--memory-child", engine], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"memory measurement of {engine} failed: {out.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_child(args) -> int:
+    """Training memory of one engine, printed as one JSON line.
+
+    ``rss_mb``: peak RSS over 3 train steps minus the RSS after building model, optimizer and batch
+    after one batch-1 step (``ru_maxrss`` is the process peak, which is why each engine gets a fresh
+    process): the activations and the backward's temporaries. ``saved_mb``: bytes of the
+    distinct storages autograd saves for backward in one forward (the activation memory proper).
+    """
+    import resource
+
+    if args.malloc == "tuned":
+        from spikeprune.allocator import tune_malloc
+
+        tune_malloc()
+    model, step = build(args, args.memory_child)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, args.channels, args.image_size, args.image_size, generator=g)
+    y = torch.randint(0, 10, (args.batch_size,), generator=g)
+    step(x[:1], y[:1])  # lazily loaded code, gradients and momentum buffers: in the baseline, not the peak
+    with open("/proc/self/statm") as f:
+        base_kb = int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(x, y)
+    for _ in range(2):
+        step(x, y)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rss_mb": (peak_kb - base_kb) / 1024, "saved_mb": sum(saved.values()) / 2**20}))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="convnet")
@@ -173,7 +239,13 @@ def main(argv=None) -> int:
     p.add_argument("--malloc", choices=["tuned", "system"], default="tuned",
                    help="tuned (default, what the spikeprune command does: spikeprune.allocator.tune_malloc) "
                         "or glibc's defaults; process-wide, so it applies to every engine alike")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure training memory: per engine, in a fresh process, the peak RSS of 3 steps "
+                        "over the RSS after building model and batch, and the bytes saved for backward")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_child:
+        return memory_child(args)
     if args.malloc == "tuned":
         from spikeprune.allocator import tune_malloc
 
@@ -215,6 +287,15 @@ def main(argv=None) -> int:
         ratio = f"{med[n] / base:.2f}x" if base else "-"
         vs_ann = f"{med[n] / med['ann-x-T']:.2f}x" if "ann-x-T" in med else "-"
         lines.append(f"| {n} | {1000 * med[n]:.1f} | {ratio} | {vs_ann} |")
+    if args.memory:
+        mem = {n: measure_memory(argv if argv is not None else sys.argv[1:], n) for n in available}
+        lines = [l + (" training memory (MB): peak RSS / saved for backward | vs ANN x T |" if i == 0 else
+                      "---:|---:|" if i == 1 else "") for i, l in enumerate(lines)]
+        for i, n in enumerate(available, start=2):
+            m, a = mem[n], mem.get("ann-x-T")
+            ratio = (f"{m['rss_mb'] / a['rss_mb']:.2f}x / {m['saved_mb'] / a['saved_mb']:.2f}x"
+                     if a and m else "-")
+            lines[i] += (f" {m['rss_mb']:.0f} / {m['saved_mb']:.0f} | {ratio} |" if m else " - | - |")
     table = "\n".join(lines)
     print(header)
     print(table)

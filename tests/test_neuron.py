@@ -35,7 +35,7 @@ class _Heaviside(torch.autograd.Function):
         elif ctx.name == "triangle":
             sg = torch.clamp(ctx.alpha - ctx.alpha**2 * z.abs(), min=0)
         else:  # rectangle
-            sg = (z.abs() < ctx.alpha / 2).to(z.dtype) / ctx.alpha
+            sg = ctx.alpha * (z.abs() < 0.5 / ctx.alpha).to(z.dtype)  # SpikingJelly Rect
         return g * sg, None, None
 
 

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from .diagnostics import UserError
 
+from spikeprune import fused as _fused
+
 __all__ = [
     "LIF",
     "SURROGATES",
@@ -68,8 +70,9 @@ def _triangle(z: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
 
 
 def _rectangle(z: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
-    # Box of width alpha and height 1/alpha (area 1), as in STBP (Wu et al. 2018).
-    return (z.abs() < alpha / 2).to(z.dtype), 1.0 / alpha
+    # SpikingJelly's Rect: a box of height alpha and width 1/alpha (area 1), alpha * [|z| < 0.5/alpha].
+    # (Until issue 19 this was width alpha, height 1/alpha; docs/decisions.md.)
+    return (z.abs() < 0.5 / alpha).to(z.dtype), alpha
 
 
 #: name -> (shape(z, alpha) -> (sg / c, c), default alpha). The constant factor c is returned apart
@@ -179,20 +182,37 @@ def _lif_backward(
     return grad_x
 
 
+def _fused_kernel(x: torch.Tensor):
+    """The fused kernel library if it should run on ``x`` (``SPIKEPRUNE_LIF_KERNEL``; spikeprune.fused)."""
+    return _fused.load() if _fused.supports(x) else None
+
+
 class _LIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, beta, u_th, v_reset, surrogate, alpha, detach_reset):  # type: ignore[override]
-        spikes, u = _lif_forward(x, beta, u_th, v_reset)
-        # Saving the spikes costs no memory: the next layer keeps them alive for its own backward.
-        ctx.save_for_backward(u, spikes)
+        lib = _fused_kernel(x)
+        if lib is not None:
+            # One pass over T (spikeprune/_lif_kernel.c). The backward needs only u: the spikes are
+            # recomputed there as u >= u_th, exactly as they were made.
+            spikes, u = _fused.forward(lib, x, beta, u_th, v_reset)
+            ctx.save_for_backward(u)
+        else:
+            spikes, u = _lif_forward(x, beta, u_th, v_reset)
+            # Saving the spikes costs no memory: the next layer keeps them alive for its own backward.
+            ctx.save_for_backward(u, spikes)
+        ctx.lib = lib
         ctx.params = (beta, u_th, v_reset, surrogate, alpha, detach_reset)
         ctx.mark_non_differentiable(u)
         return spikes, u
 
     @staticmethod
     def backward(ctx, grad_spikes, _grad_u):  # type: ignore[override]
-        u, spikes = ctx.saved_tensors
-        grad_x = _lif_backward(grad_spikes.contiguous(), u, spikes, *ctx.params)
+        if ctx.lib is not None:
+            (u,) = ctx.saved_tensors
+            grad_x = _fused.backward(ctx.lib, grad_spikes, u, *ctx.params)
+        else:
+            u, spikes = ctx.saved_tensors
+            grad_x = _lif_backward(grad_spikes.contiguous(), u, spikes, *ctx.params)
         return grad_x, None, None, None, None, None, None
 
 
@@ -220,10 +240,26 @@ def lif_multistep(
     if x.dtype in (torch.bfloat16, torch.float16):
         # Integrating the membrane in half precision would move spikes near u_th; keep fp32 state.
         x = x.float()
-    return _LIFFunction.apply(
+    return _apply_lif(
         x, float(beta), float(u_th), float(v_reset), surrogate,
         float(default_alpha if alpha is None else alpha), bool(detach_reset),
     )
+
+
+# torch.compile cannot trace a ctypes call (the fused kernel) and would graph-break with warnings
+# inside it; the LIF is one opaque call for Dynamo instead, the layers around it still compile.
+@torch.compiler.disable
+def _apply_lif(*args):
+    return _LIFFunction.apply(*args)
+
+
+@torch.compiler.disable
+def _lif_inference(x: torch.Tensor, beta: float, u_th: float, v_reset: float) -> torch.Tensor:
+    """Spikes only (no u kept), by the fused kernel where it runs, else the eager kernels."""
+    lib = _fused_kernel(x)
+    if lib is not None:
+        return _fused.forward(lib, x, beta, u_th, v_reset, keep_u=False)[0]
+    return _lif_forward(x, beta, u_th, v_reset, keep_u=False)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,8 +314,8 @@ class LIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is None and not (torch.is_grad_enabled() and x.requires_grad) and x.dim() >= 2:
             # Inference (no gradient wanted, nobody observing u): skip materialising u.
-            return _lif_forward(x.float() if x.dtype in (torch.bfloat16, torch.float16) else x,
-                                self.beta, self.u_th, self.v_reset, keep_u=False)[0]
+            x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+            return _lif_inference(x, self.beta, self.u_th, self.v_reset)
         spikes, u = lif_multistep(
             x, self.beta, self.u_th, self.v_reset, self.surrogate, self.alpha, self.detach_reset
         )
