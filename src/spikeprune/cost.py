@@ -28,6 +28,26 @@ layer receives; nothing assumes a registered architecture. For every layer that 
 
 The model total adds the other parameters (BatchNorm, counted as its folded per-channel scale and
 shift, 2 fp32 values per channel). Totals are per sample (summed over the T timesteps).
+
+``CostReport.neurobench`` holds NeuroBench 2.3's metrics computed by NeuroBench's own definitions
+(neurobench.metrics.static / .workload), measured in the same pass, so a paper can quote both without
+installing NeuroBench; tests/test_neurobench.py checks them against NeuroBench itself. The conventions
+that differ from ours (docs/reports.md, "NeuroBench"):
+
+* ``footprint`` = bytes of every parameter *and buffer* at its storage dtype (a fake-quantized model
+  counts 4 bytes per weight; BatchNorm's running statistics and ``num_batches_tracked`` count).
+* ``connection_sparsity`` = zero entries / entries of every conv/linear ``.weight`` (NeuroBench rounds
+  it to 4 decimals; ``connection_sparsity_exact`` is the unrounded ratio).
+* ``synops``: per conv/linear call, NeuroBench binarizes the input (non-zero -> 1) and the weight; the
+  call is *spiking* when every input entry is in {-1, 0, 1}. ``effective_acs`` (spiking calls) and
+  ``effective_macs`` (the others) = sum over outputs of #(non-zero input x non-zero weight) pairs;
+  ``dense`` = the same with all-ones input and weights: zero padding is *not* counted (our
+  ``dense_ops`` counts the full fan-in at every output), bias never.
+* ``activation_sparsity`` = 1 - non-zero / entries of the outputs of every activation layer
+  (spiking neurons, ReLU, Sigmoid) over all timesteps and samples.
+* ``membrane_updates``: per neuron layer and forward pass, every neuron at the first step plus every
+  (neuron, step > 0) whose membrane potential changed, per sample. NeuroBench itself counts only
+  snnTorch neurons (it reads their ``.mem``); this report applies the definition to every LIF.
 """
 
 from __future__ import annotations
@@ -95,6 +115,8 @@ class CostReport:
     e_ac_pj: float
     latency: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: NeuroBench 2.3's metrics by its definitions (module docstring); per sample where it divides by samples
+    neurobench: dict[str, Any] = field(default_factory=dict)
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -124,7 +146,7 @@ class CostReport:
         return {"layers": rows, "total": self.totals, "other_params": self.other_params,
                 "other_bytes": self.other_bytes, "samples": self.samples,
                 "energy_constants_pj": {"mac": self.e_mac_pj, "ac": self.e_ac_pj},
-                "latency": self.latency, **self.extra}
+                "latency": self.latency, "neurobench": self.neurobench, **self.extra}
 
     def table(self) -> str:
         """A fixed-width text table (one line per layer, then the total)."""
@@ -139,6 +161,13 @@ class CostReport:
         lines.append(f"{'total (+ BN ' + str(self.other_params) + ')':<28}{'':>5}{t['params']:>10}"
                      f"{t['density']:>9.3f}{t['size_dense_bytes']:>11.0f}{t['dense_ops']:>12.3g}{'':>9}"
                      f"{t['macs']:>12.3g}{t['sops']:>12.3g}{t['energy_pj']:>13.4g}")
+        nb = self.neurobench
+        if nb:
+            lines.append(f"NeuroBench: footprint {nb['footprint']} B, connection sparsity "
+                         f"{nb['connection_sparsity']:.4f}, activation sparsity {nb['activation_sparsity']:.4f}, "
+                         f"SynOps dense {nb['synops']['Dense']:.6g} / effective MACs "
+                         f"{nb['synops']['Effective_MACs']:.6g} / effective ACs {nb['synops']['Effective_ACs']:.6g}, "
+                         f"membrane updates {nb['membrane_updates']:.6g} (docs/reports.md: conventions)")
         if self.latency:
             lines.append(f"latency: {self.latency['median_ms']:.2f} ms per batch of {self.latency['batch']} "
                          f"(median of {self.latency['repeats']}, {self.latency['threads']} thread(s))")
@@ -187,6 +216,54 @@ def _measured_sops(module: nn.Module, x: torch.Tensor) -> float:
         next(t for t in (nn.Conv1d, nn.Conv2d, nn.Conv3d) if isinstance(module, t))]
     out = conv(active, wmask, None, module.stride, module.padding, module.dilation, module.groups)
     return float(out.sum())
+
+
+def _conv_fn(module: nn.Module):
+    return {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(module.kernel_size)]
+
+
+def _neurobench_ops(module: nn.Module, x: torch.Tensor) -> tuple[int, int, bool]:
+    """NeuroBench's ``single_layer_MACs`` of one call: (effective, dense, spiking).
+
+    As neurobench.metrics.utils.layers: input and weight binarized (non-zero -> 1; all ones for the
+    dense count), bias excluded, summed over every output of the call; spiking = inputs in {-1, 0, 1}.
+    """
+    spiking = bool(((x == 0) | (x == 1) | (x == -1)).all())
+    active = (x != 0).to(torch.float32)
+    wmask = (module.weight.detach() != 0).to(torch.float32)
+    ones_w = torch.ones_like(wmask)
+    if isinstance(module, nn.Linear):
+        eff = float((active @ wmask.t()).sum())
+        dense = float(active[..., 0].numel()) * wmask.numel()
+        return int(eff), int(dense), spiking
+    conv = _conv_fn(module)
+    a = active.reshape(-1, *x.shape[x.dim() - len(module.kernel_size) - 1:])
+    args = (None, module.stride, module.padding, module.dilation, module.groups)
+    eff = float(conv(a, wmask, *args).sum())
+    dense = float(conv(torch.ones_like(a), ones_w, *args).sum())
+    return int(eff), int(dense), spiking
+
+
+def _activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers NeuroBench's activation hooks see: spiking neurons (ours, adapters of third-party
+    neurons, snnTorch's), ReLU and Sigmoid; never the package neuron *inside* an adapter (counted once)."""
+    from .neuron import LIF
+    try:
+        import snntorch
+        snn_types: tuple[type, ...] = (snntorch.SpikingNeuron,)
+    except Exception:  # snnTorch is optional
+        snn_types = ()
+    out: list[tuple[str, nn.Module]] = []
+
+    def walk(prefix: str, m: nn.Module) -> None:
+        for n, c in m.named_children():
+            name = f"{prefix}.{n}" if prefix else n
+            if isinstance(c, (LIF, nn.ReLU, nn.Sigmoid) + snn_types):
+                out.append((name, c))
+            else:
+                walk(name, c)
+    walk("", model)
+    return out
 
 
 def _lead(time_major: bool, x: torch.Tensor) -> int:
@@ -240,12 +317,30 @@ def cost_report(
         raise UserError(f"{type(model).__name__} has no conv or linear layer to cost")
     acc: dict[str, dict[str, float]] = {}
     graph = None
+    from .neuron import LIF, observe
+    act = {"nonzero": 0, "numel": 0, "updates": 0}
+
+    def act_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if isinstance(module, LIF):  # spikes and membrane come from the observer (an adapter may emit u)
+            return
+        y = output[0] if isinstance(output, tuple) else output
+        act["nonzero"] += int(torch.count_nonzero(y))
+        act["numel"] += int(y.numel())
+
+    def lif_observer(lif: nn.Module, u: torch.Tensor, spikes: torch.Tensor) -> None:
+        act["nonzero"] += int(torch.count_nonzero(spikes))
+        act["numel"] += int(spikes.numel())
+        # NeuroBench's MembraneUpdates: all neurons at the first step, then those whose potential changed
+        act["updates"] += int(u[0].numel()) + int(torch.count_nonzero(u[1:] - u[:-1]))
 
     def hook(name: str, time_major: bool):
         def fn(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
             x = inputs[0].detach()
             a = acc.setdefault(name, {"flops": 0.0, "rows": 0.0, "nonzero": 0.0, "numel": 0.0, "binary": 1.0,
-                                      "measured": 0.0})
+                                      "measured": 0.0, "nb_mac": 0, "nb_ac": 0, "nb_dense": 0})
+            eff, dense, spiking = _neurobench_ops(module, x)
+            a["nb_ac" if spiking else "nb_mac"] += eff
+            a["nb_dense"] += dense
             lead = _lead(time_major, x)
             a["flops"] = _flops(module, output, lead)
             a["rows"] += lead
@@ -260,12 +355,14 @@ def cost_report(
     samples = seen = 0
     handles: list[Any] = []
     try:
-        with evaluation(model):
+        with evaluation(model), observe(model, lif_observer):
             for batch in batches:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 if graph is None:  # each layer's layout, traced once on (a few samples of) the first batch
-                    graph = trace(model, x)
+                    with observe(model, lambda *_: None):
+                        graph = trace(model, x)
                     handles = [m.register_forward_hook(hook(n, _traced_time_major(graph, n))) for n, m in layers.items()]
+                    handles += [m.register_forward_hook(act_hook) for _, m in _activation_modules(model)]
                 model(x)
                 samples += batch_size if batch_size is not None else sample_count(model, x, graph)
                 seen += 1
@@ -305,7 +402,30 @@ def cost_report(
             macs=macs, sops=sops, sops_measured=measured, energy_pj=e_mac_pj * macs + e_ac_pj * sops,
         ))
     other = sum(2 * m.num_features for m in model.modules() if isinstance(m, _BN))
-    return CostReport(rows, other, other * 4.0, samples, float(e_mac_pj), float(e_ac_pj))
+    report = CostReport(rows, other, other * 4.0, samples, float(e_mac_pj), float(e_ac_pj))
+    report.neurobench = _neurobench_summary(model, layers, acc, act, samples)
+    return report
+
+
+def _neurobench_summary(model: nn.Module, layers: Mapping[str, nn.Module], acc: Mapping[str, Mapping[str, float]],
+                        act: Mapping[str, int], samples: int) -> dict[str, Any]:
+    """NeuroBench 2.3's static and workload metrics by its definitions (module docstring)."""
+    footprint = sum(p.numel() * p.element_size() for p in model.parameters())
+    footprint += sum(b.numel() * b.element_size() for b in model.buffers())
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    entries = sum(m.weight.numel() for m in layers.values())
+    sparsity = zeros / max(entries, 1)
+    total = lambda key: sum(a[key] for a in acc.values())  # noqa: E731
+    return {
+        "version": "2.3",
+        "footprint": int(footprint),
+        "connection_sparsity": round(sparsity, 4),
+        "connection_sparsity_exact": sparsity,
+        "activation_sparsity": (act["numel"] - act["nonzero"]) / act["numel"] if act["numel"] else 0.0,
+        "synops": {"Effective_MACs": total("nb_mac") / samples, "Effective_ACs": total("nb_ac") / samples,
+                   "Dense": total("nb_dense") / samples},
+        "membrane_updates": act["updates"] / samples,
+    }
 
 
 @torch.no_grad()
