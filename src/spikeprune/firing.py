@@ -338,8 +338,6 @@ def parse_perturbation(text: str) -> Perturbation:
         try:
             sparsity = float(head)
         except ValueError:
-            if not Path(arg).is_file():  # refused while parsing, before any output exists
-                raise UserError(f"mask file {arg!r} of perturbation {text!r} does not exist") from None
             return Perturbation("prune", mask=arg)
         if not 0.0 <= sparsity < 1.0:
             raise UserError(f"prune sparsity (fraction removed) must be in [0, 1); got {head!r} in {text!r}")

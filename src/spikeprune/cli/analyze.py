@@ -41,8 +41,10 @@ class FlipsConfig(CommandConfig):
 
         if not self.perturb:
             raise UserError("perturb needs at least one perturbation")
-        for spec in self.perturb:  # a typo fails before any work
-            parse_perturbation(spec)
+        for spec in self.perturb:  # a typo or a missing mask file fails before any work or output
+            p = parse_perturbation(spec)
+            if p.mask is not None and not Path(p.mask).is_file():
+                raise UserError(f"mask file {p.mask!r} of perturbation {spec!r} does not exist")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
