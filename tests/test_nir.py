@@ -232,7 +232,7 @@ def test_round_trip_4bit_80pct_sparse_levels_metadata_and_spikes(trained, digits
     assert len(back) == len(layers) and all(m.quant.bits == 4 and m.frozen for m in back.values())
     for name, layer in layers.items():  # the imported layers compute with exactly the file's weights
         node_w = torch.as_tensor(np.asarray(graph.nodes[keys[name]].weight, dtype=np.float32))
-        assert torch.equal(back[keys[name]].quantized_weight(), node_w)
+        assert torch.equal(back[f"layers.{keys[name]}"].quantized_weight(), node_w)
     _assert_same_spikes(model, rebuilt, _test_inputs(digits))
     # a file whose weights are off the grid its metadata describes is refused in one line
     node = graph.nodes[keys[next(iter(layers))]]
