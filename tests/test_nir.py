@@ -177,3 +177,96 @@ def test_cli_export_nir(trained, digits, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err and not bad.exists()
     with pytest.raises(ValueError, match="not a readable NIR file"):
         read_nir(tmp_path / "junk.safetensors")
+
+
+def _levels(scale: np.ndarray, bits: int) -> np.ndarray:
+    """The 2^b levels of every output channel ``[C_out, 2^b]``, in the float32 arithmetic the metadata names."""
+    s = (1 << bits) - 1
+    q = torch.arange(s + 1, dtype=torch.float32)
+    return (torch.as_tensor(scale).view(-1, 1) * ((2.0 / s) * q - 1.0)).numpy()
+
+
+def _check_quantized_node(node, layer, bits: int) -> None:
+    """Every weight exactly 0 (where the layer is pruned) or one of its channel's 2^b levels; the integers
+    recovered from weight + metadata are the layer's own codes."""
+    from spikeprune.quant import weight_codes
+
+    meta = node.metadata
+    assert int(np.asarray(meta["bits"])) == bits and int(np.asarray(meta["levels"])) == 1 << bits
+    w = np.asarray(node.weight, dtype=np.float32)
+    scale = np.asarray(meta["scale"], dtype=np.float32).reshape(-1)
+    assert scale.shape == (w.shape[0],)
+    pruned = (layer.weight == 0).numpy()
+    assert float(np.asarray(meta["mask_density"])) == pytest.approx(1 - pruned.mean())
+    assert np.array_equal(w == 0, pruned)  # pruned zeros stay exact zeros, and no level is zero
+    flat, lv = w.reshape(w.shape[0], -1), _levels(scale, bits)
+    for c in range(w.shape[0]):
+        kept = flat[c][flat[c] != 0]
+        assert np.isin(kept, lv[c]).all()  # bitwise: np.isin compares exact float32 values
+    s = (1 << bits) - 1
+    q = np.rint((s / 2) * (w / scale.reshape(-1, *([1] * (w.ndim - 1))) + 1)).astype(np.int64)
+    codes = weight_codes(layer.weight, bits, layer.gamma().detach()).numpy()
+    assert np.array_equal(q[~pruned], codes[~pruned])
+
+
+def test_round_trip_4bit_80pct_sparse_levels_metadata_and_spikes(trained, digits, tmp_path):
+    """Issue 15: a 4-bit, 80 %-sparse network: weights at their levels, bits/scale/density in each node's
+    metadata, our importer restores the quantized model (same integers, identical spikes)."""
+    import copy
+
+    from spikeprune.quant import quantized_layers
+
+    model = copy.deepcopy(trained)
+    prune(model, "magnitude", 0.8)
+    quantize_model(model, bits=4)
+    path = tmp_path / "q4.nir"
+    write_nir(path, to_nir(model, torch.rand(4, 1, 8, 8)))
+    graph = read_nir(path)  # from the file: the metadata survived HDF5
+    layers = quantized_layers(model)
+    keys = {name: name.replace(".", "_") for name in layers}
+    assert all(k in graph.nodes for k in keys.values()), sorted(graph.nodes)
+    for name, layer in layers.items():
+        _check_quantized_node(graph.nodes[keys[name]], layer, 4)
+    rebuilt = from_nir(path)
+    back = quantized_layers(rebuilt)
+    assert len(back) == len(layers) and all(m.quant.bits == 4 and m.frozen for m in back.values())
+    for name, layer in layers.items():  # the imported layers compute with exactly the file's weights
+        node_w = torch.as_tensor(np.asarray(graph.nodes[keys[name]].weight, dtype=np.float32))
+        assert torch.equal(back[f"layers.{keys[name]}"].quantized_weight(), node_w)
+    _assert_same_spikes(model, rebuilt, _test_inputs(digits))
+    # a file whose weights are off the grid its metadata describes is refused in one line
+    node = graph.nodes[keys[next(iter(layers))]]
+    node.weight = node.weight.copy()
+    node.weight.flat[np.flatnonzero(node.weight)[0]] *= 1.001
+    with pytest.raises(ValueError, match="not at the 16 levels"):
+        from_nir(graph)
+
+
+def test_spikingjelly_reads_a_quantized_sparse_export(digits, tmp_path):
+    """SpikingJelly's own NIR importer (nirtorch) reads our 4-bit, 80 %-sparse file (metadata included)
+    and computes the same outputs."""
+    pytest.importorskip("nirtorch")
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    torch.manual_seed(0)
+    model = create_model("mlp", 10, 1, 4, 0.25, image_size=8).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_var.uniform_(0.3, 1.0)
+                m.weight.uniform_(1.0, 3.0)
+    prune(model, "magnitude", 0.8)
+    quantize_model(model, bits=4)
+    path = tmp_path / "mlp4.nir"
+    write_nir(path, to_nir(model, torch.rand(4, 1, 8, 8)))
+    graph = read_nir(path)
+    assert any("bits" in (n.metadata or {}) for n in graph.nodes.values())
+    x = _test_inputs(digits)
+    sj = import_from_nir(graph, dt=float(np.asarray(graph.metadata["dt"])))
+    with torch.no_grad():
+        ref, _ = _run(model, x)
+        outs, state = [], None
+        for _ in range(4):
+            out, state = sj(x) if state is None else sj(x, state)
+            outs.append(out)
+    assert torch.equal(torch.stack(outs), ref)

@@ -105,6 +105,47 @@ def _effective_weight(module: nn.Module) -> torch.Tensor:
     return (fn() if callable(fn) else module.weight).detach().double()
 
 
+#: node metadata of a quantized layer (:func:`_quantized_levels`); what an importer needs to recover the integers
+QUANT_FORMULA = ("weight[c, ...] = scale[c] * ((2 / (2**bits - 1)) * q - 1), q in {0, ..., 2**bits - 1} "
+                 "(float32 arithmetic; scale = ReScaW gamma x folded BatchNorm gain); pruned weights are exact "
+                 "zeros, not a level")
+
+
+def _bn_gain64(bn: nn.Module | None, channels: int) -> torch.Tensor:
+    if bn is None:
+        return torch.ones(channels, dtype=torch.float64)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones(bn.num_features, dtype=torch.float64)
+    return gamma * float(getattr(bn, "scale", 1.0)) / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+
+
+def _quantized_levels(layer: nn.Module, bn: nn.Module | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A quantized layer's weight with BN folded, *at its levels*, and the node metadata that says so.
+
+    SPEC §7: ``W_hat = gamma ((2/s) W_int - 1)``. Folding a BatchNorm gain g_c into channel c gives
+    ``g_c W_hat = (g_c gamma) ((2/s) W_int - 1)``: the same integers on the grid of scale
+    ``scale_c = float32(g_c gamma)``. The weight is written as that float32 formula, term for term the one
+    :func:`spikeprune.quant.quantize_weight` evaluates, so re-quantizing it with ``scale`` (our importer)
+    returns every value bit for bit and the integers are ``round((s/2)(w/scale_c + 1))``.
+    Returns the weight ``[C_out, ...]`` (float64 holding float32 values) and the metadata.
+    """
+    from ..quant import weight_codes
+
+    bits = int(layer.quant.bits)
+    s = (1 << bits) - 1
+    w = layer.weight.detach()
+    out = w.shape[0]
+    gamma = layer.gamma().detach().double().reshape(-1).expand(out)
+    scale = (gamma * _bn_gain64(bn, out)).to(torch.float32)  # [C_out]
+    codes = weight_codes(w, bits, layer.gamma().detach())  # the integers the layer computes with
+    shape = (-1, *([1] * (w.dim() - 1)))
+    levels = scale.view(shape) * ((2.0 / s) * codes.to(torch.float32) - 1.0)  # float32, as _QuantizeSTE
+    levels = torch.where(w == 0, torch.zeros((), dtype=torch.float32), levels)
+    meta = {"bits": bits, "levels": 1 << bits, "scale": scale.numpy().astype(np.float32),
+            "mask_density": float((w != 0).sum()) / max(w.numel(), 1), "quantization": QUANT_FORMULA,
+            "quant_method": str(layer.quant.method)}
+    return levels.double(), meta
+
+
 def _fold(layer: nn.Module, bn: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Effective weight ``[C_out, ...]`` and bias ``[C_out]`` of ``layer`` with ``bn`` folded in (float64)."""
     w = _effective_weight(layer)
@@ -381,11 +422,19 @@ class _Exporter:
             path = []
         w, b = _fold(m, bn.module if bn is not None else None)
         src = n.inputs[0]
+        # a quantized layer is written at its levels with bits / scale / mask density in the node metadata
+        # (not when the columns of replicated inputs are summed below: sums of levels are not levels)
+        meta: dict[str, Any] = {}
+        if callable(getattr(m, "quantized_weight", None)) and hasattr(getattr(m, "quant", None), "bits") \
+                and src not in self.replicated:
+            w, meta = _quantized_levels(m, bn.module if bn is not None else None)
+        else:
+            meta = {"mask_density": float((w != 0).sum()) / max(w.numel(), 1)}
         if src in self.replicated:  # W' = W P: sum the columns that read copies of the same input feature
             shape, idx = self.replicated[src]
             w = torch.zeros(w.shape[0], shape[0], dtype=w.dtype).index_add_(1, idx, w)
         if isinstance(m, nn.Linear):
-            node = nir.Affine(weight=_f32(w), bias=_f32(b))
+            node = nir.Affine(weight=_f32(w), bias=_f32(b), metadata=meta)
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             if m.padding_mode != "zeros":
                 raise UserError(f"{n.where()}: NIR convolutions are zero-padded; got padding_mode={m.padding_mode!r}")
@@ -393,11 +442,11 @@ class _Exporter:
             if isinstance(m, nn.Conv2d):
                 node = nir.Conv2d(input_shape=x[1:], weight=_f32(w), stride=_pair(m.stride),
                                   padding=m.padding if isinstance(m.padding, str) else _pair(m.padding),
-                                  dilation=_pair(m.dilation), groups=m.groups, bias=_f32(b))
+                                  dilation=_pair(m.dilation), groups=m.groups, bias=_f32(b), metadata=meta)
             else:
                 node = nir.Conv1d(input_shape=x[1], weight=_f32(w), stride=int(m.stride[0]),
                                   padding=m.padding if isinstance(m.padding, str) else int(m.padding[0]),
-                                  dilation=int(m.dilation[0]), groups=m.groups, bias=_f32(b))
+                                  dilation=int(m.dilation[0]), groups=m.groups, bias=_f32(b), metadata=meta)
         else:
             raise UserError(f"{n.where()} is a {type(m).__name__}; NIR export maps Conv1d, Conv2d and Linear")
         key = self.one(n, node)
@@ -774,6 +823,33 @@ def from_nir(graph: Any, *, timesteps: int | None = None, dt: float | None = Non
     return NIRNetwork(layers, order, inputs, starts[0], ends[0], T, static_dims)
 
 
+def _requantized(key: str, layer: nn.Module, node: Any) -> nn.Module:
+    """A layer whose node metadata carries ``bits`` / ``scale`` (:func:`_quantized_levels`) comes back as the
+    frozen quantized layer of :mod:`spikeprune.quant` (per-channel gamma = ``scale``): its
+    ``quantized_weight()`` must reproduce the stored weight bit for bit, else the file is refused."""
+    meta = dict(getattr(node, "metadata", {}) or {})
+    if "bits" not in meta:
+        return layer
+    from ..quant import QuantSpec, quantized_class
+
+    bits = int(np.asarray(meta["bits"]))
+    scale = torch.as_tensor(np.asarray(meta.get("scale"), dtype=np.float32)).reshape(-1)
+    out = layer.weight.shape[0]
+    if not 1 <= bits <= 16 or scale.numel() not in (1, out) or not bool(torch.isfinite(scale).all()):
+        raise ValueError(f"{key}: quantization metadata needs bits in [1, 16] and one finite scale per output "
+                         f"channel; got bits={bits}, {scale.numel()} scales for {out} channels")
+    q = layer
+    q.__class__ = quantized_class(type(layer))  # as quantize_model does: same parameters, quantized forward
+    q._init_quant(QuantSpec(bits=bits, method=_text(meta.get("quant_method", "mean")), per_channel=True))
+    q.weight_gamma = scale.expand(out).reshape(-1, *([1] * (layer.weight.dim() - 1))).clone()
+    q.frozen = True
+    with torch.no_grad():
+        if not torch.equal(q.quantized_weight(), layer.weight):
+            raise ValueError(f"{key}: the weights are not at the {1 << bits} levels its metadata describes "
+                             "(bits, scale)")
+    return q
+
+
 def _layer(key: str, node: Any, nir: Any, dt: float) -> nn.Module:
     if isinstance(node, (nir.Input, nir.Output)):
         return _Identity()
@@ -793,7 +869,7 @@ def _layer(key: str, node: Any, nir: Any, dt: float) -> nn.Module:
             conv.weight.copy_(w)
             bias = np.zeros(w.shape[0]) if node.bias is None else np.asarray(node.bias, dtype=np.float32)
             conv.bias.copy_(torch.as_tensor(bias, dtype=torch.float32).reshape(-1))
-        return conv
+        return _requantized(key, conv, node)
     if isinstance(node, (nir.Affine, nir.Linear)):
         w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
         fc = nn.Linear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine))
@@ -801,7 +877,7 @@ def _layer(key: str, node: Any, nir: Any, dt: float) -> nn.Module:
             fc.weight.copy_(w)
             if isinstance(node, nir.Affine):
                 fc.bias.copy_(torch.as_tensor(np.asarray(node.bias, dtype=np.float32)))
-        return fc
+        return _requantized(key, fc, node)
     if isinstance(node, (nir.LIF, nir.IF, nir.CubaLIF)):
         return _neuron_module(key, node, nir, dt)
     if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
