@@ -261,6 +261,13 @@ ROWS: list[tuple[str, list[str]]] = [
     ("flips-mode-unknown", ["analyze", "flips", "--checkpoint", "{ck}", "--perturb", "prune:0.5", "--mode", "all",
                             "--out", "{new}"]),
     ("flips-no-perturb", ["analyze", "flips", "--checkpoint", "{ck}", "--out", "{new}"]),
+    ("validity-groups-one", ["analyze", "validity", "--checkpoint", "{ck}", "--groups", "1", "--out", "{new}"]),
+    ("validity-criterion-unknown", ["analyze", "validity", "--checkpoint", "{ck}", "--criteria", "sf", "nope",
+                                    "--out", "{new}"]),
+    ("validity-ck-deep", ["analyze", "validity", "--checkpoint", "{deep}", "--out", "{new}"]),
+    ("validity-samples-zero", ["analyze", "validity", "--checkpoint", "{ck}", "--samples", "0", "--out", "{new}"]),
+    ("validity-config-missing", ["analyze", "validity", "--checkpoint", "{ck}", "--config", "{root}/nope.yaml",
+                                 "--out", "{new}"]),
     # --- theory ---
     ("slth-N-huge", ["theory", "slth", "--N", "100000", "--eps", "0.1", "--out", "{new}"]),
     ("slth-N-zero", ["theory", "slth", "--N", "0", "--eps", "0.1", "--out", "{new}"]),

@@ -394,5 +394,6 @@ def test_torchrun_ranks_share_one_lock(tmp_path):
         holder.wait()
     assert refused.returncode != 0
     errors = [line for line in refused.stderr.splitlines() if "spikeprune train: error:" in line]
-    assert len(errors) == 2 and all(f"in use by another spikeprune run (pid {holder.pid}" in e for e in errors)
+    # torchrun tears the peer down as soon as one rank exits, so the second line may never be printed
+    assert 1 <= len(errors) <= 2 and all(f"in use by another spikeprune run (pid {holder.pid}" in e for e in errors)
     assert "spikeprune/rundir.py" not in refused.stderr  # (torchrun prints its own traceback of the launch)

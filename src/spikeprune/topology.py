@@ -60,7 +60,7 @@ _POOL = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.module
 _ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Identity)
 
 
-class TopologyError(ValueError):
+class TopologyError(UserError):
     """The network contains something the tracer cannot follow (one line: what, where, what is supported)."""
 
 

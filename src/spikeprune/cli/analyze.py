@@ -61,23 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v = analyses.add_parser("validity", help="does a criterion's score predict the spike flips its removal causes? "
                                              "(LTH-SNN Eq. 12's premise)",
                             description=_VALIDITY_DOC)
-    v.add_argument("--checkpoint", required=True, metavar="FILE", help="a spikeprune .safetensors checkpoint")
-    v.add_argument("--criteria", nargs="+", default=["sf", "sf-rms", "magnitude", "random"], metavar="NAME",
-                   help="criteria to test (default: sf sf-rms magnitude random)")
-    v.add_argument("--layers", nargs="+", metavar="WEIGHT",
-                   help="prunable weights to test (default: every layer that drives a spiking neuron)")
-    v.add_argument("--groups", type=int, default=10, metavar="K",
-                   help="equal-sized weight sets per layer, spanning the range of scores (default: 10)")
-    v.add_argument("--samples", type=int, default=512, metavar="N",
-                   help="validation samples the flips are measured on (test samples when the checkpoint was "
-                        "trained without a validation split; default: 512)")
-    v.add_argument("--batch-size", type=int, default=128, metavar="N", help="default: 128")
-    v.add_argument("--calibration-batches", type=int, default=8, metavar="N",
-                   help="training batches for the firing-aware criteria's statistics (default: 8)")
-    v.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
-    v.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset files")
-    v.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random criterion (default: 0)")
     add_run_arguments(v, out_default=None, resume=False)
+    add_config_arguments(v, ValidityConfig, title="settings")
     v.set_defaults(func=run_validity)
 
 
@@ -92,6 +77,35 @@ validity.png.
 """
 
 
+@dataclass
+class ValidityConfig(CommandConfig):
+    """What ``spikeprune analyze validity`` reads (flags and ``--config`` YAML keys)."""
+
+    checkpoint: str | None = path_option("a spikeprune .safetensors checkpoint", required=True)
+    criteria: tuple[str, ...] = hparam(("sf", "sf-rms", "magnitude", "random"), "criteria to test", nargs="+",
+                                       metavar="NAME")
+    layers: tuple[str, ...] = hparam((), "prunable weights to test (default: every layer that drives a spiking "
+                                         "neuron)", nargs="+", metavar="WEIGHT")
+    groups: int = hparam(10, "equal-sized weight sets per layer, spanning the range of scores", bounds="[2, inf)",
+                         metavar="K")
+    samples: int = hparam(512, "validation samples the flips are measured on (test samples when the checkpoint "
+                               "was trained without a validation split)", bounds="[1, inf)")
+    batch_size: int = hparam(128, "batch size", bounds="[1, inf)")
+    calibration_batches: int = hparam(8, "training batches for the firing-aware criteria's statistics",
+                                      bounds="[1, inf)")
+    dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
+    data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
+    seed: int = hparam(0, "seed of the random criterion", bounds="[0, 4294967295]")
+
+    def check(self) -> None:
+        from ..criteria import CRITERIA
+
+        for c in self.criteria:
+            if c not in CRITERIA:
+                raise UserError(f"unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")
+
+
+@holds_run_directory("analyze")
 def run_validity(args: argparse.Namespace) -> int:
 
     from ..calibration import calibrate
@@ -100,17 +114,9 @@ def run_validity(args: argparse.Namespace) -> int:
     from ..train import checkpoint_dataset, load_model
     from ..validity import criterion_validity, plot_validity, rows_as_dicts, validity_summary
 
-    for name in ("samples", "batch_size", "calibration_batches"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if args.groups < 2:
-        raise UserError(f"--groups must be >= 2; got {args.groups}")
-    from ..criteria import CRITERIA
-
-    for c in args.criteria:
-        if c not in CRITERIA:
-            raise UserError(f"unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")
-    out = check_writable_dir(args.out)
+    cfg = config_from_args(ValidityConfig, args)
+    args = argparse.Namespace(**{**vars(args), **vars(cfg), "criteria": list(cfg.criteria),
+                                 "layers": list(cfg.layers) or None})
     model, meta = load_model(args.checkpoint)
     trained_on = meta.get("config", {})
     config = model.spikeprune_config
@@ -127,6 +133,7 @@ def run_validity(args: argparse.Namespace) -> int:
         loader = BatchLoader(dataset, "test", args.batch_size, shuffle=False, limit=args.samples, **common)
     calib = BatchLoader(fit_set, "train", args.batch_size, shuffle=True, augment=False, **common)
     calibration = calibrate(model, calib, args.calibration_batches)
+    out = check_writable_dir(args.out)  # only once every input has been read: a refusal leaves nothing
     rows = criterion_validity(model, args.criteria, calibration, list(loader), layers=args.layers,
                               groups=args.groups, seed=args.seed)
     summary = validity_summary(rows)

@@ -58,6 +58,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: se
             group.add_argument(*flags, dest=f.name, action="append", default=argparse.SUPPRESS,
                                metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]),
                                help=_describe(f) + "; repeat the flag for several")
+        elif f.metadata.get("nargs"):
+            group.add_argument(*flags, dest=f.name, nargs=f.metadata["nargs"], default=argparse.SUPPRESS,
+                               metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]), help=_describe(f))
         else:
             group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
                                metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]), help=_describe(f))

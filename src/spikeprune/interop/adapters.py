@@ -124,10 +124,10 @@ def _is_third_party_neuron(m: nn.Module) -> bool:
     return _is_sj_neuron(m) or _is_snn_neuron(m) or type(m).__module__.startswith("norse.")
 
 
-def _unsupported(path: str, m: nn.Module, why: str = "") -> ValueError:
+def _unsupported(path: str, m: nn.Module, why: str = "") -> UserError:
     where = f" at {path!r}" if path else ""
     reason = f" ({why})" if why else ""
-    return ValueError(f"unsupported spiking neuron {_qualname(m)}{where}{reason}; supported: {_SUPPORTED_TEXT}")
+    return UserError(f"unsupported spiking neuron {_qualname(m)}{where}{reason}; supported: {_SUPPORTED_TEXT}")
 
 
 def _scalar(value: Any, what: str, path: str, m: nn.Module) -> float:
