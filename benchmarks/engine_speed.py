@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from spikeprune import LIF, create_model
-from spikeprune.neuron import spiking_layers
-from spikeprune.train import spike_loss
+from spikeprune.engine.neuron import spiking_layers
+from spikeprune.engine.train import spike_loss
 
 
 class AutogradLIF(nn.Module):
@@ -195,7 +195,7 @@ def memory_child(args) -> int:
     import resource
 
     if args.malloc == "tuned":
-        from spikeprune.allocator import tune_malloc
+        from spikeprune.engine.allocator import tune_malloc
 
         tune_malloc()
     model, step = build(args, args.memory_child)
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write raw results here")
     p.add_argument("--markdown", help="append a dated results section to this file")
     p.add_argument("--malloc", choices=["tuned", "system"], default="tuned",
-                   help="tuned (default, what the spikeprune command does: spikeprune.allocator.tune_malloc) "
+                   help="tuned (default, what the spikeprune command does: spikeprune.engine.allocator.tune_malloc) "
                         "or glibc's defaults; process-wide, so it applies to every engine alike")
     p.add_argument("--memory", action="store_true",
                    help="also measure training memory: per engine, in a fresh process, the peak RSS of 3 steps "
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     if args.memory_child:
         return memory_child(args)
     if args.malloc == "tuned":
-        from spikeprune.allocator import tune_malloc
+        from spikeprune.engine.allocator import tune_malloc
 
         tune_malloc()
 

@@ -1,4 +1,4 @@
-"""Train-step and inference time with glibc's default malloc vs spikeprune.allocator.tune_malloc.
+"""Train-step and inference time with glibc's default malloc vs spikeprune.engine.allocator.tune_malloc.
 
     python benchmarks/malloc_speed.py                  # convnet, Fashion-MNIST shapes, 3 alternations
     python benchmarks/malloc_speed.py --markdown benchmarks/RESULTS.md

@@ -15,8 +15,8 @@ import time
 import torch
 from torch.nn import functional as F
 
-from spikeprune.allocator import tune_malloc
-from spikeprune.models.layers import MaxPool2x2
+from spikeprune.engine.allocator import tune_malloc
+from spikeprune.engine.models.layers import MaxPool2x2
 
 
 def main() -> int:

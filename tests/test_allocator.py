@@ -1,4 +1,4 @@
-"""spikeprune.allocator: the spikeprune command tunes glibc's malloc; results do not change."""
+"""spikeprune.engine.allocator: the spikeprune command tunes glibc's malloc; results do not change."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                            reason="the allocator tuning is glibc-only (it is a no-op elsewhere)")
 
-PROBE = ("import json, sys; from spikeprune.allocator import tune_malloc; "
+PROBE = ("import json, sys; from spikeprune.engine.allocator import tune_malloc; "
          "print(json.dumps([tune_malloc(), tune_malloc()]))")
 
 

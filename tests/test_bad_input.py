@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spikeprune import data as data_module
+from spikeprune.engine import data as data_module
 from spikeprune.cli import main
 
 TINY = ["--model", "convnet", "--width", "0.25", "--timesteps", "2", "--epochs", "1", "--batch-size", "32",
@@ -100,8 +100,8 @@ def files(tmp_path_factory):
     mlp = root / "mlp"
     assert main(["train", "--model", "mlp", "--width", "0.25", "--timesteps", "2", "--epochs", "1",
                  "--train-limit", "32", "--test-limit", "16", "--no-progress", "--out", str(mlp)]) == 0
-    from spikeprune.masks import Mask
-    from spikeprune.train import load_model
+    from spikeprune.tickets.masks import Mask
+    from spikeprune.engine.train import load_model
 
     mlp_model, _ = load_model(mlp / "checkpoint.safetensors")
     Mask.ones(mlp_model).save(root / "mlp_mask.safetensors")
@@ -329,8 +329,8 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every path under ``root`` with (size, mtime): a created, changed or removed file shows as a difference.
 
     An existing run folder's lock file is rewritten by whoever takes the lock (its holder's pid): it is not
-    a result, so it alone is left out (spikeprune.rundir)."""
-    from spikeprune.rundir import LOCK_FILE
+    a result, so it alone is left out (spikeprune.core.rundir)."""
+    from spikeprune.core.rundir import LOCK_FILE
 
     # Directories count by existence: probing that a folder is writable touches its mtime, not its files.
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0)
@@ -410,8 +410,8 @@ def test_a_bug_is_reported_as_a_bug_not_as_bad_input(capsys, monkeypatch):
 
 
 def test_json_depth_is_bounded_without_recursion():
-    from spikeprune.diagnostics import UserError
-    from spikeprune.limits import json_depth, parse_json
+    from spikeprune.core.diagnostics import UserError
+    from spikeprune.core.limits import json_depth, parse_json
 
     assert json_depth('{"a": [1, {"b": "[[[[["}]}') == 3  # brackets inside strings do not count
     assert parse_json('{"a": [1, 2]}', "x") == {"a": [1, 2]}

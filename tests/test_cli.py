@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spikeprune import data as data_module
+from spikeprune.engine import data as data_module
 from spikeprune.cli import COMMANDS, main
 
 SMOKE = ["--model", "convnet", "--width", "0.25", "--timesteps", "2", "--epochs", "1", "--batch-size", "64",
@@ -82,7 +82,7 @@ def test_yaml_preset_and_flag_precedence(capsys, tmp_path):
 
 def test_shipped_presets_are_valid():
     from spikeprune.cli.args import config_from_args  # noqa: F401
-    from spikeprune.config import load_yaml
+    from spikeprune.core.config import load_yaml
 
     presets = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert presets, "configs/ has no presets"
@@ -156,7 +156,7 @@ def test_checkpoint_of_other_architecture_does_not_load(tmp_path):
     import torch
 
     from spikeprune import create_model
-    from spikeprune.train import load_model_state, model_tensors
+    from spikeprune.engine.train import load_model_state, model_tensors
 
     a = create_model("convnet", 10, 1, 2, 0.25, image_size=8)
     b = create_model("mlp", 10, 1, 2, 0.25, image_size=8)

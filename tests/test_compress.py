@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from spikeprune.cli import main
-from spikeprune.compress import load_compressed
-from spikeprune.quant import QuantConv2d, weight_codes
-from spikeprune.structured import channel_groups
-from spikeprune.train import load_model
+from spikeprune.compression.compress import load_compressed
+from spikeprune.compression.quant import QuantConv2d, weight_codes
+from spikeprune.compression.structured import channel_groups
+from spikeprune.engine.train import load_model
 
 TINY = ["--dataset", "digits", "--width", "0.25", "--timesteps", "2", "--batch-size", "64", "--train-limit", "256",
         "--test-limit", "128", "--calibration-batches", "2", "--cost-batches", "1", "--latency-repeats", "1",
@@ -104,9 +104,9 @@ def test_compress_with_membrane_quantization(capsys, tmp_path, dense_checkpoint)
     # evaluate runs the model as compressed (quantized membranes), not with float membranes
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", out / "model.safetensors", "--out", tmp_path / "ev")
     assert code == 0, err
-    from spikeprune.compress import load_compressed
-    from spikeprune.data import BatchLoader, load_dataset
-    from spikeprune.train import evaluate
+    from spikeprune.compression.compress import load_compressed
+    from spikeprune.engine.data import BatchLoader, load_dataset
+    from spikeprune.engine.train import evaluate
 
     loader = BatchLoader(load_dataset("digits"), "test", 256, shuffle=False, timesteps=2)
     model, _ = load_compressed(out / "model.safetensors", next(iter(loader))[0])
@@ -142,7 +142,7 @@ def test_cost_bad_input(capsys, tmp_path, dense_checkpoint):
     assert_user_error(capsys, ["cost", "--checkpoint", dense_checkpoint, "--bits", "40"], "bits")
     # a mask made for another architecture
     import spikeprune as sp
-    from spikeprune.masks import Mask
+    from spikeprune.tickets.masks import Mask
 
     Mask.ones(sp.create_model("mlp", 10, 1, 2, 0.25, image_size=8)).save(tmp_path / "mask.safetensors")
     assert_user_error(capsys, ["cost", "--checkpoint", dense_checkpoint, "--mask", tmp_path / "mask.safetensors",
@@ -152,10 +152,10 @@ def test_cost_bad_input(capsys, tmp_path, dense_checkpoint):
 def test_cost_of_lottery_and_edgepopup_checkpoints(capsys, tmp_path, dense_checkpoint):
     """The other issues' outputs: a lottery round (mask stored in the checkpoint, SF-IMP-2 keeps dense
     weights behind it), an edge-popup export (an ordinary masked model) and its search checkpoint."""
-    from spikeprune.edgepopup import export_subnetwork, to_edgepopup
-    from spikeprune.io import load_checkpoint, save_checkpoint
-    from spikeprune.masks import Mask
-    from spikeprune.train import save_model
+    from spikeprune.tickets.edgepopup import export_subnetwork, to_edgepopup
+    from spikeprune.core.io import load_checkpoint, save_checkpoint
+    from spikeprune.tickets.masks import Mask
+    from spikeprune.engine.train import save_model
 
     # a lottery-round checkpoint: dense weights + extra/mask/* (as fit(extra_tensors=...) writes them)
     tensors, meta = load_checkpoint(dense_checkpoint)
@@ -185,8 +185,8 @@ def test_cost_of_lottery_and_edgepopup_checkpoints(capsys, tmp_path, dense_check
 
 
 def test_compress_preset_loads():
-    from spikeprune.compress import CompressConfig
-    from spikeprune.config import from_mapping, load_yaml
+    from spikeprune.compression.compress import CompressConfig
+    from spikeprune.core.config import from_mapping, load_yaml
 
     cfg = from_mapping(CompressConfig, load_yaml(Path(__file__).parent.parent / "configs" / "qpsnn_fashion_mnist.yaml"))
     assert (cfg.bits, cfg.channel_sparsity, cfg.criterion) == (4, 0.5, "svs")

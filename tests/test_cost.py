@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import spikeprune as sp
-from spikeprune import quant as q
-from spikeprune import structured as st
-from spikeprune.cost import cost_report, measure_latency
-from spikeprune.masks import Mask
+from spikeprune.compression import quant as q
+from spikeprune.compression import structured as st
+from spikeprune.compression.cost import cost_report, measure_latency
+from spikeprune.tickets.masks import Mask
 
 
 class Tiny(nn.Module):

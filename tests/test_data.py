@@ -1,4 +1,4 @@
-"""Tests for spikeprune.data: registry, file loaders (offline, on tiny files), encodings, batching."""
+"""Tests for spikeprune.engine.data: registry, file loaders (offline, on tiny files), encodings, batching."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikeprune import data
-from spikeprune.data import ENCODINGS, BatchLoader, ImageDataset, encode, list_datasets, load_dataset
+from spikeprune.engine import data
+from spikeprune.engine.data import ENCODINGS, BatchLoader, ImageDataset, encode, list_datasets, load_dataset
 
 REAL_FASHION_DIR = data.DEBIAN_FASHION_MNIST_DIR
 IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -491,7 +491,7 @@ def _rows(images: torch.Tensor) -> set[bytes]:
 
 
 def test_validation_split_is_disjoint_from_train_and_test_and_stable_for_a_seed():
-    from spikeprune.data import split_validation, validation_indices
+    from spikeprune.engine.data import split_validation, validation_indices
 
     ds = load_dataset("digits")
     fit_set, val_set, info = split_validation(ds, 0.1, seed=3)
@@ -522,7 +522,7 @@ def test_validation_split_is_disjoint_from_train_and_test_and_stable_for_a_seed(
 
 
 def test_validation_split_rejects_bad_fraction():
-    from spikeprune.data import validation_indices
+    from spikeprune.engine.data import validation_indices
 
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="val_fraction"):
@@ -530,8 +530,8 @@ def test_validation_split_rejects_bad_fraction():
 
 
 def test_training_loader_never_reads_validation_samples():
-    from spikeprune.config import TrainConfig
-    from spikeprune.train import make_loaders, make_val_loader
+    from spikeprune.core.config import TrainConfig
+    from spikeprune.engine.train import make_loaders, make_val_loader
 
     ds = load_dataset("digits")
     cfg = TrainConfig(val_fraction=0.2, val_seed=1, batch_size=64)

@@ -1,4 +1,4 @@
-"""Data parallelism (spikeprune.distributed): sharding, collectives, and a real 2-process torchrun."""
+"""Data parallelism (spikeprune.core.distributed): sharding, collectives, and a real 2-process torchrun."""
 
 import json
 import os
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeprune import distributed
-from spikeprune.data import BatchLoader, load_dataset
+from spikeprune.core import distributed
+from spikeprune.engine.data import BatchLoader, load_dataset
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_lottery.py"
 
@@ -84,7 +84,7 @@ def test_torchrun_two_processes_gloo_imp_masks_match_across_ranks(tmp_path):
     assert ranks[0]["ticket_masks"] == ranks[1]["ticket_masks"]
     assert ranks[0]["ticket_states"] == ranks[1]["ticket_states"]
     assert ranks[0]["rows"] == ranks[1]["rows"]  # metrics are reduced over ranks: one global number
-    from spikeprune.io import load_checkpoint, read_json
+    from spikeprune.core.io import load_checkpoint, read_json
 
     run = tmp_path / "ddp" / "run"
     for k in (1, 2):  # the masks each rank computed on its own (all-gathered before rank 0 wrote)
@@ -119,7 +119,7 @@ def test_torchrun_two_processes_edgepopup_search(tmp_path):
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == {**ranks[1], "rank": 0}  # same accuracy (reduced over ranks), same subnetwork
     assert ranks[0]["exported_test_accuracy"] == ranks[0]["test_accuracy"] > 0.2
-    from spikeprune.io import read_json
+    from spikeprune.core.io import read_json
 
     info = read_json(tmp_path / "run" / "metrics.json")["distributed"]
     assert info["world_size"] == 2 and info["replicas_identical"], info

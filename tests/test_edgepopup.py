@@ -13,9 +13,9 @@ from torch import nn
 
 from spikeprune import create_model
 from spikeprune.cli import main
-from spikeprune.config import from_mapping, load_yaml
-from spikeprune.data import BatchLoader, load_dataset
-from spikeprune.edgepopup import (
+from spikeprune.core.config import from_mapping, load_yaml
+from spikeprune.engine.data import BatchLoader, load_dataset
+from spikeprune.tickets.edgepopup import (
     GAIN,
     INITS,
     EdgePopupConfig,
@@ -29,8 +29,8 @@ from spikeprune.edgepopup import (
     sweep,
     to_edgepopup,
 )
-from spikeprune.masks import Mask, prunable_weights
-from spikeprune.train import evaluate, load_model, make_loaders, spike_loss
+from spikeprune.tickets.masks import Mask, prunable_weights
+from spikeprune.engine.train import evaluate, load_model, make_loaders, spike_loss
 
 TINY = dict(model="convnet", dataset="synthetic", width=0.25, timesteps=2, batch_size=32, lr=0.1,
             train_limit=128, test_limit=64)
@@ -262,7 +262,7 @@ def test_exported_subnetwork_is_accepted_by_the_pruning_tools(synthetic):
 
 
 def _build(cfg, dataset):
-    from spikeprune.train import build_model
+    from spikeprune.engine.train import build_model
 
     return build_model(cfg, dataset)
 
@@ -302,7 +302,7 @@ def run_cli(capsys, *argv):
 
 
 def test_cli_sweep_resume_and_evaluate_export(capsys, tmp_path, monkeypatch):
-    from spikeprune import edgepopup
+    from spikeprune.tickets import edgepopup
 
     dense = tmp_path / "dense"
     assert run_cli(capsys, "train", *SMOKE, "--out", dense)[0] == 0
@@ -376,7 +376,7 @@ def _no_prunable_layer(num_classes, in_channels, T, width, image_size, neuron):
 @pytest.fixture
 def model_without_prunable_layer(monkeypatch):
     """Registered for one test only (other tests iterate over every registered model)."""
-    from spikeprune.models import registry
+    from spikeprune.engine.models import registry
 
     monkeypatch.setitem(registry._REGISTRY, "_no_prunable_layer", _no_prunable_layer)
 

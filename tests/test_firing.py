@@ -15,7 +15,7 @@ from torch import nn
 import spikeprune as sp
 from spikeprune import LIF
 from spikeprune.cli import main
-from spikeprune.firing import (
+from spikeprune.theory.firing import (
     Perturbation,
     apply_perturbation,
     bound_lemma33,
@@ -29,7 +29,7 @@ from spikeprune.firing import (
     parse_perturbation,
     scott_bandwidth,
 )
-from spikeprune.masks import prunable_weights
+from spikeprune.tickets.masks import prunable_weights
 
 
 def gaussian(mu=0.8, sd=0.5, n=200_000, seed=0):
@@ -343,7 +343,7 @@ def test_flip_analysis_rejects_mismatched_models():
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    from spikeprune.train import save_model
+    from spikeprune.engine.train import save_model
 
     model = sp.create_model("convnet", 10, 1, 2, 0.25, image_size=8)
     path = tmp_path / "model.safetensors"
@@ -384,11 +384,11 @@ def test_cli_analyze_flips_bad_input_is_one_line(tmp_path, checkpoint, capsys, a
 def test_cli_analyze_flips_runs_a_compressed_checkpoint_as_compressed(tmp_path, capsys):
     # `spikeprune compress` output: 4-bit weights, 4-bit membranes (QuantizedLIF). The analysis must run
     # the model as it was compressed, not its weights with float membranes.
-    from spikeprune.compress import load_compressed, save_compressed
-    from spikeprune.data import BatchLoader, load_dataset
-    from spikeprune.neuron import observe, spiking_layers
-    from spikeprune.quant import QuantizedLIF, quantize_model
-    from spikeprune.train import load_model
+    from spikeprune.compression.compress import load_compressed, save_compressed
+    from spikeprune.engine.data import BatchLoader, load_dataset
+    from spikeprune.engine.neuron import observe, spiking_layers
+    from spikeprune.compression.quant import QuantizedLIF, quantize_model
+    from spikeprune.engine.train import load_model
 
     model = small_model()
     loader = BatchLoader(load_dataset("digits"), "test", 32, shuffle=False, timesteps=2, limit=64)

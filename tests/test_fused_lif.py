@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeprune import LIF, fused, lif_multistep
-from spikeprune.neuron import SURROGATES, surrogate_gradient
+from spikeprune import LIF, lif_multistep
+from spikeprune.engine import fused
+from spikeprune.engine.neuron import SURROGATES, surrogate_gradient
 
 sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
 sj_surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
@@ -138,7 +139,7 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
 def test_concurrent_first_use_builds_once(tmp_path):
     # Two processes start on an empty cache at once: the lock lets one compile and the other wait;
     # both load a working kernel and the cache holds one library.
-    code = ("import torch; from spikeprune import fused; lib = fused.load('fused');"
+    code = ("import torch; from spikeprune.engine import fused; lib = fused.load('fused');"
             "s, _ = fused.forward(lib, torch.ones(2, 3), 0.5, 1.0, 0.0); assert s.sum() == 6")
     env = {**os.environ, "SPIKEPRUNE_CACHE_DIR": str(tmp_path), "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)

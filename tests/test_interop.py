@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from spikeprune import calibrate, cost_report, flip_analysis, prune, quantize_model
-from spikeprune.criteria import compute_scores
-from spikeprune.data import BatchLoader, load_dataset
-from spikeprune.firing import flip_summary
+from spikeprune.tickets.criteria import compute_scores
+from spikeprune.engine.data import BatchLoader, load_dataset
+from spikeprune.theory.firing import flip_summary
 from spikeprune.interop import NeuronAdapter, SUPPORTED_NEURONS, adapt, find_neurons, neuron_summary
-from spikeprune.neuron import lif_multistep, observe, record_statistics
-from spikeprune.train import evaluate, train_epoch
+from spikeprune.engine.neuron import lif_multistep, observe, record_statistics
+from spikeprune.engine.train import evaluate, train_epoch
 
 sj = pytest.importorskip("spikingjelly.activation_based")
 snn = pytest.importorskip("snntorch")

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeprune import lottery
+from spikeprune.tickets import lottery
 from spikeprune.cli import main
-from spikeprune.config import load_yaml
-from spikeprune.data import load_dataset
-from spikeprune.io import load_checkpoint, read_json
-from spikeprune.lottery import LotteryConfig, collect_rows, load_ticket, rewound_ticket, run_lottery
-from spikeprune.masks import Mask, prunable_weights
-from spikeprune.report import format_table, plot_accuracy_vs_sparsity, read_results, summarize
-from spikeprune.train import evaluate, make_loaders
+from spikeprune.core.config import load_yaml
+from spikeprune.engine.data import load_dataset
+from spikeprune.core.io import load_checkpoint, read_json
+from spikeprune.tickets.lottery import LotteryConfig, collect_rows, load_ticket, rewound_ticket, run_lottery
+from spikeprune.tickets.masks import Mask, prunable_weights
+from spikeprune.report.tables import format_table, plot_accuracy_vs_sparsity, read_results, summarize
+from spikeprune.engine.train import evaluate, make_loaders
 
 TINY = dict(width=0.25, timesteps=2, epochs=3, rewind_epoch=1, rounds=3, prune_fraction=0.25, batch_size=64,
             train_limit=256, test_limit=128)
@@ -331,7 +331,7 @@ def test_cli_model_without_prunable_layer_is_one_line(capsys, tmp_path, monkeypa
     from torch import nn
 
     from spikeprune import LIF
-    from spikeprune.models import registry
+    from spikeprune.engine.models import registry
 
     class Pooled(nn.Module):
         def __init__(self, num_classes, T):
@@ -409,8 +409,8 @@ def test_plot_is_a_png(tmp_path):
 
 
 def test_an_ordinary_training_run_can_be_adopted_as_the_dense_phase(digits, tmp_path, imp_run):
-    from spikeprune.lottery import adopt_dense, rewind_saver, train_config
-    from spikeprune.train import fit
+    from spikeprune.tickets.lottery import adopt_dense, rewind_saver, train_config
+    from spikeprune.engine.train import fit
 
     cfg = tiny()
     run_dir = tmp_path / "train"
@@ -434,7 +434,7 @@ def test_evaluate_cli_runs_a_round_as_it_was_evaluated(sf2_run, digits, tmp_path
     import json
 
     from spikeprune.cli import main
-    from spikeprune.data import BatchLoader
+    from spikeprune.engine.data import BatchLoader
 
     _, out = sf2_run
     ckpt = out / "round_04" / "checkpoint.safetensors"

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from spikeprune import LIF, create_model, list_models
-from spikeprune.models.layers import ThresholdDependentBatchNorm2d
-from spikeprune.neuron import spiking_layers
+from spikeprune.engine.models.layers import ThresholdDependentBatchNorm2d
+from spikeprune.engine.neuron import spiking_layers
 
 SMALL = {"mlp": 0.25, "convnet": 0.25, "vgg16": 0.0625, "resnet19": 0.0625}
 
@@ -118,7 +118,7 @@ def test_maxpool2x2_inference_path_equals_max_pool2d(shape):
     # with gradients the module is max_pool2d itself (first-maximum routing on tied spike windows).
     from torch.nn import functional as F
 
-    from spikeprune.models.layers import MaxPool2x2
+    from spikeprune.engine.models.layers import MaxPool2x2
 
     torch.manual_seed(0)
     pool = MaxPool2x2()

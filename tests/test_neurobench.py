@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 import spikeprune as sp
-from spikeprune import quant as q
-from spikeprune.cost import cost_report
+from spikeprune.compression import quant as q
+from spikeprune.compression.cost import cost_report
 from spikeprune.interop import adapt
-from spikeprune.masks import Mask
-from spikeprune.neuron import LIF
+from spikeprune.tickets.masks import Mask
+from spikeprune.engine.neuron import LIF
 
 import zoo_nets
 

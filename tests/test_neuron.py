@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spikeprune import LIF, lif_multistep, record_statistics
-from spikeprune.neuron import SURROGATES, observe, surrogate_gradient
+from spikeprune.engine.neuron import SURROGATES, observe, surrogate_gradient
 
 
 # ------------------------------------------------------------------------------------------------

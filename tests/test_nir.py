@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from spikeprune import create_model, prune, prune_channels, quantize_model
-from spikeprune.compress import save_compressed
-from spikeprune.data import BatchLoader, load_dataset
+from spikeprune.compression.compress import save_compressed
+from spikeprune.engine.data import BatchLoader, load_dataset
 from spikeprune.interop.nir_export import from_nir, read_nir, to_nir, write_nir
-from spikeprune.neuron import LIF, observe
-from spikeprune.train import train_epoch
+from spikeprune.engine.neuron import LIF, observe
+from spikeprune.engine.train import train_epoch
 
 nir = pytest.importorskip("nir")  # in the test extra: runs in CI
 
@@ -153,7 +153,7 @@ def test_export_refusals():
 
 def test_cli_export_nir(trained, digits, tmp_path, capsys):
     from spikeprune.cli import main
-    from spikeprune.masks import Mask
+    from spikeprune.tickets.masks import Mask
 
     import copy
 
@@ -189,7 +189,7 @@ def _levels(scale: np.ndarray, bits: int) -> np.ndarray:
 def _check_quantized_node(node, layer, bits: int) -> None:
     """Every weight exactly 0 (where the layer is pruned) or one of its channel's 2^b levels; the integers
     recovered from weight + metadata are the layer's own codes."""
-    from spikeprune.quant import weight_codes
+    from spikeprune.compression.quant import weight_codes
 
     meta = node.metadata
     assert int(np.asarray(meta["bits"])) == bits and int(np.asarray(meta["levels"])) == 1 << bits
@@ -214,7 +214,7 @@ def test_round_trip_4bit_80pct_sparse_levels_metadata_and_spikes(trained, digits
     metadata, our importer restores the quantized model (same integers, identical spikes)."""
     import copy
 
-    from spikeprune.quant import quantized_layers
+    from spikeprune.compression.quant import quantized_layers
 
     model = copy.deepcopy(trained)
     prune(model, "magnitude", 0.8)

@@ -10,10 +10,10 @@ from torch import nn
 
 import spikeprune as sp
 from spikeprune import LIF, Mask, calibrate, enforce, prune
-from spikeprune.criteria import compute_scores, sf
-from spikeprune.masks import prunable_weights
-from spikeprune.pruning import prune_step
-from spikeprune.strategies import global_prune, layerwise_prune, select
+from spikeprune.tickets.criteria import compute_scores, sf
+from spikeprune.tickets.masks import prunable_weights
+from spikeprune.tickets.pruning import prune_step
+from spikeprune.tickets.strategies import global_prune, layerwise_prune, select
 
 
 def small_model(seed=0):
@@ -222,7 +222,7 @@ def test_model_without_prunable_layer():
 
 @pytest.mark.parametrize("n,k", [(3_000_000, 1), (3_000_000, 1_234_567), (3_000_000, 2_999_999)])
 def test_kth_smallest_is_exact_on_large_inputs_with_ties_infs_and_negatives(n, k):
-    from spikeprune.strategies import kth_smallest
+    from spikeprune.tickets.strategies import kth_smallest
 
     g = torch.Generator().manual_seed(n + k)
     x = torch.randn(n, generator=g)
@@ -283,7 +283,7 @@ def test_budget_normalisation_keeps_magnitude_allocation():
 
 
 def test_auto_normalisation_resolves_by_criteria_mix():
-    from spikeprune.strategies import resolve_normalization
+    from spikeprune.tickets.strategies import resolve_normalization
 
     assert resolve_normalization("auto", {"a": "magnitude", "b": "magnitude"}) == "none"
     assert resolve_normalization("auto", {"a": "magnitude", "b": "sf"}) == sf_default_normalization()
@@ -291,7 +291,7 @@ def test_auto_normalisation_resolves_by_criteria_mix():
 
 
 def sf_default_normalization():
-    from spikeprune.strategies import MIXED_DEFAULT
+    from spikeprune.tickets.strategies import MIXED_DEFAULT
 
     return MIXED_DEFAULT
 
@@ -305,7 +305,7 @@ def test_sf_prune_on_untrained_model_does_not_collapse_a_layer():
 
 
 def test_forward_mask_is_straight_through_and_state_dict_neutral():
-    from spikeprune.masks import mask_forward
+    from spikeprune.tickets.masks import mask_forward
 
     model = small_model()
     keys = list(model.state_dict())

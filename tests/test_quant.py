@@ -11,11 +11,11 @@ from torch import nn
 from torch.nn import functional as F
 
 import spikeprune as sp
-from spikeprune import quant as q
-from spikeprune.compress import load_compressed, save_compressed
-from spikeprune.config import TrainConfig
-from spikeprune.masks import enforce
-from spikeprune.train import fit, load_model
+from spikeprune.compression import quant as q
+from spikeprune.compression.compress import load_compressed, save_compressed
+from spikeprune.core.config import TrainConfig
+from spikeprune.tickets.masks import enforce
+from spikeprune.engine.train import fit, load_model
 
 
 def levels(bits, gamma):
@@ -232,7 +232,7 @@ def test_membrane_quantized_models_run_and_survive_deepcopy(name):
     def grab(lif, u, s):  # the membrane in units of the shared scale: 8-bit integers
         registers.append((u / lif.membrane_scale.view(-1, *([1] * (u.dim() - 3)))).flatten())
 
-    with torch.no_grad(), sp.neuron.observe(model, grab):
+    with torch.no_grad(), sp.engine.neuron.observe(model, grab):
         model(x)
     ints = torch.cat(registers)
     assert len(registers) == len(lifs)
@@ -391,7 +391,7 @@ def test_qpsnn_preset_survives_save_and_load(tmp_path):
 
 
 def test_compress_config_preset_sets_the_reference_quantizer():
-    from spikeprune.compress import CompressConfig
+    from spikeprune.compression.compress import CompressConfig
 
     cfg = CompressConfig(quant_preset="qpsnn")
     assert (cfg.scale, cfg.per_channel, cfg.quant_gradient, cfg.first_last) == ("mean", True, "ste", "full")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from spikeprune.cli import main
-from spikeprune.protocols import SCALES, STUDIES, protocol
+from spikeprune.studies.protocols import SCALES, STUDIES, protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,10 +93,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_every_protocol_builds_its_configs():
-    from spikeprune.compress import CompressConfig
-    from spikeprune.edgepopup import EdgePopupConfig
-    from spikeprune.lottery import LotteryConfig
-    from spikeprune.config import TrainConfig, fields_of
+    from spikeprune.compression.compress import CompressConfig
+    from spikeprune.tickets.edgepopup import EdgePopupConfig
+    from spikeprune.tickets.lottery import LotteryConfig
+    from spikeprune.core.config import TrainConfig, fields_of
 
     for study in STUDIES:
         for scale in SCALES:
@@ -125,8 +125,8 @@ def test_cpu_lottery_protocol_is_the_benchmark_study():
 def test_fig3_report_never_credits_a_longer_search_against_a_shorter_training_run(tmp_path):
     # A 4-epoch search has no dense run of its own budget here: it must be compared with the most-trained
     # reference (10 epochs), not with the 1-epoch one that shares more of its settings.
-    from spikeprune.protocols import protocol
-    from spikeprune.reproduce import _fig3_report
+    from spikeprune.studies.protocols import protocol
+    from spikeprune.studies.reproduce import _fig3_report
 
     keys = dict(model="convnet", width=1.0, timesteps=4, lr=0.1)
     row = lambda epochs, acc: {"density": 0.5, "sparsity": 0.5, "test_accuracy": acc, "seed": 0, "width": 1.0,  # noqa: E731
@@ -147,8 +147,8 @@ def test_qpsnn_report_knows_when_the_flat_study_results_are_complete(tmp_path):
     # one of its cells is among them (same bits, scale, channel sparsity, criterion, order, fine-tuning).
     import json
 
-    from spikeprune.protocols import protocol
-    from spikeprune.reproduce import _qpsnn_collect
+    from spikeprune.studies.protocols import protocol
+    from spikeprune.studies.reproduce import _qpsnn_collect
 
     p = protocol("qpsnn", "cpu")
     cells = list(p.panels.values())

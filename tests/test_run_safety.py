@@ -1,5 +1,5 @@
 """Run directories under careless use: concurrent runs, kills mid-write, killed sweeps, resumes under
-other thread counts, and runs of one kind writing into another's folder (spikeprune.rundir, issue 13)."""
+other thread counts, and runs of one kind writing into another's folder (spikeprune.core.rundir, issue 13)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from spikeprune.cli import main
-from spikeprune.config import TrainConfig
-from spikeprune.data import load_dataset
-from spikeprune.io import atomic_path, load_checkpoint
-from spikeprune.rundir import LOCK_FILE, RECORD_FILE, RunDirectoryError, lock_holder, run_directory
-from spikeprune.train import CHECKPOINT, fit
+from spikeprune.core.config import TrainConfig
+from spikeprune.engine.data import load_dataset
+from spikeprune.core.io import atomic_path, load_checkpoint
+from spikeprune.core.rundir import LOCK_FILE, RECORD_FILE, RunDirectoryError, lock_holder, run_directory
+from spikeprune.engine.train import CHECKPOINT, fit
 
 CLI = [sys.executable, "-m", "spikeprune.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
@@ -96,7 +96,7 @@ def test_second_train_on_the_same_out_refuses_and_the_first_finishes_intact(tmp_
 def test_lock_is_exclusive_reentrant_and_released(tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from spikeprune.rundir import run_directory\n"
+        "import sys, time; from spikeprune.core.rundir import run_directory\n"
         "with run_directory(sys.argv[1], 'train'):\n"
         "    print('held', flush=True); time.sleep(60)\n"), str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
@@ -148,8 +148,8 @@ def test_kill_mid_write_leaves_no_temp_file_after_the_next_start(tmp_path):
     out = tmp_path / "run"
     (out / "round_01").mkdir(parents=True)
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from spikeprune.io import atomic_path\n"
-        "from spikeprune.rundir import run_directory\n"
+        "import sys, time; from pathlib import Path; from spikeprune.core.io import atomic_path\n"
+        "from spikeprune.core.rundir import run_directory\n"
         "out = Path(sys.argv[1])\n"
         "with run_directory(out, 'train'):\n"
         "    with atomic_path(out / 'round_01' / 'checkpoint.safetensors') as a, atomic_path(out / 'metrics.json') as b:\n"
@@ -171,7 +171,7 @@ def test_kill_mid_write_leaves_no_temp_file_after_the_next_start(tmp_path):
     live = busy / ".metrics.json.abcd1234.spikeprune.tmp"
     live.write_text("live")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from spikeprune.rundir import run_directory\n"
+        "import sys, time; from spikeprune.core.rundir import run_directory\n"
         "with run_directory(sys.argv[1]):\n"
         "    print('held', flush=True); time.sleep(60)\n"), str(busy)], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
@@ -382,7 +382,7 @@ def test_torchrun_ranks_share_one_lock(tmp_path):
     assert json.loads((out / RECORD_FILE).read_text())["kind"] == "train"
     # while another process holds the directory, both ranks refuse (rank 0 decides, rank 1 is told)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from spikeprune.rundir import run_directory\n"
+        "import sys, time; from spikeprune.core.rundir import run_directory\n"
         "with run_directory(sys.argv[1], 'train'):\n"
         "    print('held', flush=True); time.sleep(120)\n"), str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
     try:

@@ -13,8 +13,8 @@ import torch
 from scipy import stats
 
 from spikeprune.cli import main
-from spikeprune.neuron import lif_multistep
-from spikeprune.slth import (
+from spikeprune.engine.neuron import lif_multistep
+from spikeprune.theory.slth import (
     TargetSNN,
     c_th,
     construct,

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import spikeprune as sp
-from spikeprune import quant as q
-from spikeprune import structured as st
-from spikeprune.criteria import sf
-from spikeprune.train import load_model, save_model
+from spikeprune.compression import quant as q
+from spikeprune.compression import structured as st
+from spikeprune.tickets.criteria import sf
+from spikeprune.engine.train import load_model, save_model
 
 ARCHS = ["convnet", "vgg16", "resnet19", "mlp"]
 
@@ -127,7 +127,7 @@ def test_criteria_match_their_definitions():
     weight_scores = sf(model, sp.calibrate(model, data))["features.2.conv.weight"]
     assert torch.allclose(st.channel_scores("sf", model, data)["features.2"], weight_scores.sum(dim=(1, 2, 3)))
     us = []
-    with sp.neuron.observe(model, lambda lif, u, s: us.append(u) if lif is model.features[2].lif else None):
+    with sp.engine.neuron.observe(model, lambda lif, u, s: us.append(u) if lif is model.features[2].lif else None):
         model.eval()(data[0])
     assert torch.allclose(st.channel_scores("membrane", model, data)["features.2"],
                           us[0].abs().mean(dim=(0, 1, 3, 4)).float(), rtol=1e-5)

@@ -1,12 +1,12 @@
-"""Sweeps as independent jobs (spikeprune.sweep): sharing, parallel processes, resumption, failures."""
+"""Sweeps as independent jobs (spikeprune.studies.sweep): sharing, parallel processes, resumption, failures."""
 
 import pytest
 
 from spikeprune.cli import main
-from spikeprune.edgepopup import EdgePopupConfig
-from spikeprune.io import read_json
-from spikeprune.lottery import LotteryConfig
-from spikeprune.sweep import Job, edgepopup_sweep, lottery_sweep, run_jobs
+from spikeprune.tickets.edgepopup import EdgePopupConfig
+from spikeprune.core.io import read_json
+from spikeprune.tickets.lottery import LotteryConfig
+from spikeprune.studies.sweep import Job, edgepopup_sweep, lottery_sweep, run_jobs
 
 TINY = dict(model="convnet", dataset="digits", width=0.25, timesteps=2, batch_size=128, train_limit=256,
             test_limit=128)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import spikeprune as sp
-from spikeprune.neuron import LIF
+from spikeprune.engine.neuron import LIF
 from spikeprune.topology import TopologyError, channel_axis, evaluation, trace
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeprune.config import TrainConfig
-from spikeprune.data import load_dataset
-from spikeprune.io import load_checkpoint
-from spikeprune.train import CHECKPOINT, evaluate, fit, load_model, make_loaders, spike_loss
+from spikeprune.core.config import TrainConfig
+from spikeprune.engine.data import load_dataset
+from spikeprune.core.io import load_checkpoint
+from spikeprune.engine.train import CHECKPOINT, evaluate, fit, load_model, make_loaders, spike_loss
 
 TINY = dict(model="convnet", dataset="synthetic", width=0.25, timesteps=2, batch_size=32, lr=0.05,
             train_limit=128, test_limit=64)
@@ -176,8 +176,8 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
 def test_device_choice_is_validated_and_auto_falls_back_to_cpu():
     import torch
 
-    from spikeprune.config import TrainConfig
-    from spikeprune.train import resolve_device
+    from spikeprune.core.config import TrainConfig
+    from spikeprune.engine.train import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
@@ -187,7 +187,7 @@ def test_device_choice_is_validated_and_auto_falls_back_to_cpu():
     with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
         TrainConfig(device="gpu0")
     # where a run executes is not part of what it computes: resuming on another device is allowed
-    from spikeprune.config import hyperparameters
+    from spikeprune.core.config import hyperparameters
 
     assert "device" not in hyperparameters(TrainConfig(device="cpu"))
 
@@ -196,7 +196,7 @@ def test_result_files_get_the_usual_permissions(tmp_path):
     """Atomic writes go through mkstemp (mode 0600); the final file must be readable like any other."""
     import stat
 
-    from spikeprune.io import write_json
+    from spikeprune.core.io import write_json
 
     old = os.umask(0o022)
     try:

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from spikeprune.criteria import Scores
-from spikeprune.neuron import LIF
-from spikeprune.validity import criterion_validity, plot_validity, validity_summary
+from spikeprune.tickets.criteria import Scores
+from spikeprune.engine.neuron import LIF
+from spikeprune.theory.validity import criterion_validity, plot_validity, validity_summary
 
 N, B = 40, 4000
 
@@ -40,7 +40,7 @@ RATES = torch.linspace(0.05, 0.95, N)
 
 @pytest.fixture(scope="module")
 def digits():
-    from spikeprune.data import load_dataset
+    from spikeprune.engine.data import load_dataset
 
     return load_dataset("digits")
 
@@ -78,9 +78,9 @@ def test_rank_correlation_is_one_where_the_flip_probability_is_known_in_closed_f
 
 
 def test_validity_on_a_registry_convnet_with_firing_aware_criteria(tmp_path, digits):
-    from spikeprune.calibration import calibrate
-    from spikeprune.data import BatchLoader
-    from spikeprune.models import create_model
+    from spikeprune.tickets.calibration import calibrate
+    from spikeprune.engine.data import BatchLoader
+    from spikeprune.engine.models import create_model
 
     torch.manual_seed(0)
     model = create_model("convnet", 10, 1, 2, 0.25, image_size=8)
@@ -107,8 +107,8 @@ def test_bad_groups_and_layers_are_refused():
 
 def test_cli_validity_writes_results_and_refuses_bad_input(tmp_path, capsys):
     from spikeprune.cli import main
-    from spikeprune.config import TrainConfig
-    from spikeprune.train import fit
+    from spikeprune.core.config import TrainConfig
+    from spikeprune.engine.train import fit
 
     cfg = TrainConfig(dataset="digits", width=0.25, timesteps=2, epochs=1, batch_size=64, train_limit=256)
     fit(cfg, tmp_path / "run", progress=False, log=None)
@@ -130,8 +130,8 @@ def test_cli_validity_writes_results_and_refuses_bad_input(tmp_path, capsys):
 def test_random_criterion_is_not_the_initialisation_replayed():
     """Seeded like the model (seed 0), the random scores used to equal the Kaiming-uniform initial
     weights rescaled (same stream), so "random" pruning removed the most negative initial weights first."""
-    from spikeprune.criteria import compute_scores
-    from spikeprune.models import create_model
+    from spikeprune.tickets.criteria import compute_scores
+    from spikeprune.engine.models import create_model
     from scipy.stats import spearmanr
 
     torch.manual_seed(0)

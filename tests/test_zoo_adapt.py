@@ -17,7 +17,7 @@ from spikingjelly.activation_based import layer, neuron  # noqa: E402
 
 from spikeprune import calibrate  # noqa: E402
 from spikeprune.interop import SUPPORTED_NEURONS, adapt, find_neurons, neuron_summary  # noqa: E402
-from spikeprune.neuron import observe  # noqa: E402
+from spikeprune.engine.neuron import observe  # noqa: E402
 
 T = zoo_nets.T
 ZOO = list(zoo_nets.ZOO)
@@ -319,7 +319,7 @@ def test_cli_interop_runs_end_to_end_on_every_zoo_net(name, tmp_path, capsys):
 
 
 def test_dataset_probe_wraps_only_the_shape_mismatch_of_a_layer():
-    from spikeprune.data import load_dataset
+    from spikeprune.engine.data import load_dataset
     from spikeprune.interop.pipeline import check_fits_dataset
 
     synthetic, digits = load_dataset("synthetic", train_size=8, test_size=8), load_dataset("digits")
@@ -350,8 +350,8 @@ def test_sf_on_a_net_without_batchnorm_warns_and_records_the_fallback():
     import warnings
 
     from spikeprune import SpikepruneWarning, prune
-    from spikeprune.criteria import compute_scores
-    from spikeprune.diagnostics import SFFallbackWarning
+    from spikeprune.tickets.criteria import compute_scores
+    from spikeprune.core.diagnostics import SFFallbackWarning
 
     model = adapt(zoo_nets.build("snntorch-csnn"), T)
     batches = [zoo_nets.images(4, seed=s) for s in range(2)]
@@ -386,9 +386,9 @@ def test_global_ranking_emptying_a_layer_warns():
     import warnings
 
     from spikeprune import SpikepruneWarning, prune
-    from spikeprune.diagnostics import LayerCollapseWarning
-    from spikeprune.masks import Mask
-    from spikeprune.strategies import global_prune, layerwise_prune
+    from spikeprune.core.diagnostics import LayerCollapseWarning
+    from spikeprune.tickets.masks import Mask
+    from spikeprune.tickets.strategies import global_prune, layerwise_prune
 
     # the zoo's BN conv has small weights next to a large classifier: global magnitude 80 % removes all of it
     model = adapt(zoo_nets.build("snntorch-csnn-bn"), T)

@@ -18,9 +18,9 @@ pytest.importorskip("snntorch")
 
 import zoo_nets  # noqa: E402
 from spikeprune import adapt, calibrate, cost_report, prune, quantize_model  # noqa: E402
-from spikeprune.criteria import bn_gain, compute_scores, gaussian_density_at_threshold  # noqa: E402
-from spikeprune.neuron import LIF, observe  # noqa: E402
-from spikeprune.quant import QUANT_TYPES  # noqa: E402
+from spikeprune.tickets.criteria import bn_gain, compute_scores, gaussian_density_at_threshold  # noqa: E402
+from spikeprune.engine.neuron import LIF, observe  # noqa: E402
+from spikeprune.compression.quant import QUANT_TYPES  # noqa: E402
 from spikeprune.topology import trace  # noqa: E402
 
 NETS = list(zoo_nets.ZOO)
@@ -247,7 +247,7 @@ def test_trace_pairs_every_bn_layer_with_its_neuron(name):
 def test_freeze_writes_the_levels_where_other_packages_read_them():
     """Another package's exporter reads ``.weight`` (the latent float weight of a quantized layer);
     ``quant.freeze`` writes the levels there, and the network computes the same."""
-    from spikeprune.quant import freeze
+    from spikeprune.compression.quant import freeze
 
     model = _adapted("sj-plif-CIFAR10Net")
     quantize_model(model, 4)

@@ -17,7 +17,7 @@ from torch import nn
 import zoo_nets
 from spikeprune import adapt, prune, quantize_model
 from spikeprune.interop.nir_export import NIRNeuron, from_nir, read_nir, to_nir, write_nir
-from spikeprune.neuron import LIF, observe
+from spikeprune.engine.neuron import LIF, observe
 
 nir = pytest.importorskip("nir")
 pytest.importorskip("spikingjelly")
@@ -181,7 +181,7 @@ def test_quantized_export_writes_the_levels(name, tmp_path):
 @pytest.mark.parametrize("name", ["sj-plif-CIFAR10Net", "sj-sew_resnet18-ADD"])
 def test_quantized_multistep_zoo_nets_export_their_levels(name, tmp_path):
     """Multi-step zoo nets keep SpikingJelly's layer classes; quantize_model gives them quantized twins
-    (spikeprune.quant.is_layout_wrapper). Linear layers (no BN to fold) carry exactly the levels; every
+    (spikeprune.compression.quant.is_layout_wrapper). Linear layers (no BN to fold) carry exactly the levels; every
     spike survives the round trip."""
     model = _adapt(_net(name))
     quantize_model(model, bits=4)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import spikeprune as sp
-from spikeprune import structured as st
-from spikeprune.models.layers import fold
+from spikeprune.compression import structured as st
+from spikeprune.engine.models.layers import fold
 
 sys.path.insert(0, str(Path(__file__).parent))
 import zoo_nets  # noqa: E402
@@ -392,8 +392,8 @@ def test_an_unregistered_net_needs_an_example():
 
 
 def test_forward_masks_and_quantized_per_channel_scales_are_cut_with_their_channels():
-    from spikeprune import quant as q
-    from spikeprune.masks import Mask, mask_forward
+    from spikeprune.compression import quant as q
+    from spikeprune.tickets.masks import Mask, mask_forward
 
     net, x = build("snntorch-csnn-bn")
     q.quantize_model(net, 4, per_channel=True)

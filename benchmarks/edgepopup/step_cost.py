@@ -16,8 +16,8 @@ import time
 import torch
 
 from spikeprune import create_model
-from spikeprune.edgepopup import to_edgepopup
-from spikeprune.train import spike_loss
+from spikeprune.tickets.edgepopup import to_edgepopup
+from spikeprune.engine.train import spike_loss
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ def search_job(seed: int, width: float = 1.0, densities: str = DENSITIES, epochs
             "--densities", densities, "--out", str(out), "--resume", *extra]
     # finished = every requested density has its result.json (a sweep's results.json says "complete" for
     # the densities of ITS command only, and a later job may ask the same folder for more densities)
-    from spikeprune.edgepopup import RESULT_FILE, run_dir_name
+    from spikeprune.tickets.edgepopup import RESULT_FILE, run_dir_name
 
     return name, argv + refs, [out / run_dir_name(float(d)) / RESULT_FILE for d in densities.split(",")]
 

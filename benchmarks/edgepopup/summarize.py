@@ -19,8 +19,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from study import DENSITIES, RUNS, dense_dir  # noqa: E402
 
-from spikeprune.io import write_json, write_text  # noqa: E402
-from spikeprune.report import plot_subnetwork_accuracy  # noqa: E402
+from spikeprune.core.io import write_json, write_text  # noqa: E402
+from spikeprune.report.tables import plot_subnetwork_accuracy  # noqa: E402
 
 GRID = [float(d) for d in DENSITIES.split(",")]
 FIELDS = ["run", "width", "seed", "density", "sparsity", "epochs", "init", "affine_bn", "val_accuracy",
@@ -74,7 +74,7 @@ def empty_filters() -> list[dict]:
     at density 0.1, under one per filter: filters with no input at all are a structural cost of a
     uniform per-layer k (measured: 4 of 32 at density 0.1, seed 0).
     """
-    from spikeprune.masks import Mask
+    from spikeprune.tickets.masks import Mask
 
     out = []
     for f in sorted(RUNS.glob("ep_w1_s0*/density-*/mask.safetensors")):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import test_interop as ti  # noqa: E402  (the CSNN builders of the tests)
 
 from spikeprune.interop import adapt  # noqa: E402
-from spikeprune.neuron import observe  # noqa: E402
+from spikeprune.engine.neuron import observe  # noqa: E402
 
 T, B, REPEATS, WARMUP = 4, 256, 30, 5
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from spikeprune import create_model
-from spikeprune.calibration import calibrate
-from spikeprune.config import TrainConfig
-from spikeprune.data import load_dataset
-from spikeprune.io import write_json
-from spikeprune.masks import Mask
-from spikeprune.pruning import prune_step
-from spikeprune.train import build_model, make_loaders, make_optimizer, train_epoch
+from spikeprune.tickets.calibration import calibrate
+from spikeprune.core.config import TrainConfig
+from spikeprune.engine.data import load_dataset
+from spikeprune.core.io import write_json
+from spikeprune.tickets.masks import Mask
+from spikeprune.tickets.pruning import prune_step
+from spikeprune.engine.train import build_model, make_loaders, make_optimizer, train_epoch
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,7 +53,7 @@ def best_of(fn, repeats: int = 3) -> float:
 def legacy_global_step(model, mask: Mask, fraction: float) -> Mask:
     """The foundation's global magnitude step (before issue 3), kept here only as the speed baseline:
     scores, ``torch.cat`` of ``torch.where(mask, s, inf)`` and ``torch.kthvalue`` over all weights."""
-    from spikeprune.masks import prunable_weights
+    from spikeprune.tickets.masks import prunable_weights
 
     scores = {n: w.detach().abs().float() for n, w in prunable_weights(model).items()}
     inf = torch.tensor(float("inf"))

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from spikeprune.data import load_dataset
-from spikeprune.io import read_json, write_json, write_text
-from spikeprune.lottery import LotteryConfig, run_lottery
-from spikeprune.masks import Mask
-from spikeprune.report import summarize
+from spikeprune.engine.data import load_dataset
+from spikeprune.core.io import read_json, write_json, write_text
+from spikeprune.tickets.lottery import LotteryConfig, run_lottery
+from spikeprune.tickets.masks import Mask
+from spikeprune.report.tables import summarize
 
 HERE = Path(__file__).resolve().parent
 BASE = dict(width=0.5, epochs=12, rewind_epoch=1, rounds=8, prune_fraction=0.4, batch_size=64)

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from scipy import stats as sstats
 
-from spikeprune.calibration import calibrate
-from spikeprune.criteria import gaussian_density_at_threshold
-from spikeprune.data import BatchLoader, load_dataset, split_validation
-from spikeprune.io import atomic_path, write_json
-from spikeprune.masks import Mask
-from spikeprune.neuron import observe
-from spikeprune.pruning import prune
-from spikeprune.train import evaluate, load_model
+from spikeprune.tickets.calibration import calibrate
+from spikeprune.tickets.criteria import gaussian_density_at_threshold
+from spikeprune.engine.data import BatchLoader, load_dataset, split_validation
+from spikeprune.core.io import atomic_path, write_json
+from spikeprune.tickets.masks import Mask
+from spikeprune.engine.neuron import observe
+from spikeprune.tickets.pruning import prune
+from spikeprune.engine.train import evaluate, load_model
 
 HERE = Path(__file__).resolve().parent
 

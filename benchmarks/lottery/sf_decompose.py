@@ -10,12 +10,12 @@ import argparse
 from pathlib import Path
 import torch, copy, json
 torch.set_num_threads(1)
-from spikeprune.train import load_model, evaluate
-from spikeprune.data import load_dataset, BatchLoader
-from spikeprune.calibration import calibrate
-from spikeprune.pruning import prune
-from spikeprune.masks import Mask, prunable_weights
-from spikeprune.criteria import magnitude, sf_layers, bn_gain, gaussian_density_at_threshold, Scores
+from spikeprune.engine.train import load_model, evaluate
+from spikeprune.engine.data import load_dataset, BatchLoader
+from spikeprune.tickets.calibration import calibrate
+from spikeprune.tickets.pruning import prune
+from spikeprune.tickets.masks import Mask, prunable_weights
+from spikeprune.tickets.criteria import magnitude, sf_layers, bn_gain, gaussian_density_at_threshold, Scores
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument('--checkpoint', required=True)
 parser.add_argument('--select-on', choices=('val', 'test'), default='val',
@@ -24,7 +24,7 @@ parser.add_argument('--out', default=str(Path(__file__).resolve().parent / 'sf_d
 args = parser.parse_args()
 m, meta = load_model(args.checkpoint)
 ds = load_dataset('fashion_mnist')
-from spikeprune.data import split_validation
+from spikeprune.engine.data import split_validation
 vcfg = meta.get('config', {})
 fit_set, val_set, split = split_validation(ds, vcfg.get('val_fraction', 0.1), vcfg.get('val_seed', 0))
 if args.select_on == 'val' and 'validation' not in meta:

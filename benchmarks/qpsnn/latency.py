@@ -7,7 +7,7 @@ Each round times every model (dense first) on the same test batch of 256 (eval, 
 models round by round spreads the machine's load drift over all of them; the speed-up is the ratio
 to the dense model's latency from the same rounds. Writes results/latency.json (report.py uses it),
 or --out. ``--malloc tuned`` (default) is what the ``spikeprune cost`` command measures with
-(spikeprune.allocator.tune_malloc); ``system`` keeps glibc's defaults (session 2's numbers).
+(spikeprune.engine.allocator.tune_malloc); ``system`` keeps glibc's defaults (session 2's numbers).
 """
 
 import argparse
@@ -23,11 +23,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 import spikeprune as sp  # noqa: E402
-from spikeprune.compress import load_compressed  # noqa: E402
-from spikeprune.cost import measure_latency  # noqa: E402
-from spikeprune.data import BatchLoader  # noqa: E402
-from spikeprune.io import read_json, write_json  # noqa: E402
-from spikeprune.train import load_model  # noqa: E402
+from spikeprune.compression.compress import load_compressed  # noqa: E402
+from spikeprune.compression.cost import measure_latency  # noqa: E402
+from spikeprune.engine.data import BatchLoader  # noqa: E402
+from spikeprune.core.io import read_json, write_json  # noqa: E402
+from spikeprune.engine.train import load_model  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--dense", default="/work/runs/fmnist_convnet_v1/checkpoint.safetensors")
@@ -38,7 +38,7 @@ p.add_argument("--malloc", choices=["tuned", "system"], default="tuned")
 p.add_argument("--out", default=str(HERE / "results" / "latency.json"))
 args = p.parse_args()
 if args.malloc == "tuned":
-    from spikeprune.allocator import tune_malloc
+    from spikeprune.engine.allocator import tune_malloc
 
     tune_malloc()
 torch.set_num_threads(1)

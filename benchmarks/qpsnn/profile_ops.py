@@ -19,17 +19,17 @@ from torch.profiler import ProfilerActivity, profile
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 import spikeprune as sp  # noqa: E402
-from spikeprune.data import BatchLoader  # noqa: E402
-from spikeprune.train import load_model  # noqa: E402
+from spikeprune.engine.data import BatchLoader  # noqa: E402
+from spikeprune.engine.train import load_model  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--dense", default=str(HERE.parents[1] / "runs" / "qpsnn" / "dense_e7" / "checkpoint.safetensors"))
 p.add_argument("--sparsity", type=float, default=0.5)
 p.add_argument("--malloc", choices=["tuned", "system"], default="tuned",
-               help="tuned = what the spikeprune command does (spikeprune.allocator.tune_malloc)")
+               help="tuned = what the spikeprune command does (spikeprune.engine.allocator.tune_malloc)")
 args = p.parse_args()
 if args.malloc == "tuned":
-    from spikeprune.allocator import tune_malloc
+    from spikeprune.engine.allocator import tune_malloc
 
     tune_malloc()
 torch.set_num_threads(1)

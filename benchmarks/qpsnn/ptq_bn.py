@@ -16,10 +16,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 import spikeprune as sp  # noqa: E402
-from spikeprune import quant as q  # noqa: E402
-from spikeprune.data import BatchLoader  # noqa: E402
-from spikeprune.io import write_json  # noqa: E402
-from spikeprune.train import evaluate, load_model  # noqa: E402
+from spikeprune.compression import quant as q  # noqa: E402
+from spikeprune.engine.data import BatchLoader  # noqa: E402
+from spikeprune.core.io import write_json  # noqa: E402
+from spikeprune.engine.train import evaluate, load_model  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--dense", default="/work/runs/fmnist_convnet_v1/checkpoint.safetensors")

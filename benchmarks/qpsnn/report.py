@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
-from spikeprune.io import atomic_path, write_text  # noqa: E402
+from spikeprune.core.io import atomic_path, write_text  # noqa: E402
 
 COLUMNS = ["id", "tag", "bits", "scale", "sparsity", "criterion", "order", "membrane_bits", "qat_epochs", "ft_epochs",
            "qat_accuracy", "pruned_accuracy", "test_accuracy", "accuracy_drop_pts", "params", "size_bytes",
@@ -300,7 +300,7 @@ included) + BatchNorm re-estimation -> 1 QAT epoch -> SVS/L1/SF channel scores o
 epochs at the same bit-width (an epoch here = 20,000 training images, SGD lr 0.01, cosine). Float controls
 (32 bits) get the same 4 epochs (`b32-mean-s00-svs-ft4` = the dense model trained as long, the fair
 reference for the accuracy drop). Accuracies: "after QAT" and "after removal" on the first 2,000 test
-images, "final" on all 10,000. Cost (`spikeprune.cost`, SPEC §8) on 4 test batches of 256. Latency: one
+images, "final" on all 10,000. Cost (`spikeprune.compression.cost`, SPEC §8) on 4 test batches of 256. Latency: one
 test batch of 256, 1 thread, compressed and dense model timed alternately in the same process (2 rounds x
 3 runs, min of the medians); speed-up = dense / compressed. Where `results/latency.json` exists
 ({latency_note}), its single-process re-measurement replaces those numbers for the {len(lat['speedup']) if lat else 0} cells it covers (cells finished later keep their per-cell number). Quantization does not speed up the CPU

@@ -14,7 +14,7 @@ cells with the same scale and bits) -> channel scores on 16 training batches of 
 ``--train-limit`` (20000) training images, lr ``--lr`` (0.01, SGD as in training). Float controls
 (bits 32) get the same number of epochs. Recorded per cell: accuracy after QAT and right after removal
 (first 2000 test images), final accuracy (all 10000); bit-width utilisation; size, FLOPs, SOPs,
-energy (spikeprune.cost on 4 test batches of 256); latency of the compressed and the dense model,
+energy (spikeprune.compression.cost on 4 test batches of 256); latency of the compressed and the dense model,
 measured alternately in the same process (batch 256, 1 thread).
 """
 
@@ -33,14 +33,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from spikeprune.compress import save_compressed  # noqa: E402
-from spikeprune.config import TrainConfig  # noqa: E402
-from spikeprune.cost import cost_report, measure_latency  # noqa: E402
-from spikeprune.data import BatchLoader, load_dataset  # noqa: E402
-from spikeprune.io import read_json, write_json  # noqa: E402
-from spikeprune.quant import freeze, quantize_model, reestimate_batchnorm, utilisation_report  # noqa: E402
-from spikeprune.structured import channel_groups, channel_scores, remove_channels, select_channels  # noqa: E402
-from spikeprune.train import evaluate, fit, load_model  # noqa: E402
+from spikeprune.compression.compress import save_compressed  # noqa: E402
+from spikeprune.core.config import TrainConfig  # noqa: E402
+from spikeprune.compression.cost import cost_report, measure_latency  # noqa: E402
+from spikeprune.engine.data import BatchLoader, load_dataset  # noqa: E402
+from spikeprune.core.io import read_json, write_json  # noqa: E402
+from spikeprune.compression.quant import freeze, quantize_model, reestimate_batchnorm, utilisation_report  # noqa: E402
+from spikeprune.compression.structured import channel_groups, channel_scores, remove_channels, select_channels  # noqa: E402
+from spikeprune.engine.train import evaluate, fit, load_model  # noqa: E402
 
 
 def cell(bits, sparsity, criterion="svs", scale="mean", order="quantize-first", membrane_bits=None,
@@ -137,13 +137,13 @@ class Study:
     def quantized(self, model, c):
         if c["bits"] >= 32:
             return model
-        from spikeprune.quant import PRESETS
+        from spikeprune.compression.quant import PRESETS
 
         ref = PRESETS["qpsnn"] if c.get("quantizer", "spikeprune") == "qpsnn" else PRESETS["spikeprune"]
         model = quantize_model(model, c["bits"], method=c["scale"], membrane_bits=c["membrane_bits"],
                                example_input=self.example, per_channel=ref["per_channel"],
                                gradient=ref["gradient"], first_last=ref["first_last"])
-        reestimate_batchnorm(model, self.calib)  # as spikeprune.compress does
+        reestimate_batchnorm(model, self.calib)  # as spikeprune.compression.compress does
         return model
 
     def qat(self, c) -> tuple[torch.nn.Module, dict]:

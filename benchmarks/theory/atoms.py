@@ -14,10 +14,10 @@ import argparse
 
 import torch
 
-from spikeprune.data import BatchLoader, load_dataset
-from spikeprune.firing import crisis_probability, density_sup
-from spikeprune.neuron import observe, spiking_layers
-from spikeprune.train import load_model
+from spikeprune.engine.data import BatchLoader, load_dataset
+from spikeprune.theory.firing import crisis_probability, density_sup
+from spikeprune.engine.neuron import observe, spiking_layers
+from spikeprune.engine.train import load_model
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ PERTURBATIONS = [
 
 def run(checkpoint: str) -> None:
     from spikeprune.cli import main
-    from spikeprune.firing import parse_perturbation
+    from spikeprune.theory.firing import parse_perturbation
 
     torch.set_num_threads(1)
     for spec in PERTURBATIONS:
@@ -52,7 +52,7 @@ def run(checkpoint: str) -> None:
 
 
 def report() -> None:
-    from spikeprune.firing import FlipRow, parse_perturbation, plot_flip_summary, plot_flips
+    from spikeprune.theory.firing import FlipRow, parse_perturbation, plot_flip_summary, plot_flips
 
     rows, summary = [], []
     for spec in PERTURBATIONS:
@@ -75,7 +75,7 @@ def report() -> None:
     w.writeheader()
     for s in summary:
         w.writerow({k: ("" if v is None else (f"{v:.4g}" if isinstance(v, float) else v)) for k, v in s.items()})
-    from spikeprune.io import write_text
+    from spikeprune.core.io import write_text
 
     write_text(HERE / "flips_summary.csv", buf.getvalue())
     plot_flip_summary(rows, HERE / "flips_summary.png")

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from spikeprune.slth import construct, minimal_width, random_spikes, random_target, verify
+from spikeprune.theory.slth import construct, minimal_width, random_spikes, random_target, verify
 
 
 def timed(fn):

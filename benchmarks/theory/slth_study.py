@@ -27,9 +27,15 @@ from pathlib import Path
 
 import torch
 
-from spikeprune.io import write_json, write_text
-from spikeprune.slth import (random_spikes, random_target, run_target, slth_experiment, target_p_sup,
-                             width_bound)
+from spikeprune.core.io import write_json, write_text
+from spikeprune.theory.slth import (
+    random_spikes,
+    random_target,
+    run_target,
+    slth_experiment,
+    target_p_sup,
+    width_bound,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "slth"
@@ -104,7 +110,7 @@ def _csv(rows: list[dict]) -> str:
 def _save(fig, path: Path) -> None:
     from matplotlib.ticker import NullFormatter
 
-    from spikeprune.io import atomic_path
+    from spikeprune.core.io import atomic_path
 
     for ax in fig.axes:  # log axes: label the decades only
         if ax.get_xscale() == "log":
@@ -119,7 +125,7 @@ _K_EXACT: dict = {}
 
 def _k_exact(c: dict, level: float) -> int:
     """Smallest k (multiple of N) whose exact construction success probability is >= level."""
-    from spikeprune.slth import construction_success_probability
+    from spikeprune.theory.slth import construction_success_probability
 
     key = (c["N"], c["L"], c["eps"], level)
     if key not in _K_EXACT:

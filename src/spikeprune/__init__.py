@@ -3,30 +3,30 @@
 __version__ = "0.1.0"
 
 # foundation: neuron, models, data, warnings
-from .diagnostics import SpikepruneWarning, UserError
-from .neuron import LIF, lif_multistep, record_statistics
-from .models import create_model, list_models, register_model
-from .data import BatchLoader, ImageDataset, list_datasets, load_dataset
+from spikeprune.core.diagnostics import SpikepruneWarning, UserError
+from spikeprune.engine.neuron import LIF, lif_multistep, record_statistics
+from spikeprune.engine.models import create_model, list_models, register_model
+from spikeprune.engine.data import BatchLoader, ImageDataset, list_datasets, load_dataset
 # lottery tickets (unstructured pruning)
-from .calibration import calibrate
-from .masks import Mask, enforce
-from .pruning import prune, prune_step
-from .lottery import LotteryConfig, run_lottery
-from .edgepopup import EdgePopupConfig, export_subnetwork, subnet_mask, to_edgepopup
+from spikeprune.tickets.calibration import calibrate
+from spikeprune.tickets.masks import Mask, enforce
+from spikeprune.tickets.pruning import prune, prune_step
+from spikeprune.tickets.lottery import LotteryConfig, run_lottery
+from spikeprune.tickets.edgepopup import EdgePopupConfig, export_subnetwork, subnet_mask, to_edgepopup
 # theory as measurements
-from .firing import crisis_probability, density_sup, flip_analysis
-from .slth import construct, verify as verify_ticket
+from spikeprune.theory.firing import crisis_probability, density_sup, flip_analysis
+from spikeprune.theory.slth import construct, verify as verify_ticket
 # QP-SNN compression and cost
-from .quant import quantize_model
-from .structured import prune_channels
-from .cost import cost_report
+from spikeprune.compression.quant import quantize_model
+from spikeprune.compression.structured import prune_channels
+from spikeprune.compression.cost import cost_report
 # interop and export
-from .interop import adapt
-from .interop.nir_export import from_nir, to_nir
+from spikeprune.interop import adapt
+from spikeprune.interop.nir_export import from_nir, to_nir
 # scale-out and reproduction
-from .sweep import edgepopup_sweep, lottery_sweep
-from .protocols import protocol
-from .reproduce import reproduce
+from spikeprune.studies.sweep import edgepopup_sweep, lottery_sweep
+from spikeprune.studies.protocols import protocol
+from spikeprune.studies.reproduce import reproduce
 
 __all__ = [
     # foundation
@@ -42,6 +42,6 @@ __all__ = [
     "quantize_model", "prune_channels", "cost_report",
     # interop and export
     "adapt", "to_nir", "from_nir",
-    # scale-out and reproduction (torchrun data parallelism is automatic: spikeprune.distributed)
+    # scale-out and reproduction (torchrun data parallelism is automatic: spikeprune.core.distributed)
     "lottery_sweep", "edgepopup_sweep", "protocol", "reproduce",
 ]

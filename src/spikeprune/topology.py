@@ -47,8 +47,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .diagnostics import UserError
-from .neuron import LIF
+from spikeprune.core.diagnostics import UserError
+from spikeprune.engine.neuron import LIF
 
 __all__ = ["ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "evaluation", "is_time_major",
            "sample_count", "trace"]
@@ -78,7 +78,7 @@ def role_of(m: nn.Module) -> str | None:
     ``act``, ``module`` for any other childless module); ``None``: a container, traced through."""
     if isinstance(m, LIF):
         return "neuron"
-    from .interop.adapters import _is_third_party_neuron
+    from spikeprune.interop.adapters import _is_third_party_neuron
     if _is_third_party_neuron(m):  # checked before "childless": snnTorch's neurons have no children
         return "foreign-neuron"
     if isinstance(m, _WEIGHT):
@@ -483,7 +483,7 @@ class _Tracer:
         outputs = _tensors(out)
         name = self.names.get(id(module), type(module).__name__)
         if role == "foreign-neuron":
-            from .interop.adapters import _unsupported
+            from spikeprune.interop.adapters import _unsupported
             raise TopologyError(str(_unsupported(name, module, "adapt() the network first")))
         node = Node(len(self.nodes), "module", name, role, module=module, inputs=ids, in_shapes=shapes,
                     scope=self._scope(), const_inputs=consts)

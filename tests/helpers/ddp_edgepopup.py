@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from spikeprune import distributed
-from spikeprune.edgepopup import EdgePopupConfig, search
+from spikeprune.core import distributed
+from spikeprune.tickets.edgepopup import EdgePopupConfig, search
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
@@ -20,7 +20,7 @@ cfg = EdgePopupConfig(model="convnet", dataset="digits", width=0.25, timesteps=2
                       density=0.5, seed=0)
 row = search(cfg, out / "run", progress=False, log=None)
 ctx = distributed.context()
-from spikeprune.masks import Mask  # noqa: E402
+from spikeprune.tickets.masks import Mask  # noqa: E402
 
 record = {"rank": ctx.rank, "world_size": ctx.world_size, "test_accuracy": row["test_accuracy"],
           "exported_test_accuracy": row["exported_test_accuracy"],

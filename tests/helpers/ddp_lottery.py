@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from spikeprune import distributed
-from spikeprune.lottery import LotteryConfig, load_ticket, run_lottery
-from spikeprune.masks import Mask
+from spikeprune.core import distributed
+from spikeprune.tickets.lottery import LotteryConfig, load_ticket, run_lottery
+from spikeprune.tickets.masks import Mask
 
 torch.set_num_threads(1)
 out, variant = Path(sys.argv[1]), sys.argv[2]

@@ -2,11 +2,11 @@
 
 Each command lives in its own module exposing ``add_parser(subparsers)``; the parser it registers
 sets ``func`` (called with the parsed namespace, returns an exit code). A request spikeprune refuses
-(:class:`~spikeprune.diagnostics.UserError`), a file or directory the system refuses (``OSError``) and a
+(:class:`~spikeprune.core.diagnostics.UserError`), a file or directory the system refuses (``OSError``) and a
 size that does not fit in memory become one line on stderr and exit code 2. Anything else is a bug in
 spikeprune: a short report (exception type, message, where it was raised) and exit code 1, never
 disguised as bad input. ``SPIKEPRUNE_DEBUG=1`` re-raises either kind with its traceback. The command tunes glibc's malloc for big tensors
-(:mod:`spikeprune.allocator`; ``SPIKEPRUNE_MALLOC=system`` leaves it alone).
+(:mod:`spikeprune.engine.allocator`; ``SPIKEPRUNE_MALLOC=system`` leaves it alone).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import re
 import sys
 from pathlib import Path
 
-from ..diagnostics import UserError
-from .args import OneLineParser
+from spikeprune.core.diagnostics import UserError
+from spikeprune.cli.args import OneLineParser
 
 #: command modules, in the order ``--help`` lists them
 COMMANDS = ["quickstart", "train", "evaluate", "lottery", "edgepopup", "compress", "cost", "analyze", "theory",
@@ -26,7 +26,7 @@ COMMANDS = ["quickstart", "train", "evaluate", "lottery", "edgepopup", "compress
 
 
 def build_parser() -> OneLineParser:
-    from .. import __version__
+    from spikeprune import __version__
 
     parser = OneLineParser(
         prog="spikeprune",
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from ..allocator import tune_malloc
-    from ..distributed import is_main
+    from spikeprune.engine.allocator import tune_malloc
+    from spikeprune.core.distributed import is_main
 
     tune_malloc()  # big activations reuse freed memory instead of page-faulting each step (allocator.py)
 
@@ -91,7 +91,7 @@ def user_error_message(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):  # a path that cannot be read or written, a full disk: not our bug
         return _one_line(exc)
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _OUT_OF_MEMORY.search(str(exc))):
-        # The memory estimates (spikeprune.limits) catch sizes before allocating; this is the net under them.
+        # The memory estimates (spikeprune.core.limits) catch sizes before allocating; this is the net under them.
         return ("out of memory: the requested sizes do not fit in this machine's memory "
                 f"({_one_line(exc)[:160]}); use smaller sizes")
     return None

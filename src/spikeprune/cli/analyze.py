@@ -11,10 +11,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import CommandConfig, hparam, path_option
-from ..diagnostics import UserError
-from ..rundir import holds_run_directory
-from .args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.core.config import CommandConfig, hparam, path_option
+from spikeprune.core.diagnostics import UserError
+from spikeprune.core.rundir import holds_run_directory
+from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
 
 
 @dataclass
@@ -37,7 +37,7 @@ class FlipsConfig(CommandConfig):
     seed: int = hparam(0, "seed of noise and random pruning", bounds="[0, 4294967295]")
 
     def check(self) -> None:
-        from ..firing import parse_perturbation
+        from spikeprune.theory.firing import parse_perturbation
 
         if not self.perturb:
             raise UserError("perturb needs at least one perturbation")
@@ -98,7 +98,7 @@ class ValidityConfig(CommandConfig):
     seed: int = hparam(0, "seed of the random criterion", bounds="[0, 4294967295]")
 
     def check(self) -> None:
-        from ..criteria import CRITERIA
+        from spikeprune.tickets.criteria import CRITERIA
 
         for c in self.criteria:
             if c not in CRITERIA:
@@ -108,11 +108,11 @@ class ValidityConfig(CommandConfig):
 @holds_run_directory("analyze")
 def run_validity(args: argparse.Namespace) -> int:
 
-    from ..calibration import calibrate
-    from ..data import BatchLoader, split_validation
-    from ..io import check_writable_dir, write_json, write_text
-    from ..train import checkpoint_dataset, load_model
-    from ..validity import criterion_validity, plot_validity, rows_as_dicts, validity_summary
+    from spikeprune.tickets.calibration import calibrate
+    from spikeprune.engine.data import BatchLoader, split_validation
+    from spikeprune.core.io import check_writable_dir, write_json, write_text
+    from spikeprune.engine.train import checkpoint_dataset, load_model
+    from spikeprune.theory.validity import criterion_validity, plot_validity, rows_as_dicts, validity_summary
 
     cfg = config_from_args(ValidityConfig, args)
     args = argparse.Namespace(**{**vars(args), **vars(cfg), "criteria": list(cfg.criteria),
@@ -160,11 +160,11 @@ def run_validity(args: argparse.Namespace) -> int:
 
 @holds_run_directory("analyze")
 def run_flips(args: argparse.Namespace) -> int:
-    from ..compress import load_compressed
-    from ..data import BatchLoader
-    from ..firing import flip_study, flip_summary, parse_perturbation
-    from ..io import check_writable_dir
-    from ..train import checkpoint_dataset, load_model
+    from spikeprune.compression.compress import load_compressed
+    from spikeprune.engine.data import BatchLoader
+    from spikeprune.theory.firing import flip_study, flip_summary, parse_perturbation
+    from spikeprune.core.io import check_writable_dir
+    from spikeprune.engine.train import checkpoint_dataset, load_model
 
     cfg = config_from_args(FlipsConfig, args)
     perturbations = [parse_perturbation(s) for s in cfg.perturb]

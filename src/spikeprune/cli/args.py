@@ -11,8 +11,8 @@ import sys
 import typing
 from typing import Any, NoReturn
 
-from ..config import from_mapping, load_yaml
-from ..diagnostics import UserError
+from spikeprune.core.config import from_mapping, load_yaml
+from spikeprune.core.diagnostics import UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -146,7 +146,7 @@ def positive_int(text: str) -> int:
 
 def add_sweep_arguments(parser: argparse.ArgumentParser, *, variants: bool = False) -> None:
     """``--seeds``, ``--jobs``, ``--threads`` (and ``--variants``): run a grid as independent jobs."""
-    group = parser.add_argument_group("sweep (independent jobs; spikeprune.sweep)")
+    group = parser.add_argument_group("sweep (independent jobs; spikeprune.studies.sweep)")
     group.add_argument("--seeds", type=_list_of(int, "integers"), metavar="S1,S2,...",
                        help="run every seed (each in OUT/seed-<s>/) and summarise mean and 95%% CI")
     if variants:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from .args import add_config_arguments, add_run_arguments, config_from_args
-from ..rundir import holds_run_directory
+from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.core.rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..compress import CompressConfig
+    from spikeprune.compression.compress import CompressConfig
 
     p = sub.add_parser("compress", help="quantize + channel-prune a model (QP-SNN pipeline, resumable)",
                        description=__doc__)
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("compress")
 def run(args: argparse.Namespace) -> int:
-    from ..compress import CompressConfig, compress
+    from spikeprune.compression.compress import CompressConfig, compress
 
     cfg = config_from_args(CompressConfig, args)
     m = compress(cfg, args.out, resume=args.resume, progress=args.progress)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ..config import CommandConfig, hparam, path_option
-from ..rundir import holds_run_directory
-from .args import add_config_arguments, config_from_args, out_path
+from spikeprune.core.config import CommandConfig, hparam, path_option
+from spikeprune.core.rundir import holds_run_directory
+from spikeprune.cli.args import add_config_arguments, config_from_args, out_path
 
 
 @dataclass
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("cost")
 def run(args: argparse.Namespace) -> int:
-    from ..compress import cost_of_checkpoint
+    from spikeprune.compression.compress import cost_of_checkpoint
 
     cfg = config_from_args(CostConfig, args)
     report = cost_of_checkpoint(cfg.checkpoint, mask=cfg.mask, dataset=cfg.dataset, data_dir=cfg.data_dir,

@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import argparse
 
-from .args import add_config_arguments, add_run_arguments, add_sweep_arguments, config_from_args, sweep_requested
-from ..rundir import holds_run_directory
+from spikeprune.cli.args import (
+    add_config_arguments,
+    add_run_arguments,
+    add_sweep_arguments,
+    config_from_args,
+    sweep_requested,
+)
+from spikeprune.core.rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..edgepopup import EdgePopupConfig
+    from spikeprune.tickets.edgepopup import EdgePopupConfig
 
     p = sub.add_parser("edgepopup", help="edge-popup: search subnetworks of a random SNN (strong tickets)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,11 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("edgepopup")
 def run(args: argparse.Namespace) -> int:
-    from ..edgepopup import EdgePopupConfig, sweep
+    from spikeprune.tickets.edgepopup import EdgePopupConfig, sweep
 
     cfg = config_from_args(EdgePopupConfig, args)
     if sweep_requested(args):
-        from ..sweep import edgepopup_sweep
+        from spikeprune.studies.sweep import edgepopup_sweep
 
         summary = edgepopup_sweep(cfg, args.out, seeds=args.seeds, reference=args.reference,
                                   jobs=args.jobs or 1, threads=args.threads)

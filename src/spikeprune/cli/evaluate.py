@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import CommandConfig, hparam, path_option
-from ..rundir import holds_run_directory
-from .args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.core.config import CommandConfig, hparam, path_option
+from spikeprune.core.rundir import holds_run_directory
+from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
 
 
 @dataclass
@@ -34,10 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("evaluate")
 def run(args: argparse.Namespace) -> int:
-    from ..data import BatchLoader
-    from ..io import check_writable_dir, load_checkpoint, write_json
-    from ..masks import Mask, stored_mask
-    from ..train import checkpoint_dataset, evaluate, load_model
+    from spikeprune.engine.data import BatchLoader
+    from spikeprune.core.io import check_writable_dir, load_checkpoint, write_json
+    from spikeprune.tickets.masks import Mask, stored_mask
+    from spikeprune.engine.train import checkpoint_dataset, evaluate, load_model
 
     cfg = config_from_args(EvaluateConfig, args)
     model, meta = load_model(cfg.checkpoint)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if (meta.get("quantization") or {}).get("layers"):
         # A `spikeprune compress` checkpoint: evaluate it as it runs, with its weight and membrane
         # quantization (load_model alone gives the stored weights with float membranes).
-        from ..compress import load_compressed
+        from spikeprune.compression.compress import load_compressed
 
         model, meta = load_compressed(cfg.checkpoint, next(iter(loader))[0])
     # A lottery round's checkpoint carries its mask; SF-IMP-2's dynamic layers keep dense weights behind

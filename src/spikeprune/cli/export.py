@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ..config import CommandConfig, hparam, path_option
-from .args import add_config_arguments, config_from_args
+from spikeprune.core.config import CommandConfig, hparam, path_option
+from spikeprune.cli.args import add_config_arguments, config_from_args
 
 
 @dataclass
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..interop.nir_export import export_checkpoint
+    from spikeprune.interop.nir_export import export_checkpoint
 
     cfg = config_from_args(ExportConfig, args)
     summary = export_checkpoint(cfg.checkpoint, cfg.out, format=cfg.format, mask=cfg.mask, dt=cfg.dt)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ..config import CommandConfig, hparam, path_option
-from ..rundir import holds_run_directory
-from .args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.core.config import CommandConfig, hparam, path_option
+from spikeprune.core.rundir import holds_run_directory
+from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
 
 
 @dataclass
@@ -38,9 +38,9 @@ class InteropConfig(CommandConfig):
     seed: int = hparam(0, "random seed", bounds="[0, 4294967295]")
 
     def check(self) -> None:
-        from ..criteria import CRITERIA
-        from ..data import list_datasets
-        from ..diagnostics import UserError
+        from spikeprune.tickets.criteria import CRITERIA
+        from spikeprune.engine.data import list_datasets
+        from spikeprune.core.diagnostics import UserError
 
         if self.criterion not in CRITERIA:
             raise UserError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("interop")
 def run(args: argparse.Namespace) -> int:
-    from ..interop.pipeline import analyse_third_party
+    from spikeprune.interop.pipeline import analyse_third_party
 
     cfg = config_from_args(InteropConfig, args)
     analyse_third_party(cfg.model, args.out, timesteps=cfg.timesteps, dataset=cfg.dataset,

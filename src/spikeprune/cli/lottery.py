@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import argparse
 
-from .args import add_config_arguments, add_run_arguments, add_sweep_arguments, config_from_args, sweep_requested
-from ..rundir import holds_run_directory
+from spikeprune.cli.args import (
+    add_config_arguments,
+    add_run_arguments,
+    add_sweep_arguments,
+    config_from_args,
+    sweep_requested,
+)
+from spikeprune.core.rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..lottery import LotteryConfig
+    from spikeprune.tickets.lottery import LotteryConfig
 
     p = sub.add_parser("lottery", help="find lottery tickets: IMP with rewinding, SF-IMP-1, SF-IMP-2",
                        description=__doc__)
@@ -26,12 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("lottery")
 def run(args: argparse.Namespace) -> int:
-    from ..lottery import LotteryConfig, run_lottery
-    from ..report import format_table
+    from spikeprune.tickets.lottery import LotteryConfig, run_lottery
+    from spikeprune.report.tables import format_table
 
     cfg = config_from_args(LotteryConfig, args)
     if sweep_requested(args):
-        from ..sweep import lottery_sweep
+        from spikeprune.studies.sweep import lottery_sweep
 
         summary = lottery_sweep(cfg, args.out, seeds=args.seeds, variants=args.variants, jobs=args.jobs or 1,
                                 threads=args.threads)

@@ -13,10 +13,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..diagnostics import UserError
-from ..config import TrainConfig, hparam
-from .args import add_config_arguments, add_run_arguments, config_from_args
-from ..rundir import holds_run_directory
+from spikeprune.core.diagnostics import UserError
+from spikeprune.core.config import TrainConfig, hparam
+from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.core.rundir import holds_run_directory
 
 
 @dataclass
@@ -46,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("quickstart")
 def run(args: argparse.Namespace) -> int:
-    from ..lottery import rewind_saver
-    from ..train import fit
+    from spikeprune.tickets.lottery import rewind_saver
+    from spikeprune.engine.train import fit
 
     cfg = config_from_args(QuickstartConfig, args)
     rewind_epoch = cfg.epochs // 10 if cfg.rewind_epoch is None else cfg.rewind_epoch
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     # --- edge-popup (issue 4): the same network, weights left at random init, only a subnetwork learnt ---
     if cfg.edgepopup_epochs < 1:
         return 0
-    from ..edgepopup import demo
+    from spikeprune.tickets.edgepopup import demo
 
     ep = demo(cfg, f"{args.out}/edgepopup", density=0.5, epochs=cfg.edgepopup_epochs, progress=args.progress)
     print(f"\nedge-popup: the same {cfg.model}, UNTRAINED random weights, best 50 % of each layer searched")
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _lottery_configs(cfg: QuickstartConfig, rewind_epoch: int) -> dict:
-    from ..lottery import LotteryConfig
+    from spikeprune.tickets.lottery import LotteryConfig
 
     base = {f: getattr(cfg, f) for f in TrainConfig.__dataclass_fields__}
     common = dict(rounds=cfg.rounds, prune_fraction=cfg.prune_fraction, rewind_epoch=rewind_epoch)
@@ -95,9 +95,9 @@ def _lottery_configs(cfg: QuickstartConfig, rewind_epoch: int) -> dict:
 
 
 def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict, rewind_epoch: int) -> None:
-    from ..data import load_dataset
-    from ..lottery import adopt_dense, run_lottery
-    from ..report import format_table, plot_accuracy_vs_sparsity
+    from spikeprune.engine.data import load_dataset
+    from spikeprune.tickets.lottery import adopt_dense, run_lottery
+    from spikeprune.report.tables import format_table, plot_accuracy_vs_sparsity
 
     out = Path(args.out)
     dataset = load_dataset(cfg.dataset, cfg.data_dir)

@@ -17,12 +17,12 @@ import argparse
 import shlex
 import sys
 
-from ..rundir import holds_run_directory
-from .args import out_path, positive_int
+from spikeprune.core.rundir import holds_run_directory
+from spikeprune.cli.args import out_path, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..protocols import SCALES, STUDIES
+    from spikeprune.studies.protocols import SCALES, STUDIES
 
     p = sub.add_parser("reproduce", help="run a paper's study at a scale and write its report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("reproduce")
 def run(args: argparse.Namespace) -> int:
-    from ..reproduce import reproduce
+    from spikeprune.studies.reproduce import reproduce
 
     command = "spikeprune " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
     path = reproduce(args.study, args.scale, args.out, from_results=args.from_results, jobs=args.jobs,

@@ -11,10 +11,10 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from ..config import CommandConfig, hparam
-from ..diagnostics import UserError
-from ..rundir import holds_run_directory
-from .args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.core.config import CommandConfig, hparam
+from spikeprune.core.diagnostics import UserError
+from spikeprune.core.rundir import holds_run_directory
+from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TargetConfig(CommandConfig):
     T: int = hparam(1, "timesteps T", bounds="[1, inf)", flags=("--timesteps",))
     eps: float | None = hparam(None, "allowed input-feature error eps", required=True, bounds="(0, inf)")
     delta: float = hparam(0.1, "failure probability delta of Theorem 4.3", bounds="(0, 1]")
-    u_th: float = hparam(0.2, "threshold, 0 < u_th < 1 (checked with the reason by spikeprune.slth)")
+    u_th: float = hparam(0.2, "threshold, 0 < u_th < 1 (checked with the reason by spikeprune.theory.slth)")
     beta: float = hparam(0.5, "membrane decay", bounds="(0, 1)")
 
 
@@ -84,8 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("theory")
 def run_slth(args: argparse.Namespace) -> int:
-    from ..io import check_writable_dir, write_json, write_text
-    from ..slth import plot_slth, slth_experiment
+    from spikeprune.core.io import check_writable_dir, write_json, write_text
+    from spikeprune.theory.slth import plot_slth, slth_experiment
 
     cfg = config_from_args(SlthConfig, args)
     max_memory = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30)
@@ -113,7 +113,7 @@ def run_slth(args: argparse.Namespace) -> int:
 
 
 def run_width(args: argparse.Namespace) -> int:
-    from ..slth import width_bound
+    from spikeprune.theory.slth import width_bound
 
     cfg = config_from_args(WidthConfig, args)
     C = 2 * cfg.p_sup / (1 - cfg.beta)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import TrainConfig
-from .args import add_config_arguments, add_run_arguments, config_from_args
-from ..rundir import holds_run_directory
+from spikeprune.core.config import TrainConfig
+from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.core.rundir import holds_run_directory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("train")
 def run(args: argparse.Namespace) -> int:
-    from ..train import fit
+    from spikeprune.engine.train import fit
 
     cfg = config_from_args(TrainConfig, args)
     result = fit(cfg, args.out, resume=args.resume, progress=args.progress)

@@ -8,8 +8,16 @@
   (needs the optional ``nir`` package; imported lazily).
 """
 
-from .adapters import (SUPPORTED_NEURONS, AdaptedModel, NeuronAdapter, SpikeMismatchError, adapt, find_neurons,
-                       load_factory, neuron_summary)
+from spikeprune.interop.adapters import (
+    SUPPORTED_NEURONS,
+    AdaptedModel,
+    NeuronAdapter,
+    SpikeMismatchError,
+    adapt,
+    find_neurons,
+    load_factory,
+    neuron_summary,
+)
 
 __all__ = ["SUPPORTED_NEURONS", "AdaptedModel", "NeuronAdapter", "SpikeMismatchError", "adapt", "find_neurons",
            "load_factory", "neuron_summary"]

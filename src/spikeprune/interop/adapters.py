@@ -45,8 +45,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..diagnostics import UserError
-from ..neuron import LIF
+from spikeprune.core.diagnostics import UserError
+from spikeprune.engine.neuron import LIF
 
 __all__ = ["AdaptedModel", "NeuronAdapter", "OUTPUTS", "SUPPORTED_NEURONS", "SpikeMismatchError", "adapt",
            "find_neurons", "load_factory", "neuron_summary"]
@@ -226,7 +226,7 @@ class NeuronAdapter(LIF):
     ``fires_at_threshold`` (SpikingJelly fires at ``u >= u_th``, snnTorch at ``u > u_th``).
     """
 
-    third_party = True  # spikeprune.quant refuses to swap these for its own QuantizedLIF
+    third_party = True  # spikeprune.compression.quant refuses to swap these for its own QuantizedLIF
 
     def __init__(self, neuron: nn.Module, kind: str, path: str = "") -> None:
         nn.Module.__init__(self)  # LIF.__init__ would set its own float parameters
@@ -511,7 +511,7 @@ class AdaptedModel(nn.Module):
             if getattr(m, "quant", None) is not None:
                 # quantized since adapt(): put the package's class back *with* quantization (the twin
                 # derives from both), or the user's net would silently compute with float weights again
-                from ..quant import quantized_class
+                from spikeprune.compression.quant import quantized_class
                 m.__class__ = quantized_class(cls)
             else:
                 m.__class__ = cls

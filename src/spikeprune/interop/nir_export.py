@@ -10,7 +10,7 @@ simulator integrates ``tau dv/dt = (v_leak - v) + r I`` by forward Euler,
 
 Weights. Conv1d / Conv2d -> ``nir.Conv1d`` / ``nir.Conv2d``, Linear -> ``nir.Affine`` (``nir.Linear``
 never: a bias of zeros is written). The *effective* weight is written: masked weights are exact zeros,
-quantized layers (:mod:`spikeprune.quant`) their ``quantized_weight()`` levels. A BatchNorm that reads a
+quantized layers (:mod:`spikeprune.compression.quant`) their ``quantized_weight()`` levels. A BatchNorm that reads a
 layer's output is folded into it: ``g = gamma * s / sqrt(var + eps)`` (``s``: tdBN's scale, else 1),
 ``W' = g W``, ``b' = g (b - mean) + beta`` (computed in float64, written as float32; g * 0 = 0 keeps
 the mask, but a folded quantized weight is its level times g).
@@ -69,9 +69,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..diagnostics import UserError
-from ..io import atomic_path
-from ..neuron import LIF
+from spikeprune.core.diagnostics import UserError
+from spikeprune.core.io import atomic_path
+from spikeprune.engine.neuron import LIF
 
 __all__ = ["FORMATS", "NIRNetwork", "NIRNeuron", "export_checkpoint", "from_nir", "read_nir", "to_nir",
            "write_nir"]
@@ -101,7 +101,7 @@ _SUPPORTED_TEXT = ("supported: Conv1d/Conv2d/Linear (+BatchNorm), spikeprune LIF
 
 
 def _effective_weight(module: nn.Module) -> torch.Tensor:
-    fn = getattr(module, "quantized_weight", None)  # spikeprune.quant: the weights the layer computes with
+    fn = getattr(module, "quantized_weight", None)  # spikeprune.compression.quant: the weights the layer computes with
     return (fn() if callable(fn) else module.weight).detach().double()
 
 
@@ -124,11 +124,11 @@ def _quantized_levels(layer: nn.Module, bn: nn.Module | None) -> tuple[torch.Ten
     SPEC §7: ``W_hat = gamma ((2/s) W_int - 1)``. Folding a BatchNorm gain g_c into channel c gives
     ``g_c W_hat = (g_c gamma) ((2/s) W_int - 1)``: the same integers on the grid of scale
     ``scale_c = float32(g_c gamma)``. The weight is written as that float32 formula, term for term the one
-    :func:`spikeprune.quant.quantize_weight` evaluates, so re-quantizing it with ``scale`` (our importer)
+    :func:`spikeprune.compression.quant.quantize_weight` evaluates, so re-quantizing it with ``scale`` (our importer)
     returns every value bit for bit and the integers are ``round((s/2)(w/scale_c + 1))``.
     Returns the weight ``[C_out, ...]`` (float64 holding float32 values) and the metadata.
     """
-    from ..quant import weight_codes
+    from spikeprune.compression.quant import weight_codes
 
     bits = int(layer.quant.bits)
     s = (1 << bits) - 1
@@ -226,7 +226,7 @@ def to_nir(model: nn.Module, example_input: torch.Tensor, *, timesteps: int | No
         dt: the time step NIR's continuous time constants refer to (SpikingJelly's and snnTorch's NIR
             default, 1e-4 s).
     """
-    from ..topology import trace
+    from spikeprune.topology import trace
 
     nir = _nir()
     T = timesteps if timesteps is not None else getattr(model, "T", None)
@@ -244,7 +244,7 @@ def to_nir(model: nn.Module, example_input: torch.Tensor, *, timesteps: int | No
 
 class _Exporter:
     def __init__(self, nir: Any, graph: Any, dt: float) -> None:
-        from ..topology import _batch_dims, _layout
+        from spikeprune.topology import _batch_dims, _layout
 
         self.nir, self.g, self.dt = nir, graph, dt
         self.nodes: dict[str, Any] = {}
@@ -825,12 +825,12 @@ def from_nir(graph: Any, *, timesteps: int | None = None, dt: float | None = Non
 
 def _requantized(key: str, layer: nn.Module, node: Any) -> nn.Module:
     """A layer whose node metadata carries ``bits`` / ``scale`` (:func:`_quantized_levels`) comes back as the
-    frozen quantized layer of :mod:`spikeprune.quant` (per-channel gamma = ``scale``): its
+    frozen quantized layer of :mod:`spikeprune.compression.quant` (per-channel gamma = ``scale``): its
     ``quantized_weight()`` must reproduce the stored weight bit for bit, else the file is refused."""
     meta = dict(getattr(node, "metadata", {}) or {})
     if "bits" not in meta:
         return layer
-    from ..quant import QuantSpec, quantized_class
+    from spikeprune.compression.quant import QuantSpec, quantized_class
 
     bits = int(np.asarray(meta["bits"]))
     scale = torch.as_tensor(np.asarray(meta.get("scale"), dtype=np.float32)).reshape(-1)
@@ -907,8 +907,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
                       dt: float = 1e-4, seed: int = 0) -> dict[str, Any]:
     """Load a spikeprune checkpoint (dense, channel-pruned or quantized; ``mask`` applied on top), export it
     to ``out`` and return a summary (nodes, timesteps, dt, exported weights and non-zeros)."""
-    from ..compress import load_compressed
-    from ..masks import Mask
+    from spikeprune.compression.compress import load_compressed
+    from spikeprune.tickets.masks import Mask
 
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")

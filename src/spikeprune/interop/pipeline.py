@@ -19,17 +19,17 @@ from typing import Any
 
 import torch
 
-from ..diagnostics import UserError
-from ..calibration import calibrate
-from ..cost import cost_report
-from ..criteria import CRITERIA, FIRING_AWARE, sf_fallbacks
-from ..data import BatchLoader, load_dataset
-from ..diagnostics import SpikepruneWarning
-from ..firing import flip_analysis, flip_rows_csv, flip_summary
-from .adapters import adapt, load_factory, neuron_summary, run_user_code
-from ..io import check_writable_dir, write_json, write_text
-from ..pruning import prune
-from ..train import evaluate, train_epoch
+from spikeprune.core.diagnostics import UserError
+from spikeprune.tickets.calibration import calibrate
+from spikeprune.compression.cost import cost_report
+from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE, sf_fallbacks
+from spikeprune.engine.data import BatchLoader, load_dataset
+from spikeprune.core.diagnostics import SpikepruneWarning
+from spikeprune.theory.firing import flip_analysis, flip_rows_csv, flip_summary
+from spikeprune.interop.adapters import adapt, load_factory, neuron_summary, run_user_code
+from spikeprune.core.io import check_writable_dir, write_json, write_text
+from spikeprune.tickets.pruning import prune
+from spikeprune.engine.train import evaluate, train_epoch
 
 __all__ = ["analyse_third_party", "check_fits_dataset"]
 
@@ -140,7 +140,7 @@ def analyse_third_party(
         epochs: training epochs with Adam at ``lr`` before pruning (0: use the weights as they are).
         sparsity: fraction of prunable weights removed (global, ``criterion``).
     Writes ``neurons.json``, ``mask.safetensors``, ``cost.json``, ``flips.csv``, ``flip_summary.json`` and
-    ``metrics.json`` to ``out``; returns the metrics. spikeprune's warnings (:mod:`spikeprune.diagnostics`:
+    ``metrics.json`` to ``out``; returns the metrics. spikeprune's warnings (:mod:`spikeprune.core.diagnostics`:
     an ``sf`` run that scored hidden layers by magnitude, a layer emptied by global ranking) are logged as
     ``warning: ...`` lines as they occur and listed in ``metrics["warnings"]``; other warnings pass through.
     """

@@ -1,0 +1,1 @@
+"""Foundations every other package may import: the error type, config schemas, resource limits, safe file I/O, run folders."""

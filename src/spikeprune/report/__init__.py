@@ -1,0 +1,1 @@
+"""Tables and plots of results (reads result files; never trains)."""

@@ -1,0 +1,1 @@
+"""Studies built from the features: paper protocols, multi-seed sweeps, `reproduce` reports."""
