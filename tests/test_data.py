@@ -530,7 +530,7 @@ def test_validation_split_rejects_bad_fraction():
 
 
 def test_training_loader_never_reads_validation_samples():
-    from spikeprune.core.config import TrainConfig
+    from spikeprune.engine.config import TrainConfig
     from spikeprune.engine.train import make_loaders, make_val_loader
 
     ds = load_dataset("digits")

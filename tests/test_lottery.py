@@ -17,7 +17,8 @@ from spikeprune.engine.data import load_dataset
 from spikeprune.core.io import load_checkpoint, read_json
 from spikeprune.tickets.lottery import LotteryConfig, collect_rows, load_ticket, rewound_ticket, run_lottery
 from spikeprune.tickets.masks import Mask, prunable_weights
-from spikeprune.report.tables import format_table, plot_accuracy_vs_sparsity, read_results, summarize
+from spikeprune.report.plots import plot_accuracy_vs_sparsity
+from spikeprune.report.tables import format_table, read_results, summarize
 from spikeprune.engine.train import evaluate, make_loaders
 
 TINY = dict(width=0.25, timesteps=2, epochs=3, rewind_epoch=1, rounds=3, prune_fraction=0.25, batch_size=64,

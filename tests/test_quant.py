@@ -13,7 +13,7 @@ from torch.nn import functional as F
 import spikeprune as sp
 from spikeprune.compression import quant as q
 from spikeprune.compression.compress import load_compressed, save_compressed
-from spikeprune.core.config import TrainConfig
+from spikeprune.engine.config import TrainConfig
 from spikeprune.tickets.masks import enforce
 from spikeprune.engine.train import fit, load_model
 

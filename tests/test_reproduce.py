@@ -96,7 +96,8 @@ def test_every_protocol_builds_its_configs():
     from spikeprune.compression.compress import CompressConfig
     from spikeprune.tickets.edgepopup import EdgePopupConfig
     from spikeprune.tickets.lottery import LotteryConfig
-    from spikeprune.core.config import TrainConfig, fields_of
+    from spikeprune.core.config import fields_of
+    from spikeprune.engine.config import TrainConfig
 
     for study in STUDIES:
         for scale in SCALES:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from spikeprune.cli import main
-from spikeprune.core.config import TrainConfig
+from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import load_dataset
 from spikeprune.core.io import atomic_path, load_checkpoint
 from spikeprune.core.rundir import LOCK_FILE, RECORD_FILE, RunDirectoryError, lock_holder, run_directory

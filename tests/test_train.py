@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeprune.core.config import TrainConfig
+from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import load_dataset
 from spikeprune.core.io import load_checkpoint
 from spikeprune.engine.train import CHECKPOINT, evaluate, fit, load_model, make_loaders, spike_loss
@@ -176,7 +176,7 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
 def test_device_choice_is_validated_and_auto_falls_back_to_cpu():
     import torch
 
-    from spikeprune.core.config import TrainConfig
+    from spikeprune.engine.config import TrainConfig
     from spikeprune.engine.train import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")

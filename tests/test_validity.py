@@ -16,7 +16,8 @@ from torch import nn
 
 from spikeprune.tickets.criteria import Scores
 from spikeprune.engine.neuron import LIF
-from spikeprune.theory.validity import criterion_validity, plot_validity, validity_summary
+from spikeprune.report.plots import plot_validity
+from spikeprune.theory.validity import criterion_validity, validity_summary
 
 N, B = 40, 4000
 
@@ -93,7 +94,7 @@ def test_validity_on_a_registry_convnet_with_firing_aware_criteria(tmp_path, dig
     assert layers and all(not name.startswith("classifier") for name in layers)  # the readout drives no neuron
     assert {s["criterion"] for s in summary} == {"sf", "sf-rms", "magnitude", "random"}
     assert all(0.0 <= r.flip_rate <= 1.0 for r in rows)
-    path = plot_validity(rows, tmp_path / "validity.png", title="test")
+    path = plot_validity(rows, validity_summary(rows), tmp_path / "validity.png", title="test")
     assert path.stat().st_size > 1000
 
 
@@ -107,7 +108,7 @@ def test_bad_groups_and_layers_are_refused():
 
 def test_cli_validity_writes_results_and_refuses_bad_input(tmp_path, capsys):
     from spikeprune.cli import main
-    from spikeprune.core.config import TrainConfig
+    from spikeprune.engine.config import TrainConfig
     from spikeprune.engine.train import fit
 
     cfg = TrainConfig(dataset="digits", width=0.25, timesteps=2, epochs=1, batch_size=64, train_limit=256)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 from study import DENSITIES, RUNS, dense_dir  # noqa: E402
 
 from spikeprune.core.io import write_json, write_text  # noqa: E402
-from spikeprune.report.tables import plot_subnetwork_accuracy  # noqa: E402
+from spikeprune.report.plots import plot_subnetwork_accuracy  # noqa: E402
 
 GRID = [float(d) for d in DENSITIES.split(",")]
 FIELDS = ["run", "width", "seed", "density", "sparsity", "epochs", "init", "affine_bn", "val_accuracy",

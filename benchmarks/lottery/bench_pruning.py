@@ -23,7 +23,7 @@ import torch
 
 from spikeprune import create_model
 from spikeprune.tickets.calibration import calibrate
-from spikeprune.core.config import TrainConfig
+from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import load_dataset
 from spikeprune.core.io import write_json
 from spikeprune.tickets.masks import Mask

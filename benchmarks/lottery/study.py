@@ -32,7 +32,8 @@ import torch
 from spikeprune.engine.data import load_dataset
 from spikeprune.core.io import write_json, write_text
 from spikeprune.tickets.lottery import LotteryConfig, collect_rows, run_lottery, train_dense
-from spikeprune.report.tables import format_table, plot_accuracy_vs_sparsity, summarize
+from spikeprune.report.plots import plot_accuracy_vs_sparsity
+from spikeprune.report.tables import format_table, summarize
 
 HERE = Path(__file__).resolve().parent
 BASE = dict(model="convnet", dataset="fashion_mnist", width=0.5, timesteps=4, bf16=True, train_limit=10000,

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from spikeprune.compression.compress import save_compressed  # noqa: E402
-from spikeprune.core.config import TrainConfig  # noqa: E402
+from spikeprune.engine.config import TrainConfig  # noqa: E402
 from spikeprune.compression.cost import cost_report, measure_latency  # noqa: E402
 from spikeprune.engine.data import BatchLoader, load_dataset  # noqa: E402
 from spikeprune.core.io import read_json, write_json  # noqa: E402

@@ -52,7 +52,8 @@ def run(checkpoint: str) -> None:
 
 
 def report() -> None:
-    from spikeprune.theory.firing import FlipRow, parse_perturbation, plot_flip_summary, plot_flips
+    from spikeprune.report.plots import plot_flip_summary, plot_flips
+    from spikeprune.theory.firing import MODES, FlipRow, flip_summary, parse_perturbation
 
     rows, summary = [], []
     for spec in PERTURBATIONS:
@@ -67,7 +68,7 @@ def report() -> None:
         # Redraw the per-perturbation figure from its JSON (same function `analyze flips` uses).
         label = parse_perturbation(spec).label
         ck = Path(data["checkpoint"])
-        plot_flips(these, path.parent / f"flips-{label}.png", f"{ck.parent.name}/{ck.name}: {label}")
+        plot_flips(these, path.parent / f"flips-{label}.png", f"{ck.parent.name}/{ck.name}: {label}", modes=MODES)
     if not rows:
         sys.exit("no results yet: run first")
     buf = io.StringIO()
@@ -78,7 +79,7 @@ def report() -> None:
     from spikeprune.core.io import write_text
 
     write_text(HERE / "flips_summary.csv", buf.getvalue())
-    plot_flip_summary(rows, HERE / "flips_summary.png")
+    plot_flip_summary(flip_summary(rows), HERE / "flips_summary.png", modes=MODES)
     print(f"{len(summary)} (perturbation, mode, layer) lines -> {HERE / 'flips_summary.csv'}")
 
 

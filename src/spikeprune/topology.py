@@ -48,13 +48,16 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from spikeprune.core.diagnostics import UserError
+from spikeprune.engine.foreign import _is_third_party_neuron, _unsupported
 from spikeprune.engine.neuron import LIF
 
 __all__ = ["ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "evaluation", "is_time_major",
            "sample_count", "trace"]
 
 _WEIGHT = (nn.modules.conv._ConvNd, nn.Linear)
-_BN = (nn.modules.batchnorm._BatchNorm,)
+#: every BatchNorm (1d/2d/3d, SyncBatchNorm, tdBN and other subclasses): the one definition the packages share
+BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
+_BN = BATCHNORM
 _POOL = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
          nn.modules.pooling._AdaptiveMaxPoolNd)
 _ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Identity)
@@ -78,7 +81,6 @@ def role_of(m: nn.Module) -> str | None:
     ``act``, ``module`` for any other childless module); ``None``: a container, traced through."""
     if isinstance(m, LIF):
         return "neuron"
-    from spikeprune.interop.adapters import _is_third_party_neuron
     if _is_third_party_neuron(m):  # checked before "childless": snnTorch's neurons have no children
         return "foreign-neuron"
     if isinstance(m, _WEIGHT):
@@ -483,7 +485,6 @@ class _Tracer:
         outputs = _tensors(out)
         name = self.names.get(id(module), type(module).__name__)
         if role == "foreign-neuron":
-            from spikeprune.interop.adapters import _unsupported
             raise TopologyError(str(_unsupported(name, module, "adapt() the network first")))
         node = Node(len(self.nodes), "module", name, role, module=module, inputs=ids, in_shapes=shapes,
                     scope=self._scope(), const_inputs=consts)

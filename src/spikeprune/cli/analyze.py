@@ -112,7 +112,8 @@ def run_validity(args: argparse.Namespace) -> int:
     from spikeprune.engine.data import BatchLoader, split_validation
     from spikeprune.core.io import check_writable_dir, write_json, write_text
     from spikeprune.engine.train import checkpoint_dataset, load_model
-    from spikeprune.theory.validity import criterion_validity, plot_validity, rows_as_dicts, validity_summary
+    from spikeprune.report.plots import plot_validity
+    from spikeprune.theory.validity import criterion_validity, rows_as_dicts, validity_summary
 
     cfg = config_from_args(ValidityConfig, args)
     args = argparse.Namespace(**{**vars(args), **vars(cfg), "criteria": list(cfg.criteria),
@@ -147,7 +148,7 @@ def run_validity(args: argparse.Namespace) -> int:
     lines += [f"{r.layer},{r.neuron},{r.criterion},{r.group},{r.weights},{r.score_sum:.6g},{r.score_mean:.6g},"
               f"{r.flip_rate:.6g},{r.slots}" for r in rows]
     write_text(out / "validity.csv", "\n".join(lines) + "\n")
-    plot_validity(rows, out / "validity.png", title=f"{ck.parent.name}/{ck.name}: flip rate of removed weight sets "
+    plot_validity(rows, validity_summary(rows), out / "validity.png", title=f"{ck.parent.name}/{ck.name}: flip rate of removed weight sets "
                                                    f"({measured_on}, {loader.num_samples} samples)")
     print(f"{'layer':<26} {'criterion':<12} {'spearman':>9} {'flips lowest':>13} {'flips highest':>14}")
     for s in summary:

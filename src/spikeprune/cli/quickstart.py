@@ -10,11 +10,13 @@ search finds a 50 %-dense subnetwork inside the same network left at its random 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.core.config import TrainConfig, hparam
+from spikeprune.core.config import hparam
+from spikeprune.engine.config import TrainConfig
 from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
 from spikeprune.core.rundir import holds_run_directory
 
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"edgepopup_epochs must be >= 0 (0 skips the edge-popup part); got {cfg.edgepopup_epochs}")
     # A demo: re-running it continues (or just re-reports) the same run instead of refusing. The dense run
     # is identified by its TrainConfig alone, so changing only the lottery flags re-uses it.
-    dense = TrainConfig(**{f: getattr(cfg, f) for f in TrainConfig.__dataclass_fields__})
+    dense = TrainConfig.of(cfg)
     result = fit(dense, args.out, resume=True, progress=args.progress,
                  on_epoch_end=rewind_saver(args.out, cfg, rewind_epoch))
     m = result.metrics
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 def _lottery_configs(cfg: QuickstartConfig, rewind_epoch: int) -> dict:
     from spikeprune.tickets.lottery import LotteryConfig
 
-    base = {f: getattr(cfg, f) for f in TrainConfig.__dataclass_fields__}
+    base = dataclasses.asdict(TrainConfig.of(cfg))
     common = dict(rounds=cfg.rounds, prune_fraction=cfg.prune_fraction, rewind_epoch=rewind_epoch)
     return {"IMP (magnitude)": LotteryConfig(**base, **common, variant="imp"),
             "SF-IMP-1 (sf)": LotteryConfig(**base, **common, variant="sf-imp-1")}
@@ -97,7 +99,8 @@ def _lottery_configs(cfg: QuickstartConfig, rewind_epoch: int) -> dict:
 def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict, rewind_epoch: int) -> None:
     from spikeprune.engine.data import load_dataset
     from spikeprune.tickets.lottery import adopt_dense, run_lottery
-    from spikeprune.report.tables import format_table, plot_accuracy_vs_sparsity
+    from spikeprune.report.plots import plot_accuracy_vs_sparsity
+    from spikeprune.report.tables import format_table
 
     out = Path(args.out)
     dataset = load_dataset(cfg.dataset, cfg.data_dir)

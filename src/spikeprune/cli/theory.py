@@ -85,7 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 @holds_run_directory("theory")
 def run_slth(args: argparse.Namespace) -> int:
     from spikeprune.core.io import check_writable_dir, write_json, write_text
-    from spikeprune.theory.slth import plot_slth, slth_experiment
+    from spikeprune.report.plots import plot_slth
+    from spikeprune.theory.slth import slth_experiment
 
     cfg = config_from_args(SlthConfig, args)
     max_memory = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30)

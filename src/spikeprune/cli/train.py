@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from spikeprune.core.config import TrainConfig
+from spikeprune.engine.config import TrainConfig
 from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
 from spikeprune.core.rundir import holds_run_directory
 

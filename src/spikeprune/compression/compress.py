@@ -25,7 +25,6 @@ Orders (``order``):
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,8 @@ import torch
 from torch import nn
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.core.config import TrainConfig, hparam, to_dict, validate
+from spikeprune.core.config import NOT_HPARAMS, check_fraction, hparam, to_dict
+from spikeprune.engine.config import TrainConfig, validate
 from spikeprune.compression.cost import CostReport, cost_report, measure_latency
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
 from spikeprune.core.io import check_writable_dir, load_checkpoint, read_json, save_checkpoint, write_json
@@ -58,6 +58,7 @@ from spikeprune.compression.structured import (
     remove_channels,
     select_channels,
 )
+from spikeprune.core.rundir import check_resumable, log
 from spikeprune.engine.train import (
     build_model,
     checkpoint_dataset,
@@ -119,9 +120,7 @@ class CompressConfig(TrainConfig):
         _check_int("bits", self.bits, 1, 16)
         if self.membrane_bits is not None:
             _check_int("membrane_bits", self.membrane_bits, 2, 16)
-        if not (0.0 <= self.channel_sparsity < 1.0):
-            raise UserError(f"channel_sparsity (fraction of channels removed) must be in [0, 1); "
-                             f"got {self.channel_sparsity!r}")
+        check_fraction(self.channel_sparsity, "channel_sparsity", "[0, 1)", "fraction of channels removed")
         if not 0.0 < self.percentile <= 100.0:
             raise UserError(f"percentile must be in (0, 100]; got {self.percentile!r}")
         _check_int("qat_epochs", self.qat_epochs, 0, None)
@@ -137,11 +136,6 @@ def _check_int(name: str, value: Any, lo: int, hi: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise UserError(f"{name} must be an integer {'in ' if hi is not None else ''}{bound}; got {value!r}")
-
-
-def _train_config(cfg: CompressConfig, **changes: Any) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names}, **changes})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,16 +176,10 @@ def load_compressed(path: str | Path, example_input: torch.Tensor | None = None,
 # ---------------------------------------------------------------------------------------------
 
 
-def _log_default(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr, flush=True)
-
-
 def _dense_model(cfg: CompressConfig, out: Path, dataset: ImageDataset, resume: bool, progress: bool,
                  log: Callable[[str], None] | None) -> tuple[nn.Module, str]:
     if cfg.checkpoint is None:
-        result = fit(_train_config(cfg), out / "dense", resume=resume or (out / "dense").exists(),
+        result = fit(TrainConfig.of(cfg), out / "dense", resume=resume or (out / "dense").exists(),
                      dataset=dataset, progress=progress, log=log)
         return result.model, str(out / "dense" / "checkpoint.safetensors")
     model, meta = load_model(cfg.checkpoint)
@@ -252,13 +240,13 @@ def _phase(cfg: CompressConfig, out: Path, name: str, epochs: int, model: nn.Mod
     if epochs < 1:
         return model
     run = out / name
-    result = fit(_train_config(cfg, epochs=epochs, lr=cfg.finetune_lr), run, resume=run.exists(), dataset=dataset,
+    result = fit(TrainConfig.of(cfg, epochs=epochs, lr=cfg.finetune_lr), run, resume=run.exists(), dataset=dataset,
                  model=model, progress=progress, log=log)
     return result.model
 
 
 def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
-             progress: bool = False, log: Callable[[str], None] | None = _log_default) -> dict[str, Any]:
+             progress: bool = False, log: Callable[[str], None] | None = log) -> dict[str, Any]:
     """Run the joint pipeline of ``cfg`` into ``out``; returns the metrics (also in ``out/metrics.json``)."""
     if cfg.checkpoint is not None:
         load_checkpoint(cfg.checkpoint)  # a missing or foreign checkpoint is refused before OUT is created
@@ -269,17 +257,13 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
         if not resume:
             raise UserError(f"{out} already holds a compression run; pass --resume to continue it or choose "
                              "another --out")
-        changed = sorted(k for k in set(saved) | set(to_dict(cfg))
-                         if k not in ("data_dir", "compile") and saved.get(k) != to_dict(cfg).get(k))
-        if changed:
-            k = changed[0]
-            raise UserError(f"cannot resume {out}: it was run with {k}={saved.get(k)!r}, now {k}="
-                             f"{to_dict(cfg).get(k)!r}; use another --out")
+        # execution details (device, threads, data_dir, ...) may change on resume, as for a training run
+        check_resumable(out, saved, to_dict(cfg), ignore=NOT_HPARAMS)
         if (out / "metrics.json").exists():
             return read_json(out / "metrics.json")
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.checkpoint is None:  # fail before training if the channel budget cannot be met
-        _check_budget(build_model(_train_config(cfg), dataset), cfg)
+        _check_budget(build_model(TrainConfig.of(cfg), dataset), cfg)
     dense, dense_path = _dense_model(cfg, out, dataset, resume, progress, log)
     _check_budget(dense, cfg)
     write_json(manifest, to_dict(cfg))
@@ -318,7 +302,7 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
 
 def _report(cfg: CompressConfig, out: Path, reference: nn.Module, model: nn.Module, dataset: ImageDataset,
             utilisation: list[dict[str, Any]], pmeta: dict[str, Any], log: Callable[[str], None] | None) -> dict:
-    _, test = make_loaders(_train_config(cfg), dataset)
+    _, test = make_loaders(TrainConfig.of(cfg), dataset)
     batches = [b for _, b in zip(range(cfg.cost_batches), test)]
     dense_eval, comp_eval = evaluate(reference, test), evaluate(model, test)
     dense_cost, comp_cost = cost_report(reference, batches), cost_report(model, batches)

@@ -64,7 +64,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.topology import evaluation, sample_count, trace
+from spikeprune.topology import BATCHNORM, evaluation, sample_count, trace
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "CostReport", "LayerCost", "cost_report", "measure_latency"]
 
@@ -72,7 +72,6 @@ E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz 2014)
 E_AC_PJ = 0.9  # 32-bit float accumulate, 45 nm (Horowitz 2014)
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -401,7 +400,7 @@ def cost_report(
             flops=a["flops"], executions=executions, input_rate=rate, input_is_spikes=spikes,
             macs=macs, sops=sops, sops_measured=measured, energy_pj=e_mac_pj * macs + e_ac_pj * sops,
         ))
-    other = sum(2 * m.num_features for m in model.modules() if isinstance(m, _BN))
+    other = sum(2 * m.num_features for m in model.modules() if isinstance(m, BATCHNORM))
     report = CostReport(rows, other, other * 4.0, samples, float(e_mac_pj), float(e_ac_pj))
     report.neurobench = _neurobench_summary(model, layers, acc, act, samples)
     return report

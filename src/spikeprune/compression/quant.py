@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from spikeprune.core.diagnostics import UserError
 from spikeprune.engine.neuron import LIF, surrogate_gradient
+from spikeprune.topology import BATCHNORM
 
 __all__ = [
     "SCALES",
@@ -490,7 +491,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[Any], num_batches: 
     Runs the model in train mode without gradients; the statistics become the plain average over
     the batches (momentum None). Returns the number of batches used.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [m for m in model.modules() if isinstance(m, BATCHNORM) and m.track_running_stats]
     if not bns:
         return 0
     momenta = [m.momentum for m in bns]

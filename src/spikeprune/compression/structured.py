@@ -38,7 +38,6 @@ group's offset in each neuron; weight criteria read its producers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,11 +45,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikeprune.core.config import check_fraction
 from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.calibration import calibrate
 from spikeprune.tickets.criteria import sf as sf_scores
 from spikeprune.engine.neuron import LIF, observe
-from spikeprune.topology import evaluation, trace
+from spikeprune.topology import BATCHNORM, evaluation, trace
 
 __all__ = [
     "CHANNEL_CRITERIA",
@@ -67,7 +67,6 @@ __all__ = [
     "select_channels",
 ]
 
-_BN = (nn.modules.batchnorm._BatchNorm,)
 _CONV = nn.modules.conv._ConvNd
 
 
@@ -396,12 +395,7 @@ def channel_scores(
 
 
 def _check_sparsity(value: Any, what: str = "channel sparsity", upper_inclusive: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and 0.0 <= value and (value <= 1.0 if upper_inclusive else value < 1.0)
-    if not ok:
-        bound = "[0, 1]" if upper_inclusive else "[0, 1)"
-        raise UserError(f"{what} (fraction of channels removed) must be a number in {bound}; got {value!r}")
-    return float(value)
+    return check_fraction(value, what, "[0, 1]" if upper_inclusive else "[0, 1)", "fraction of channels removed")
 
 
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -503,7 +497,7 @@ def _slice_outputs(module: nn.Module, idx: torch.Tensor, old: int) -> None:
         module.out_channels = n
     elif isinstance(module, nn.Linear):
         module.out_features = n
-    elif isinstance(module, _BN):
+    elif isinstance(module, BATCHNORM):
         module.num_features = n
 
 

@@ -3,8 +3,11 @@
 Every hyperparameter is a dataclass field with its default, help text and allowed values. The CLI
 flags (``--field-name``), the YAML preset keys (``field_name``) and a run's identity (a hash of its
 non-default values, as in open_lth) are all derived from these fields, so nothing is spelled twice.
-Commands extend :class:`TrainConfig` by inheritance. Adding a field with a default never changes
-the identity of existing runs, because only non-default values enter the hash.
+This module is the machinery (field declaration, coercion, validation, YAML, identity); the
+configs themselves live next to what they configure: the training run and the neuron-parameter
+bundle in :mod:`spikeprune.engine.config`, each feature's options in its own module. Adding a
+field with a default never changes the identity of existing runs, because only non-default values
+enter the hash.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import yaml
 from spikeprune.core.diagnostics import UserError
 
-__all__ = ["CommandConfig", "TrainConfig", "hparam", "path_option", "validate_fields", "load_yaml", "run_id", "from_mapping", "to_dict", "NOT_HPARAMS"]
+__all__ = ["CommandConfig", "hparam", "path_option", "validate_fields", "load_yaml", "run_id", "from_mapping", "to_dict", "NOT_HPARAMS"]
 
 #: fields that describe where/how a run executes, not what it computes (excluded from run identity)
 NOT_HPARAMS = frozenset({"data_dir", "progress", "compile", "threads", "device"})
@@ -56,45 +59,15 @@ def in_bounds(value: float, bounds: str) -> bool:
     return (value > lo or (lo_in and value == lo)) and (value < hi or (hi_in and value == hi))
 
 
-@dataclass
-class TrainConfig:
-    """Model, data and optimisation of one training run (LTH-SNN / Kim et al. defaults)."""
+def check_fraction(value: Any, name: str, bounds: str, meaning: str) -> float:
+    """``value`` as a float in ``bounds`` (e.g. ``"[0, 1)"``), or one line naming it and what it means.
 
-    model: str = hparam("convnet", "registered model (mlp, convnet, vgg16, resnet19)")
-    dataset: str = hparam("digits", "dataset (digits, fashion_mnist, mnist, cifar10, cifar100, synthetic)")
-    width: float = hparam(1.0, "channel width multiplier (> 0)")
-    timesteps: int = hparam(4, "simulation timesteps T (>= 1)")
-    beta: float = hparam(0.5, "LIF membrane decay beta in (0, 1)")
-    u_th: float = hparam(1.0, "LIF firing threshold u_th")
-    v_reset: float = hparam(0.0, "LIF reset potential V_reset")
-    surrogate: str = hparam("atan", "surrogate gradient", ("atan", "sigmoid", "triangle", "rectangle"))
-    surrogate_alpha: float | None = hparam(None, "surrogate sharpness (default: the surrogate's own)")
-    detach_reset: bool = hparam(False, "detach the reset path from the gradient")
-    tdbn: bool = hparam(False, "threshold-dependent BatchNorm (resnet19)")
-    encoding: str = hparam("direct", "input encoding", ("direct", "poisson"))
-    epochs: int = hparam(10, "training epochs (>= 1)")
-    batch_size: int = hparam(128, "batch size (>= 1)")
-    optimizer: str = hparam("sgd", "optimizer", ("sgd", "adam"))
-    lr: float = hparam(0.1, "initial learning rate (> 0)")
-    momentum: float = hparam(0.9, "SGD momentum in [0, 1)")
-    weight_decay: float = hparam(5e-4, "weight decay (>= 0)")
-    schedule: str = hparam("cosine", "learning-rate schedule per epoch", ("cosine", "constant"))
-    loss: str = hparam("per_timestep", "per_timestep: mean_t CE(out_t); mean_output: CE(mean_t out_t)",
-                       ("per_timestep", "mean_output"))
-    train_limit: int | None = hparam(None, "use only the first N training samples")
-    test_limit: int | None = hparam(None, "use only the first N test samples")
-    val_fraction: float = hparam(0.1, "fraction of the training set held out for validation, in [0, 1): every "
-                                      "selection (best epoch, criterion, hyperparameter) is made on it, never on test", bounds="[0, 1)")
-    val_seed: int = hparam(0, "seed of the validation split (fixed across training seeds by default, so seeds "
-                              "are compared on the same held-out samples)", bounds="[0, 4294967295]")
-    seed: int = hparam(0, "random seed (model init, data order, Poisson spikes)", bounds="[0, 4294967295]")
-    bf16: bool = hparam(False, "bfloat16 autocast for the forward pass (~1.7x on CPU)")
-    compile: bool = hparam(False, "torch.compile the model (~1.5x on CPU after ~20 s of compilation)")
-    data_dir: str | None = hparam(None, "directory holding the dataset files (default: system paths, then cache)")
-    device: str = hparam("auto", "where to train: auto (the GPU when one is visible, else the CPU), cpu, cuda, cuda:N")
-
-    def __post_init__(self) -> None:
-        validate(self)
+    The one validator of every sparsity, density and fraction argument of the Python API (the CLI's are
+    declared with ``hparam(bounds=...)``): booleans, non-numbers, NaN and inf are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not in_bounds(float(value), bounds):
+        raise UserError(f"{name} must be in {bounds} ({meaning}); got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -199,40 +172,6 @@ def validate_fields(cfg: Any) -> None:
             if bounds is not None and item is not None and not in_bounds(item, bounds):
                 raise UserError(f"{f.name} must be in {bounds}; got {item!r}")
         object.__setattr__(cfg, f.name, value)
-
-
-def validate(cfg: Any) -> None:
-    """Coerce and check every field (:func:`validate_fields`), then the cross-field rules of TrainConfig."""
-    validate_fields(cfg)
-    _check(isinstance(cfg.timesteps, int) and cfg.timesteps >= 1, "timesteps (T) must be >= 1", cfg.timesteps)
-    _check(0.0 < cfg.beta < 1.0, "beta must be in (0, 1)", cfg.beta)
-    _check(math.isfinite(cfg.u_th) and cfg.u_th > 0, "u_th must be a finite number > 0", cfg.u_th)
-    _check(math.isfinite(cfg.v_reset), "v_reset must be finite", cfg.v_reset)
-    _check(cfg.surrogate_alpha is None or cfg.surrogate_alpha > 0, "surrogate_alpha must be > 0",
-           cfg.surrogate_alpha)
-    _check(cfg.width > 0 and math.isfinite(cfg.width), "width must be > 0", cfg.width)
-    _check(cfg.epochs >= 1, "epochs must be >= 1", cfg.epochs)
-    _check(cfg.batch_size >= 1, "batch_size must be >= 1", cfg.batch_size)
-    _check(cfg.lr > 0 and math.isfinite(cfg.lr), "lr must be > 0", cfg.lr)
-    _check(0.0 <= cfg.momentum < 1.0, "momentum must be in [0, 1)", cfg.momentum)
-    _check(cfg.weight_decay >= 0, "weight_decay must be >= 0", cfg.weight_decay)
-    _check(cfg.train_limit is None or cfg.train_limit >= 1, "train_limit must be >= 1", cfg.train_limit)
-    _check(0.0 <= cfg.val_fraction < 1.0, "val_fraction must be in [0, 1)", cfg.val_fraction)
-    _check(cfg.test_limit is None or cfg.test_limit >= 1, "test_limit must be >= 1", cfg.test_limit)
-    _check(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
-           "device must be auto, cpu, cuda or cuda:N", cfg.device)
-    # Names are checked against the live registries so a typo fails before any work starts.
-    from spikeprune.engine.data import list_datasets
-    from spikeprune.engine.models import list_models
-
-    _check(cfg.model in list_models(), f"unknown model; available: {', '.join(list_models())}", cfg.model)
-    _check(cfg.dataset in list_datasets(), f"unknown dataset; available: {', '.join(list_datasets())}",
-           cfg.dataset)
-
-
-def _check(ok: bool, message: str, value: Any) -> None:
-    if not ok:
-        raise UserError(f"{message}; got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------

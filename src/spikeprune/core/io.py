@@ -13,12 +13,15 @@ scheduler, history...). One file means one atomic rename, and ``safetensors`` pa
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Iterator
 
 import torch
@@ -97,6 +100,20 @@ def file_slug(text: str) -> str:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> str:
+    """``rows`` as CSV text: header ``fields``, keys outside them ignored, ``None`` as an empty cell."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> None:
+    """:func:`csv_text` written atomically: the one CSV writer of every result file."""
+    write_text(path, csv_text(rows, fields))
 
 
 def write_json(path: str | Path, data: Any) -> None:

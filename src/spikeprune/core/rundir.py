@@ -37,7 +37,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,52 @@ RECORD_FILE = ".spikeprune-run.json"
 _STALE = (re.compile(r"^\..+\.[a-z0-9_]{8}\.spikeprune\.tmp$"),
           re.compile(r"^\..+\.(json|csv|png|safetensors|yaml|md|nir|txt)\.[a-z0-9_]{8}\.tmp$"),
           re.compile(r"^\.write-test\.[a-z0-9_]{8}$"))
+
+
+def log(message: str) -> None:
+    """A progress or status line of a run: to stderr (stdout carries the results a user pipes), flushed
+    at once so a ``nohup``/CI log shows it as it happens. The one logger of every command."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def first_difference(saved: dict[str, Any], now: dict[str, Any], ignore: Iterable[str] = ()) -> str | None:
+    """``"k=<saved>, now k=<now>"`` for the first key (sorted) whose value differs, ``None`` if none does.
+    Keys in ``ignore`` (execution details such as ``device``, or changes a resume accepts) are skipped."""
+    skip = set(ignore)
+    for k in sorted(set(saved) | set(now)):
+        if k not in skip and saved.get(k) != now.get(k):
+            return f"{k}={saved.get(k)!r}, now {k}={now.get(k)!r}"
+    return None
+
+
+def check_resumable(out: str | Path, saved: dict[str, Any], now: dict[str, Any], *, done: str = "run",
+                    ignore: Iterable[str] = ()) -> None:
+    """Refuse to resume the run in ``out`` with other hyperparameters than it was started with: one line
+    naming the first difference. The one identity check of every resumable command (train, lottery,
+    edge-popup, compress); ``saved``/``now`` are :func:`~spikeprune.core.config.hyperparameters` dicts
+    (execution details excluded), ``done`` the verb of the message (``trained``, ``searched``, ...)."""
+    diff = first_difference(saved, now, ignore)
+    if diff:
+        raise UserError(f"cannot resume {out}: it was {done} with {diff}; use another --out")
+
+
+def link_run(source: str | Path, target: str | Path, names: Iterable[str] | None = None) -> None:
+    """Give ``target`` the files of the finished run ``source`` (a shared dense phase, a user's training
+    run): hard links, copies where links are impossible (another file system); files ``target`` already
+    has are kept. ``names``: only these files (those missing from ``source`` are skipped); default: every
+    regular file that is not hidden (locks, records and temp files start with a dot). The one way a run
+    adopts another's results; the adopting run still checks that the configurations match."""
+    import shutil
+
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    files = [source / n for n in names] if names is not None else sorted(source.iterdir())
+    for f in files:
+        if f.is_file() and not f.name.startswith(".") and not (target / f.name).exists():
+            try:
+                (target / f.name).hardlink_to(f)
+            except OSError:
+                shutil.copy2(f, target / f.name)
 
 
 class RunDirectoryError(UserError):

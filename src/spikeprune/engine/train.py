@@ -16,8 +16,6 @@ continuation will not be bit-identical and why.
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import math
 import os
 import sys
@@ -35,12 +33,14 @@ from tqdm import tqdm
 
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.limits import check_model_fits, check_training_fits
-from spikeprune.core.config import TrainConfig, hyperparameters, run_id, to_dict
+from spikeprune.core.config import hyperparameters, run_id, to_dict
+from spikeprune.engine.config import TrainConfig
 from spikeprune.core import distributed
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
-from spikeprune.core.io import check_writable_dir, load_checkpoint, save_checkpoint, write_json, write_text
+from spikeprune.core.io import check_writable_dir, load_checkpoint, save_checkpoint, write_csv, write_json
 from spikeprune.engine.models import create_model
 from spikeprune.engine.neuron import LIF, observe, spiking_layers
+from spikeprune.core.rundir import check_resumable, log
 
 __all__ = [
     "build_model",
@@ -66,15 +66,6 @@ HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "va
 # ---------------------------------------------------------------------------------------------
 
 
-def neuron_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """LIF arguments of a config (what ``create_model(neuron=...)`` receives)."""
-    kw: dict[str, Any] = {"beta": cfg.beta, "u_th": cfg.u_th, "v_reset": cfg.v_reset,
-                          "surrogate": cfg.surrogate, "detach_reset": cfg.detach_reset}
-    if cfg.surrogate_alpha is not None:
-        kw["alpha"] = cfg.surrogate_alpha
-    return kw
-
-
 def build_model(cfg: TrainConfig, dataset: ImageDataset) -> nn.Module:
     """The registered model of ``cfg`` sized for ``dataset``; initialised from ``cfg.seed``."""
     options = {"tdbn": True} if cfg.tdbn and cfg.model == "resnet19" else {}
@@ -82,7 +73,7 @@ def build_model(cfg: TrainConfig, dataset: ImageDataset) -> nn.Module:
         raise UserError(f"tdbn is an option of resnet19 only; got model {cfg.model!r}")
     def build() -> nn.Module:
         return create_model(cfg.model, dataset.num_classes, dataset.in_channels, cfg.timesteps, cfg.width,
-                            image_size=dataset.image_size, neuron=neuron_kwargs(cfg), **options)
+                            image_size=dataset.image_size, neuron=cfg.neuron.lif_kwargs(), **options)
 
     check_model_fits(build, f"{cfg.model} at width {cfg.width:g} on {dataset.name}")
     torch.manual_seed(cfg.seed)
@@ -416,18 +407,6 @@ class RunResult:
     model: nn.Module
 
 
-def _history_csv(rows: list[dict[str, Any]]) -> str:
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def fit(
     cfg: TrainConfig,
     out: str | Path,
@@ -439,7 +418,7 @@ def fit(
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     extra_tensors: Callable[[], dict[str, torch.Tensor]] | None = None,
     progress: bool = True,
-    log: Callable[[str], None] | None = _log,
+    log: Callable[[str], None] | None = log,
 ) -> RunResult:
     """Train ``cfg`` into the run directory ``out``, checkpointing every epoch.
 
@@ -489,12 +468,7 @@ def fit(
         tensors, meta = load_checkpoint(ckpt_path)
         if meta.get("kind") != "train":
             raise UserError(f"{ckpt_path} is not a training checkpoint (kind {meta.get('kind')!r})")
-        saved = meta.get("hyperparameters", {})
-        changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-        if changed:
-            k = changed[0]
-            raise UserError(f"cannot resume {out}: it was trained with {k}={saved.get(k)!r}, "
-                             f"now {k}={identity.get(k)!r}; use another --out")
+        check_resumable(out, meta.get("hyperparameters", {}), identity, done="trained")
         load_model_state(model, tensors, str(ckpt_path))
         optimizer.load_state_dict(_unpack_optimizer(tensors, meta["optimizer"]))
         scheduler.load_state_dict(meta["scheduler"])
@@ -547,7 +521,7 @@ def fit(
             "model_config": getattr(model, "spikeprune_config", None),
             "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "history": history,
         })
-        write_text(out / "history.csv", _history_csv(history))
+        write_csv(out / "history.csv", history, HISTORY_FIELDS)
         if log:
             val = f"val {va['accuracy']:.4f}  " if va["accuracy"] is not None else ""
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f}  train {tr['accuracy']:.4f}  "

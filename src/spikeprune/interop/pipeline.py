@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from spikeprune.core.config import check_fraction
 from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.calibration import calibrate
 from spikeprune.compression.cost import cost_report
@@ -150,8 +151,7 @@ def analyse_third_party(
         _positive_int(batch_size, "batch size")
         _positive_int(calibration_batches, "calibration batches")
         _positive_int(analysis_batches, "analysis batches")
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-            raise UserError(f"sparsity (fraction removed) must be in [0, 1); got {sparsity!r}")
+        check_fraction(sparsity, "sparsity", "[0, 1)", "fraction of weights removed")
         if criterion not in CRITERIA:
             raise UserError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):

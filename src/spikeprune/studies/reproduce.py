@@ -31,16 +31,17 @@ import math
 import platform
 import re
 import statistics
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.core.config import TrainConfig, fields_of
+from spikeprune.core.config import fields_of
+from spikeprune.engine.config import TrainConfig
 from spikeprune.core.io import check_writable_dir, file_slug, read_json, write_json, write_text
 from spikeprune.studies.protocols import CLAIMS, Protocol, protocol
+from spikeprune.core.rundir import log
 
 __all__ = ["reproduce", "write_report"]
 
@@ -52,10 +53,6 @@ TITLES = {
     "theory": "LTH-SNN theory: spike flips vs the bounds, and the strong-LTH construction",
     "qpsnn": "QP-SNN: quantized and channel-pruned SNNs",
 }
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def slug(text: str) -> str:
@@ -203,7 +200,7 @@ def _fig5_findings(series: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def _fig5_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
-    from spikeprune.report.tables import plot_accuracy_vs_sparsity
+    from spikeprune.report.plots import plot_accuracy_vs_sparsity
 
     md: list[str] = []
     numbers: dict[str, Any] = {}
@@ -252,7 +249,7 @@ def _fig3_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_
     for name, values in p.panels.items():
         where = root / slug(name)
         dense_values = values if p.options["dense"] == "preset" else p.options["dense"]
-        dense = TrainConfig(**{**fields_of(TrainConfig, dense_values), **extra})
+        dense = TrainConfig.of(dense_values, **extra)
         dense_jobs = train_jobs(dense, p.seeds, where)
         status = run_jobs(dense_jobs, where, max_jobs=jobs, threads=threads, log=log)
         if any(s.startswith("failed") for s in status.values()):
@@ -320,7 +317,7 @@ def _series_labels(rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], str
 
 
 def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
-    from spikeprune.report.tables import plot_subnetwork_accuracy
+    from spikeprune.report.plots import plot_subnetwork_accuracy
 
     md: list[str] = []
     numbers: dict[str, Any] = {}
@@ -413,11 +410,11 @@ def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
 def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
     from spikeprune.engine.data import BatchLoader, load_dataset
     from spikeprune.theory.firing import flip_study, parse_perturbation
-    from spikeprune.theory.slth import plot_slth, slth_experiment
+    from spikeprune.report.plots import plot_slth
+    from spikeprune.theory.slth import slth_experiment
     from spikeprune.engine.train import fit, load_model
 
-    values = {**fields_of(TrainConfig, p.panels["flips"]), **({"data_dir": data_dir} if data_dir else {})}
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig.of(p.panels["flips"], **({"data_dir": data_dir} if data_dir else {}))
     fit(cfg, root / "dense", resume=True, progress=False, log=log)
     model, _ = load_model(root / "dense" / "checkpoint.safetensors")
     dataset = load_dataset(cfg.dataset, cfg.data_dir)
@@ -515,7 +512,8 @@ def _informative_flip_rows(rows: list[Any], top: int = 15) -> tuple[list[str], d
 
 
 def _theory_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
-    from spikeprune.theory.firing import FlipRow, plot_flip_summary
+    from spikeprune.report.plots import plot_flip_summary
+    from spikeprune.theory.firing import MODES, FlipRow, flip_summary
 
     md: list[str] = []
     numbers: dict[str, Any] = {"flips": {}, "slth": {}}
@@ -554,7 +552,7 @@ def _theory_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[s
         md += informative
         md.append("All perturbations (worst layer and timestep; a bound >= 1 holds trivially):\n")
         md.append("\n".join(lines) + "\n")
-        plot_flip_summary(rows_all, out / "theory_flips.png")
+        plot_flip_summary(flip_summary(rows_all), out / "theory_flips.png", modes=MODES)
         md.append("![flips](theory_flips.png)\n")
         numbers["bound_holds"] = {"layers": total, "holds": holds_all}
         numbers["informative"] = info_numbers
@@ -584,7 +582,7 @@ def _theory_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[s
                          f"{b.get('k_equality')} | {thm} | {sum(int(v) for v in viol.values())} |")
             numbers["slth"][name] = {"bounds": b, "violations": viol}
             if shown < 4:
-                from spikeprune.theory.slth import plot_slth
+                from spikeprune.report.plots import plot_slth
 
                 plot_slth(r, out / f"theory_slth_{slug(name)}.png")
                 shown += 1
@@ -619,7 +617,7 @@ def _qpsnn_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data
     extra = {"data_dir": data_dir} if data_dir else {}
     first = next(iter(p.panels.values()))
     dense_values = first if p.options["dense"] == "shared" else p.options["dense"]
-    dense = TrainConfig(**{**fields_of(TrainConfig, dense_values), **extra})
+    dense = TrainConfig.of(dense_values, **extra)
     fit(dense, root / "dense", resume=True, progress=False, log=log)
     ckpt = str(root / "dense" / "checkpoint.safetensors")
     for name, values in p.panels.items():
@@ -676,12 +674,7 @@ def _cell(text: Any) -> str:
 
 
 def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from spikeprune.core.io import atomic_path
+    from spikeprune.report.plots import plot_qpsnn
 
     md: list[str] = []
     cells = data["cells"]
@@ -700,37 +693,7 @@ def _qpsnn_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[st
                      f"{c.get('energy_reduction', float('nan')):.2f}x | {c.get('speedup', float('nan')):.2f}x | "
                      f"{_pct(u.get('utilisation'), 0)} | {_pct(u.get('effective_utilisation'), 0)} |")
     md.append("\n".join(lines) + "\n")
-    import textwrap
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    for c in cells:
-        if c.get("size_bytes"):
-            axes[0].scatter(c["size_bytes"] / 1024, 100 * c["test_accuracy"])
-            axes[0].annotate(textwrap.fill(str(c["cell"]), 24), (c["size_bytes"] / 1024, 100 * c["test_accuracy"]),
-                             fontsize=6)
-    dense_acc = next((c["dense_test_accuracy"] for c in cells if c.get("dense_test_accuracy")), None)
-    if dense_acc:
-        axes[0].axhline(100 * dense_acc, color="0.4", linestyle="--", label="dense fp32")
-        axes[0].legend(fontsize=8)
-    axes[0].set_xscale("log")
-    from matplotlib.ticker import NullFormatter
-
-    axes[0].xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a narrow log range
-    axes[0].set_xlabel("model size (KiB, log)")
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[0].grid(alpha=0.3)
-    labels = [textwrap.fill(str(c["cell"]), 22) for c in cells]
-    eff = [100 * ((c["utilisation_total"] or {}).get("effective_utilisation") or 0) for c in cells]
-    axes[1].barh(labels, eff, color=["tab:red" if c.get("scale") == "max" else "tab:blue" for c in cells])
-    axes[1].axvspan(14, 32, color="orange", alpha=0.2, label="QP-SNN: vanilla uses 14-32 %")
-    axes[1].set_xlabel("effective bit-width utilisation (%)")
-    axes[1].set_title("red: vanilla max|W|, blue: ReScaW mean|W|", fontsize=9)
-    axes[1].tick_params(axis="y", labelsize=7)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out / "qpsnn.png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    plot_qpsnn(cells, out / "qpsnn.png")
     md.append("![qpsnn](qpsnn.png)\n")
     findings = []
     candidates = [c for c in cells if c.get("bits") == 4 and c.get("scale") == "mean"
@@ -871,7 +834,7 @@ def write_report(study: str, scale: str, out: str | Path, root: str | Path, *, c
 
 def reproduce(study: str, scale: str, out: str | Path, *, from_results: str | Path | None = None, jobs: int = 1,
               threads: int = 1, data_dir: str | None = None, references: Iterable[str | Path] = (),
-              command: str | None = None, project_root: str | Path | None = None, log: Log = _log) -> Path:
+              command: str | None = None, project_root: str | Path | None = None, log: Log = log) -> Path:
     """Run ``study`` at ``scale`` into ``out/runs`` (skipped with ``from_results``), then write the report.
 
     Returns the path of ``report.md``. Resumable: finished runs are not repeated.

@@ -30,10 +30,7 @@ their logs. With ``jobs=1`` the runs execute one after another in this process (
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -45,16 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.core.config import TrainConfig, from_mapping, to_dict
-from spikeprune.core.io import check_writable_dir, file_slug, read_json, write_json, write_text
+from spikeprune.core.config import from_mapping, to_dict
+from spikeprune.engine.config import TrainConfig
+from spikeprune.core.io import check_writable_dir, file_slug, read_json, write_csv, write_json
+from spikeprune.core.rundir import link_run, log
 
 __all__ = ["Job", "edgepopup_sweep", "lottery_sweep", "run_job", "run_jobs", "train_jobs"]
 
 KINDS = ("train", "lottery", "lottery-dense", "edgepopup")
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,7 @@ def _config(kind: str, values: dict[str, Any]) -> Any:
 _RUN_KIND = {"train": "train", "lottery-dense": "lottery", "lottery": "lottery", "edgepopup": "edgepopup"}
 
 
-def execute(job: Job, *, progress: bool = False, log: Callable[[str], None] | None = _log) -> None:
+def execute(job: Job, *, progress: bool = False, log: Callable[[str], None] | None = log) -> None:
     """Run ``job`` in this process (resuming whatever it already did), holding its run directory."""
     from spikeprune.core.rundir import run_directory
 
@@ -170,7 +165,7 @@ sys.exit(run_job(sys.argv[1], parent))
 
 
 def run_jobs(jobs: Sequence[Job], root: str | Path, *, max_jobs: int = 1, threads: int = 1,
-             log: Callable[[str], None] | None = _log) -> dict[str, str]:
+             log: Callable[[str], None] | None = log) -> dict[str, str]:
     """Run ``jobs`` (skipping finished ones), at most ``max_jobs`` at a time; returns ``{name: status}``
     with status ``done`` (already finished), ``ok`` or ``failed (exit N), see <log>``.
 
@@ -303,7 +298,7 @@ def _check_seeds(seeds: Iterable[Any]) -> list[int]:
 def train_jobs(cfg: TrainConfig, seeds: Iterable[int], out: str | Path, prefix: str = "dense") -> list[Job]:
     """One dense training job per seed, in ``out/<prefix>-seed-<s>``."""
     out = Path(out)
-    base = {k: v for k, v in to_dict(cfg).items() if k in TrainConfig.__dataclass_fields__}
+    base = to_dict(TrainConfig.of(cfg))
     return [Job(f"{prefix}-seed-{s}", "train", {**base, "seed": s}, str(out / f"{prefix}-seed-{s}"))
             for s in _check_seeds(seeds)]
 
@@ -315,20 +310,13 @@ def train_jobs(cfg: TrainConfig, seeds: Iterable[int], out: str | Path, prefix: 
 
 def _link_dense(shared: Path, run: Path) -> None:
     """Give the variant run ``run`` the seed's dense phase (hard links; copies where links fail)."""
-    if (run / "dense" / "metrics.json").exists():
-        return
-    (run / "dense").mkdir(parents=True, exist_ok=True)
-    for f in shared.iterdir():
-        if f.is_file() and not f.name.startswith(".") and not (run / "dense" / f.name).exists():
-            try:
-                (run / "dense" / f.name).hardlink_to(f)
-            except OSError:
-                shutil.copy2(f, run / "dense" / f.name)
+    if not (run / "dense" / "metrics.json").exists():
+        link_run(shared, run / "dense")
 
 
 def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = None,
                   variants: Iterable[str] | None = None, jobs: int = 1, threads: int = 1,
-                  log: Callable[[str], None] | None = _log) -> dict[str, Any]:
+                  log: Callable[[str], None] | None = log) -> dict[str, Any]:
     """IMP / SF-IMP-1 / SF-IMP-2 over ``seeds`` x ``variants`` (defaults: ``cfg.seed``, ``cfg.variant``).
 
     Phase 1 trains one dense run per seed (``out/seed-<s>/dense``); phase 2 runs every (seed, variant)
@@ -337,7 +325,8 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
     ``summary.png``. Returns the summary.
     """
     from spikeprune.tickets.lottery import VARIANTS, LotteryConfig, collect_rows
-    from spikeprune.report.tables import format_table, plot_accuracy_vs_sparsity, summarize
+    from spikeprune.report.plots import plot_accuracy_vs_sparsity
+    from spikeprune.report.tables import format_table, summarize
 
     if not isinstance(cfg, LotteryConfig):
         raise TypeError(f"lottery_sweep needs a LotteryConfig; got {type(cfg).__name__}")
@@ -374,13 +363,9 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
                "config": to_dict(cfg), "series": series,
                "per_seed": {v: {str(s): r for s, r in found.items()} for v, found in per_seed.items()}}
     write_json(out / "summary.json", summary)
-    buf = _io.StringIO()
     fields = ["variant", "round", "sparsity", "density", "n", "test_accuracy", "test_accuracy_std",
               "test_accuracy_ci", "val_accuracy", "best_val_accuracy", "firing_rate"]
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({"variant": v, **p} for v, points in series.items() for p in points)
-    write_text(out / "summary.csv", buf.getvalue())
+    write_csv(out / "summary.csv", ({"variant": v, **p} for v, points in series.items() for p in points), fields)
     if series:
         plot_accuracy_vs_sparsity(series, out / "summary.png",
                                   title=f"{cfg.model} on {cfg.dataset}: lottery tickets, "
@@ -397,7 +382,7 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
 
 def edgepopup_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = None,
                     reference: Iterable[str | Path] = (), jobs: int = 1, threads: int = 1,
-                    log: Callable[[str], None] | None = _log) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = log) -> dict[str, Any]:
     """One edge-popup search per (seed, density): ``out/seed-<s>/density-<d>`` (``out/density-<d>`` when
     ``seeds`` is None), each seed's ``results.*`` in its folder and every point in ``out/results.*``.
     ``reference``: dense trained runs (their folders or metrics.json), the dashed line of the plots."""

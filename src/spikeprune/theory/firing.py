@@ -34,8 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikeprune.core.config import check_fraction
 from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.masks import Mask, prunable_weights
+from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE  # the registry: every criterion prune() accepts
 from spikeprune.engine.neuron import LIF, observe, spiking_layers
 
 __all__ = [
@@ -56,8 +58,6 @@ __all__ = [
     "flip_rows_csv",
     "flip_summary",
     "parse_perturbation",
-    "plot_flip_summary",
-    "plot_flips",
     "scott_bandwidth",
 ]
 
@@ -301,7 +301,7 @@ class Perturbation:
 
     kind: str  # one of PERTURBATIONS
     sparsity: float | None = None  # prune: fraction of prunable weights removed
-    criterion: str | None = None  # prune: magnitude | sf | random
+    criterion: str | None = None  # prune: a name of tickets.criteria.CRITERIA (magnitude, sf, sf-rms, random, ...)
     mask: str | None = None  # prune: a mask file (Mask.save) instead of sparsity + criterion
     bits: int | None = None  # quantize
     scale: str | None = None  # quantize: ReScaW scale gamma (mean | max | percentile)
@@ -339,19 +339,20 @@ def parse_perturbation(text: str) -> Perturbation:
             sparsity = float(head)
         except ValueError:
             return Perturbation("prune", mask=arg)
-        if not 0.0 <= sparsity < 1.0:
-            raise UserError(f"prune sparsity (fraction removed) must be in [0, 1); got {head!r} in {text!r}")
+        check_fraction(sparsity, "prune sparsity", "[0, 1)", f"fraction of weights removed; in {text!r}")
         criterion = criterion or "magnitude"
-        if criterion not in ("magnitude", "sf", "random"):
-            raise UserError(f"unknown pruning criterion {criterion!r} in {text!r}; use magnitude, sf or random")
+        if criterion not in CRITERIA:
+            raise UserError(f"unknown pruning criterion {criterion!r} in {text!r}; use {', '.join(CRITERIA)}")
         return Perturbation("prune", sparsity=sparsity, criterion=criterion)
     if kind == "quantize":
         bits, _, scale = arg.partition(":")
         if not re.fullmatch(r"\d+", bits) or not 1 <= int(bits) <= 16:
             raise UserError(f"quantize bits must be an integer in [1, 16]; got {bits!r} in {text!r}")
+        from spikeprune.compression.quant import SCALES
+
         scale = scale or "mean"
-        if scale not in ("mean", "max", "percentile"):
-            raise UserError(f"unknown quantization scale {scale!r} in {text!r}; use mean, max or percentile")
+        if scale not in SCALES:
+            raise UserError(f"unknown quantization scale {scale!r} in {text!r}; use {', '.join(SCALES)}")
         return Perturbation("quantize", bits=int(bits), scale=scale)
     try:
         sigma = float(arg)
@@ -800,125 +801,11 @@ def flip_summary(rows: list[FlipRow]) -> list[dict[str, Any]]:
     return out
 
 
-def plot_flips(rows: list[FlipRow], path: str | Path, title: str = "") -> None:
-    """PNG: per layer (columns) and mode (rows), the measured conditional flip rate, the first-flip
-    crisis probability and the bound against the timestep, on a log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from spikeprune.core.io import atomic_path
-
-    modes = [m for m in MODES if any(r.mode == m for r in rows)]
-    layers = list(dict.fromkeys(r.layer for r in rows))
-    if not rows:
-        raise UserError("no flip rows to plot")
-    fig, axes = plt.subplots(len(modes), len(layers), figsize=(3.2 * len(layers), 2.8 * len(modes)),
-                             squeeze=False, sharey=True)
-    floor = 1e-7
-    for mi, mode in enumerate(modes):
-        for li, layer in enumerate(layers):
-            ax = axes[mi][li]
-            rs = sorted((r for r in rows if r.mode == mode and r.layer == layer), key=lambda r: r.t)
-            t = [r.t for r in rs]
-            ax.plot(t, [max(r.bound, floor) for r in rs], "k-", marker="s", label="bound (L3.3 / L3.4)")
-            ax.plot(t, [max(r.bound_refined, floor) for r in rs], "C1-.", marker="d", label="refined bound")
-            ax.plot(t, [max(r.crisis_empirical, floor) for r in rs], "C2--", marker="^",
-                    label="crisis prob. P(|u-u_th|<=r_t)")
-            ax.plot(t, [max(r.cond_flip_rate or 0.0, floor) for r in rs], "C3-", marker="o",
-                    label="flip rate | no earlier flip")
-            ax.plot(t, [max(r.flip_rate, floor) for r in rs], "C0:", marker=".", label="all flips")
-            ax.set_yscale("log")
-            ax.set_xticks(t)
-            ax.set_title(f"{layer}\n{mode}, eps<={rs[-1].eps:.3g}", fontsize=8)
-            if li == 0:
-                ax.set_ylabel("probability")
-            if mi == len(modes) - 1:
-                ax.set_xlabel("timestep t")
-            ax.grid(True, which="both", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-
-
-def plot_flip_summary(rows: list[FlipRow], path: str | Path) -> None:
-    """PNG: per mode, for every perturbation, the worst timestep's conditional flip rate (dots) and
-    the largest bound (bars) per layer, on a log scale: does the bound hold everywhere, how tight.
-    Layers the perturbation did not change (eps = 0, e.g. input noise in local mode) are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from spikeprune.core.io import atomic_path
-
-    summary = [s for s in flip_summary(rows) if s["eps"] > 0]
-    if not summary:
-        raise UserError("no flip rows with a non-zero input error to plot")
-    modes = [m for m in MODES if any(s["mode"] == m for s in summary)]
-    perts = list(dict.fromkeys(s["perturbation"] for s in summary))
-    layers = list(dict.fromkeys(s["layer"] for s in summary))
-    # One colour family per kind of perturbation (prune-magnitude, prune-sf, quantize, quantize-max,
-    # noise, ...), darker = stronger, so 16 perturbations stay tellable apart.
-    family_of = {pert: re.sub(r"-?[0-9.]+b?(?=-|$)", "", pert) for pert in perts}
-    families = list(dict.fromkeys(family_of.values()))
-    maps = ["Blues", "Greens", "Reds", "Purples", "Oranges", "Greys", "YlOrBr", "BuGn"]
-    members = {f: [q for q in perts if family_of[q] == f] for f in families}
-
-    def colour(pert: str):
-        f = family_of[pert]
-        i, n = members[f].index(pert), len(members[f])
-        return plt.get_cmap(maps[families.index(f) % len(maps)])(0.45 + 0.5 * (i + 1) / n if n > 1 else 0.8)
-
-    fig, axes = plt.subplots(1, len(modes), figsize=(1.5 + 2.2 * len(layers) * len(modes), 4.4), squeeze=False,
-                             sharey=True)
-    floor = 1e-7
-    width = 0.8 / max(len(perts), 1)
-    for ax, mode in zip(axes[0], modes):
-        for pi, pert in enumerate(perts):
-            pts = {s["layer"]: s for s in summary if s["mode"] == mode and s["perturbation"] == pert}
-            ls = [l for l in layers if l in pts]
-            xs = [layers.index(l) + (pi - (len(perts) - 1) / 2) * width for l in ls]
-            color = colour(pert)
-            rate = [max(pts[l]["max_cond_flip_rate"] or 0.0, floor) for l in ls]
-            bound = [max(pts[l]["max_bound"], floor) for l in ls]
-            ax.scatter(xs, rate, color=color, marker="o", s=16, label=pert, zorder=3)
-            ax.scatter(xs, bound, color=color, marker="_", s=90, zorder=2)
-            for x, r, b in zip(xs, rate, bound):
-                ax.plot([x, x], [r, b], color=color, lw=0.7, alpha=0.6)
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(layers)))
-        ax.set_xticklabels(layers, fontsize=8)
-        ax.set_title(f"{mode}: flip rate | no earlier flip (dot) vs bound (bar), worst timestep", fontsize=8)
-        ax.grid(True, which="major", axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("probability")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(perts)), fontsize=7, frameon=False)
-    rows_of_legend = -(-len(perts) // 6)
-    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-
-
 def flip_rows_csv(rows: list[FlipRow]) -> str:
     """The rows as CSV text (header = :data:`FLIP_FIELDS`; undefined rates are empty cells)."""
-    import csv
-    import io as _io
+    from spikeprune.core.io import csv_text
 
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FLIP_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in r.as_dict().items()})
-    return buf.getvalue()
+    return csv_text((r.as_dict() for r in rows), FLIP_FIELDS)
 
 
 def flip_study(
@@ -947,18 +834,20 @@ def flip_study(
     out = Path(out)
     modes = list(modes)
     perturbations = [parse_perturbation(p) if isinstance(p, str) else p for p in perturbations]
+    from spikeprune.report.plots import plot_flip_summary, plot_flips  # lazily: matplotlib
+
     rows: list[FlipRow] = []
     for p in perturbations:
         perturbed, input_fn = apply_perturbation(model, p, seed=seed,
-                                                 calibration=calibration if p.criterion == "sf" else None)
+                                                 calibration=calibration if p.criterion in FIRING_AWARE else None)
         got = flip_analysis(model, perturbed, test, modes=modes, input_fn=input_fn, p_sup_method=p_sup_method,
                             label=p.label)
         rows += got
         plot_flips(got, out / f"flips-{file_slug(p.label)}.png",
-                   f"{title}: {p.label}" if title else p.label)
+                   f"{title}: {p.label}" if title else p.label, modes=MODES)
     write_text(out / "flips.csv", flip_rows_csv(rows))
     write_json(out / "flips.json", {**(record or {}), "modes": modes, "p_sup_estimator": p_sup_method,
                                     "seed": seed, "perturbations": [p.label for p in perturbations],
                                     "summary": flip_summary(rows), "rows": [r.as_dict() for r in rows]})
-    plot_flip_summary(rows, out / "flips.png")
+    plot_flip_summary(flip_summary(rows), out / "flips.png", modes=MODES)
     return rows

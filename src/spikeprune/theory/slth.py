@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,7 +61,6 @@ __all__ = [
     "large_network_bytes",
     "materialize",
     "minimal_width",
-    "plot_slth",
     "random_spikes",
     "random_target",
     "run_equivalent",
@@ -847,50 +845,3 @@ def _max_k(N: int, L: int, max_memory: int | None) -> int:
     return max(N, limit // (2 * L * N * 4))
 
 
-def plot_slth(result: dict[str, Any], path: str | Path) -> None:
-    """PNG: construction success rate vs k (measured, exact, bound; width bounds as lines) and output
-    equality vs k against Theorem 4.3's 1 - delta(k)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from spikeprune.core.io import atomic_path
-
-    cfg, rows, b = result["config"], result["rows"], result["bounds"]
-    k = [r["k"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.plot(k, [r["success_rate"] for r in rows], "C3o-", label=f"measured ({cfg['trials']} networks)")
-    a1.plot(k, [r["success_exact"] for r in rows], "k--", label="exact probability")
-    a1.plot(k, [r["success_bound"] for r in rows], "C0:", label="1 - L N² exp(-(k/N) C_th ε/N)")
-    if "relu_success_rate" in rows[0]:
-        a1.plot(k, [r["relu_success_rate"] for r in rows], "C2s-", ms=3, label="ReLU, 2 neurons/weight")
-    for key, style, name in (("k_construction", "C0", "union bound"), ("k_proof", "C1", "Thm 4.3 (proof, N·⌈⌉)"),
-                             ("k_paper", "C4", "Thm 4.3 (paper, N²·⌈⌉)")):
-        if b.get(key) and b[key] <= 4 * k[-1]:
-            a1.axvline(b[key], color=style, lw=1, ls="-.", label=f"k for δ={b['delta']:g}, {name}: {b[key]:.3g}")
-    a1.set_xscale("log")
-    a1.set_xlabel("virtual neurons per layer k")
-    a1.set_ylabel("P[construction succeeds]")
-    a1.legend(fontsize=7)
-    a1.grid(True, which="both", alpha=0.3)
-    if rows[0]["output_equal_rate"] is not None:
-        a2.plot(k, [r["output_equal_rate"] for r in rows], "C3o-", label="output equal (measured)")
-        a2.plot(k, [r["all_equal_rate"] for r in rows], "C1.--", label="all layers equal")
-    a2.plot(k, [r["theorem_1_minus_delta"] for r in rows], "k--", label="Thm 4.3: 1 - δ(k)")
-    a2.set_xscale("log")
-    a2.set_ylim(-0.03, 1.03)
-    a2.set_xlabel("virtual neurons per layer k")
-    a2.set_ylabel("P[output equal]")
-    a2.legend(fontsize=7)
-    a2.grid(True, which="both", alpha=0.3)
-    from matplotlib.ticker import NullFormatter
-
-    for ax in (a1, a2):
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    fig.suptitle(f"SLTH construction: N={cfg['N']}, L={cfg['L']}, T={cfg['T']}, ε={cfg['eps']:g}, "
-                 f"u_th={cfg['u_th']:g}, β={cfg['beta']:g}, C={b['C']:.3g}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)

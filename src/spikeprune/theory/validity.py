@@ -26,7 +26,6 @@ import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +36,7 @@ from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.criteria import Criterion, compute_scores
 from spikeprune.tickets.masks import prunable_weights
 
-__all__ = ["ValidityRow", "criterion_validity", "driven_neuron", "plot_validity", "validity_summary"]
+__all__ = ["ValidityRow", "criterion_validity", "driven_neuron", "validity_summary"]
 
 
 @dataclass
@@ -219,32 +218,6 @@ def validity_summary(rows: Sequence[ValidityRow]) -> list[dict[str, Any]]:
                     "flip_rate_lowest": rs[0].flip_rate, "flip_rate_highest": rs[-1].flip_rate,
                     "flip_rate_mean": sum(r.flip_rate for r in rs) / len(rs)})
     return out
-
-
-def plot_validity(rows: Sequence[ValidityRow], path: str | Path, title: str = "") -> Path:
-    """One panel per layer: measured flip rate against the set's score rank, one line per criterion
-    (Spearman rho in the legend). Drawn on a ``matplotlib.figure.Figure`` (no global backend change)."""
-    from matplotlib.figure import Figure
-
-    summary = {(s["layer"], s["criterion"]): s["spearman"] for s in validity_summary(rows)}
-    layers = list(dict.fromkeys(r.layer for r in rows))
-    fig = Figure(figsize=(4.2 * len(layers), 3.6), constrained_layout=True)
-    axes = fig.subplots(1, len(layers), squeeze=False)[0]
-    for ax, layer in zip(axes, layers):
-        for crit in dict.fromkeys(r.criterion for r in rows if r.layer == layer):
-            rs = sorted((r for r in rows if (r.layer, r.criterion) == (layer, crit)), key=lambda r: r.group)
-            rho = summary[(layer, crit)]
-            ax.plot([r.group + 1 for r in rs], [r.flip_rate for r in rs], marker="o", ms=3,
-                    label=f"{crit} (rho {'n/a' if rho is None else f'{rho:+.2f}'})")
-        ax.set_title(layer.removesuffix(".weight"), fontsize=9)
-        ax.set_xlabel("removed set, by criterion score (1 = lowest)")
-        ax.set_ylabel("layer-local flip rate")
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
 
 
 def rows_as_dicts(rows: Sequence[ValidityRow]) -> list[dict[str, Any]]:

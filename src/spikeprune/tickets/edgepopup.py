@@ -43,10 +43,7 @@ model computes, with no score machinery.
 from __future__ import annotations
 
 import copy
-import csv
-import io as _io
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -58,12 +55,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.core.config import TrainConfig, fields_of, hparam, hyperparameters, to_dict
+from spikeprune.core.config import check_fraction, hparam, hyperparameters, to_dict
+from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import ImageDataset, load_dataset
-from spikeprune.core.io import check_writable_dir, load_checkpoint, read_json, write_json, write_text
+from spikeprune.core.io import check_writable_dir, load_checkpoint, read_json, write_csv, write_json
 from spikeprune.tickets.masks import PRUNABLE_TYPES, Mask, prunable_weights
 from spikeprune.engine.models import create_model
 from spikeprune.engine.train import build_model, evaluate, fit, load_model_state, make_loaders, save_model
+from spikeprune.core.rundir import check_resumable, log
+from spikeprune.topology import BATCHNORM
 
 __all__ = [
     "INITS",
@@ -101,11 +101,7 @@ RESULT_FILE = "result.json"
 
 def check_density(density: Any, name: str = "density") -> float:
     """``density`` as a float in (0, 1] (fraction of weights KEPT), or ValueError naming it."""
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not math.isfinite(density) \
-            or not 0.0 < float(density) <= 1.0:
-        raise UserError(f"{name} must be in (0, 1] (the fraction of weights kept; sparsity = 1 - density); "
-                         f"got {density!r}")
-    return float(density)
+    return check_fraction(density, name, "(0, 1]", "the fraction of weights kept; sparsity = 1 - density")
 
 
 def num_kept(numel: int, density: float, name: str = "layer") -> int:
@@ -211,7 +207,6 @@ SubnetConv1d = _conv_class(nn.Conv1d)
 SubnetConv2d = _conv_class(nn.Conv2d)
 SubnetConv3d = _conv_class(nn.Conv3d)
 _SUBNET_OF = {nn.Conv1d: SubnetConv1d, nn.Conv2d: SubnetConv2d, nn.Conv3d: SubnetConv3d}
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def scored_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -306,7 +301,7 @@ def to_edgepopup(
                 bound = 1.0 / math.sqrt(fan)
                 new.scores.copy_((torch.rand(new.scores.shape, generator=scores_rng) * 2 - 1) * bound)
             _set_module(searched, name, new)
-        elif isinstance(m, _BN_TYPES):
+        elif isinstance(m, BATCHNORM):
             bn_affine[name] = bool(m.affine)
             m.reset_running_stats()
             if m.affine and affine_bn:  # the option: gamma/beta restart at 1/0 and are trained
@@ -453,10 +448,6 @@ def run_dir_name(density: float) -> str:
     return f"density-{density:.6g}"
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def search(
     cfg: EdgePopupConfig,
     out: str | Path,
@@ -464,7 +455,7 @@ def search(
     resume: bool = False,
     dataset: ImageDataset | None = None,
     progress: bool = True,
-    log: Callable[[str], None] | None = _log,
+    log: Callable[[str], None] | None = log,
 ) -> dict[str, Any]:
     """Edge-popup at ``cfg.density`` into the run folder ``out``; returns the result row.
 
@@ -572,14 +563,6 @@ def read_reference(paths: Iterable[str | Path], like: Any = None) -> list[float]
     return values
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def write_results(out: str | Path, rows: Sequence[dict[str, Any]], *, cfg: EdgePopupConfig,
                   reference: Sequence[float] = (), complete: bool = True, plot: bool = True) -> dict[str, Any]:
     """``results.json``, ``results.csv`` and ``results.png`` (accuracy vs sparsity, dense line) in ``out``."""
@@ -600,9 +583,9 @@ def write_results(out: str | Path, rows: Sequence[dict[str, Any]], *, cfg: EdgeP
         "config": to_dict(cfg),
     }
     write_json(out / "results.json", summary)
-    write_text(out / "results.csv", _csv(rows))
+    write_csv(out / "results.csv", rows, CSV_FIELDS)
     if plot and rows:
-        from spikeprune.report.tables import plot_subnetwork_accuracy
+        from spikeprune.report.plots import plot_subnetwork_accuracy
 
         title = f"edge-popup: {cfg.model} (width {cfg.width:g}) on {cfg.dataset}, T={cfg.timesteps}"
         if cfg.affine_bn:
@@ -622,7 +605,7 @@ def sweep(
     reference: Iterable[str | Path] = (),
     dataset: ImageDataset | None = None,
     progress: bool = True,
-    log: Callable[[str], None] | None = _log,
+    log: Callable[[str], None] | None = log,
 ) -> dict[str, Any]:
     """One :func:`search` per density (``cfg.densities``, or just ``cfg.density``), each in
     ``out/density-<d>/``; writes ``out/results.{json,csv,png}`` after every density.
@@ -662,9 +645,7 @@ def sweep(
         run = out / name
         if (run / RESULT_FILE).is_file():
             row = read_json(run / RESULT_FILE)
-            if row.get("hyperparameters") != hyperparameters(cfg_d):
-                raise UserError(f"cannot resume {out}: {run} was searched with other hyperparameters; "
-                                 "use another --out")
+            check_resumable(run, row.get("hyperparameters") or {}, hyperparameters(cfg_d), done="searched")
             if log:
                 log(f"edgepopup: density {d:g} already done ({row['test_accuracy']:.4f}); skipped")
         else:
@@ -684,7 +665,7 @@ def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, epochs: in
     re-reporting, an earlier demo there). Returns the result row plus ``wall_seconds``.
     """
     # only TrainConfig's fields carry over: ``base`` may be a command config with extra knobs
-    cfg = EdgePopupConfig(**{**fields_of(TrainConfig, to_dict(base)), "density": density, "epochs": epochs or base.epochs})
+    cfg = EdgePopupConfig(**{**to_dict(TrainConfig.of(base)), "density": density, "epochs": epochs or base.epochs})
     t0 = time.perf_counter()
     summary = sweep(cfg, out, resume=True, progress=progress, log=log)
     return {**summary["rows"][0], "wall_seconds": time.perf_counter() - t0}

@@ -37,12 +37,9 @@ Files (open_lth style: a phase whose outputs exist is skipped, so a killed run r
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +49,16 @@ from torch import nn
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core import distributed
 from spikeprune.tickets.calibration import calibrate
-from spikeprune.core.config import TrainConfig, hparam, hyperparameters, run_id, to_dict
+from spikeprune.core.config import hparam, hyperparameters, run_id, to_dict
+from spikeprune.engine.config import TrainConfig
 from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE, sf_layers
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
-from spikeprune.core.io import (
-    check_writable_dir,
-    load_checkpoint,
-    read_json,
-    save_checkpoint,
-    write_json,
-    write_text,
-)
+from spikeprune.core.io import check_writable_dir, load_checkpoint, read_json, save_checkpoint, write_csv, write_json
 from spikeprune.tickets.masks import Mask, enforce, mask_forward, prunable_weights
 from spikeprune.tickets.pruning import prune_step
 from spikeprune.tickets.strategies import NORMALIZATIONS, STRATEGIES
 from spikeprune.engine.train import CHECKPOINT, build_model, fit, load_model_state, model_tensors
+from spikeprune.core.rundir import check_resumable, first_difference, link_run, log
 
 __all__ = ["LotteryConfig", "LotteryResult", "VARIANTS", "collect_rows", "load_ticket", "rewind_saver", "rewound_ticket", "run_lottery", "train_dense", "adopt_dense"]
 
@@ -130,13 +122,9 @@ class LotteryResult:
     out: Path
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def train_config(cfg: LotteryConfig) -> TrainConfig:
     """The dense run's config: the TrainConfig part of ``cfg`` (so variants can share one dense run)."""
-    return TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
+    return TrainConfig.of(cfg)
 
 
 def round_config(cfg: LotteryConfig) -> TrainConfig:
@@ -153,27 +141,18 @@ def round_dir(out: Path, k: int) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def _first_difference(saved: dict[str, Any], now: dict[str, Any], ignore: frozenset[str] = frozenset()) -> str | None:
-    for k in sorted(set(saved) | set(now)):
-        if k not in ignore and saved.get(k) != now.get(k):
-            return f"{k}={saved.get(k)!r}, now {k}={now.get(k)!r}"
-    return None
-
-
 def _check_identity(out: Path, cfg: LotteryConfig, resume: bool) -> None:
     path = out / "lottery.json"
     identity = hyperparameters(cfg)
     if path.exists():
         if not resume:
             raise UserError(f"{out} already holds a lottery run; pass --resume to continue it or choose another --out")
-        diff = _first_difference(read_json(path).get("hyperparameters", {}), identity, RESUMABLE_CHANGES)
-        if diff:
-            raise UserError(f"cannot resume {out}: it was run with {diff}; use another --out")
+        check_resumable(out, read_json(path).get("hyperparameters", {}), identity, ignore=RESUMABLE_CHANGES)
     write_json(path, {"hyperparameters": identity, "run_id": run_id(cfg), "config": to_dict(cfg)})
 
 
 def _check_dense_matches(where: Path, saved: dict[str, Any], tcfg: TrainConfig) -> None:
-    diff = _first_difference({k: v for k, v in saved.items() if k in hyperparameters(tcfg)}, hyperparameters(tcfg))
+    diff = first_difference({k: v for k, v in saved.items() if k in hyperparameters(tcfg)}, hyperparameters(tcfg))
     if diff:
         raise UserError(f"the dense run in {where} does not match this configuration ({diff}); use another --out")
 
@@ -345,13 +324,9 @@ def collect_rows(out: str | Path) -> list[dict[str, Any]]:
 
 
 def _write_results(out: Path, cfg: LotteryConfig, rows: list[dict[str, Any]]) -> None:
-    from spikeprune.report.tables import plot_accuracy_vs_sparsity
+    from spikeprune.report.plots import plot_accuracy_vs_sparsity
 
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=ROUND_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "rounds.csv", buf.getvalue())
+    write_csv(out / "rounds.csv", rows, ROUND_FIELDS)
     label = f"{cfg.variant} ({cfg.pruning_criterion})"
     write_json(out / "results.json", {"label": label, "variant": cfg.variant, "criterion": cfg.pruning_criterion,
                                       "run_id": run_id(cfg), "config": to_dict(cfg), "rounds": rows})
@@ -365,7 +340,7 @@ def rewind_saver(out: str | Path, cfg: TrainConfig, epoch: int) -> Callable[[int
     (:func:`adopt_dense`). For ``epoch = 0`` nothing is written: the lottery run rebuilds the
     initialisation from the config (``build_model`` is seeded)."""
     path = Path(out) / REWIND
-    tcfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
+    tcfg = TrainConfig.of(cfg)
 
     def save(done: int, model: nn.Module) -> None:
         if done + 1 == epoch:
@@ -379,23 +354,15 @@ def adopt_dense(run: str | Path, out: str | Path) -> None:
     hard-linked (copied where links are impossible) into ``out/dense``. ``run`` needs the rewind state
     of :func:`rewind_saver` unless the lottery rewinds to epoch 0. The lottery run still checks that
     the configurations match."""
-    import shutil
-
-    run, target = Path(run), round_dir(Path(out), 0)
+    run = Path(run)
     for name in ("metrics.json", CHECKPOINT):
         if not (run / name).is_file():
             raise UserError(f"{run} is not a finished training run with a rewind state (no {name})")
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.json", "history.csv", CHECKPOINT, REWIND):
-        if (run / name).is_file() and not (target / name).exists():
-            try:
-                (target / name).hardlink_to(run / name)
-            except OSError:
-                shutil.copy2(run / name, target / name)
+    link_run(run, round_dir(Path(out), 0), ("metrics.json", "history.csv", CHECKPOINT, REWIND))
 
 
 def train_dense(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
-                progress: bool = False, log: Callable[[str], None] | None = _log) -> Path:
+                progress: bool = False, log: Callable[[str], None] | None = log) -> Path:
     """Only round 0 of :func:`run_lottery`: the dense run and its rewind state, in ``out/dense``.
 
     Lets several variants share one dense run (copy or hard-link ``dense/`` into their directories).
@@ -409,7 +376,7 @@ def train_dense(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
 
 
 def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
-                progress: bool = False, log: Callable[[str], None] | None = _log) -> LotteryResult:
+                progress: bool = False, log: Callable[[str], None] | None = log) -> LotteryResult:
     """Run (or resume) IMP / SF-IMP-1 / SF-IMP-2 into ``out``; see the module docstring for the files.
 
     Every phase whose outputs exist is skipped, so after a kill the same call continues where the

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from spikeprune.core.config import check_fraction
 from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.calibration import Calibration, calibrate
 from spikeprune.tickets.criteria import FIRING_AWARE, Criterion, compute_scores, magnitude
@@ -23,9 +24,7 @@ __all__ = ["prune", "prune_step"]
 
 
 def _check_sparsity(sparsity: Any) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, float) or not 0.0 <= sparsity < 1.0:
-        raise UserError(f"sparsity (fraction of weights removed) must be a float in [0, 1); got {sparsity!r}")
-    return sparsity
+    return check_fraction(sparsity, "sparsity", "[0, 1)", "fraction of weights removed")
 
 
 def _calibration(model: nn.Module, criterion: str | Criterion, calibration: Any, batches: int) -> Calibration | None:

@@ -40,6 +40,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import torch
 
+from spikeprune.core.config import check_fraction
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.diagnostics import LayerCollapseWarning
 from spikeprune.tickets.masks import Mask
@@ -53,9 +54,7 @@ MIXED_DEFAULT = "budget"
 
 
 def _check_fraction(fraction: float) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, float) or not 0.0 <= fraction <= 1.0:
-        raise UserError(f"the fraction of surviving weights to prune must be a float in [0, 1]; got {fraction!r}")
-    return fraction
+    return check_fraction(fraction, "fraction", "[0, 1]", "of the surviving weights, to prune")
 
 
 def resolve_normalization(method: str, kinds: Mapping[str, str] | None) -> str:
