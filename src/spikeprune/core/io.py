@@ -14,6 +14,7 @@ scheduler, history...). One file means one atomic rename, and ``safetensors`` pa
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -21,7 +22,8 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Iterator
 
 import torch
@@ -49,18 +51,49 @@ def _umask() -> int:
     return mask
 
 
+#: whether this thread/task is inside :func:`collective_writes` (a data-parallel run)
+_COLLECTIVE: ContextVar[bool] = ContextVar("spikeprune_collective_writes", default=False)
+
+
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def collective_writes() -> Iterator[None]:
+    """Make the atomic writes inside this block collective when a ``torchrun`` process group is active.
+
+    Entered by the data-parallel entry points only (:func:`~spikeprune.engine.train.fit`, the lottery and
+    edge-popup runs, :func:`collective`): a plain ``write_json`` elsewhere -- a user's script, a run-folder
+    record -- is an ordinary atomic write of this process, never a hidden barrier."""
+    token = _COLLECTIVE.set(True)
+    try:
+        yield
+    finally:
+        _COLLECTIVE.reset(token)
+
+
+def collective(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: run ``fn`` inside :func:`collective_writes` (a data-parallel entry point)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with collective_writes():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, collective: bool | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
-    Under a ``torchrun`` process group the write is collective (:mod:`spikeprune.core.distributed`): only
-    rank 0's file replaces ``path``, the other ranks' temporary files are discarded, and the ranks meet
-    at a barrier before (everyone has read the old state) and after (the new file is in place) the
-    write. Call it on every rank, in the same order.
+    A collective write (``collective=True``, or ``None`` inside :func:`collective_writes`) under a
+    ``torchrun`` process group (:mod:`spikeprune.core.distributed`): only rank 0's file replaces
+    ``path``, the other ranks' temporary files are discarded, and the ranks meet at a barrier before
+    (everyone has read the old state) and after (the new file is in place) the write; call it on every
+    rank, in the same order. Otherwise (the default outside a data-parallel run) it is this process's
+    own write.
     """
     from spikeprune.core.distributed import barrier, collective_write
 
-    write_here, synchronise = collective_write()
+    if collective is None:
+        collective = _COLLECTIVE.get()
+    write_here, synchronise = collective_write() if collective else (True, False)
     if synchronise:
         barrier()  # every rank has finished reading the state before this write
     path = Path(path)
@@ -97,8 +130,8 @@ def file_slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
 
 
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text(path: str | Path, text: str, *, collective: bool | None = None) -> None:
+    with atomic_path(path, collective=collective) as tmp:
         tmp.write_text(text)
 
 
@@ -116,8 +149,9 @@ def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fields: Seque
     write_text(path, csv_text(rows, fields))
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json(path: str | Path, data: Any, *, collective: bool | None = None) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n",
+               collective=collective)
 
 
 def read_json(path: str | Path) -> Any:

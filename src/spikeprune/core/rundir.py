@@ -287,21 +287,11 @@ def _check_kind(out: Path, kind: str, force: bool) -> dict[str, Any] | None:
 
 
 def _write_record(out: Path, record: dict[str, Any]) -> None:
-    """Atomically, by this process alone: io.write_json is collective under torchrun, and only rank 0
-    gets here (the other ranks wait in _collective's all_gather)."""
-    import tempfile
+    """Atomically, by this process alone (only rank 0 gets here; the other ranks wait in _collective's
+    all_gather), so never a collective write even inside a data-parallel run."""
+    from spikeprune.core.io import write_json
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_FILE}.", suffix=".spikeprune.tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out / RECORD_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json(out / RECORD_FILE, record, collective=False)
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from spikeprune.core.config import hyperparameters, run_id, to_dict
 from spikeprune.engine.config import TrainConfig
 from spikeprune.core import distributed
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
-from spikeprune.core.io import check_writable_dir, load_checkpoint, save_checkpoint, write_csv, write_json
+from spikeprune.core.io import check_writable_dir, collective, load_checkpoint, save_checkpoint, write_csv, write_json
 from spikeprune.engine.models import create_model
 from spikeprune.engine.neuron import LIF, observe, spiking_layers
 from spikeprune.core.rundir import check_resumable, log
@@ -407,6 +407,7 @@ class RunResult:
     model: nn.Module
 
 
+@collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def fit(
     cfg: TrainConfig,
     out: str | Path,

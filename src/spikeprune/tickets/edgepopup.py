@@ -58,7 +58,7 @@ from spikeprune.core.diagnostics import UserError
 from spikeprune.core.config import check_fraction, hparam, hyperparameters, to_dict
 from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import ImageDataset, load_dataset
-from spikeprune.core.io import check_writable_dir, load_checkpoint, read_json, write_csv, write_json
+from spikeprune.core.io import check_writable_dir, collective, load_checkpoint, read_json, write_csv, write_json
 from spikeprune.tickets.masks import PRUNABLE_TYPES, Mask, prunable_weights
 from spikeprune.engine.models import create_model
 from spikeprune.engine.train import build_model, evaluate, fit, load_model_state, make_loaders, save_model
@@ -448,6 +448,7 @@ def run_dir_name(density: float) -> str:
     return f"density-{density:.6g}"
 
 
+@collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def search(
     cfg: EdgePopupConfig,
     out: str | Path,
@@ -597,6 +598,7 @@ def write_results(out: str | Path, rows: Sequence[dict[str, Any]], *, cfg: EdgeP
     return summary
 
 
+@collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def sweep(
     cfg: EdgePopupConfig,
     out: str | Path,

@@ -53,7 +53,7 @@ from spikeprune.core.config import hparam, hyperparameters, run_id, to_dict
 from spikeprune.engine.config import TrainConfig
 from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE, sf_layers
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
-from spikeprune.core.io import check_writable_dir, load_checkpoint, read_json, save_checkpoint, write_csv, write_json
+from spikeprune.core.io import check_writable_dir, collective, load_checkpoint, read_json, save_checkpoint, write_csv, write_json
 from spikeprune.tickets.masks import Mask, enforce, mask_forward, prunable_weights
 from spikeprune.tickets.pruning import prune_step
 from spikeprune.tickets.strategies import NORMALIZATIONS, STRATEGIES
@@ -361,6 +361,7 @@ def adopt_dense(run: str | Path, out: str | Path) -> None:
     link_run(run, round_dir(Path(out), 0), ("metrics.json", "history.csv", CHECKPOINT, REWIND))
 
 
+@collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def train_dense(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
                 progress: bool = False, log: Callable[[str], None] | None = log) -> Path:
     """Only round 0 of :func:`run_lottery`: the dense run and its rewind state, in ``out/dense``.
@@ -375,6 +376,7 @@ def train_dense(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
     return round_dir(out, 0)
 
 
+@collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
                 progress: bool = False, log: Callable[[str], None] | None = log) -> LotteryResult:
     """Run (or resume) IMP / SF-IMP-1 / SF-IMP-2 into ``out``; see the module docstring for the files.
