@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -21,10 +22,32 @@ OUT = Path(__file__).resolve().parent / "reference.md"
 
 
 def _signature(obj: object) -> str:
+    """The signature, with function/class defaults shown by name (``log``), never as ``<function log at 0x..>``:
+    a memory address would make the file differ on every run (and --check always fail)."""
     try:
-        return str(inspect.signature(obj))
+        sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return "(...)"
+    params = []
+    for p in sig.parameters.values():
+        d = p.default
+        if d is not p.empty and (inspect.isfunction(d) or inspect.isclass(d) or inspect.isbuiltin(d)):
+            p = p.replace(default=_Named(d.__qualname__))
+        params.append(p)
+    text = str(sig.replace(parameters=params))
+    if re.search(r" at 0x[0-9a-f]+", text):
+        raise SystemExit(f"{getattr(obj, '__qualname__', obj)}: a default renders with a memory address: {text}")
+    return text
+
+
+class _Named:
+    """A default value printed as a bare name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 def _doc(obj: object) -> str:
@@ -84,6 +107,9 @@ def render() -> str:
 if __name__ == "__main__":
     text = render()
     if "--check" in sys.argv:
-        sys.exit(0 if OUT.exists() and OUT.read_text() == text else 1)
+        if not (OUT.exists() and OUT.read_text() == text):
+            print(f"{OUT} is out of date: run python docs/gen_reference.py", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(0)
     OUT.write_text(text)
     print(f"wrote {OUT} ({len(text.splitlines())} lines)")

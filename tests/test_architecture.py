@@ -132,3 +132,12 @@ def test_import_spikeprune_does_not_import_matplotlib():
     code = "import sys, spikeprune, spikeprune.cli; print('matplotlib' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "False", res.stdout + res.stderr
+
+
+def test_api_reference_is_generated_and_current():
+    """docs/reference.md is what docs/gen_reference.py writes from the docstrings (no memory address in it)."""
+    root = PKG.parents[1]
+    res = subprocess.run([sys.executable, str(root / "docs" / "gen_reference.py"), "--check"], capture_output=True,
+                         text=True, cwd=root, timeout=300)
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert " at 0x" not in (root / "docs" / "reference.md").read_text()

@@ -16,19 +16,16 @@ import spikeprune as sp
 from spikeprune import LIF
 from spikeprune.cli import main
 from spikeprune.theory.firing import (
-    Perturbation,
-    apply_perturbation,
     bound_lemma33,
     bound_lemma34,
     bound_theorem35,
     crisis_probability,
     crisis_report,
     density_sup,
-    flip_analysis,
-    flip_summary,
-    parse_perturbation,
     scott_bandwidth,
 )
+from spikeprune.theory.flips import flip_analysis, flip_summary
+from spikeprune.theory.perturb import Perturbation, apply_perturbation, parse_perturbation
 from spikeprune.tickets.masks import prunable_weights
 
 

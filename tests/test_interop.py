@@ -11,7 +11,7 @@ from torch import nn
 from spikeprune import calibrate, cost_report, flip_analysis, prune, quantize_model
 from spikeprune.tickets.criteria import compute_scores
 from spikeprune.engine.data import BatchLoader, load_dataset
-from spikeprune.theory.firing import flip_summary
+from spikeprune.theory.flips import flip_summary
 from spikeprune.interop import NeuronAdapter, SUPPORTED_NEURONS, adapt, find_neurons, neuron_summary
 from spikeprune.engine.neuron import lif_multistep, observe, record_statistics
 from spikeprune.engine.train import evaluate, train_epoch

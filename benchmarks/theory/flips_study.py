@@ -37,7 +37,7 @@ PERTURBATIONS = [
 
 def run(checkpoint: str) -> None:
     from spikeprune.cli import main
-    from spikeprune.theory.firing import parse_perturbation
+    from spikeprune.theory.perturb import parse_perturbation
 
     torch.set_num_threads(1)
     for spec in PERTURBATIONS:
@@ -53,7 +53,8 @@ def run(checkpoint: str) -> None:
 
 def report() -> None:
     from spikeprune.report.plots import plot_flip_summary, plot_flips
-    from spikeprune.theory.firing import MODES, FlipRow, flip_summary, parse_perturbation
+    from spikeprune.theory.flips import MODES, FlipRow, flip_summary
+    from spikeprune.theory.perturb import parse_perturbation
 
     rows, summary = [], []
     for spec in PERTURBATIONS:

@@ -14,7 +14,8 @@ from spikeprune.tickets.pruning import prune, prune_step
 from spikeprune.tickets.lottery import LotteryConfig, run_lottery
 from spikeprune.tickets.edgepopup import EdgePopupConfig, export_subnetwork, subnet_mask, to_edgepopup
 # theory as measurements
-from spikeprune.theory.firing import crisis_probability, density_sup, flip_analysis
+from spikeprune.theory.firing import crisis_probability, density_sup
+from spikeprune.theory.flips import flip_analysis
 from spikeprune.theory.slth import construct, verify as verify_ticket
 # QP-SNN compression and cost
 from spikeprune.compression.quant import quantize_model

@@ -37,7 +37,7 @@ class FlipsConfig(CommandConfig):
     seed: int = hparam(0, "seed of noise and random pruning", bounds="[0, 4294967295]")
 
     def check(self) -> None:
-        from spikeprune.theory.firing import parse_perturbation
+        from spikeprune.theory.perturb import parse_perturbation
 
         if not self.perturb:
             raise UserError("perturb needs at least one perturbation")
@@ -163,7 +163,9 @@ def run_validity(args: argparse.Namespace) -> int:
 def run_flips(args: argparse.Namespace) -> int:
     from spikeprune.compression.compress import load_compressed
     from spikeprune.engine.data import BatchLoader
-    from spikeprune.theory.firing import flip_study, flip_summary, parse_perturbation
+    from spikeprune.studies.flips import flip_study
+    from spikeprune.theory.flips import flip_summary
+    from spikeprune.theory.perturb import parse_perturbation
     from spikeprune.core.io import check_writable_dir
     from spikeprune.engine.train import checkpoint_dataset, load_model
 

@@ -26,7 +26,7 @@ from spikeprune.compression.cost import cost_report
 from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE, sf_fallbacks
 from spikeprune.engine.data import BatchLoader, load_dataset
 from spikeprune.core.diagnostics import SpikepruneWarning
-from spikeprune.theory.firing import flip_analysis, flip_rows_csv, flip_summary
+from spikeprune.theory.flips import flip_analysis, flip_rows_csv, flip_summary
 from spikeprune.interop.adapters import adapt, load_factory, neuron_summary, run_user_code
 from spikeprune.core.io import check_writable_dir, write_json, write_text
 from spikeprune.tickets.pruning import prune

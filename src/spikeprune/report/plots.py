@@ -171,7 +171,7 @@ def plot_flips(rows: Sequence[Any], path: str | Path, title: str = "", *,
                modes: Sequence[str] = ("local", "end_to_end")) -> None:
     """PNG: per layer (columns) and mode (rows), the measured conditional flip rate, the first-flip
     crisis probability and the bound against the timestep, on a log scale. ``rows``: the
-    :class:`~spikeprune.theory.firing.FlipRow` of one perturbation; ``modes``: their order."""
+    :class:`~spikeprune.theory.flips.FlipRow` of one perturbation; ``modes``: their order."""
     modes = [m for m in modes if any(r.mode == m for r in rows)]
     layers = list(dict.fromkeys(r.layer for r in rows))
     if not rows:
@@ -213,7 +213,7 @@ def plot_flip_summary(summary: Sequence[Mapping[str, Any]], path: str | Path, *,
     """PNG: per mode, for every perturbation, the worst timestep's conditional flip rate (dots) and
     the largest bound (bars) per layer, on a log scale: does the bound hold everywhere, how tight.
     Layers the perturbation did not change (eps = 0, e.g. input noise in local mode) are left out.
-    ``summary``: :func:`~spikeprune.theory.firing.flip_summary` of the rows."""
+    ``summary``: :func:`~spikeprune.theory.flips.flip_summary` of the rows."""
     summary = [s for s in summary if s["eps"] > 0]
     if not summary:
         raise UserError("no flip rows with a non-zero input error to plot")

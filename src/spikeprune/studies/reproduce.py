@@ -409,7 +409,8 @@ def _fig3_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str
 
 def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
     from spikeprune.engine.data import BatchLoader, load_dataset
-    from spikeprune.theory.firing import flip_study, parse_perturbation
+    from spikeprune.studies.flips import flip_study
+    from spikeprune.theory.perturb import parse_perturbation
     from spikeprune.report.plots import plot_slth
     from spikeprune.theory.slth import slth_experiment
     from spikeprune.engine.train import fit, load_model
@@ -471,7 +472,7 @@ def _theory_collect(p: Protocol, root: Path) -> dict[str, Any]:
         if (c / "metrics.json").exists():
             dense = read_json(c / "metrics.json")
             break
-    from spikeprune.theory.firing import parse_perturbation
+    from spikeprune.theory.perturb import parse_perturbation
 
     wanted = {parse_perturbation(s).label for s in p.options["perturbations"]}
     complete = wanted <= set(flips) and len(slth) >= len(p.options["slth"])
@@ -513,7 +514,7 @@ def _informative_flip_rows(rows: list[Any], top: int = 15) -> tuple[list[str], d
 
 def _theory_report(p: Protocol, data: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     from spikeprune.report.plots import plot_flip_summary
-    from spikeprune.theory.firing import MODES, FlipRow, flip_summary
+    from spikeprune.theory.flips import MODES, FlipRow, flip_summary
 
     md: list[str] = []
     numbers: dict[str, Any] = {"flips": {}, "slth": {}}
@@ -771,7 +772,7 @@ def _equivalent_commands(study: str, p: Protocol, out: Path, root: Path) -> list
     if study == "qpsnn":
         cmds.insert(0, f"spikeprune train --config {out}/configs/dense.yaml --out {root}/dense")
     if study == "theory":
-        from spikeprune.theory.firing import parse_perturbation
+        from spikeprune.theory.perturb import parse_perturbation
 
         cmds.append(f"spikeprune train --config {out}/configs/flips.yaml --out {root}/dense")
         for spec in p.options["perturbations"]:
