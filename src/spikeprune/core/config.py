@@ -66,7 +66,7 @@ def check_fraction(value: Any, name: str, bounds: str, meaning: str) -> float:
     declared with ``hparam(bounds=...)``): booleans, non-numbers, NaN and inf are refused."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not in_bounds(float(value), bounds):
-        raise UserError(f"{name} must be in {bounds} ({meaning}); got {value!r}")
+        raise UserError(f"{name} must be in {bounds} ({meaning}), a float; got {value!r}")
     return float(value)
 
 
