@@ -186,9 +186,21 @@ def _csr(matrix: torch.Tensor, integer: bool) -> tuple[torch.Tensor, torch.Tenso
     return rowptr.contiguous(), nz[:, 1].to(torch.int32).contiguous(), vals.contiguous()
 
 
+class _GlobalAvgPool(nn.Module):
+    """Marker: the mean over (H, W) of the spike map before a linear readout (SNN-VGG-16's head)."""
+
+
 def _synapses(layer: nn.Module, bn: nn.Module | None, gain: float, flatten_from: tuple[int, int, int] | None,
-              in_features: int | None = None) -> _Synapses:
+              in_features: int | None = None, gap_from: tuple[int, int, int] | None = None) -> _Synapses:
     w, unit, integer = _weights(layer)
+    if gap_from is not None:
+        # mean_hw(s) @ W^T = (1 / HW) * sum over (h, w) of s @ W^T: the weight repeated at every position,
+        # the 1/HW folded into the output scale (exact for the integer path).
+        c, h, wd = gap_from
+        if w.shape[1] != c:
+            raise Unsupported(f"readout expects {w.shape[1]} features, the pooled map has {c}")
+        w = w[:, None, :].expand(w.shape[0], h * wd, c).reshape(w.shape[0], -1)
+        gain = gain / (h * wd)
     out = w.shape[0]
     if integer and int(w.abs().max() if w.numel() else 0) * max(w[0].numel(), 1) >= 2**31:
         raise Unsupported("quantized weights too wide for int32 accumulation")
@@ -213,7 +225,7 @@ def _synapses(layer: nn.Module, bn: nn.Module | None, gain: float, flatten_from:
             w = w.reshape(out, c, h, wd).permute(0, 2, 3, 1).reshape(out, -1)
         if in_features is not None and w.shape[1] != in_features:
             raise Unsupported(f"linear layer expects {w.shape[1]} inputs, the spike map has {in_features}")
-        rowptr, cols, vals = _csr(w.t(), integer)
+        rowptr, cols, vals = _csr(w.t().contiguous(), integer)
         return _Synapses("linear", integer, rowptr, cols, vals, a, b, out, (), int(vals.numel()), w.numel())
     raise Unsupported(f"layer {type(layer).__name__} (only Conv2d and Linear are event-driven)")
 
@@ -285,6 +297,9 @@ def _plan_chain(items: list[tuple[str, nn.Module]]) -> list[_Step]:
         elif _is_pool(m):
             steps.append(_Step("pool", name, pool=_pool_size(m)))
             i += 1
+        elif isinstance(m, _GlobalAvgPool):
+            steps.append(_Step("gap", name))
+            i += 1
         elif isinstance(m, nn.Flatten):
             if m.start_dim != 1 or m.end_dim != -1:
                 raise Unsupported(f"{name}: Flatten({m.start_dim}, {m.end_dim})")
@@ -309,6 +324,7 @@ def _split_registered(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.
     from .interop.adapters import AdaptedModel, NeuronAdapter
     from .models.layers import ConvBNLIF, LinearBNLIF, TimeFolded
     from .models.small import SpikingConvNet, SpikingMLP
+    from .models.vgg import SpikingVGG
 
     def unfold(blocks) -> list[tuple[str, nn.Module]]:
         out = []
@@ -323,13 +339,15 @@ def _split_registered(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.
                 out.append((name, blk))
         return out
 
-    if type(model) is SpikingConvNet:
+    if type(model) in (SpikingConvNet, SpikingVGG):
+        if type(model) is SpikingVGG and type(model)._head is not SpikingVGG._head:
+            raise Unsupported("SpikingVGG with a custom head")
         feats = list(model.features.named_children())
         first = model.features[0]
         if not isinstance(first, ConvBNLIF):
             raise Unsupported("convnet without a conv encoding block")
-        rest = unfold([(f"features.{n}", m) for n, m in feats[1:]]) + [("flatten", nn.Flatten()),
-                                                                        ("classifier", model.classifier)]
+        head = _GlobalAvgPool() if type(model) is SpikingVGG else nn.Flatten()
+        rest = unfold([(f"features.{n}", m) for n, m in feats[1:]]) + [("head", head), ("classifier", model.classifier)]
         return (lambda x: first(x, model.T) if x.dim() == 4 else first(x)), rest, first.lif
     if type(model) is SpikingMLP:
         first = model.features[0]
@@ -395,7 +413,7 @@ class EventModel:
     def _bind(self, shape: tuple[int, ...]) -> None:
         """Build the synapse lists once the spike-map shape after the encoder is known ([C, H, W] or [N])."""
         cur = shape
-        flat_from = None
+        flat_from = gap_from = None
         for step in self.steps:
             if step.op == "pool":
                 if len(cur) != 3:
@@ -404,6 +422,10 @@ class EventModel:
             elif step.op == "flatten":
                 flat_from = cur if len(cur) == 3 else None
                 cur = (int(torch.tensor(cur).prod()),)
+            elif step.op == "gap":
+                if len(cur) != 3:
+                    raise Unsupported(f"{step.name}: average pool of a non-spatial map")
+                gap_from, cur = cur, (int(torch.tensor(cur).prod()),)
             else:
                 pend = step.syn if isinstance(step.syn, tuple) else step._pending
                 step._pending = pend
@@ -419,8 +441,10 @@ class EventModel:
                 else:
                     if len(cur) == 3 and flat_from is None:
                         raise Unsupported(f"{step.name}: linear layer on a spatial map without Flatten")
-                    syn = _synapses(layer, bn, gain, flat_from, cur[0])
-                    flat_from = None
+                    if gap_from is not None and step.op != "readout":
+                        raise Unsupported(f"{step.name}: average-pooled spikes feed a spiking layer")
+                    syn = _synapses(layer, bn, gain, flat_from, None if gap_from else cur[0], gap_from)
+                    flat_from = gap_from = None
                     cur = (syn.out_channels,)
                 if step.op == "readout" and cur != (syn.out_channels,):
                     raise Unsupported("readout is not linear")
@@ -461,7 +485,7 @@ class EventModel:
                 lib.event_maxpool_u8(spk.data_ptr(), out.data_ptr(), n_, h, w, c, step.pool, nt)
                 spk = out
                 continue
-            if step.op == "flatten":
+            if step.op in ("flatten", "gap"):
                 spk = spk.reshape(N, -1)
                 continue
             syn = step.syn
