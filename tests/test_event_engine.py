@@ -224,3 +224,33 @@ def test_kernel_unavailable_falls_back(monkeypatch, capsys):
     x = _images(seed=9)
     with torch.no_grad():
         assert torch.equal(engine(x), model(x))
+
+
+def test_cli_evaluate_engine_event(tmp_path, capsys):
+    """``spikeprune evaluate --engine event`` gives the dense path's accuracy, loss and firing rates."""
+    import json
+
+    from spikeprune.cli import main
+    from spikeprune.data import load_dataset
+    from spikeprune.train import save_model
+
+    data = load_dataset("digits")
+    torch.manual_seed(10)
+    model = _drive(create_model("convnet", 10, data.in_channels, T=2, image_size=data.image_size,
+                                channels=(8, 16)), 10)
+    _mask(model, 0.3)
+    ckpt = tmp_path / "m.safetensors"
+    save_model(ckpt, model)
+    got = {}
+    for engine in ("dense", "event"):
+        assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "digits", "--engine", engine,
+                     "--out", str(tmp_path / engine)]) == 0
+        got[engine] = json.loads((tmp_path / engine / "metrics.json").read_text())
+    capsys.readouterr()
+    assert got["event"]["engine"] == "event" and got["dense"]["engine"] == "dense"
+    assert got["event"]["test_accuracy"] == got["dense"]["test_accuracy"]
+    assert abs(got["event"]["test_loss"] - got["dense"]["test_loss"]) < 1e-5
+    assert got["event"]["firing_rates"].keys() == got["dense"]["firing_rates"].keys()
+    for k, v in got["dense"]["firing_rates"].items():
+        assert abs(got["event"]["firing_rates"][k] - v) < 1e-6
+    assert got["event"]["firing_rate"] > 0.01

@@ -129,14 +129,24 @@ class _Step:
     neuron: _Neuron | None = None
     pool: int = 0
     module: nn.Module | None = None  # the neuron module (spike recording in tests)
+    neuron_name: str = ""
 
 
 @dataclass
 class EventStats:
-    """Counters of the last call: spikes per layer (input events) and synaptic events processed."""
+    """Counters of the last call.
 
-    spikes: dict[str, int] = field(default_factory=dict)
+    ``fired[name]`` / ``slots[name]``: output spikes and neuron-timesteps of each event-driven neuron
+    layer (its firing rate is the ratio). With ``EventModel.count = True`` also ``synaptic_events``: the
+    weight additions the kernels performed (input spikes x surviving synapses of their channel; border
+    pixels counted as interior) and ``dense_ops``: the multiply-adds the dense layers would do for the
+    same inputs, same convention. Their ratio is the "firing rate x weight density" of the run.
+    """
+
+    fired: dict[str, int] = field(default_factory=dict)
+    slots: dict[str, int] = field(default_factory=dict)
     synaptic_events: int = 0
+    dense_ops: int = 0
 
 
 def _bn_affine(bn: nn.Module | None, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,7 +297,7 @@ def _plan_chain(items: list[tuple[str, nn.Module]]) -> list[_Step]:
             if j < len(items) and isinstance(items[j][1], (LIF, NeuronAdapter)):
                 neuron, gain = _neuron(items[j][1])
                 steps.append(_Step("conv" if isinstance(m, nn.Conv2d) else "linear", name, neuron=neuron,
-                                   module=items[j][1], syn=_pending(m, bn, gain)))
+                                   module=items[j][1], syn=_pending(m, bn, gain), neuron_name=items[j][0]))
                 i = j + 1
             elif j == len(items) and isinstance(m, nn.Linear):
                 steps.append(_Step("readout", name, syn=_pending(m, bn, 1.0)))
@@ -389,11 +399,13 @@ class EventModel:
         self.stats = EventStats()
         self.spikes: list[torch.Tensor] = []
         self.record = False
+        self.count = False
         self._bound_shape: tuple[int, ...] | None = None
         try:
             self.lib = load_kernel()
             self.encode, rest, self.encoder_neuron = _split_registered(model)
             self.steps = _plan_chain(rest)
+            self.encoder_name = next((n for n, m in model.named_modules() if m is self.encoder_neuron), "encoder")
         except (Unsupported, RuntimeError) as exc:
             self._fallback(str(exc))
 
@@ -477,7 +489,8 @@ class EventModel:
         spk = (s.permute(0, 1, 3, 4, 2) if s.dim() == 5 else s).reshape(N, *([s.shape[3], s.shape[4], s.shape[2]]
                                                                            if s.dim() == 5 else [s.shape[2]]))
         spk = spk.to(torch.uint8).contiguous()
-        name = "encoder"
+        self.stats.fired[self.encoder_name] = int(spk.sum(dtype=torch.int64))
+        self.stats.slots[self.encoder_name] = spk.numel()
         for step in self.steps:
             if step.op == "pool":
                 n_, h, w, c = spk.shape
@@ -491,7 +504,8 @@ class EventModel:
             syn = step.syn
             acc_t = torch.int32 if syn.integer else torch.float32
             suffix = "i32" if syn.integer else "f32"
-            self.stats.spikes[name] = int(spk.sum())
+            if self.count:
+                self._count(spk, syn)
             if syn.kind == "conv":
                 n_, h, w, c = spk.shape
                 kh, kw, sh, sw, ph, pw = syn.geometry
@@ -513,14 +527,55 @@ class EventModel:
                 return out.reshape(T, B, syn.out_channels)
             new = torch.empty(acc.shape, dtype=torch.uint8)
             nrn = step.neuron
-            getattr(lib, f"event_lif_{suffix}")(acc.data_ptr(), new.data_ptr(), T, acc.numel() // T, syn.out_channels,
-                                                syn.a.data_ptr(), syn.b.data_ptr(), nrn.beta, nrn.u_th, nrn.h_reset,
-                                                int(nrn.strict), nt)
-            spk, name = new, step.name
+            fired = getattr(lib, f"event_lif_{suffix}")(
+                acc.data_ptr(), new.data_ptr(), T, acc.numel() // T, syn.out_channels, syn.a.data_ptr(),
+                syn.b.data_ptr(), nrn.beta, nrn.u_th, nrn.h_reset, int(nrn.strict), nt)
+            self.stats.fired[step.neuron_name] = int(fired)
+            self.stats.slots[step.neuron_name] = new.numel()
+            spk = new
             if self.record:
                 dense = spk.reshape(T, B, *spk.shape[1:])
                 self.spikes.append((dense.permute(0, 1, 4, 2, 3) if dense.dim() == 5 else dense).float().contiguous())
         raise AssertionError("plan without readout")  # _plan_chain guarantees one
+
+    def _count(self, spk: torch.Tensor, syn: _Synapses) -> None:
+        per_source = (syn.rowptr[1:] - syn.rowptr[:-1])  # surviving synapses of each source
+        if syn.kind == "conv":
+            kh, kw = syn.geometry[:2]
+            per_channel = per_source.reshape(-1, kh * kw).sum(1)  # [C_in]
+            spikes = spk.sum(dim=(0, 1, 2), dtype=torch.int64)  # [C_in]
+            sh, sw = syn.geometry[2:4]
+            self.stats.synaptic_events += int((spikes * per_channel).sum()) // (sh * sw)
+            self.stats.dense_ops += spk.numel() * syn.out_channels * kh * kw // (sh * sw)
+        else:
+            spikes = spk.sum(dim=0, dtype=torch.int64)
+            self.stats.synaptic_events += int((spikes * per_source).sum())
+            self.stats.dense_ops += spk.numel() * syn.out_channels
+
+
+def evaluate_event(engine: EventModel, loader: Any) -> dict[str, Any]:
+    """:func:`spikeprune.train.evaluate` run through the engine: accuracy, loss and firing rates.
+
+    Firing rates come from the engine's counters (every neuron layer, the encoding one included).
+    """
+    from .train import evaluate
+
+    fired: dict[str, int] = {}
+    slots: dict[str, int] = {}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = engine(x)
+        for k, v in engine.stats.fired.items():
+            fired[k] = fired.get(k, 0) + v
+            slots[k] = slots.get(k, 0) + engine.stats.slots[k]
+        return out
+
+    result = evaluate(engine.model, loader, forward=forward)
+    if engine.dense:
+        return result
+    result["firing_rates"] = {k: fired[k] / slots[k] for k in fired if slots[k]}
+    result["firing_rate"] = sum(fired.values()) / max(sum(slots.values()), 1)
+    return result
 
 
 def compile(model: nn.Module, *, threads: int | None = None) -> EventModel:  # noqa: A001 - the public verb
