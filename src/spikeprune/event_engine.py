@@ -47,7 +47,9 @@ from .neuron import LIF
 __all__ = ["EventModel", "Unsupported", "compile", "load_kernel", "spike_flips"]
 
 _SOURCE = Path(__file__).with_name("_event_kernel.c")
-_VERSION = 1
+_VERSION = 3
+#: a source row with at least this fraction of surviving weights is stored dense (see _event_kernel.c)
+DENSE_ROW = 0.25
 _lib: ctypes.CDLL | None = None
 _failed: str | None = None
 
@@ -70,10 +72,10 @@ def load_kernel() -> ctypes.CDLL:
         i64, cint, vp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
         for acc in ("i32", "f32"):
             f = getattr(lib, f"event_conv_{acc}")
-            f.argtypes = [vp, vp] + [i64] * 13 + [vp, vp, vp, cint]
+            f.argtypes = [vp, vp] + [i64] * 13 + [vp, vp, vp, vp, vp, cint]
             f.restype = None
             f = getattr(lib, f"event_linear_{acc}")
-            f.argtypes = [vp, vp, i64, i64, i64, vp, vp, vp, cint]
+            f.argtypes = [vp, vp, i64, i64, i64, vp, vp, vp, vp, vp, cint]
             f.restype = None
             f = getattr(lib, f"event_lif_{acc}")
             f.argtypes = [vp, vp, i64, i64, i64, vp, vp, ctypes.c_double, ctypes.c_double, ctypes.c_double,
@@ -82,6 +84,9 @@ def load_kernel() -> ctypes.CDLL:
             f = getattr(lib, f"event_affine_{acc}")
             f.argtypes = [vp, vp, i64, i64, vp, vp]
             f.restype = None
+        lib.event_lif_static_f32.argtypes = [vp, vp, i64, i64, i64, i64, ctypes.c_float, ctypes.c_float,
+                                              ctypes.c_float, cint]
+        lib.event_lif_static_f32.restype = i64
         lib.event_maxpool_u8.argtypes = [vp, vp, i64, i64, i64, i64, i64, cint]
         lib.event_maxpool_u8.restype = None
     except Exception as exc:  # noqa: BLE001 - any build/load problem: the caller falls back
@@ -102,15 +107,18 @@ class _Synapses:
 
     kind: str  # "conv" | "linear"
     integer: bool  # int32 levels (quantized) or float32 values
-    rowptr: torch.Tensor  # int64 [sources + 1]
-    cols: torch.Tensor  # int32 [nnz] destination channel / feature
-    vals: torch.Tensor  # int32 or float32 [nnz]
+    rowptr: torch.Tensor  # int64 [sources + 1] (empty ranges for the rows stored dense)
+    cols: torch.Tensor  # int32 [sparse nnz] destination channel / feature
+    vals: torch.Tensor  # int32 or float32 [sparse nnz]
+    doff: torch.Tensor  # int64 [sources]: offset of the source's dense row in dvals, or -1 (sparse list)
+    dvals: torch.Tensor  # int32 or float32 [dense rows * C_out]
     a: torch.Tensor  # float64 [C_out]: weight scale x BN gain (x input gain of the neuron)
     b: torch.Tensor  # float64 [C_out]: bias and BN shift (x input gain)
     out_channels: int
     geometry: tuple[int, ...] = ()  # conv: (KH, KW, sh, sw, ph, pw)
     nnz: int = 0
     dense_synapses: int = 0
+    alive_per_source: torch.Tensor | None = None
 
 
 @dataclass
@@ -186,14 +194,25 @@ def _weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, bool]
     return w.float(), None, False
 
 
-def _csr(matrix: torch.Tensor, integer: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CSR of ``matrix [sources, dests]`` keeping nonzeros."""
-    nz = (matrix != 0).nonzero()  # row-major order: sorted by source
+def _csr(matrix: torch.Tensor, integer: bool) -> tuple[torch.Tensor, ...]:
+    """Hybrid CSR of ``matrix [sources, dests]``: rows with >= DENSE_ROW surviving weights as dense rows,
+    the others as (dest, value) lists of their nonzeros. Returns rowptr, cols, vals, doff, dvals."""
+    dtype = torch.int32 if integer else torch.float32
+    alive = matrix != 0
+    per_row = alive.sum(1)
+    dense_rows = per_row >= max(1, int(DENSE_ROW * matrix.shape[1] + 0.999999)) if matrix.shape[1] else per_row > 0
+    sparse = alive & ~dense_rows[:, None]
+    nz = sparse.nonzero()  # row-major order: sorted by source
     rowptr = torch.zeros(matrix.shape[0] + 1, dtype=torch.int64)
-    rowptr[1:] = torch.bincount(nz[:, 0], minlength=matrix.shape[0]).cumsum(0) if nz.numel() else 0
-    vals = matrix[nz[:, 0], nz[:, 1]]
-    vals = vals.to(torch.int32) if integer else vals.to(torch.float32)
-    return rowptr.contiguous(), nz[:, 1].to(torch.int32).contiguous(), vals.contiguous()
+    if nz.numel():
+        rowptr[1:] = torch.bincount(nz[:, 0], minlength=matrix.shape[0]).cumsum(0)
+    vals = matrix[nz[:, 0], nz[:, 1]].to(dtype)
+    idx = dense_rows.nonzero().flatten()
+    doff = torch.full((matrix.shape[0],), -1, dtype=torch.int64)
+    doff[idx] = torch.arange(len(idx), dtype=torch.int64) * matrix.shape[1]
+    dvals = matrix[idx].to(dtype).reshape(-1)
+    return (rowptr.contiguous(), nz[:, 1].to(torch.int32).contiguous(), vals.contiguous(), doff.contiguous(),
+            dvals.contiguous())
 
 
 class _GlobalAvgPool(nn.Module):
@@ -226,17 +245,18 @@ def _synapses(layer: nn.Module, bn: nn.Module | None, gain: float, flatten_from:
             raise Unsupported(f"conv with groups/dilation/padding mode {layer.groups}/{layer.dilation}/"
                               f"{layer.padding_mode}/{layer.padding}")
         cin, kh, kw = w.shape[1:]
-        rowptr, cols, vals = _csr(w.permute(1, 2, 3, 0).reshape(cin * kh * kw, out), integer)
+        csr = _csr(w.permute(1, 2, 3, 0).reshape(cin * kh * kw, out), integer)
         geo = (kh, kw, *layer.stride, *layer.padding)
-        return _Synapses("conv", integer, rowptr, cols, vals, a, b, out, geo, int(vals.numel()), w.numel())
+        return _Synapses("conv", integer, *csr, a, b, out, geo, int((w != 0).sum()), w.numel(),
+                         (w != 0).permute(1, 2, 3, 0).reshape(cin * kh * kw, out).sum(1))
     if isinstance(layer, nn.Linear):
         if flatten_from is not None:  # dense flatten is C-major ([C, H, W]); our maps are channel-last
             c, h, wd = flatten_from
             w = w.reshape(out, c, h, wd).permute(0, 2, 3, 1).reshape(out, -1)
         if in_features is not None and w.shape[1] != in_features:
             raise Unsupported(f"linear layer expects {w.shape[1]} inputs, the spike map has {in_features}")
-        rowptr, cols, vals = _csr(w.t().contiguous(), integer)
-        return _Synapses("linear", integer, rowptr, cols, vals, a, b, out, (), int(vals.numel()), w.numel())
+        csr = _csr(w.t().contiguous(), integer)
+        return _Synapses("linear", integer, *csr, a, b, out, (), int((w != 0).sum()), w.numel(), (w != 0).sum(0))
     raise Unsupported(f"layer {type(layer).__name__} (only Conv2d and Linear are event-driven)")
 
 
@@ -358,7 +378,13 @@ def _split_registered(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.
             raise Unsupported("convnet without a conv encoding block")
         head = _GlobalAvgPool() if type(model) is SpikingVGG else nn.Flatten()
         rest = unfold([(f"features.{n}", m) for n, m in feats[1:]]) + [("head", head), ("classifier", model.classifier)]
-        return (lambda x: first(x, model.T) if x.dim() == 4 else first(x)), rest, first.lif
+        def encode(x: torch.Tensor):
+            if x.dim() == 4 and type(first.lif) is LIF and x.dtype == torch.float32:
+                # static image: conv + BN once; the LIF runs in the engine, repeated over T (StaticCurrent)
+                return _StaticCurrent(first.bn(first.conv(x)), first.lif, model.T)
+            return first(x, model.T) if x.dim() == 4 else first(x)
+
+        return encode, rest, first.lif
     if type(model) is SpikingMLP:
         first = model.features[0]
         rest = unfold([(f"features.{i}", m) for i, m in enumerate(model.features) if i > 0]) + [
@@ -382,6 +408,19 @@ def _split_registered(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.
     raise Unsupported(f"model {type(model).__name__} (registered mlp/convnet/vgg16 or an adapted nn.Sequential)")
 
 
+@dataclass
+class _StaticCurrent:
+    """The encoding layer's current ``[B, C, H, W]`` (direct encoding: the same at every timestep)."""
+
+    current: torch.Tensor
+    lif: LIF
+    T: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.T, *self.current.shape)
+
+
 class EventModel:
     """A compiled network: ``__call__(x) -> [T, B, classes]`` logits, like the dense model.
 
@@ -401,6 +440,9 @@ class EventModel:
         self.record = False
         self.count = False
         self._bound_shape: tuple[int, ...] | None = None
+        # Work buffers reused across calls of the same shape: a fresh 50 MB accumulator costs a page
+        # fault per 4 KiB on first touch (as in neuron.py's inference path).
+        self._buffers: dict[tuple, torch.Tensor] = {}
         try:
             self.lib = load_kernel()
             self.encode, rest, self.encoder_neuron = _split_registered(model)
@@ -468,7 +510,7 @@ class EventModel:
             return self.model(x)
         with torch.no_grad():
             s = self.encode(x)  # [T, B, C, H, W] or [T, B, N] float spikes (dense encoding layer)
-        shape = tuple(s.shape[2:])
+        shape = tuple(s.shape[2:]) if not isinstance(s, _StaticCurrent) else tuple(s.current.shape[1:])
         if self._bound_shape != shape:
             try:
                 self._bind(shape)
@@ -477,24 +519,43 @@ class EventModel:
                 return self.model(x)
         return self._run(s)
 
-    def _run(self, s: torch.Tensor) -> torch.Tensor:
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        k = (key, tuple(shape), dtype)
+        buf = self._buffers.get(k)
+        if buf is None:
+            if len(self._buffers) > 64:  # many shapes seen: keep memory bounded
+                self._buffers.clear()
+            buf = self._buffers[k] = torch.empty(shape, dtype=dtype)
+        return buf
+
+    def _run(self, s: torch.Tensor | _StaticCurrent) -> torch.Tensor:
         lib, nt = self.lib, int(self.threads or torch.get_num_threads())
         T, B = s.shape[:2]
         N = T * B
         self.stats = EventStats()
         self.spikes = []
-        if self.record:
-            self.spikes.append(s.detach().float().clone())
-        # channel-last uint8 spikes [N, H, W, C] (or [N, F])
-        spk = (s.permute(0, 1, 3, 4, 2) if s.dim() == 5 else s).reshape(N, *([s.shape[3], s.shape[4], s.shape[2]]
-                                                                           if s.dim() == 5 else [s.shape[2]]))
-        spk = spk.to(torch.uint8).contiguous()
-        self.stats.fired[self.encoder_name] = int(spk.sum(dtype=torch.int64))
+        if isinstance(s, _StaticCurrent):
+            cur = s.current.detach().contiguous()
+            _, C, H, W = cur.shape
+            spk = self._buffer("enc", (N, H, W, C), torch.uint8)
+            fired = lib.event_lif_static_f32(cur.data_ptr(), spk.data_ptr(), T, B, C, H * W, s.lif.beta, s.lif.u_th,
+                                             s.lif.v_reset, nt)
+            if self.record:
+                self.spikes.append(spk.reshape(T, B, H, W, C).permute(0, 1, 4, 2, 3).float().contiguous())
+        else:
+            if self.record:
+                self.spikes.append(s.detach().float().clone())
+            # channel-last uint8 spikes [N, H, W, C] (or [N, F])
+            spk = (s.permute(0, 1, 3, 4, 2) if s.dim() == 5 else s).reshape(
+                N, *([s.shape[3], s.shape[4], s.shape[2]] if s.dim() == 5 else [s.shape[2]]))
+            spk = spk.to(torch.uint8).contiguous()
+            fired = int(spk.sum(dtype=torch.int64))
+        self.stats.fired[self.encoder_name] = int(fired)
         self.stats.slots[self.encoder_name] = spk.numel()
         for step in self.steps:
             if step.op == "pool":
                 n_, h, w, c = spk.shape
-                out = torch.empty(n_, h // step.pool, w // step.pool, c, dtype=torch.uint8)
+                out = self._buffer(step.name, (n_, h // step.pool, w // step.pool, c), torch.uint8)
                 lib.event_maxpool_u8(spk.data_ptr(), out.data_ptr(), n_, h, w, c, step.pool, nt)
                 spk = out
                 continue
@@ -510,22 +571,23 @@ class EventModel:
                 n_, h, w, c = spk.shape
                 kh, kw, sh, sw, ph, pw = syn.geometry
                 ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-                acc = torch.empty(N, ho, wo, syn.out_channels, dtype=acc_t)
+                acc = self._buffer(step.name + "/acc", (N, ho, wo, syn.out_channels), acc_t)
                 getattr(lib, f"event_conv_{suffix}")(
                     spk.data_ptr(), acc.data_ptr(), N, h, w, c, ho, wo, syn.out_channels, kh, kw, sh, sw, ph, pw,
-                    syn.rowptr.data_ptr(), syn.cols.data_ptr(), syn.vals.data_ptr(), nt)
+                    syn.rowptr.data_ptr(), syn.cols.data_ptr(), syn.vals.data_ptr(), syn.doff.data_ptr(),
+                    syn.dvals.data_ptr(), nt)
             else:
                 fin = spk.shape[1]
-                acc = torch.empty(N, syn.out_channels, dtype=acc_t)
+                acc = self._buffer(step.name + "/acc", (N, syn.out_channels), acc_t)
                 getattr(lib, f"event_linear_{suffix}")(
                     spk.data_ptr(), acc.data_ptr(), N, fin, syn.out_channels, syn.rowptr.data_ptr(),
-                    syn.cols.data_ptr(), syn.vals.data_ptr(), nt)
+                    syn.cols.data_ptr(), syn.vals.data_ptr(), syn.doff.data_ptr(), syn.dvals.data_ptr(), nt)
             if step.op == "readout":
                 out = torch.empty(N, syn.out_channels, dtype=torch.float32)
                 getattr(lib, f"event_affine_{suffix}")(acc.data_ptr(), out.data_ptr(), acc.numel(), syn.out_channels,
                                                        syn.a.data_ptr(), syn.b.data_ptr())
                 return out.reshape(T, B, syn.out_channels)
-            new = torch.empty(acc.shape, dtype=torch.uint8)
+            new = self._buffer(step.name + "/spikes", acc.shape, torch.uint8)
             nrn = step.neuron
             fired = getattr(lib, f"event_lif_{suffix}")(
                 acc.data_ptr(), new.data_ptr(), T, acc.numel() // T, syn.out_channels, syn.a.data_ptr(),
@@ -539,7 +601,7 @@ class EventModel:
         raise AssertionError("plan without readout")  # _plan_chain guarantees one
 
     def _count(self, spk: torch.Tensor, syn: _Synapses) -> None:
-        per_source = (syn.rowptr[1:] - syn.rowptr[:-1])  # surviving synapses of each source
+        per_source = syn.alive_per_source  # surviving synapses of each source
         if syn.kind == "conv":
             kh, kw = syn.geometry[:2]
             per_channel = per_source.reshape(-1, kh * kw).sum(1)  # [C_in]
