@@ -23,6 +23,8 @@ class EvaluateConfig(CommandConfig):
     encoding: str | None = hparam(None, "input encoding (default: the checkpoint's)", ("direct", "poisson"))
     seed: int = hparam(0, "seed for Poisson encoding", bounds="[0, 4294967295]")
     mask: str | None = path_option("apply this mask (default: the mask a lottery checkpoint carries)")
+    engine: str = hparam("dense", "inference path: dense (PyTorch) or event (spike-driven kernels, "
+                         "spikeprune.event_engine; falls back to dense with one line)", ("dense", "event"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,8 +62,16 @@ def run(args: argparse.Namespace) -> int:
         mask.check_fits(model)
         mask.apply(model)
     out = check_writable_dir(args.out)  # only once every input has been read: a refusal leaves nothing
-    result = evaluate(model, loader)
-    metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
+    if cfg.engine == "event":
+        from ..event_engine import compile as compile_event, evaluate_event
+
+        model.eval()
+        engine = compile_event(model)
+        result = evaluate_event(engine, loader)
+        used = "dense (fallback: " + engine.reason + ")" if engine.dense else "event"
+    else:
+        result, used = evaluate(model, loader), "dense"
+    metrics = {"engine": used,"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                "firing_rate": result["firing_rate"], "firing_rates": result["firing_rates"],
                "checkpoint": str(Path(cfg.checkpoint)), "dataset": dataset.name, "encoding": encoding,
                "mask": cfg.mask or ("stored in the checkpoint" if mask is not None else None)}

@@ -72,14 +72,14 @@ def _cpu_flags() -> str:
         return ""
 
 
-def _build(cc: str, target: Path) -> None:
+def _build(cc: str, target: Path, source: Path = _SOURCE) -> None:
     """Compile into ``target`` atomically (temp file + rename) so readers never see half a library."""
     target.parent.mkdir(parents=True, exist_ok=True)
     flags = [*_FLAGS, *(["-march=native"] if _native_ok(cc) else [])]
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+        proc = subprocess.run([cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True,
                               timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
@@ -93,9 +93,9 @@ def _native_ok(cc: str) -> bool:
     return sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")
 
 
-def _library_path(cc: str) -> Path:
+def _library_path(cc: str, source: Path = _SOURCE, stem: str = "lif_kernel") -> Path:
     key = hashlib.sha256()
-    key.update(_SOURCE.read_bytes())
+    key.update(source.read_bytes())
     key.update(" ".join(_FLAGS).encode())
     key.update(cc.encode())
     try:
@@ -104,14 +104,19 @@ def _library_path(cc: str) -> Path:
     except (OSError, subprocess.SubprocessError):
         pass
     key.update(_cpu_flags().encode())
-    return _cache_dir() / f"lif_kernel_{key.hexdigest()[:16]}.so"
+    return _cache_dir() / f"{stem}_{key.hexdigest()[:16]}.so"
 
 
-def _load() -> ctypes.CDLL:
+def build_library(source: Path, stem: str) -> ctypes.CDLL:
+    """Compile ``source`` (once per source/flags/compiler/CPU, cached, under a file lock) and load it.
+
+    Shared by every C kernel of the package (this LIF kernel, spikeprune/_event_kernel.c); raises on
+    any build or load problem, callers decide how to fall back.
+    """
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
-    path = _library_path(cc)
+    path = _library_path(cc, source, stem)
     if not path.exists():
         import fcntl  # POSIX only; elsewhere the ImportError lands in the one-line fallback
 
@@ -120,14 +125,18 @@ def _load() -> ctypes.CDLL:
             fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent first uses: one builds, the rest wait
             try:
                 if not path.exists():
-                    _build(cc, path)
+                    _build(cc, path, source)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     # torch is imported, so its libgomp.so.1 is already loaded: the dynamic linker resolves ours to
     # the same OpenMP runtime (one thread pool, no oversubscription of the cores).
-    lib = ctypes.CDLL(str(path))
+    return ctypes.CDLL(str(path))
+
+
+def _load() -> ctypes.CDLL:
+    lib = build_library(_SOURCE, "lif_kernel")
     if lib.lif_kernel_version() != _VERSION:
-        raise RuntimeError(f"stale kernel library {path}")
+        raise RuntimeError(f"stale kernel library {lib._name}")
     i64, cint = ctypes.c_int64, ctypes.c_int
     vp = ctypes.c_void_p
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
