@@ -27,8 +27,10 @@ ALLOWED = {
     "compression": {"core", "engine", "topology", "tickets", "report"},
     "theory": {"core", "engine", "topology", "tickets", "compression", "report"},
     "interop": {"core", "engine", "topology", "tickets", "compression", "theory", "report"},
-    "studies": {"core", "engine", "topology", "tickets", "compression", "theory", "interop", "report"},
-    "cli": {"core", "engine", "topology", "tickets", "compression", "theory", "interop", "studies", "report"},
+    "deploy": {"core", "engine", "topology", "tickets", "compression", "theory", "interop", "report"},
+    "studies": {"core", "engine", "topology", "tickets", "compression", "theory", "interop", "deploy", "report"},
+    "cli": {"core", "engine", "topology", "tickets", "compression", "theory", "interop", "deploy", "studies",
+            "report"},
 }
 
 

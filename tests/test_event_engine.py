@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from spikeprune import create_model
-from spikeprune import event_engine as ee
-from spikeprune.quant import freeze, quantize_model
-from spikeprune.structured import prune_channels
+from spikeprune.deploy import event_engine as ee
+from spikeprune.compression.quant import freeze, quantize_model
+from spikeprune.compression.structured import prune_channels
 
 
 def _drive(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -231,8 +231,8 @@ def test_cli_evaluate_engine_event(tmp_path, capsys):
     import json
 
     from spikeprune.cli import main
-    from spikeprune.data import load_dataset
-    from spikeprune.train import save_model
+    from spikeprune.engine.data import load_dataset
+    from spikeprune.engine.train import save_model
 
     data = load_dataset("digits")
     torch.manual_seed(10)

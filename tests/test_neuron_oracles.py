@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spikeprune import lif_multistep
-from spikeprune.neuron import SURROGATES
+from spikeprune.engine.neuron import SURROGATES
 
 
 # ------------------------------------------------------------------------------------------------

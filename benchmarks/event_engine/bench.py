@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from spikeprune import event_engine as ee
-from spikeprune.compress import load_compressed
-from spikeprune.cost import cost_report
-from spikeprune.data import BatchLoader, load_dataset
-from spikeprune.io import load_checkpoint
-from spikeprune.masks import stored_mask
-from spikeprune.train import load_model
+from spikeprune.deploy import event_engine as ee
+from spikeprune.compression.compress import load_compressed
+from spikeprune.compression.cost import cost_report
+from spikeprune.engine.data import BatchLoader, load_dataset
+from spikeprune.core.io import load_checkpoint
+from spikeprune.tickets.masks import stored_mask
+from spikeprune.engine.train import load_model
 
 
 def load(path: Path):

@@ -24,7 +24,7 @@ class EvaluateConfig(CommandConfig):
     seed: int = hparam(0, "seed for Poisson encoding", bounds="[0, 4294967295]")
     mask: str | None = path_option("apply this mask (default: the mask a lottery checkpoint carries)")
     engine: str = hparam("dense", "inference path: dense (PyTorch) or event (spike-driven kernels, "
-                         "spikeprune.event_engine; falls back to dense with one line)", ("dense", "event"))
+                         "spikeprune.deploy.event_engine; falls back to dense with one line)", ("dense", "event"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         mask.apply(model)
     out = check_writable_dir(args.out)  # only once every input has been read: a refusal leaves nothing
     if cfg.engine == "event":
-        from ..event_engine import compile as compile_event, evaluate_event
+        from spikeprune.deploy.event_engine import compile as compile_event, evaluate_event
 
         model.eval()
         engine = compile_event(model)

@@ -8,7 +8,7 @@ runs once on a static image), every layer is driven by its binary input spikes: 
 
 Exactness:
 
-* Quantized layers (spikeprune.quant, SPEC §7): ``W_hat = (gamma/s) * L`` with odd integers
+* Quantized layers (spikeprune.compression.quant, SPEC §7): ``W_hat = (gamma/s) * L`` with odd integers
   ``L = 2 W_int - s`` (0 where pruned). The engine accumulates the integers ``L`` in int32 (exact) and
   scales once, in double, together with the folded BatchNorm: ``current = acc * a_c + b_c``. This is
   the fake-quantized model's arithmetic without its float32 summation-order rounding; its spikes equal
@@ -41,8 +41,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import fused
-from .neuron import LIF
+from spikeprune.engine import fused
+from spikeprune.engine.neuron import LIF
 
 __all__ = ["EventModel", "Unsupported", "compile", "load_kernel", "spike_flips"]
 
@@ -59,7 +59,7 @@ class Unsupported(Exception):
 
 
 def load_kernel() -> ctypes.CDLL:
-    """Build (once, cached; spikeprune.fused's JIT path) and load ``_event_kernel.c``; raises on failure."""
+    """Build (once, cached; spikeprune.engine.fused's JIT path) and load ``_event_kernel.c``; raises on failure."""
     global _lib, _failed
     if _lib is not None:
         return _lib
@@ -178,7 +178,7 @@ def _weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, bool]
     else the float weight the layer computes with (masks applied) and ``None``."""
     quant = getattr(layer, "quant", None)
     if quant is not None and callable(getattr(layer, "quantized_weight", None)):
-        from .quant import weight_codes
+        from spikeprune.compression.quant import weight_codes
 
         s = (1 << int(quant.bits)) - 1
         w = layer.weight.detach()
@@ -262,7 +262,7 @@ def _synapses(layer: nn.Module, bn: nn.Module | None, gain: float, flatten_from:
 
 def _neuron(m: nn.Module) -> tuple[_Neuron, float]:
     """Parameters of a supported neuron and the gain its input enters the membrane with."""
-    from .interop.adapters import NeuronAdapter
+    from spikeprune.interop.adapters import NeuronAdapter
 
     if isinstance(m, NeuronAdapter):
         if not m.kind in ("sj-lif", "sj-if") or m.reset_mode != "hard" or m.v_reset != 0.0 or m.emit != "spikes":
@@ -302,7 +302,7 @@ def _leaves(seq: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _plan_chain(items: list[tuple[str, nn.Module]]) -> list[_Step]:
     """Group ``[conv|linear] [BN] neuron``, pools, flattens and the final readout layer into steps."""
-    from .interop.adapters import NeuronAdapter
+    from spikeprune.interop.adapters import NeuronAdapter
 
     steps: list[_Step] = []
     i = 0
@@ -351,10 +351,10 @@ def _pending(layer: nn.Module, bn: nn.Module | None, gain: float) -> Any:
 
 def _split_registered(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[tuple[str, nn.Module]], nn.Module]:
     """(encoder, leaves after it, encoder neuron) for spikeprune's registered models and adapted nets."""
-    from .interop.adapters import AdaptedModel, NeuronAdapter
-    from .models.layers import ConvBNLIF, LinearBNLIF, TimeFolded
-    from .models.small import SpikingConvNet, SpikingMLP
-    from .models.vgg import SpikingVGG
+    from spikeprune.interop.adapters import AdaptedModel, NeuronAdapter
+    from spikeprune.engine.models.layers import ConvBNLIF, LinearBNLIF, TimeFolded
+    from spikeprune.engine.models.small import SpikingConvNet, SpikingMLP
+    from spikeprune.engine.models.vgg import SpikingVGG
 
     def unfold(blocks) -> list[tuple[str, nn.Module]]:
         out = []
@@ -616,11 +616,11 @@ class EventModel:
 
 
 def evaluate_event(engine: EventModel, loader: Any) -> dict[str, Any]:
-    """:func:`spikeprune.train.evaluate` run through the engine: accuracy, loss and firing rates.
+    """:func:`spikeprune.engine.train.evaluate` run through the engine: accuracy, loss and firing rates.
 
     Firing rates come from the engine's counters (every neuron layer, the encoding one included).
     """
-    from .train import evaluate
+    from spikeprune.engine.train import evaluate
 
     fired: dict[str, int] = {}
     slots: dict[str, int] = {}
