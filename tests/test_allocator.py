@@ -26,12 +26,14 @@ def _probe(env_value: str | None) -> list[bool]:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 @glibc
 def test_tune_malloc_applies_once_and_honours_opt_out():
     assert _probe(None) == [True, True]  # applied, idempotent
     assert _probe("system") == [False, False]
 
 
+@pytest.mark.slow
 @glibc
 def test_training_is_bit_identical_with_and_without_tuning(tmp_path):
     # The allocator decides where tensors live, never what they hold: the same weights and accuracy either

@@ -346,6 +346,7 @@ def offline(monkeypatch, files):
     monkeypatch.chdir(files["root"])  # a command that wrote into the working directory would show
 
 
+@pytest.mark.slow
 def test_the_table_covers_every_command():
     from spikeprune.cli import COMMANDS
 
@@ -378,6 +379,7 @@ def test_bad_invocation_refused_in_one_line(files, capsys, row_id, argv):
     ["interop", "--model", "{py_syntax}:build", "--out", "{new}"],
     ["evaluate", "--checkpoint", "{deep}", "--out", "{new}"],
 ], ids=["slth-N-huge", "train-T-huge", "interop-syntax", "eval-deep-json"])
+@pytest.mark.slow
 def test_bad_invocation_in_a_real_process(files, argv):
     """The same guarantees end to end, in a fresh interpreter (no pytest capture or exception handling)."""
     root = files["root"]

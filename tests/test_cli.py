@@ -64,10 +64,43 @@ def test_train_smoke_and_evaluate(capsys, tmp_path):
     assert ev["test_accuracy"] == pytest.approx(m["test_accuracy"])
 
 
+def _printed(line_start, out):
+    """The first number after ``line_start`` on the stdout line that begins with it."""
+    line = next(l for l in out.splitlines() if l.strip().startswith(line_start))
+    return line.strip()[len(line_start):].split()[0]
+
+
+@pytest.mark.slow
 def test_quickstart_smoke(capsys, tmp_path):
+    qs = tmp_path / "qs"
     code, out, _ = run_cli(capsys, "quickstart", "--epochs", "1", "--width", "0.25", "--no-progress",
-                           "--out", tmp_path / "qs")
-    assert code == 0 and "test accuracy" in out
+                           "--out", qs)
+    assert code == 0
+    # The dense run: the printed accuracy is metrics.json's, and re-evaluating the saved checkpoint gives it.
+    m = json.loads((qs / "metrics.json").read_text())
+    dense_line, edge_line = [l for l in out.splitlines() if l.strip().startswith("test accuracy")]
+    assert dense_line.split()[2] == f"{m['test_accuracy']:.4f}"
+    code, _, _ = run_cli(capsys, "evaluate", "--checkpoint", qs / "checkpoint.safetensors", "--out", tmp_path / "ev")
+    assert code == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["test_accuracy"] == pytest.approx(m["test_accuracy"], abs=1e-12)
+    assert f"{m['firing_rate']:.3f}" == _printed("firing rate", out)
+    # The lottery table: 3 rounds + the dense row per criterion, each cell the round's recorded accuracy.
+    table = [l for l in out.splitlines() if l.startswith("| ") and "%" in l.split("|")[1]]
+    assert len(table) == 4, out
+    for column, variant in ((2, "imp"), (3, "sf-imp-1")):
+        rounds = json.loads((qs / "lottery" / variant / "results.json").read_text())["rounds"]
+        assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+        assert rounds[0]["test_accuracy"] == m["test_accuracy"]  # both criteria start from the dense run above
+        assert [l.split("|")[column].strip() for l in table] == [f"{100 * r['test_accuracy']:.2f}" for r in rounds]
+        density = [r["density"] for r in rounds]
+        assert density[0] == 1.0 and all(b < a for a, b in zip(density, density[1:]))  # each round prunes more
+    assert (qs / "lottery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Edge-popup: the printed search and export accuracies are the recorded ones.
+    row = json.loads((qs / "edgepopup" / "results.json").read_text())["rows"][0]
+    assert row["density"] == 0.5
+    assert edge_line.split()[2] == f"{row['test_accuracy']:.4f}"
+    assert f"exported subnetwork: {row['exported_test_accuracy']:.4f})" in edge_line
 
 
 def test_yaml_preset_and_flag_precedence(capsys, tmp_path):
@@ -188,6 +221,7 @@ def test_yaml_unknown_key_and_bad_yaml(capsys, tmp_path):
                       "cannot read config", tmp_path / "r3")
 
 
+@pytest.mark.slow
 def test_real_process_exit_code_and_single_line():
     proc = subprocess.run([sys.executable, "-m", "spikeprune.cli", "train", "--model", "nope", "--out", "/tmp/x"],
                           capture_output=True, text=True, env={**os.environ})

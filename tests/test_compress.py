@@ -47,6 +47,7 @@ def dense_checkpoint(tmp_path_factory):
     return out / "checkpoint.safetensors"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["quantize-first", "prune-first"])
 def test_compress_smoke_resume_and_cost(capsys, tmp_path, dense_checkpoint, order):
     out = tmp_path / "c"
@@ -90,6 +91,7 @@ def test_compress_smoke_resume_and_cost(capsys, tmp_path, dense_checkpoint, orde
     assert report["layers"][1]["bits"] == 3 and report["total"]["size_dense_bytes"] == pytest.approx(m["size_bytes"])
 
 
+@pytest.mark.slow
 def test_compress_with_membrane_quantization(capsys, tmp_path, dense_checkpoint):
     out = tmp_path / "m"
     code, _, err = run_cli(capsys, "compress", *TINY, "--checkpoint", dense_checkpoint, "--bits", "4",

@@ -250,6 +250,7 @@ def test_fashion_mnist_search_order(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert len(load_dataset("fashion-mnist", tmp_path / "mine").train_labels) == 14  # --data-dir wins
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL_FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", REAL_FASHION_DIR)

@@ -77,6 +77,7 @@ def _run(out: Path, torchrun: bool) -> dict:
     return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in out.glob("rank-*.json")}
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo_imp_masks_match_across_ranks(tmp_path):
     ranks = _run(tmp_path / "ddp", torchrun=True)
     assert sorted(ranks) == [0, 1] and ranks[0]["world_size"] == 2
@@ -108,6 +109,7 @@ def test_torchrun_two_processes_gloo_imp_masks_match_across_ranks(tmp_path):
     assert max(abs(a - b) for a, b in zip(ddp_acc, one_acc)) < 0.08, (ddp_acc, one_acc)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_edgepopup_search(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)

@@ -301,6 +301,7 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_cli_sweep_resume_and_evaluate_export(capsys, tmp_path, monkeypatch):
     from spikeprune.tickets import edgepopup
 
@@ -419,6 +420,7 @@ def test_presets_exist_and_say_appendix_e():
         assert cfg.densities == (0.1, 0.3, 0.5, 0.7, 0.9) and cfg.init == "signed_constant" and not cfg.affine_bn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_runs_end_to_end_at_tiny_size(preset, tmp_path):
     values = load_yaml(preset)

@@ -54,6 +54,7 @@ def test_crisis_probability_of_a_known_gaussian_matches_the_closed_form(eps):
     assert crisis_probability(u, u_th, eps, "kde") == pytest.approx(exact, rel=0.02)
 
 
+@pytest.mark.slow
 def test_p_sup_of_a_known_gaussian():
     mu, sd = 0.8, 0.5
     u = gaussian(mu, sd)
@@ -210,6 +211,7 @@ def test_unperturbed_model_has_zero_flips_in_both_modes():
     assert any(r.firing_rate > 0 for r in rows)  # the model does fire: zero flips is not vacuous
 
 
+@pytest.mark.slow
 def test_flip_analysis_invariants_under_pruning():
     model = small_model(T=3)
     pruned, _ = apply_perturbation(model, "prune:0.7:magnitude")
@@ -348,6 +350,7 @@ def checkpoint(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_cli_analyze_flips(tmp_path, checkpoint, capsys):
     out = tmp_path / "flips"
     code = main(["analyze", "flips", "--checkpoint", str(checkpoint), "--perturb", "quantize:2",
@@ -378,6 +381,7 @@ def test_cli_analyze_flips_bad_input_is_one_line(tmp_path, checkpoint, capsys, a
     assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
 
 
+@pytest.mark.slow
 def test_cli_analyze_flips_runs_a_compressed_checkpoint_as_compressed(tmp_path, capsys):
     # `spikeprune compress` output: 4-bit weights, 4-bit membranes (QuantizedLIF). The analysis must run
     # the model as it was compressed, not its weights with float membranes.

@@ -136,6 +136,7 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
         LIF()(x)
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_builds_once(tmp_path):
     # Two processes start on an empty cache at once: the lock lets one compile and the other wait;
     # both load a working kernel and the cache holds one library.

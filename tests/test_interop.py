@@ -277,11 +277,13 @@ def _train_prune_analyse(net: nn.Module, digits, *, quantize: bool):
     return dense, pruned
 
 
+@pytest.mark.slow
 def test_spikingjelly_csnn_digits_sf_prune_cost_flips(digits):
     dense, pruned = _train_prune_analyse(sj_csnn("lif", "m"), digits, quantize=True)
     assert pruned["accuracy"] > 0.3
 
 
+@pytest.mark.slow
 def test_snntorch_csnn_digits_sf_prune_cost_flips(digits):
     dense, pruned = _train_prune_analyse(snn_csnn("subtract", beta=0.7), digits, quantize=False)
     assert pruned["accuracy"] > 0.3

@@ -50,6 +50,7 @@ def sf2_run(digits, tmp_path_factory):
     return run(tiny(variant="sf-imp-2", rounds=4, prune_fraction=0.5), out, digits), out
 
 
+@pytest.mark.slow
 def test_density_after_k_rounds_is_one_minus_p_to_the_k(imp_run):
     result, out = imp_run
     assert [r["round"] for r in result.rows] == [0, 1, 2, 3]
@@ -109,6 +110,7 @@ def test_files_rows_and_ticket_accuracy(imp_run, digits):
     assert Mask.from_model(model).density <= result.rows[3]["density"]
 
 
+@pytest.mark.slow
 def test_sf_imp_2_revives_pruned_encoding_and_fc_weights(sf2_run, digits):
     result, out = sf2_run
     masks, dynamic = [], None
@@ -190,6 +192,7 @@ def uninterrupted(digits, tmp_path_factory):
     # round 2 trained to its last epoch, its metrics not yet written
     (dict(after_epochs=7, before_inner=False), ("round_02/checkpoint.safetensors", "!round_02/metrics.json")),
 ], ids=["dense-before-rewind", "mid-round-1", "end-of-round-2"])
+@pytest.mark.slow
 def test_killed_and_resumed_run_is_bit_identical(digits, tmp_path, monkeypatch, uninterrupted, kill, left):
     cfg = tiny(variant="sf-imp-1", rounds=3)
     killed = tmp_path / "killed"
@@ -207,6 +210,7 @@ def test_killed_and_resumed_run_is_bit_identical(digits, tmp_path, monkeypatch, 
     assert all(torch.equal(ref_model[k], model[k]) for k in ref_model)
 
 
+@pytest.mark.slow
 def test_kill_between_mask_and_training_and_finished_phases_are_skipped(digits, tmp_path, monkeypatch):
     cfg = tiny(rounds=2)
     out = tmp_path / "run"
@@ -233,6 +237,7 @@ def test_kill_between_mask_and_training_and_finished_phases_are_skipped(digits, 
     assert calls == [1, 2, 2, 3] and len(result.rows) == 4
 
 
+@pytest.mark.slow
 def test_variants_share_one_dense_run(digits, tmp_path):
     first = tmp_path / "imp"
     run(tiny(rounds=1), first, digits)
@@ -250,6 +255,7 @@ def test_variants_share_one_dense_run(digits, tmp_path):
         run(tiny(rounds=1, lr=0.05), other, digits)
 
 
+@pytest.mark.slow
 def test_resume_guards(digits, tmp_path):
     out = tmp_path / "run"
     run(tiny(rounds=1), out, digits)
@@ -363,6 +369,7 @@ def test_there_are_four_kim_presets():
     assert names == {"kim_resnet19_cifar10", "kim_resnet19_cifar100", "kim_vgg16_cifar10", "kim_vgg16_cifar100"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_kim_preset_protocol_and_tiny_end_to_end(preset, tmp_path):
     values = load_yaml(preset)
@@ -409,6 +416,7 @@ def test_plot_is_a_png(tmp_path):
         plot_accuracy_vs_sparsity({"z": [{"test_accuracy": 0.5}]}, tmp_path / "q.png")
 
 
+@pytest.mark.slow
 def test_an_ordinary_training_run_can_be_adopted_as_the_dense_phase(digits, tmp_path, imp_run):
     from spikeprune.tickets.lottery import adopt_dense, rewind_saver, train_config
     from spikeprune.engine.train import fit

@@ -21,6 +21,7 @@ def _images_exist(report: Path) -> list[str]:
     return images
 
 
+@pytest.mark.slow
 def test_reproduce_fig5_smoke_writes_the_report_and_resumes(tmp_path, capsys):
     out = tmp_path / "fig5"
     assert main(["reproduce", "fig5", "--scale", "smoke", "--out", str(out)]) == 0
@@ -56,6 +57,7 @@ def test_reproduce_fig5_smoke_writes_the_report_and_resumes(tmp_path, capsys):
     ("theory", "| prune-0.5-sf | local | 3 |"),
     ("qpsnn", "| 4-bit ReScaW, 50 % channels (SVS) | 4 | mean | 0.5 |"),
 ])
+@pytest.mark.slow
 def test_reproduce_smoke_every_study(tmp_path, study, expect):
     out = tmp_path / study
     assert main(["reproduce", study, "--scale", "smoke", "--out", str(out)]) == 0

@@ -69,6 +69,7 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_second_train_on_the_same_out_refuses_and_the_first_finishes_intact(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(CLI + ["train", *TRAIN, "--epochs", "40", "--out", str(out)], env=ENV,
@@ -93,6 +94,7 @@ def test_second_train_on_the_same_out_refuses_and_the_first_finishes_intact(tmp_
     assert lock_holder(out) is None  # released at exit
 
 
+@pytest.mark.slow
 def test_lock_is_exclusive_reentrant_and_released(tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -144,6 +146,7 @@ def test_failed_run_leaves_no_new_directory(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_mid_write_leaves_no_temp_file_after_the_next_start(tmp_path):
     out = tmp_path / "run"
     (out / "round_01").mkdir(parents=True)
@@ -186,6 +189,7 @@ def test_kill_mid_write_leaves_no_temp_file_after_the_next_start(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_sigkill_of_train_then_resume_leaves_no_temp_file(tmp_path):
     """A real `kill -9` of `spikeprune train` while it writes; the resumed run starts by cleaning up."""
     out = tmp_path / "run"
@@ -210,6 +214,7 @@ def test_sigkill_of_train_then_resume_leaves_no_temp_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killing_a_sweep_parent_ends_its_jobs(tmp_path, sig):
@@ -333,6 +338,7 @@ def test_evaluate_refuses_to_overwrite_a_training_runs_metrics_without_force(tra
     assert json.loads((trained / "metrics.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_compress_and_cost_refuse_to_overwrite_another_runs_results(tmp_path, synthetic, capsys):
     # a run written before run records existed: its kind is read from its files
     run = tmp_path / "legacy"
@@ -368,6 +374,7 @@ def test_compress_and_cost_refuse_to_overwrite_another_runs_results(tmp_path, sy
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_torchrun_ranks_share_one_lock(tmp_path):
     out = tmp_path / "ddp"

@@ -139,6 +139,7 @@ def test_larger_networks_are_nested_and_k_min_is_exact():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_success_rate_matches_the_exact_probability_and_exceeds_the_union_bound():
     target = random_target(4, 1, seed=9)
     eps = 0.2
@@ -217,6 +218,7 @@ def test_relu_construction_counts():
     assert nonneg["virtual_neurons"] <= 16 and nonneg["k_min"] <= relu["k_min"]
 
 
+@pytest.mark.slow
 def test_slth_experiment_small():
     result = slth_experiment(4, 2, 3, 0.2, trials=20, equality_trials=3, samples=64, seed=0, compare_relu=True)
     rows = result["rows"]

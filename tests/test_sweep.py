@@ -12,6 +12,7 @@ TINY = dict(model="convnet", dataset="digits", width=0.25, timesteps=2, batch_si
             test_limit=128)
 
 
+@pytest.mark.slow
 def test_lottery_sweep_shares_one_dense_run_per_seed_and_summarises(tmp_path):
     cfg = LotteryConfig(**TINY, epochs=2, rewind_epoch=1, rounds=1, prune_fraction=0.5)
     summary = lottery_sweep(cfg, tmp_path, variants=["imp", "sf-imp-1"], log=None)
@@ -27,6 +28,7 @@ def test_lottery_sweep_shares_one_dense_run_per_seed_and_summarises(tmp_path):
     assert again["series"] == summary["series"]
 
 
+@pytest.mark.slow
 def test_edgepopup_sweep_runs_jobs_in_parallel_processes(tmp_path):
     cfg = EdgePopupConfig(**TINY, epochs=1, densities=(0.3, 0.7))
     summary = edgepopup_sweep(cfg, tmp_path, seeds=[0], jobs=2, log=None)
@@ -38,6 +40,7 @@ def test_edgepopup_sweep_runs_jobs_in_parallel_processes(tmp_path):
     assert read_json(tmp_path / "seed-0" / "results.json")["complete"]
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_reported_by_name_and_the_others_finish(tmp_path):
     good = Job("good", "train", {**TINY, "epochs": 1}, str(tmp_path / "good"))
     bad = Job("bad", "train", {**TINY, "epochs": 1, "dataset": "no_such_dataset"}, str(tmp_path / "bad"))

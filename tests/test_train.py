@@ -89,6 +89,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, synthetic, extr
         assert straight.metrics[key] == resumed.metrics[key]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_cli(tmp_path):
     """A real ``kill -9`` of ``spikeprune train`` mid-run; ``--resume`` ends with identical weights."""
     args = ["--model", "convnet", "--dataset", "digits", "--width", "0.25", "--timesteps", "2",

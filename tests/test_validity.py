@@ -78,6 +78,7 @@ def test_rank_correlation_is_one_where_the_flip_probability_is_known_in_closed_f
     assert top.flip_rate == pytest.approx(float(x[:, 36:40].sum()) / (B * N))
 
 
+@pytest.mark.slow
 def test_validity_on_a_registry_convnet_with_firing_aware_criteria(tmp_path, digits):
     from spikeprune.tickets.calibration import calibrate
     from spikeprune.engine.data import BatchLoader
@@ -106,6 +107,7 @@ def test_bad_groups_and_layers_are_refused():
         criterion_validity(model, ["magnitude"], None, _batches(), layers=["nope.weight"])
 
 
+@pytest.mark.slow
 def test_cli_validity_writes_results_and_refuses_bad_input(tmp_path, capsys):
     from spikeprune.cli import main
     from spikeprune.engine.config import TrainConfig

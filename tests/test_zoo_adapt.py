@@ -29,7 +29,7 @@ def _bn_stats(net: nn.Module) -> list[torch.Tensor]:
             for t in (m.running_mean, m.running_var)]
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", zoo_nets.params(ZOO))
 @pytest.mark.parametrize("eval_mode", [True, False])
 def test_adapted_model_follows_the_nets_mode(name, eval_mode):
     net = zoo_nets.build(name, eval_mode=eval_mode)
@@ -48,7 +48,7 @@ def test_adapted_model_follows_the_nets_mode(name, eval_mode):
         assert all(torch.equal(a, b) for a, b in zip(before, _bn_stats(model)))  # BN statistics untouched
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", zoo_nets.params(ZOO))
 def test_adapt_equals_the_packages_own_run(name):
     net = zoo_nets.build(name)
     x = zoo_nets.images(2)
@@ -299,7 +299,8 @@ def test_cli_zoo_net_on_the_wrong_dataset_is_one_line_exit_2(tmp_path, capsys):
         assert not out.exists()  # nothing written, not even the directory
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", zoo_nets.params(ZOO))
 def test_cli_interop_runs_end_to_end_on_every_zoo_net(name, tmp_path, capsys):
     """`spikeprune interop --model tests/zoo_nets.py:<factory>` on every network users bring (synthetic
     3x32x32 data; T = 2 and one calibration/analysis batch to keep it short)."""

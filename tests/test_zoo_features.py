@@ -44,7 +44,7 @@ def _bn_state(net: nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", zoo_nets.params(NETS))
 def test_features_leave_the_users_modes_and_bn_statistics_alone(name):
     net = zoo_nets.build(name)  # eval mode, as a user evaluates a trained net
     model = adapt(net, T)
@@ -99,7 +99,7 @@ def _hand_statistics(model: nn.Module, layer: str, neuron: str, batches: list[to
     return rate, u.mean(1), u.var(1, unbiased=False)
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", zoo_nets.params(NETS))
 def test_sf_scores_equal_hand_computation_and_do_not_depend_on_batching(name):
     model = _adapted(name)
     x = zoo_nets.images(8, seed=1)
@@ -134,7 +134,7 @@ def test_sf_scores_equal_hand_computation_and_do_not_depend_on_batching(name):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", zoo_nets.params(NETS))
 def test_4bit_quantization_levels_and_spikes_survive_unwrap(name):
     net = zoo_nets.build(name)
     model = adapt(net, T)
@@ -201,7 +201,7 @@ def _hand_counts(model: nn.Module, name: str, x: torch.Tensor) -> dict[str, tupl
     return out
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", zoo_nets.params(NETS))
 def test_cost_report_counts_equal_hand_counts_for_any_batch_sizes(name):
     model = _adapted(name)
     x = zoo_nets.images(6, seed=3)
@@ -230,7 +230,7 @@ def test_cost_report_counts_equal_hand_counts_for_any_batch_sizes(name):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", zoo_nets.params(NETS))
 def test_trace_pairs_every_bn_layer_with_its_neuron(name):
     model = _adapted(name)
     g = trace(model, zoo_nets.images(2))

@@ -85,7 +85,7 @@ def _round_trip(model: nn.Module, x: torch.Tensor, path) -> tuple[object, nn.Mod
     return graph, from_nir(graph)
 
 
-@pytest.mark.parametrize("name", EXPORTABLE + ["snntorch-csnn-zero"])
+@pytest.mark.parametrize("name", zoo_nets.params(EXPORTABLE + ["snntorch-csnn-zero"]))
 def test_zoo_round_trip_reproduces_every_spike(name, tmp_path):
     model = _adapt(_net(name))
     x = zoo_nets.images(4)
@@ -126,8 +126,8 @@ def test_soft_reset_is_refused_naming_the_neuron():
         to_nir(adapt(net, 4), zoo_nets.images(2))
 
 
-@pytest.mark.parametrize("name", ["sj-spiking_resnet18", "sj-sew_resnet18-ADD", "sj-plif-CIFAR10Net",
-                                  "sj-sequential-single-step", "snntorch-csnn-zero"])
+@pytest.mark.parametrize("name", zoo_nets.params(["sj-spiking_resnet18", "sj-sew_resnet18-ADD", "sj-plif-CIFAR10Net",
+                                                   "sj-sequential-single-step", "snntorch-csnn-zero"]))
 def test_masked_export_keeps_exact_zeros(name, tmp_path):
     model = _adapt(_net(name))
     prune(model, "magnitude", 0.5)
@@ -178,7 +178,7 @@ def test_quantized_export_writes_the_levels(name, tmp_path):
     assert flips == 0 and diff <= OUTPUT_ATOL
 
 
-@pytest.mark.parametrize("name", ["sj-plif-CIFAR10Net", "sj-sew_resnet18-ADD"])
+@pytest.mark.parametrize("name", zoo_nets.params(["sj-plif-CIFAR10Net", "sj-sew_resnet18-ADD"]))
 def test_quantized_multistep_zoo_nets_export_their_levels(name, tmp_path):
     """Multi-step zoo nets keep SpikingJelly's layer classes; quantize_model gives them quantized twins
     (spikeprune.compression.quant.is_layout_wrapper). Linear layers (no BN to fold) carry exactly the levels; every

@@ -47,7 +47,7 @@ PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", zoo_nets.params(NETS))
 def test_half_the_channels_cut_the_parameters_and_the_net_still_runs(name):
     net, x = build(name)
     with torch.no_grad():
@@ -106,7 +106,7 @@ def silence(net: nn.Module, groups: list[st.ChannelGroup], drop: dict[str, list[
                         m.bias[c] = -1e3
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", zoo_nets.params(NETS))
 def test_removing_channels_that_never_fire_leaves_the_output_unchanged(name):
     """Exact construction: every third channel of every group is silenced, then removed.
 

@@ -149,6 +149,18 @@ ZOO: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+#: The three full-size SpikingJelly zoo networks: seconds per test each, so their cases are marked
+#: ``slow`` (``pytest -m "not slow"`` still runs every test on the small zoo networks).
+BIG = frozenset({"sj-spiking_resnet18", "sj-sew_resnet18-ADD", "sj-spiking_vgg11_bn"})
+
+
+def params(names) -> list:
+    """``names`` for ``pytest.mark.parametrize``, the :data:`BIG` networks marked ``slow``."""
+    import pytest
+
+    return [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in names]
+
+
 def build(name: str, seed: int = 0, eval_mode: bool = True) -> nn.Module:
     """The network ``name`` of :data:`ZOO`, seeded and driven so that every layer fires (:func:`_drive`)."""
     torch.manual_seed(seed)
