@@ -31,6 +31,7 @@ ALLOWED = {
     "studies": {"core", "engine", "topology", "tickets", "compression", "theory", "interop", "deploy", "report"},
     "cli": {"core", "engine", "topology", "tickets", "compression", "theory", "interop", "deploy", "studies",
             "report"},
+    "__main__": {"cli"},  # `python -m spikeprune` is `spikeprune`
 }
 
 

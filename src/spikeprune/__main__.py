@@ -1,0 +1,5 @@
+import sys
+
+from spikeprune.cli import main
+
+sys.exit(main())
