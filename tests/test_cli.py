@@ -56,7 +56,8 @@ def test_train_smoke_and_evaluate(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "train", *SMOKE, "--dataset", "digits", "--out", tmp_path / "run")
     assert code == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert 0 <= m["test_accuracy"] <= 1
+    n_test = m["validation"]["test_size"]
+    assert n_test == 360 and m["test_accuracy"] * n_test == pytest.approx(round(m["test_accuracy"] * n_test))
     code, out, _ = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "run" / "checkpoint.safetensors",
                            "--out", tmp_path / "eval")
     assert code == 0

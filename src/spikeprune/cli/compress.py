@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from spikeprune.compression.compress import CompressConfig, compress
 
     cfg = config_from_args(CompressConfig, args)
-    m = compress(cfg, args.out, resume=args.resume, progress=args.progress)
+    m = compress(cfg, args.out, resume=args.resume, progress=args.progress).metrics
     print(json.dumps({k: m[k] for k in ("test_accuracy", "dense_test_accuracy", "size_bytes", "size_reduction",
                                         "flop_reduction", "energy_reduction", "speedup", "weight_bits",
                                         "membrane_bits")}, indent=2))
