@@ -57,7 +57,6 @@ __all__ = ["ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "ev
 _WEIGHT = (nn.modules.conv._ConvNd, nn.Linear)
 #: every BatchNorm (1d/2d/3d, SyncBatchNorm, tdBN and other subclasses): the one definition the packages share
 BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
-_BN = BATCHNORM
 _POOL = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
          nn.modules.pooling._AdaptiveMaxPoolNd)
 _ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Identity)
@@ -85,7 +84,7 @@ def role_of(m: nn.Module) -> str | None:
         return "foreign-neuron"
     if isinstance(m, _WEIGHT):
         return "weight"
-    if isinstance(m, _BN):
+    if isinstance(m, BATCHNORM):
         return "bn"
     if isinstance(m, _POOL):
         return "pool"
@@ -111,7 +110,7 @@ def channel_axis(module: nn.Module, x: torch.Tensor) -> int:
         return x.dim() - 1
     if isinstance(module, nn.modules.conv._ConvNd):
         return x.dim() - 1 - len(module.kernel_size)
-    if isinstance(module, _BN):
+    if isinstance(module, BATCHNORM):
         spatial = 3 if isinstance(module, nn.BatchNorm3d) else 2 if isinstance(module, nn.BatchNorm2d) else None
         if spatial is None:  # BatchNorm1d: [N, C] or [N, C, L]; multi-step wrappers add a leading T
             return 1 if x.dim() in (2, 3) and not getattr(module, "step_mode", "s") == "m" else 2
