@@ -38,7 +38,7 @@ channels (named in :attr:`ChannelGroup.blocked`), cannot be pruned.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -273,19 +273,26 @@ class Graph:
         if len(nxt) != 1 or nxt[0].role != "bn":
             return None, None
         bn = nxt[0]
-        frontier, seen = [bn.id], set()
+        return bn.name, self.first_neuron_after(bn.id)
+
+    def first_neuron_after(self, start: int, through: Iterable[str] = ()) -> str | None:
+        """Name of the first neuron (in execution order) that node ``start``'s output reaches through
+        pooling, dropout, activations, elementwise ops and per-sample ops, plus the roles in ``through``;
+        ``None`` if none does (e.g. the classifier)."""
+        passable = set(self._PASS_TO_NEURON) | set(through)
+        frontier, seen = [start], set()
         while frontier:
-            i = min(frontier)  # execution order
+            i = min(frontier)  # execution order: the nearest neuron first
             frontier.remove(i)
             for c in self.consumers(i):
                 if c.id in seen:
                     continue
                 seen.add(c.id)
                 if c.role == "neuron":
-                    return bn.name, c.name
-                if c.role in self._PASS_TO_NEURON or self._same_per_sample(c):
+                    return c.name
+                if c.role in passable or self._same_per_sample(c):
                     frontier.append(c.id)
-        return bn.name, None
+        return None
 
     def input_layout(self, node: Node) -> str | None:
         """Layout of a node's first input: ``"TB"``, ``"N"``, ``"B"`` or ``None``."""
