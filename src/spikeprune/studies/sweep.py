@@ -49,7 +49,7 @@ from spikeprune.core.rundir import RunResult, link_run, log
 
 __all__ = ["Job", "edgepopup_sweep", "lottery_sweep", "run_job", "run_jobs", "train_jobs"]
 
-KINDS = ("train", "lottery", "lottery-dense", "edgepopup")
+JOB_KINDS = ("train", "lottery", "lottery-dense", "edgepopup")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _config(kind: str, values: dict[str, Any]) -> Any:
         from spikeprune.tickets.edgepopup import EdgePopupConfig
 
         return from_mapping(EdgePopupConfig, values, source="job")
-    raise UserError(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
+    raise UserError(f"unknown job kind {kind!r}; one of {', '.join(JOB_KINDS)}")
 
 
 #: the run-directory kind (spikeprune.core.rundir) of each job kind
