@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from spikeprune.core.config import hparam, reuse
 from spikeprune.engine.config import TrainConfig
 from spikeprune.tickets.lottery import LotteryConfig
 from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
-from spikeprune.core.rundir import holds_run_directory
+from spikeprune.core.rundir import holds_run_directory, log
 
 
 #: The quickstart's sizes for scikit-learn's 8x8 digits on a laptop CPU live in one place, the shipped
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from spikeprune.tickets.edgepopup import demo
 
+    log(f"edge-popup: searching the best 50 % of each layer of the untrained {cfg.model} "
+        f"({cfg.edgepopup_epochs} epochs)")
     ep = demo(cfg, f"{args.out}/edgepopup", density=0.5, epochs=cfg.edgepopup_epochs, progress=args.progress)
     print(f"\nedge-popup: the same {cfg.model}, UNTRAINED random weights, best 50 % of each layer searched")
     print(f"  test accuracy   {ep['test_accuracy']:.4f}  (dense trained above: {m['test_accuracy']:.4f}; "
@@ -99,6 +102,12 @@ def _lottery_configs(cfg: QuickstartConfig, rewind_epoch: int) -> dict:
             "SF-IMP-1 (sf)": LotteryConfig(**base, **common, variant="sf-imp-1")}
 
 
+def _round_lines(label: str) -> Callable[[str], None]:
+    """A run's log reduced to its per-round lines (stderr): without a terminal (nohup, CI, a notebook)
+    the lottery part would otherwise say nothing for a minute; the epochs of each round stay quiet."""
+    return lambda message: log(f"{label}: {message}") if message.startswith("[lottery]") else None
+
+
 def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict, rewind_epoch: int) -> None:
     from spikeprune.engine.data import load_dataset
     from spikeprune.tickets.lottery import adopt_dense, run_lottery
@@ -111,7 +120,8 @@ def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict
     for label, lcfg in configs.items():
         where = out / "lottery" / lcfg.variant
         adopt_dense(out, where)  # every criterion starts from the dense run above
-        series[label] = run_lottery(lcfg, where, resume=True, dataset=dataset, progress=args.progress, log=None).rows
+        series[label] = run_lottery(lcfg, where, resume=True, dataset=dataset, progress=args.progress,
+                                    log=_round_lines(label)).rows
     plot = plot_accuracy_vs_sparsity(series, out / "lottery.png", reference=series["IMP (magnitude)"][0]["test_accuracy"],
                                      title=f"{cfg.model} on {cfg.dataset}: lottery tickets "
                                            f"(p = {cfg.prune_fraction}, rewind to epoch {rewind_epoch})")
