@@ -198,3 +198,19 @@ def test_compress_preset_loads():
 
     cfg = from_mapping(CompressConfig, load_yaml(Path(__file__).parent.parent / "configs" / "qpsnn_fashion_mnist.yaml"))
     assert (cfg.bits, cfg.channel_sparsity, cfg.criterion) == (4, 0.5, "svs")
+
+
+def test_compress_reads_the_network_from_its_checkpoint(capsys, tmp_path, dense_checkpoint):
+    """README's command: no --width/--timesteps/--dataset; the checkpoint's training config supplies them
+    (as `cost` reads them), flags still override, and the run records what it used."""
+    out = tmp_path / "c"
+    code, _, err = run_cli(capsys, "compress", "--checkpoint", dense_checkpoint, "--bits", "4",
+                           "--channel-sparsity", "0.5", "--qat-epochs", "0", "--finetune-epochs", "0",
+                           "--calibration-batches", "1", "--cost-batches", "1", "--latency-repeats", "1",
+                           "--no-progress", "--out", out)
+    assert code == 0, err
+    used = json.loads((out / "compress.json").read_text())
+    assert (used["width"], used["timesteps"], used["dataset"], used["test_limit"]) == (0.25, 2, "digits", 128)
+    # an explicit flag that contradicts the checkpoint is still refused, naming both
+    assert_user_error(capsys, ["compress", "--checkpoint", dense_checkpoint, "--timesteps", "4", "--out",
+                               tmp_path / "d"], "has width 0.25 and T 2", out_dir=tmp_path / "d")

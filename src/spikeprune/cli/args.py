@@ -1,6 +1,7 @@
 """Flags derived from config dataclasses, YAML presets, and an argparse that errors in one line.
 
 Precedence: field defaults < the command's own preset (``quickstart``: configs/quickstart.yaml) <
+what the command's input records (``compress --checkpoint``: the checkpoint's training config) <
 ``--config FILE.yaml`` < flags given on the command line.
 """
 
@@ -114,16 +115,18 @@ def _preset(cls: type, name: str | None) -> dict[str, Any]:
     return values
 
 
-def config_from_args(cls: type, args: argparse.Namespace, preset: str | None = None) -> Any:
-    """Build ``cls`` from defaults, then the shipped ``preset`` (if any), then ``args.config`` (YAML), then
-    the flags that were given.
+def config_from_args(cls: type, args: argparse.Namespace, preset: str | None = None,
+                     base: dict[str, Any] | None = None) -> Any:
+    """Build ``cls`` from defaults, then the shipped ``preset`` (if any), then ``base`` (values a command
+    reads from its input, e.g. the training config recorded in a checkpoint), then ``args.config``
+    (YAML), then the flags that were given.
 
     Checks, before anything runs: the YAML's keys are fields of ``cls``; a field declared ``required`` was
     given (by a flag or the YAML); no two fields that exclude each other (metadata ``excludes``) were both
     given; then the dataclass validates every value.
     """
     names = {f.name for f in dataclasses.fields(cls)}
-    defaults = _preset(cls, preset)
+    defaults = {**_preset(cls, preset), **(base or {})}
     given: dict[str, Any] = {}
     if getattr(args, "config", None):
         preset = load_yaml(args.config)

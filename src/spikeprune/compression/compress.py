@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.core.config import NOT_HPARAMS, check_fraction, hparam, to_dict
+from spikeprune.core.config import NOT_HPARAMS, check_fraction, fields_of, hparam, to_dict
 from spikeprune.engine.config import TrainConfig, validate
 from spikeprune.compression.cost import CostReport, cost_report, measure_latency
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
@@ -243,6 +243,14 @@ def _phase(cfg: CompressConfig, out: Path, name: str, epochs: int, model: nn.Mod
     result = fit(TrainConfig.of(cfg, epochs=epochs, lr=cfg.finetune_lr), run, resume=run.exists(), dataset=dataset,
                  model=model, progress=progress, log=log)
     return result.model
+
+
+def recorded_training(checkpoint: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields a checkpoint records (model, width, timesteps, neuron, dataset, ...), without
+    the execution details (device, data_dir, threads: :data:`~spikeprune.core.config.NOT_HPARAMS`)."""
+    _, meta = load_checkpoint(checkpoint)
+    recorded = fields_of(TrainConfig, meta.get("config") or {})
+    return {k: v for k, v in recorded.items() if k not in NOT_HPARAMS}
 
 
 def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
