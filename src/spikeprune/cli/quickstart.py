@@ -105,7 +105,8 @@ def _lottery_configs(cfg: QuickstartConfig, rewind_epoch: int) -> dict:
 def _round_lines(label: str) -> Callable[[str], None]:
     """A run's log reduced to its per-round lines (stderr): without a terminal (nohup, CI, a notebook)
     the lottery part would otherwise say nothing for a minute; the epochs of each round stay quiet."""
-    return lambda message: log(f"{label}: {message}") if message.startswith("[lottery]") else None
+    return lambda message: (log(f"{label}: {message}") if message.startswith("[lottery]") and "): epoch " not in message
+                            else None)
 
 
 def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict, rewind_epoch: int) -> None:
