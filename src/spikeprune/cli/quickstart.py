@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.config import hparam, reuse
 from spikeprune.engine.config import TrainConfig
@@ -73,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  test accuracy   {m['test_accuracy']:.4f}  (validation {m['val_accuracy']:.4f} on "
           f"{m['validation']['val_size']} held-out training digits)")
     print(f"  firing rate     {m['firing_rate']:.3f} spikes / neuron / timestep")
-    print(f"  training time   {m['seconds']:.1f} s over {m['epochs']} epochs")
+    # CPU kernels sum in an order that depends on the thread count, so the last digits of every accuracy
+    # below are those of this thread count (bit-identical on re-runs with the same one): say which.
+    print(f"  training time   {m['seconds']:.1f} s over {m['epochs']} epochs on {torch.get_num_threads()} CPU "
+          "thread(s) (another thread count sums in another order: last digits differ)")
     print(f"  results         {args.out}/metrics.json, history.csv, checkpoint.safetensors")
 
     if lottery:
