@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 from spikeprune.core.diagnostics import SpikepruneWarning, UserError
 from spikeprune.engine.neuron import LIF, lif_multistep, record_statistics
 from spikeprune.engine.models import create_model, list_models, register_model
-from spikeprune.engine.data import BatchLoader, ImageDataset, list_datasets, load_dataset
+from spikeprune.engine.data import BatchLoader, EventDataset, ImageDataset, list_datasets, load_dataset
 # lottery tickets (unstructured pruning)
 from spikeprune.tickets.calibration import calibrate
 from spikeprune.tickets.masks import Mask, enforce
@@ -33,7 +33,7 @@ __all__ = [
     # foundation
     "LIF", "lif_multistep", "record_statistics", "SpikepruneWarning", "UserError",
     "create_model", "list_models", "register_model",
-    "BatchLoader", "ImageDataset", "list_datasets", "load_dataset",
+    "BatchLoader", "EventDataset", "ImageDataset", "list_datasets", "load_dataset",
     # lottery tickets
     "calibrate", "Mask", "enforce", "prune", "prune_step", "LotteryConfig", "run_lottery",
     "EdgePopupConfig", "export_subnetwork", "subnet_mask", "to_edgepopup",
