@@ -5,7 +5,7 @@ dense + lottery run on an N-MNIST-format event set (no event dataset can be down
 
 Streams: N-MNIST-like (34x34 sensor, ~4k events over 300 ms, three saccades), DVS-Gesture-like
 (128x128, 300k and 1M events over 6 s, downsampled to 32x32). Each stream goes through
-spikeprune.events.events_to_frames (tonic's Downsample + ToFrame, optionally Denoise) exactly as the loader does.
+spikeprune.engine.events.events_to_frames (tonic's Downsample + ToFrame, optionally Denoise) exactly as the loader does.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from event_files import synthetic_nmnist  # noqa: E402
-from spikeprune import events  # noqa: E402
+from spikeprune.engine import events  # noqa: E402
 
 
 def stream(n: int, duration_us: int, sensor: tuple[int, int], dtype: np.dtype, seed: int = 0) -> np.ndarray:
@@ -87,10 +87,10 @@ def main() -> None:
                               "--out", f"{tmp}/lot"])):
             t0 = time.perf_counter()
             if argv is None:
-                from spikeprune import data
+                from spikeprune.engine import data
                 data.load_dataset("nmnist", d, download=False)
             else:
-                subprocess.run([sys.executable, "-m", "spikeprune.cli", *argv], check=True)
+                subprocess.run([sys.executable, "-m", "spikeprune", *argv], check=True)
             runs[label] = time.perf_counter() - t0
             print(f"{label}: {runs[label]:.1f} s", flush=True)
         m = json.loads(Path(f"{tmp}/dense/metrics.json").read_text())
