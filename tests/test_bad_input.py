@@ -146,6 +146,8 @@ ROWS: list[tuple[str, list[str]]] = [
     # event datasets (issue 15): the encoding goes with the kind of dataset
     ("train-events-on-images", ["train", "--encoding", "events", "--out", "{new}"]),
     ("train-nmnist-direct", ["train", "--dataset", "nmnist", "--out", "{new}"]),
+    ("train-nmnist-bins-zero", ["train", "--dataset", "nmnist:time_bins=0", "--encoding", "events", "--out", "{new}"]),
+    ("train-nmnist-option-unknown", ["train", "--dataset", "nmnist:bins=3", "--encoding", "events", "--out", "{new}"]),
     ("train-batch-zero", ["train", "--batch-size", "0", "--out", "{new}"]),
     ("train-beta-range", ["train", "--beta", "1.5", "--out", "{new}"]),
     ("train-uth-negative", ["train", "--u-th", "-1", "--out", "{new}"]),

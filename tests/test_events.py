@@ -174,6 +174,16 @@ def test_checksummed_archive_download_and_refusals(tmp_path, monkeypatch):
 
 def test_bad_options_and_encodings(tmp_path):
     write_nmnist_tree(tmp_path)
+    # Options in the name (as --dataset passes them) are the keyword options.
+    assert data.parse_dataset("N-MNIST: time_bins=4, binning=count, spatial_factor=0.5") == \
+        ("nmnist", {"time_bins": 4, "binning": "count", "spatial_factor": 0.5})
+    named = data.load_dataset("nmnist:time_bins=4", tmp_path, download=False)
+    assert named.time_bins == 4 and torch.equal(
+        named.train_images, data.load_dataset("nmnist", tmp_path, download=False, time_bins=4).train_images)
+    for bad, match in (("nmnist:time_bins", "key=value"), ("nmnist:bins=3", "unknown option"),
+                       ("nmnist:time_bins=0", "time_bins"), ("nmnist:spatial_factor=2", "spatial_factor")):
+        with pytest.raises(UserError, match=match):
+            data.load_dataset(bad, tmp_path, download=False)
     with pytest.raises(UserError, match="binning"):
         data.load_dataset("nmnist", tmp_path, binning="sometimes")
     with pytest.raises(UserError, match="unknown option"):
@@ -198,12 +208,15 @@ def run_cli(capsys, *argv):
 def test_cli_dense_lottery_cost_on_nmnist(capsys, tmp_path):
     """Smoke configuration end to end on N-MNIST-format files: train, evaluate, lottery, cost."""
     synthetic_nmnist(tmp_path / "d", per_class=6, classes=10, events_per_sample=40)
-    common = ["--dataset", "nmnist", "--encoding", "events", "--data-dir", tmp_path / "d", "--model", "convnet",
+    # The frame settings travel in the dataset's name, so evaluate and cost (which read the checkpoint's
+    # recorded config) rebuild the same 4-bin frames.
+    common = ["--dataset", "nmnist:time_bins=4", "--encoding", "events", "--data-dir", tmp_path / "d", "--model", "convnet",
               "--width", "0.25", "--timesteps", "2", "--batch-size", "32", "--no-progress"]
     code, _, err = run_cli(capsys, "train", *common, "--epochs", "1", "--out", tmp_path / "dense")
     assert code == 0, err
     m = json.loads((tmp_path / "dense" / "metrics.json").read_text())
-    assert m["config"]["encoding"] == "events" and 0 <= m["test_accuracy"] <= 1
+    assert m["config"]["encoding"] == "events" and m["config"]["dataset"] == "nmnist:time_bins=4"
+    assert 0 <= m["test_accuracy"] <= 1
     ck = tmp_path / "dense" / "checkpoint.safetensors"
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", ck, "--data-dir", tmp_path / "d",
                            "--out", tmp_path / "ev")

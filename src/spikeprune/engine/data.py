@@ -53,6 +53,7 @@ __all__ = [
     "is_event_dataset",
     "list_datasets",
     "load_dataset",
+    "parse_dataset",
     "split_validation",
     "validation_indices",
 ]
@@ -368,6 +369,42 @@ def list_datasets() -> list[str]:
     return list(_REGISTRY)
 
 
+def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
+    """``"name"`` or ``"name:key=value,key=value"`` -> ``(registry name, options)``.
+
+    The second form carries a dataset's options in its name, so they travel wherever the name does
+    (``--dataset nmnist:time_bins=8,binning=count``, a preset, the config a checkpoint records, hence
+    ``evaluate`` and ``cost`` rebuild the same frames). Values are read as int, then float, else text; the
+    dataset checks them (:class:`~spikeprune.engine.events.FrameSettings`, ``synthetic``'s sizes).
+    """
+    if not isinstance(text, str):
+        raise UserError(f"dataset must be a name, got {text!r}")
+    name, sep, rest = text.partition(":")
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in _REGISTRY:
+        raise UserError(f"unknown dataset {name!r}; available: {', '.join(_REGISTRY)}")
+    options: dict[str, Any] = {}
+    for item in rest.split(",") if sep else ():
+        k, eq, v = (part.strip() for part in item.partition("="))
+        if not k or not eq or not v:
+            raise UserError(f"dataset {text!r}: options are written name:key=value,key=value; got {item!r}")
+        options[k] = _option_value(v)
+    spec = _REGISTRY[key]
+    if unknown := sorted(set(options) - set(spec.options)):
+        raise UserError(f"unknown option {unknown[0]!r} for dataset {key!r}; valid options: "
+                         f"{', '.join(spec.options) or 'none'}")
+    return key, options
+
+
+def _option_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, download: bool = True,
                  **options: Any) -> ImageDataset:
     """Load dataset ``name`` into memory.
@@ -377,14 +414,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
     (``data_dir/<name>/`` or ``~/.cache/spikeprune/<name>/``), then downloaded into the cache if
     ``download``. ``options`` are dataset-specific: ``synthetic``'s sizes, an event dataset's frame
     settings (:class:`~spikeprune.engine.events.FrameSettings`: ``time_bins``, ``binning``,
-    ``denoise_us``, ``spatial_factor``).
+    ``denoise_us``, ``spatial_factor``); they may also be given in ``name`` (:func:`parse_dataset`:
+    ``"nmnist:time_bins=8"``), keyword options winning.
 
     Raises ValueError (unknown name/option, bad checksum, corrupt file) or FileNotFoundError (data
     missing and not downloadable; the message lists every way to provide it).
     """
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _REGISTRY:
-        raise UserError(f"unknown dataset {name!r}; available: {', '.join(_REGISTRY)}")
+    key, named = parse_dataset(name)
+    options = {**named, **options}
     spec = _REGISTRY[key]
     if unknown := sorted(set(options) - set(spec.options)):
         raise UserError(f"unknown option {unknown[0]!r} for dataset {key!r}; valid options: "
@@ -395,5 +432,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
 
 
 def is_event_dataset(name: str) -> bool:
-    """Whether ``name`` (or its alias) is an event dataset, whose input is the ``events`` encoding."""
-    return _ALIASES.get(name.lower(), name.lower()) in events.EVENT_DATASETS
+    """Whether ``name`` (an alias, or with options: :func:`parse_dataset`) is an event dataset, whose input
+    is the ``events`` encoding."""
+    base = name.partition(":")[0].strip().lower()
+    return _ALIASES.get(base, base) in events.EVENT_DATASETS
