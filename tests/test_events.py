@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -124,6 +125,7 @@ def test_cache_is_keyed_by_settings_and_reused(tmp_path, monkeypatch):
     assert len(files) == 1
     def no_rebuild(*args, **kwargs):
         raise AssertionError("frames rebuilt although cached")
+    build = events._build_frames
     monkeypatch.setattr(events, "_build_frames", no_rebuild)
     b = data.load_dataset("nmnist", tmp_path, download=False, time_bins=4)
     assert torch.equal(a.train_images, b.train_images)
@@ -132,6 +134,13 @@ def test_cache_is_keyed_by_settings_and_reused(tmp_path, monkeypatch):
     key = events.cache_key("nmnist", events.FrameSettings(time_bins=4), ["x"])
     assert key != events.cache_key("nmnist", events.FrameSettings(time_bins=4, denoise_us=1), ["x"])
     assert key != events.cache_key("nmnist", events.FrameSettings(time_bins=4), ["y"])
+    # Without tonic (the extra not installed): the cache still loads; building frames is one UserError.
+    monkeypatch.setattr(events, "_build_frames", build)
+    monkeypatch.setitem(sys.modules, "tonic", None)  # `import tonic` raises ImportError
+    c = data.load_dataset("nmnist", tmp_path, download=False, time_bins=4)
+    assert torch.equal(a.train_images, c.train_images)
+    with pytest.raises(UserError, match=r"needs tonic.*spikeprune\[events\]"):
+        data.load_dataset("nmnist", tmp_path, download=False, time_bins=1)
 
 
 def _zip_of(folder: Path, arc_root: str) -> bytes:
