@@ -244,3 +244,21 @@ def test_cli_dense_lottery_cost_on_nmnist(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", *common[:2], "--encoding", "direct", "--data-dir", tmp_path / "d",
                            "--epochs", "1", "--no-progress", "--out", tmp_path / "bad")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "events" in err
+
+
+def test_interop_runs_a_users_snntorch_net_on_event_frames(capsys, tmp_path):
+    """`interop` (a user's own network) feeds an event dataset's [T, B, 2, H, W] counts, no encoding."""
+    pytest.importorskip("snntorch")
+    synthetic_nmnist(tmp_path / "d", per_class=4, classes=10, events_per_sample=40)
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\nimport snntorch as snn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(2 * 34 * 34, 10),\n"
+        "                         snn.Leaky(beta=0.5, init_hidden=True, output=True))\n")
+    code, _, err = run_cli(capsys, "interop", "--model", f"{tmp_path / 'net.py'}:build", "--dataset",
+                           "nmnist:time_bins=4", "--data-dir", tmp_path / "d", "--timesteps", "2", "--epochs", "1",
+                           "--batch-size", "16", "--out", tmp_path / "iop")
+    assert code == 0, err
+    m = json.loads((tmp_path / "iop" / "metrics.json").read_text())
+    assert m["dataset"] == "nmnist:time_bins=4" and m["timesteps"] == 2 and 0 <= m["pruned"]["accuracy"] <= 1
+    assert m["sparsity"] == pytest.approx(0.8, abs=0.01) and m["energy_uj"] > 0
