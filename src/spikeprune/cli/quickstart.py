@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.config import hparam, reuse
 from spikeprune.engine.config import TrainConfig
@@ -73,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  test accuracy   {m['test_accuracy']:.4f}  (validation {m['val_accuracy']:.4f} on "
           f"{m['validation']['val_size']} held-out training digits)")
     print(f"  firing rate     {m['firing_rate']:.3f} spikes / neuron / timestep")
-    print(f"  training time   {m['seconds']:.1f} s over {m['epochs']} epochs")
+    # CPU kernels sum in an order that depends on the thread count, so the last digits of every accuracy
+    # below are those of this thread count (bit-identical on re-runs with the same one): say which.
+    print(f"  training time   {m['seconds']:.1f} s over {m['epochs']} epochs on {torch.get_num_threads()} CPU "
+          "thread(s) (another thread count sums in another order: last digits differ)")
     print(f"  results         {args.out}/metrics.json, history.csv, checkpoint.safetensors")
 
     if lottery:
@@ -105,7 +110,8 @@ def _lottery_configs(cfg: QuickstartConfig, rewind_epoch: int) -> dict:
 def _round_lines(label: str) -> Callable[[str], None]:
     """A run's log reduced to its per-round lines (stderr): without a terminal (nohup, CI, a notebook)
     the lottery part would otherwise say nothing for a minute; the epochs of each round stay quiet."""
-    return lambda message: log(f"{label}: {message}") if message.startswith("[lottery]") else None
+    return lambda message: (log(f"{label}: {message}") if message.startswith("[lottery]") and "): epoch " not in message
+                            else None)
 
 
 def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict, rewind_epoch: int) -> None:

@@ -277,8 +277,11 @@ def _train_round(cfg: LotteryConfig, out: Path, k: int, dataset: ImageDataset, p
     if log:
         log(f"[lottery] round {k}: training the ticket (density {mask.density:.4f}) for "
             f"{cfg.epochs - cfg.rewind_epoch} epochs from the rewind state (epoch {cfg.rewind_epoch})")
+    # fit counts the round's own epochs (1..epochs-R); the prefix says which round and that they follow
+    # the rewind state, so "epoch 1/18" is not read as epoch 1 of the dense schedule.
+    epochs_log = (lambda m: log(f"[lottery] round {k} (after rewind to epoch {cfg.rewind_epoch}): {m}")) if log else None
     fit(round_config(cfg), where, resume=True, dataset=dataset, model=ticket, after_step=lambda _: guard.after_step(),
-        extra_tensors=lambda: {f"mask/{n}": t for n, t in mask.items()}, progress=progress, log=log)
+        extra_tensors=lambda: {f"mask/{n}": t for n, t in mask.items()}, progress=progress, log=epochs_log)
     guard.remove()
 
 
