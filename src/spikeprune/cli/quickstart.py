@@ -115,6 +115,7 @@ def _round_lines(label: str) -> Callable[[str], None]:
 
 
 def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict, rewind_epoch: int) -> None:
+    from spikeprune.core.io import read_json
     from spikeprune.engine.data import load_dataset
     from spikeprune.tickets.lottery import adopt_dense, run_lottery
     from spikeprune.report.plots import plot_accuracy_vs_sparsity
@@ -128,7 +129,9 @@ def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict
         adopt_dense(out, where)  # every criterion starts from the dense run above
         series[label] = run_lottery(lcfg, where, resume=True, dataset=dataset, progress=args.progress,
                                     log=_round_lines(label)).rows
+    dense = read_json(out / "metrics.json")
     plot = plot_accuracy_vs_sparsity(series, out / "lottery.png", reference=series["IMP (magnitude)"][0]["test_accuracy"],
+                                     test_size=dense["validation"]["test_size"],
                                      title=f"{cfg.model} on {cfg.dataset}: lottery tickets "
                                            f"(p = {cfg.prune_fraction}, rewind to epoch {rewind_epoch})")
     print(f"\nlottery tickets: prune {cfg.prune_fraction:.0%} of the surviving weights per round, rewind to epoch "

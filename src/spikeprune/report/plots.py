@@ -35,34 +35,63 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | 
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
+def _save(fig: Any, path: str | Path, dpi: float | None = None) -> Path:
+    """Write ``fig`` as PNG, atomically: the one place every plot is written (tests capture it here)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **({} if dpi is None else {"dpi": dpi}))
+    return path
+
+
+def _clipped(y: Sequence[float], err: Sequence[float], lo: float = 0.0, hi: float = 100.0) -> list[list[float]]:
+    """Asymmetric error bars ``[below, above]`` that stop at the possible range (an accuracy's CI past
+    100 % says nothing the reader can use)."""
+    return [[min(e, max(v - lo, 0.0)) for v, e in zip(y, err)], [min(e, max(hi - v, 0.0)) for v, e in zip(y, err)]]
+
+
 def plot_accuracy_vs_sparsity(series: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *,
                               metric: str = "test_accuracy", title: str | None = None,
                               reference: float | None = None, reference_label: str = "dense",
-                              ylabel: str | None = None) -> Path:
+                              ylabel: str | None = None, test_size: int | None = None) -> Path:
     """Every series on one figure: ``metric`` (in %) against density on a log axis, written as PNG.
 
     Args:
-        series: ``{label: [point, ...]}``; a point's ``<metric>_ci`` becomes an error bar.
+        series: ``{label: [point, ...]}``; a point's ``<metric>_ci`` becomes an error bar, clipped to
+            [0, 100] %, and only where the point aggregates n >= 2 runs (``n``; a single run has none).
         path: the PNG to write (atomically).
         reference: a horizontal line (e.g. the dense accuracy), a fraction in [0, 1].
+        test_size: images in the test set: one image is 100/test_size %, the resolution of every
+            accuracy; the axis never zooms below a few images, so noise of one image is not drawn as a trend.
+
+    Series that coincide are drawn side by side (a small horizontal offset), not on top of each other.
     """
     from matplotlib.ticker import FixedLocator, NullLocator
 
     fig, ax = _subplots(figsize=(7.5, 4.6), dpi=120)
     densities: set[float] = set()
     markers = "osD^vP*Xh<>"
-    for i, (label, points) in enumerate(series.items()):
-        pts = sorted(points, key=_density, reverse=True)
-        if not pts:
-            continue
+    drawn = [(label, sorted(points, key=_density, reverse=True)) for label, points in series.items() if points]
+    ys: list[float] = []
+    for i, (label, pts) in enumerate(drawn):
+        # a multiplicative offset on the log axis, +-1.5 % per series around the true density
+        dodge = 1.0 + 0.015 * (i - (len(drawn) - 1) / 2) if len(drawn) > 1 else 1.0
         x = [100 * max(_density(p), 1e-6) for p in pts]
         y = [100 * float(p[metric]) for p in pts]
-        err = [100 * float(p.get(f"{metric}_ci", 0.0)) for p in pts]
+        err = [100 * float(p.get(f"{metric}_ci") or 0.0) if p.get("n", 2) >= 2 else 0.0 for p in pts]
         densities.update(round(v, 6) for v in x)
-        ax.errorbar(x, y, yerr=err if any(err) else None, label=label, marker=markers[i % len(markers)],
-                    markersize=4, linewidth=1.4, capsize=2.5)
+        ys += y
+        ax.errorbar([v * dodge for v in x], y, yerr=_clipped(y, err) if any(err) else None, label=label,
+                    marker=markers[i % len(markers)], markersize=4, linewidth=1.4, capsize=2.5)
     if reference is not None:
         ax.axhline(100 * reference, color="0.4", linestyle="--", linewidth=1, label=reference_label)
+        ys.append(100 * reference)
+    if test_size and ys:
+        step = 100.0 / test_size
+        lo, hi = min(ys), max(ys)
+        if hi - lo < 6 * step:  # differences of a few images: show them at their true scale
+            mid = (hi + lo) / 2
+            ax.set_ylim(max(0.0, mid - 4 * step), min(100.0, mid + 4 * step))
+        ax.text(0.01, 0.01, f"1 test image = {step:.2g} %", transform=ax.transAxes, fontsize=7, color="0.35")
     ax.set_xscale("log")
     ax.invert_xaxis()  # from dense (left) to sparse (right)
     if densities:
@@ -80,10 +109,7 @@ def plot_accuracy_vs_sparsity(series: Mapping[str, Sequence[Mapping[str, Any]]],
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return _save(fig, path)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -135,7 +161,8 @@ def plot_subnetwork_accuracy(
         n = max(len(v) for v in by_s.values())
         lo = min(len(v) for v in by_s.values())
         seeds = "" if n == 1 else f" (mean of {n})" if lo == n else f" (mean of {lo}-{n} per point)"
-        ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats] if n > 1 else None, color=color,
+        means = [m for m, _ in stats]
+        ax.errorbar(xs, means, yerr=_clipped(means, [s for _, s in stats]) if n > 1 else None, color=color,
                     marker="o", linestyle="-", capsize=3, label=name + seeds)
         if n > 1:
             for x in xs:
@@ -154,7 +181,11 @@ def plot_subnetwork_accuracy(
                        label=f"{100 * fraction_line:g} % of {name} ({fraction_line * m:.2f}%)")
     ax.set_xlabel("sparsity (fraction of weights removed)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_xlim(-0.02, 1.02)
+    # the range of the sparsities drawn (a sweep over 0.5-0.9 would otherwise sit in one corner)
+    every = [x for by_s in series.values() for x in by_s]
+    if every:
+        pad = max(0.03, 0.08 * (max(every) - min(every)))
+        ax.set_xlim(max(-0.02, min(every) - pad), min(1.02, max(every) + pad))
     top = ax.secondary_xaxis("top", functions=(lambda x: 1 - x, lambda d: 1 - d))
     top.set_xlabel("density (fraction kept)")
     ax.grid(alpha=0.3)
@@ -163,8 +194,7 @@ def plot_subnetwork_accuracy(
     # below the axes: the curves of a Fig.-3 plot sit low and the dense lines high, any inside corner hides one
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    _save(fig, path)
 
 
 def plot_flips(rows: Sequence[Any], path: str | Path, title: str = "", *,
@@ -194,8 +224,12 @@ def plot_flips(rows: Sequence[Any], path: str | Path, title: str = "", *,
             ax.set_yscale("log")
             ax.set_xticks(t)
             ax.set_title(f"{layer}\n{mode}, eps<={rs[-1].eps:.3g}", fontsize=8)
+            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            if max(r.bound for r in rs) >= 1.0:  # a bound >= 1 is no statement about a probability
+                ax.axhspan(1.0, ax.get_ylim()[1], color="0.9", zorder=0)
+                ax.text(0.02, 0.97, "bound >= 1: vacuous", transform=ax.transAxes, fontsize=6, va="top", color="0.3")
             if li == 0:
-                ax.set_ylabel("probability")
+                ax.set_ylabel("rate (bounds above 1 are vacuous)")
             if mi == len(modes) - 1:
                 ax.set_xlabel("timestep t")
             ax.grid(True, which="both", alpha=0.3)
@@ -204,8 +238,7 @@ def plot_flips(rows: Sequence[Any], path: str | Path, title: str = "", *,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    _save(fig, path, dpi=110)
 
 
 def plot_flip_summary(summary: Sequence[Mapping[str, Any]], path: str | Path, *,
@@ -256,13 +289,12 @@ def plot_flip_summary(summary: Sequence[Mapping[str, Any]], path: str | Path, *,
         ax.set_xticklabels(layers, fontsize=8)
         ax.set_title(f"{mode}: flip rate | no earlier flip (dot) vs bound (bar), worst timestep", fontsize=8)
         ax.grid(True, which="major", axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("probability")
+    axes[0][0].set_ylabel("flip rate; bound (vacuous above the dotted 1)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(perts)), fontsize=7, frameon=False)
     rows_of_legend = -(-len(perts) // 6)
     fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    _save(fig, path, dpi=110)
 
 
 def plot_slth(result: dict[str, Any], path: str | Path) -> None:
@@ -290,7 +322,14 @@ def plot_slth(result: dict[str, Any], path: str | Path) -> None:
     if rows[0]["output_equal_rate"] is not None:
         a2.plot(k, [r["output_equal_rate"] for r in rows], "C3o-", label="output equal (measured)")
         a2.plot(k, [r["all_equal_rate"] for r in rows], "C1.--", label="all layers equal")
-    a2.plot(k, [r["theorem_1_minus_delta"] for r in rows], "k--", label="Thm 4.3: 1 - δ(k)")
+    # where delta(k) >= 1 the theorem guarantees nothing: not drawn (a flat 0 would read as "fails surely")
+    guaranteed = [(kk, r["theorem_1_minus_delta"]) for kk, r in zip(k, rows) if r["theorem_1_minus_delta"] > 0]
+    if guaranteed:
+        a2.plot(*zip(*guaranteed), "k--", label="Thm 4.3: 1 - δ(k)")
+    if len(guaranteed) < len(rows):
+        a2.text(0.02, 0.02, f"Thm 4.3 guarantees nothing (δ(k) >= 1) at k <= "
+                f"{max(kk for kk, r in zip(k, rows) if r['theorem_1_minus_delta'] <= 0):g}",
+                transform=a2.transAxes, fontsize=7, color="0.3")
     a2.set_xscale("log")
     a2.set_ylim(-0.03, 1.03)
     a2.set_xlabel("virtual neurons per layer k")
@@ -302,8 +341,7 @@ def plot_slth(result: dict[str, Any], path: str | Path) -> None:
     fig.suptitle(f"SLTH construction: N={cfg['N']}, L={cfg['L']}, T={cfg['T']}, ε={cfg['eps']:g}, "
                  f"u_th={cfg['u_th']:g}, β={cfg['beta']:g}, C={b['C']:.3g}", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    _save(fig, path, dpi=110)
 
 
 def plot_validity(rows: Sequence[Any], summary: Sequence[Mapping[str, Any]], path: str | Path,
@@ -328,10 +366,7 @@ def plot_validity(rows: Sequence[Any], summary: Sequence[Mapping[str, Any]], pat
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def plot_qpsnn(cells: Sequence[Mapping[str, Any]], path: str | Path) -> None:
@@ -364,5 +399,4 @@ def plot_qpsnn(cells: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     axes[1].tick_params(axis="y", labelsize=7)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    _save(fig, path)

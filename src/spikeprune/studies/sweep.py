@@ -369,9 +369,12 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
     lines = [{"variant": v, **p} for v, points in series.items() for p in points]
     write_csv(out / "summary.csv", lines, fields)
     if series:
-        plot_accuracy_vs_sparsity(series, out / "summary.png",
-                                  title=f"{cfg.model} on {cfg.dataset}: lottery tickets, "
-                                        f"mean ± 95 % CI over {len(seeds)} seed(s)")
+        first = next(iter(series.values()))
+        stat = (f"mean ± 95 % CI (Student t) over {len(seeds)} seeds" if len(seeds) > 1 else
+                "one seed, so no interval")
+        plot_accuracy_vs_sparsity(series, out / "summary.png", reference=first[0]["test_accuracy"],
+                                  reference_label="dense (round 0)",
+                                  title=f"{cfg.model} on {cfg.dataset}: lottery tickets, {stat}")
         summary["table"] = format_table(series)
     _raise_failures(status)
     return RunResult(out, summary, lines)

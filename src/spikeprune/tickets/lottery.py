@@ -325,7 +325,9 @@ def _write_results(out: Path, cfg: LotteryConfig, rows: list[dict[str, Any]]) ->
     label = f"{cfg.variant} ({cfg.pruning_criterion})"
     write_json(out / "results.json", {"label": label, "variant": cfg.variant, "criterion": cfg.pruning_criterion,
                                       "run_id": run_id(cfg), "config": to_dict(cfg), "rounds": rows})
-    plot_accuracy_vs_sparsity({label: rows}, out / "accuracy_vs_sparsity.png",
+    dense = read_json(round_dir(out, 0) / "metrics.json") if (round_dir(out, 0) / "metrics.json").exists() else {}
+    plot_accuracy_vs_sparsity({label: rows}, out / "accuracy_vs_sparsity.png", reference=rows[0]["test_accuracy"],
+                              test_size=(dense.get("validation") or {}).get("test_size"),
                               title=f"{cfg.model} on {cfg.dataset}: lottery tickets (T={cfg.timesteps})")
 
 
