@@ -185,3 +185,14 @@ def test_the_membrane_hook_acts_before_the_threshold():
     clipped, u = sp.lif_multistep(x, beta=0.5, u_th=1.0, membrane=lambda v: v.clamp_max(0.8))
     assert plain.flatten().tolist() == [0.0, 0.0, 1.0]  # u = 0.6, 0.9, 1.05
     assert clipped.flatten().tolist() == [0.0, 0.0, 0.0] and u.max() <= 0.8  # u = 0.6, 0.8, 0.8
+
+
+def test_a_half_precision_input_integrates_in_fp32_like_every_lif():
+    """The one deliberate change (docs/decisions.md, issue 17): the old loop integrated a bf16 input in bf16
+    (its register step cast to bf16 too); the shared loop keeps fp32 state, as lif_multistep always did."""
+    x, up = _inputs(7, (6, 8, 4, 3, 3), torch.float32)
+    scale = torch.tensor([0.05, 0.11, 0.3, 0.02]).view(4, 1, 1)
+    half = _run(q.lif_multistep_quantized, x.bfloat16(), up.bfloat16(), scale, 8, u_th=0.45)
+    full = _run(q.lif_multistep_quantized, x.bfloat16().float(), up.bfloat16().float(), scale, 8, u_th=0.45)
+    assert half[0].dtype == torch.float32 and torch.equal(half[0], full[0]) and torch.equal(half[1], full[1])
+    assert half[0].sum() > 0

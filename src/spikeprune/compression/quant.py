@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from spikeprune.core.diagnostics import UserError
+from spikeprune.compression import quant_membrane, quant_state, quant_utilisation, quant_weights
 from spikeprune.compression.quant_membrane import (
     QuantizedLIF,
     lif_multistep_quantized,
@@ -57,39 +58,9 @@ from spikeprune.compression.quant_weights import (  # noqa: F401  (_surviving_sc
 )
 from spikeprune.topology import BATCHNORM
 
-__all__ = [
-    "SCALES",
-    "GRADIENTS",
-    "FIRST_LAST",
-    "PRESETS",
-    "QUANT_TYPES",
-    "QuantConv1d",
-    "QuantConv2d",
-    "QuantConv3d",
-    "QuantLinear",
-    "QuantSpec",
-    "QuantizedLIF",
-    "bit_utilisation",
-    "freeze",
-    "is_layout_wrapper",
-    "lif_multistep_quantized",
-    "load_quantization_state",
-    "membrane_register",
-    "membrane_scale",
-    "quantizable_layers",
-    "quantization_state",
-    "quantize_layer",
-    "quantize_model",
-    "quantize_weight",
-    "quantized_class",
-    "quantized_layers",
-    "quantize_membranes",
-    "reestimate_batchnorm",
-    "unfreeze",
-    "utilisation_report",
-    "weight_codes",
-    "weight_scale",
-]
+#: this module's names and every public name of the modules it composes (importable from here, as before)
+__all__ = ["FIRST_LAST", "PRESETS", "quantize_model", "reestimate_batchnorm", *quant_weights.__all__,
+           *quant_membrane.__all__, *quant_utilisation.__all__, *quant_state.__all__]
 
 
 #: precision of the first and last quantized layers: "b" (the same b bits), "full" (not quantized) or "8"
