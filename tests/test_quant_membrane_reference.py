@@ -20,7 +20,7 @@ from torch import nn
 
 import spikeprune as sp
 from spikeprune.compression import quant as q
-from spikeprune.engine.neuron import LIF, SURROGATES, surrogate_gradient
+from spikeprune.engine.neuron import LIF, SURROGATES, lif_multistep, observe, surrogate_gradient
 
 
 # ============================ PRE-REFACTOR REFERENCE (compression/quant.py @ 077f104) ============================
@@ -148,7 +148,7 @@ def test_quantized_models_are_bit_identical_to_the_pre_refactor_neuron(name, det
 
     def run(net):
         seen = []
-        with sp.engine.neuron.observe(net, lambda lif, u, s: seen.append(u.clone())):
+        with observe(net, lambda lif, u, s: seen.append(u.clone())):
             out = net(x)
         out.square().sum().backward()
         return out.detach(), seen, [p.grad for p in net.parameters()]
@@ -181,8 +181,8 @@ def test_an_identity_membrane_hook_gives_the_plain_lif():
 
 def test_the_membrane_hook_acts_before_the_threshold():
     x = torch.full((3, 1, 1), 0.6)
-    plain, _ = sp.lif_multistep(x, beta=0.5, u_th=1.0)
-    clipped, u = sp.lif_multistep(x, beta=0.5, u_th=1.0, membrane=lambda v: v.clamp_max(0.8))
+    plain, _ = lif_multistep(x, beta=0.5, u_th=1.0)
+    clipped, u = lif_multistep(x, beta=0.5, u_th=1.0, membrane=lambda v: v.clamp_max(0.8))
     assert plain.flatten().tolist() == [0.0, 0.0, 1.0]  # u = 0.6, 0.9, 1.05
     assert clipped.flatten().tolist() == [0.0, 0.0, 0.0] and u.max() <= 0.8  # u = 0.6, 0.8, 0.8
 
