@@ -172,8 +172,8 @@ def test_quantized_lif_without_a_scale_says_how_to_build_it():
 def test_an_identity_membrane_hook_gives_the_plain_lif():
     """The hook path (eager autograd loop) computes Eq. 2-4 like the fused/eager kernels do."""
     x, up = _inputs(5, (6, 4, 3, 5), torch.float64)
-    ref = _run(sp.lif_multistep, x, up, beta=0.5, u_th=0.4)
-    new = _run(sp.lif_multistep, x, up, beta=0.5, u_th=0.4, membrane=lambda u: u)
+    ref = _run(lif_multistep, x, up, beta=0.5, u_th=0.4)
+    new = _run(lif_multistep, x, up, beta=0.5, u_th=0.4, membrane=lambda u: u)
     assert torch.equal(ref[0], new[0])
     assert torch.allclose(ref[1], new[1], rtol=0, atol=1e-12) and torch.allclose(ref[2], new[2], rtol=0, atol=1e-12)
     assert new[0].sum() > 0
