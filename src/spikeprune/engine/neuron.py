@@ -316,7 +316,6 @@ def _lif_inference(x: torch.Tensor, beta: float, u_th: float, v_reset: float) ->
 # --------------------------------------------------------------------------------------------------
 
 
-
 class LIF(nn.Module):
     """Multi-step LIF layer (LTH-SNN Eq. 2-4): ``[T, B, ...]`` currents -> ``[T, B, ...]`` spikes.
 
