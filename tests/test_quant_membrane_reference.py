@@ -16,7 +16,6 @@ import itertools
 
 import pytest
 import torch
-from torch import nn
 
 import spikeprune as sp
 from spikeprune.compression import quant as q
