@@ -99,6 +99,11 @@ def _surrogate(name: str) -> tuple[Callable[[torch.Tensor, float], torch.Tensor]
         raise UserError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}") from None
 
 
+#: a per-timestep map of the membrane potential, ``u_t [B, ...] -> u_t [B, ...]`` (see :func:`lif_multistep`)
+Membrane = Callable[[torch.Tensor], torch.Tensor]
+Observer = Callable[["LIF", torch.Tensor, torch.Tensor], None]
+
+
 # --------------------------------------------------------------------------------------------------
 # The fused multi-step LIF. Measured on a 2-core CPU (benchmarks/RESULTS.md): boolean masks,
 # masked_fill and whole-sequence temporaries cost more than the arithmetic, so both passes work one
@@ -224,11 +229,17 @@ def lif_multistep(
     surrogate: str = "atan",
     alpha: float | None = None,
     detach_reset: bool = False,
+    *,
+    membrane: Membrane | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run Eq. 2-4 over a whole sequence.
 
     Args:
         x: input currents ``[T, B, ...]`` (the output of conv/linear + BN at every timestep).
+        membrane: optional map applied to every ``u_t`` (``[B, ...]``) before the threshold of Eq. 3;
+            the result is the ``u_t`` that spikes, leaks and resets (e.g. a quantized membrane
+            register, QP-SNN / MINT). With it the loop runs eagerly under autograd (the fused
+            kernel cannot call Python); without it nothing changes.
     Returns:
         ``(spikes, u)``, both ``[T, B, ...]``: spikes in {0, 1} with the dtype of ``x``
         (float32 under bf16 autocast), and the pre-spike membrane potentials ``u_t`` (not
@@ -240,10 +251,48 @@ def lif_multistep(
     if x.dtype in (torch.bfloat16, torch.float16):
         # Integrating the membrane in half precision would move spikes near u_th; keep fp32 state.
         x = x.float()
-    return _apply_lif(
-        x, float(beta), float(u_th), float(v_reset), surrogate,
-        float(default_alpha if alpha is None else alpha), bool(detach_reset),
-    )
+    params = (float(beta), float(u_th), float(v_reset), surrogate,
+              float(default_alpha if alpha is None else alpha), bool(detach_reset))
+    if membrane is not None:
+        return _lif_autograd(x, *params, membrane)
+    return _apply_lif(x, *params)
+
+
+class _Heaviside(torch.autograd.Function):
+    """Eq. 3 forward, surrogate backward: the spike of the eager autograd loop."""
+
+    @staticmethod
+    def forward(ctx, z, surrogate, alpha):  # type: ignore[override]
+        ctx.save_for_backward(z)
+        ctx.params = (surrogate, alpha)
+        return (z >= 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return g * surrogate_gradient(z, *ctx.params), None, None
+
+
+def _lif_autograd(
+    x: torch.Tensor, beta: float, u_th: float, v_reset: float, surrogate: str, alpha: float,
+    detach_reset: bool, membrane: Membrane,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2-4 one timestep at a time, differentiated by autograd, with ``membrane`` applied to ``u_t``.
+
+    The hand-written backward of the fused path assumes ``u_t = h_{t-1} + x_t``; a hook changes that
+    Jacobian, so here autograd records the loop (and the hook's own gradient, e.g. a straight-through
+    rounding). ``x`` is ``[T, B, ...]``; returns ``(spikes, u)`` like :func:`lif_multistep`.
+    """
+    h: torch.Tensor | float = 0.0  # h_0 = 0
+    spikes, us = [], []
+    for t in range(x.shape[0]):
+        u = membrane(h + x[t])  # Eq. 2, then the hook
+        s = _Heaviside.apply(u - u_th, surrogate, alpha)  # Eq. 3
+        r = s.detach() if detach_reset else s
+        h = beta * u * (1 - r) + v_reset * r  # Eq. 4
+        spikes.append(s)
+        us.append(u.detach())
+    return torch.stack(spikes), torch.stack(us)
 
 
 # torch.compile cannot trace a ctypes call (the fused kernel) and would graph-break with warnings
@@ -265,8 +314,6 @@ def _lif_inference(x: torch.Tensor, beta: float, u_th: float, v_reset: float) ->
 # --------------------------------------------------------------------------------------------------
 # Module and statistics.
 # --------------------------------------------------------------------------------------------------
-
-Observer = Callable[["LIF", torch.Tensor, torch.Tensor], None]
 
 
 class LIF(nn.Module):
@@ -312,16 +359,27 @@ class LIF(nn.Module):
         self.observer: Observer | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observer is None and not (torch.is_grad_enabled() and x.requires_grad) and x.dim() >= 2:
-            # Inference (no gradient wanted, nobody observing u): skip materialising u.
+        membrane = self.membrane_hook(x)
+        if membrane is None and self.observer is None and not (torch.is_grad_enabled() and x.requires_grad) \
+                and x.dim() >= 2:
+            # Inference (no gradient wanted, nobody observing u, no hook): skip materialising u.
             x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
             return _lif_inference(x, self.beta, self.u_th, self.v_reset)
         spikes, u = lif_multistep(
-            x, self.beta, self.u_th, self.v_reset, self.surrogate, self.alpha, self.detach_reset
+            x, self.beta, self.u_th, self.v_reset, self.surrogate, self.alpha, self.detach_reset,
+            membrane=membrane,
         )
         if self.observer is not None:
             self.observer(self, u, spikes)
         return spikes
+
+    def membrane_hook(self, x: torch.Tensor) -> Membrane | None:
+        """The map applied to every ``u_t`` before the threshold (``None``: the plain LIF, fused kernel).
+
+        ``x`` is this call's input ``[T, B, ...]``. Subclasses override it:
+        :class:`~spikeprune.compression.quant.QuantizedLIF` returns its membrane register's round-and-clamp.
+        """
+        return None
 
     def extra_repr(self) -> str:
         return (
