@@ -12,7 +12,8 @@ from spikeprune.tickets.calibration import calibrate
 from spikeprune.tickets.masks import Mask, enforce
 from spikeprune.tickets.pruning import prune, prune_step
 from spikeprune.tickets.lottery import LotteryConfig, run_lottery
-from spikeprune.tickets.edgepopup import EdgePopupConfig, export_subnetwork, subnet_mask, to_edgepopup
+from spikeprune.tickets.edgepopup import EdgePopupConfig
+from spikeprune.tickets.subnet import export_subnetwork, subnet_mask, to_edgepopup
 # theory as measurements
 from spikeprune.theory.firing import crisis_probability, density_sup
 from spikeprune.theory.flips import flip_analysis

@@ -84,9 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("theory")
 def run_slth(args: argparse.Namespace) -> int:
-    from spikeprune.core.io import check_writable_dir, write_json, write_text
+    from spikeprune.core.io import check_writable_dir, write_csv, write_json
     from spikeprune.report.plots import plot_slth
-    from spikeprune.theory.slth import slth_experiment
+    from spikeprune.theory.slth_experiment import slth_experiment
 
     cfg = config_from_args(SlthConfig, args)
     max_memory = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30)
@@ -96,9 +96,7 @@ def run_slth(args: argparse.Namespace) -> int:
                              seed=cfg.seed, compare_relu=cfg.compare_relu, max_memory=max_memory)
     out = check_writable_dir(args.out)  # only once the experiment has run: a refusal leaves nothing
     rows = result["rows"]
-    header = list(rows[0])
-    write_text(out / "slth.csv", ",".join(header) + "\n" + "".join(
-        ",".join("" if r[h] is None else f"{r[h]}" for h in header) + "\n" for r in rows))
+    write_csv(out / "slth.csv", rows, list(rows[0]))  # every row has the same keys, in order
     write_json(out / "slth.json", result)
     plot_slth(result, out / "slth.png")
     b = result["bounds"]
