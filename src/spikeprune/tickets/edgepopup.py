@@ -31,47 +31,14 @@ from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import ImageDataset, load_dataset
 from spikeprune.engine.train import build_model, evaluate, fit, make_loaders, save_model
 from spikeprune.tickets.masks import prunable_weights
-# The science, re-exported: `from spikeprune.tickets.edgepopup import to_edgepopup` keeps working.
-from spikeprune.tickets.subnet import (
-    GAIN,
-    INITS,
-    SubnetConv1d,
-    SubnetConv2d,
-    SubnetConv3d,
-    SubnetLinear,
-    TopKMask,
-    check_density,
-    export_subnetwork,
-    load_search_model,
-    num_kept,
-    scored_layers,
-    subnet_mask,
-    to_edgepopup,
-)
+from spikeprune.tickets import subnet
+# The science, re-exported (its __all__ is part of this one): `from spikeprune.tickets.edgepopup import
+# to_edgepopup` keeps working.
+from spikeprune.tickets.subnet import *  # noqa: F401,F403
+from spikeprune.tickets.subnet import INITS, check_density, export_subnetwork, num_kept, scored_layers, to_edgepopup
 
-__all__ = [
-    "GAIN",
-    "INITS",
-    "EdgePopupConfig",
-    "SubnetConv1d",
-    "SubnetConv2d",
-    "SubnetConv3d",
-    "SubnetLinear",
-    "TopKMask",
-    "check_density",
-    "demo",
-    "export_subnetwork",
-    "load_search_model",
-    "num_kept",
-    "read_reference",
-    "run_dir_name",
-    "scored_layers",
-    "search",
-    "subnet_mask",
-    "sweep",
-    "to_edgepopup",
-    "write_results",
-]
+__all__ = [*subnet.__all__, "EdgePopupConfig", "demo", "read_reference", "run_dir_name", "search", "sweep",
+           "write_results"]
 
 SUBNET_CHECKPOINT = "subnet.safetensors"
 MASK_FILE = "mask.safetensors"
@@ -120,6 +87,9 @@ def run_dir_name(density: float) -> str:
     return f"density-{density:.6g}"
 
 
+# search() has engine.train.fit's calling convention (cfg, out, resume, dataset, progress, log) on
+# purpose: it IS fit on a converted model and hands those arguments straight on, and studies.sweep runs
+# an edge-popup job and a training job the same way. (`duplicates` pairs the two signatures.)
 @collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def search(
     cfg: EdgePopupConfig,
