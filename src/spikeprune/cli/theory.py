@@ -86,6 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_slth(args: argparse.Namespace) -> int:
     from spikeprune.core.io import check_writable_dir, write_csv, write_json
     from spikeprune.report.plots import plot_slth
+    from spikeprune.report.tables import format_slth_table
     from spikeprune.theory.slth_experiment import slth_experiment
 
     cfg = config_from_args(SlthConfig, args)
@@ -100,11 +101,7 @@ def run_slth(args: argparse.Namespace) -> int:
     write_json(out / "slth.json", result)
     plot_slth(result, out / "slth.png")
     b = result["bounds"]
-    print(f"{'k':>10} {'success':>8} {'exact':>8} {'bound':>8} {'out=':>8} {'1-delta':>8}")
-    for r in rows:
-        eq = "-" if r["output_equal_rate"] is None else f"{r['output_equal_rate']:.3f}"
-        print(f"{r['k']:>10} {r['success_rate']:>8.3f} {r['success_exact']:>8.3f} {r['success_bound']:>8.3f} "
-              f"{eq:>8} {r['theorem_1_minus_delta']:>8.3f}")
+    print(format_slth_table(result), end="")
     print(json.dumps({k: b[k] for k in ("C", "k_construction", "k_success", "k_proof", "k_paper", "k_equality")}))
     print(f"violations: {result['violations']}")
     print(f"results: {out}/slth.csv, slth.json, slth.png")
