@@ -32,10 +32,10 @@ from spikeprune.theory.slth import (
     random_spikes,
     random_target,
     run_target,
-    slth_experiment,
     target_p_sup,
     width_bound,
 )
+from spikeprune.theory.slth_experiment import slth_experiment
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "slth"

@@ -39,7 +39,8 @@ from spikeprune.tickets.calibration import calibrate
 from spikeprune.tickets.masks import Mask, enforce
 from spikeprune.tickets.pruning import prune
 from spikeprune.tickets.lottery import LotteryConfig, load_ticket, run_lottery
-from spikeprune.tickets.edgepopup import EdgePopupConfig, export_subnetwork
+from spikeprune.tickets.edgepopup import EdgePopupConfig
+from spikeprune.tickets.subnet import export_subnetwork
 # compression (QP-SNN) and cost
 from spikeprune.compression.quant import quantize_model
 from spikeprune.compression.structured import prune_channels

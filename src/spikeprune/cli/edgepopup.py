@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("edgepopup")
 def run(args: argparse.Namespace) -> int:
+    from spikeprune.report.tables import format_edgepopup_table
     from spikeprune.tickets.edgepopup import EdgePopupConfig, sweep
 
     cfg = config_from_args(EdgePopupConfig, args)
@@ -55,10 +56,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress)
     print(summary["bn"])
-    print(f"{'density':>8} {'sparsity':>8} {'accuracy':>9} {'exported':>9} {'vs dense':>9}")
-    for r in summary["rows"]:
-        rel = f"{100 * r['relative_to_dense']:8.1f}%" if r["relative_to_dense"] is not None else f"{'-':>9}"
-        print(f"{r['density']:8.3g} {r['sparsity']:8.3g} {r['test_accuracy']:9.4f} "
-              f"{r['exported_test_accuracy']:9.4f} {rel}")
+    print(format_edgepopup_table(summary), end="")
     print(f"results: {args.out}/results.json, results.csv, results.png")
     return 0

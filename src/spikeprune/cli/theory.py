@@ -84,9 +84,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("theory")
 def run_slth(args: argparse.Namespace) -> int:
-    from spikeprune.core.io import check_writable_dir, write_json, write_text
+    from spikeprune.core.io import check_writable_dir, write_csv, write_json
     from spikeprune.report.plots import plot_slth
-    from spikeprune.theory.slth import slth_experiment
+    from spikeprune.report.tables import format_slth_table
+    from spikeprune.theory.slth_experiment import slth_experiment
 
     cfg = config_from_args(SlthConfig, args)
     max_memory = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30)
@@ -96,17 +97,11 @@ def run_slth(args: argparse.Namespace) -> int:
                              seed=cfg.seed, compare_relu=cfg.compare_relu, max_memory=max_memory)
     out = check_writable_dir(args.out)  # only once the experiment has run: a refusal leaves nothing
     rows = result["rows"]
-    header = list(rows[0])
-    write_text(out / "slth.csv", ",".join(header) + "\n" + "".join(
-        ",".join("" if r[h] is None else f"{r[h]}" for h in header) + "\n" for r in rows))
+    write_csv(out / "slth.csv", rows, list(rows[0]))  # every row has the same keys, in order
     write_json(out / "slth.json", result)
     plot_slth(result, out / "slth.png")
     b = result["bounds"]
-    print(f"{'k':>10} {'success':>8} {'exact':>8} {'bound':>8} {'out=':>8} {'1-delta':>8}")
-    for r in rows:
-        eq = "-" if r["output_equal_rate"] is None else f"{r['output_equal_rate']:.3f}"
-        print(f"{r['k']:>10} {r['success_rate']:>8.3f} {r['success_exact']:>8.3f} {r['success_bound']:>8.3f} "
-              f"{eq:>8} {r['theorem_1_minus_delta']:>8.3f}")
+    print(format_slth_table(result), end="")
     print(json.dumps({k: b[k] for k in ("C", "k_construction", "k_success", "k_proof", "k_paper", "k_equality")}))
     print(f"violations: {result['violations']}")
     print(f"results: {out}/slth.csv, slth.json, slth.png")

@@ -4,6 +4,8 @@
 * :func:`summarize` turns several runs of one method (seeds) into per-level mean, standard
   deviation and 95 % confidence interval (Student t, n - 1 degrees of freedom);
 * :func:`format_table` prints methods side by side as a Markdown table;
+* :func:`format_edgepopup_table` / :func:`format_slth_table`: the console tables of an edge-popup
+  ``results.json`` and of a ``theory slth`` result (``slth.json``);
 * the plots of these results are :mod:`spikeprune.report.plots`.
 
 A *point* is a mapping with ``sparsity`` or ``density`` (floats in [0, 1]) and the metric
@@ -20,7 +22,7 @@ from typing import Any
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.io import read_json
 
-__all__ = ["format_table", "read_results", "summarize"]
+__all__ = ["format_edgepopup_table", "format_slth_table", "format_table", "read_results", "summarize"]
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -122,3 +124,25 @@ def format_table(series: Mapping[str, Sequence[Mapping[str, Any]]], metric: str 
     return "\n".join(lines) + "\n"
 
 
+def format_edgepopup_table(summary: Mapping[str, Any]) -> str:
+    """An edge-popup sweep's ``results.json`` (``summary["rows"]``) as the console table of
+    ``spikeprune edgepopup``: density, sparsity, test accuracy, the exported subnetwork's accuracy, and the
+    accuracy relative to the dense reference ("-" without one)."""
+    lines = [f"{'density':>8} {'sparsity':>8} {'accuracy':>9} {'exported':>9} {'vs dense':>9}"]
+    for r in summary["rows"]:
+        rel = f"{100 * r['relative_to_dense']:8.1f}%" if r["relative_to_dense"] is not None else f"{'-':>9}"
+        lines.append(f"{r['density']:8.3g} {r['sparsity']:8.3g} {r['test_accuracy']:9.4f} "
+                     f"{r['exported_test_accuracy']:9.4f} {rel}")
+    return "\n".join(lines) + "\n"
+
+
+def format_slth_table(result: Mapping[str, Any]) -> str:
+    """A ``theory slth`` result (``slth.json``) as its console table: per width k the measured success
+    rate, the exact and union-bound success probabilities, the output-equality rate ("-" when no
+    equality trials ran) and Theorem 4.3's ``1 - delta(k)``."""
+    lines = [f"{'k':>10} {'success':>8} {'exact':>8} {'bound':>8} {'out=':>8} {'1-delta':>8}"]
+    for r in result["rows"]:
+        eq = "-" if r["output_equal_rate"] is None else f"{r['output_equal_rate']:.3f}"
+        lines.append(f"{r['k']:>10} {r['success_rate']:>8.3f} {r['success_exact']:>8.3f} {r['success_bound']:>8.3f} "
+                     f"{eq:>8} {r['theorem_1_minus_delta']:>8.3f}")
+    return "\n".join(lines) + "\n"

@@ -32,6 +32,11 @@ lazily, in chunks of :data:`CHUNK` virtual neurons per group, each chunk from it
 generator, so the large network of width k is a prefix of the one of width k2 > k (nested), and a
 scan over k costs O(N k) time and O(N CHUNK) memory: N = 32 and k in the millions take seconds.
 Among the qualifying neurons the one closest to w_ji is kept (any would do for the lemmas).
+
+This module is the science (the construction, its verification, the formulas). The experiment that
+runs it over grids of k and many random large networks is :mod:`spikeprune.theory.slth_experiment`
+(``slth_experiment`` is also importable from here, as it always was); its tables and plots are drawn
+by :mod:`spikeprune.report`.
 """
 
 from __future__ import annotations
@@ -45,8 +50,7 @@ import numpy as np
 import torch
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.core.limits import check_memory
-from spikeprune.theory.firing import _atom_mass, density_sup
+from spikeprune.theory.firing import density_sup
 from spikeprune.engine.neuron import lif_multistep
 
 __all__ = [
@@ -65,7 +69,6 @@ __all__ = [
     "random_target",
     "run_equivalent",
     "run_target",
-    "slth_experiment",
     "success_bound",
     "target_p_sup",
     "theorem_delta",
@@ -75,8 +78,9 @@ __all__ = [
 
 #: virtual neurons drawn per group per generator call; fixes the random stream (do not change)
 CHUNK = 8192
-#: scan kinds: the SNN construction, and the ReLU constructions it is compared with
-KINDS = ("snn", "relu+", "relu-")
+#: what :func:`_scan_group` scans for: the SNN construction, and the two halves of the ReLU construction
+#: it is compared with (not :data:`spikeprune.studies.sweep.KINDS`, the job kinds of a sweep)
+SCAN_KINDS = ("snn", "relu+", "relu-")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,6 +98,12 @@ def _eps(eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise UserError(f"eps must be a finite number > 0 (the allowed input-feature error); got {eps!r}")
     return float(eps)
+
+
+def _delta(delta: Any) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta <= 1.0:
+        raise UserError(f"delta must be in (0, 1]; got {delta!r}")
+    return float(delta)
 
 
 def c_th(u_th: float) -> float:
@@ -651,9 +661,7 @@ def width_bound(N: int, L: int, T: int, eps: float, delta: float, u_th: float, C
     gives the construction-only width (Lemma C.3 over L layers). Raises ValueError when
     ``delta <= N C L T eps``: the flip term alone already exceeds delta and no width suffices.
     """
-    N, L, T, eps = _int(N, "N"), _int(L, "L"), _int(T, "T"), _eps(eps)
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta <= 1.0:
-        raise UserError(f"delta must be in (0, 1]; got {delta!r}")
+    N, L, T, eps, delta = _int(N, "N"), _int(L, "L"), _int(T, "T"), _eps(eps), _delta(delta)
     if form not in ("paper", "proof"):
         raise UserError(f"form must be 'paper' or 'proof'; got {form!r}")
     flips = N * C * L * T * eps
@@ -665,183 +673,11 @@ def width_bound(N: int, L: int, T: int, eps: float, delta: float, u_th: float, C
     return (N * N if form == "paper" else N) * inner
 
 
-# --------------------------------------------------------------------------------------------------
-# The experiment behind `spikeprune theory slth` and the study.
-# --------------------------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    # The experiment driver moved to theory/slth_experiment.py (it imports this module, so a top-level
+    # import here would be circular); `from spikeprune.theory.slth import slth_experiment` keeps working.
+    if name == "slth_experiment":
+        from spikeprune.theory.slth_experiment import slth_experiment
 
-
-def _auto_ks(target: TargetSNN, eps: float, max_memory: int | None, points: int = 12) -> list[int]:
-    """k grid spanning the construction's transition (exact success probability 1 % ... 99.9 %)."""
-    N = target.N
-    # Refuse before searching: the width where success is likely, from the union bound (delta = 1e-3).
-    _memory_guard(N, target.L, 2 * width_bound(N, target.L, 1, eps, 1e-3, target.u_th, 0.0, form="proof"),
-                  max_memory)
-
-    def p(kp: int) -> float:
-        return construction_success_probability(target, kp * N, eps)
-
-    def search(level: float) -> int:
-        lo, hi = 1, 1
-        while p(hi) < level:
-            lo, hi = hi, hi * 2
-        while hi - lo > max(1, lo // 50):
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if p(mid) < level else (lo, mid)
-        return hi
-
-    k_lo, k_hi = max(1, search(0.01) // 2), search(0.999) * 2
-    grid = np.unique(np.round(np.geomspace(k_lo, k_hi, points)).astype(int))
-    return [int(kp) * N for kp in grid]
-
-
-def slth_experiment(
-    N: int,
-    L: int,
-    T: int,
-    eps: float,
-    *,
-    ks: list[int] | None = None,
-    trials: int = 50,
-    equality_trials: int = 10,
-    samples: int = 256,
-    rate: float = 0.3,
-    beta: float = 0.5,
-    u_th: float = 0.2,
-    v_reset: float = 0.0,
-    delta: float = 0.1,
-    seed: int = 0,
-    compare_relu: bool = False,
-    max_memory: int | None = None,
-) -> dict[str, Any]:
-    """Run the construction on a random target and measure it against LTH-SNN's formulas.
-
-    * ``trials`` random large networks: each one's smallest working width ``k_min`` (nested scan);
-      success rate vs k compared with the exact probability and ``1 - L N^2 exp(-(k/N) C_th eps/N)``.
-    * The first ``equality_trials`` of them are built at every k of the grid and run on ``samples``
-      input spike trains (Bernoulli(``rate``), T steps): output-equality rate vs Theorem 4.3's
-      ``1 - delta(k)``; :func:`verify`'s invariants (copies, feature error, unexplained flips).
-    * The width bound at ``delta`` (paper's and proof's form; None with the reason when undefined),
-      and its ratio to the smallest k that works: ``k_success`` (the (1 - delta)-quantile of k_min) and
-      ``k_equality`` (smallest grid k whose output-equality rate is >= 1 - delta).
-    * ``compare_relu``: the same statistics for the two-neurons-per-weight ReLU construction.
-    """
-    N, L, T = _int(N, "N"), _int(L, "L"), _int(T, "T")
-    eps = _eps(eps)
-    trials, equality_trials = _int(trials, "trials"), _int(equality_trials, "equality trials", low=0)
-    beta, u_th, v_reset = _neuron(beta, u_th, v_reset)
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta <= 1.0:
-        raise UserError(f"delta must be in (0, 1]; got {delta!r}")
-    samples = _int(samples, "samples")
-    # Before allocating: the target (L float64 N x N matrices), its input spikes and potentials, and the
-    # smallest large network (k >= N: 2 L N k float32 weights); the grid's largest k is guarded below.
-    check_memory(8 * L * N * N + 8 * (L + 1) * T * samples * N + 8 * L * N * N, f"the construction at N={N}, L={L}",
-                 "use a smaller --N, --L or --samples")
-    target = random_target(N, L, beta=beta, u_th=u_th, v_reset=v_reset, seed=seed)
-    if ks is not None:
-        ks = sorted({_int(k, "k", low=N) for k in ks})
-        _memory_guard(N, L, ks[-1], max_memory)
-    else:
-        ks = _auto_ks(target, eps, max_memory)
-    spikes = random_spikes(T, samples, N, rate, seed=seed)
-    ref = run_target(target, spikes)
-    p_sup = target_p_sup(target, ref, eps / (1.0 - beta))
-    C = 2.0 * p_sup / (1.0 - beta)
-    # Largest point mass of the target's potentials near u_th: with binary inputs a neuron's x takes at
-    # most 2^N values, so u is discrete and Definition 3.1's density is a smoothed stand-in.
-    atom = max(_atom_mass(u[t].reshape(-1), u_th, eps / (1.0 - beta)) for u in ref.u for t in range(T))
-    k_cap = max(ks[-1] * 8, _default_k_max(target, eps))
-    k_cap = min(k_cap, max(ks[-1], _max_k(N, L, max_memory)))
-
-    kmins: list[int | None] = []
-    relu: dict[str, list] = {"relu": [], "relu-nonneg": []}
-    snn_counts = []
-    for r in range(trials):
-        m = minimal_width(target, eps, seed=seed, trial=r, k_max=k_cap, max_memory=max_memory)
-        kmins.append(m["k_min"])
-        snn_counts.append(m)
-        if compare_relu:
-            for kind in relu:
-                relu[kind].append(minimal_width(target, eps, seed=seed, trial=r, kind=kind, k_max=k_cap,
-                                                max_memory=max_memory))
-
-    eq_rate = np.zeros(len(ks))
-    all_rate = np.zeros(len(ks))
-    violations = {"virtual_copy_mismatches": 0, "feature_error_over_eps": 0, "unexplained": 0}
-    for r in range(equality_trials):
-        for gi, ticket in enumerate(construct_many(target, ks, eps, seed=seed, trial=r, max_memory=max_memory)):
-            v = verify(ticket, spikes)
-            eq_rate[gi] += v["output_equal_rate"] / equality_trials
-            all_rate[gi] += v["all_equal_rate"] / equality_trials
-            violations["virtual_copy_mismatches"] += v["virtual_copy_mismatches"]
-            if ticket.success:
-                violations["feature_error_over_eps"] += sum(e > eps * (1 + 1e-9) for e in v["feature_error"])
-                violations["unexplained"] += sum(v["unexplained"])
-
-    def rate_at(k: int, values: list) -> float:
-        return sum(1 for x in values if x is not None and x <= k) / len(values)
-
-    rows = []
-    for gi, k in enumerate(ks):
-        d = theorem_delta(N, L, T, k, eps, u_th, C)
-        row = {"k": k, "success_rate": rate_at(k, kmins),
-               "success_exact": construction_success_probability(target, k, eps),
-               "success_bound": success_bound(N, k, eps, u_th, L),
-               "output_equal_rate": float(eq_rate[gi]) if equality_trials else None,
-               "all_equal_rate": float(all_rate[gi]) if equality_trials else None,
-               "theorem_delta": d, "theorem_1_minus_delta": max(0.0, 1.0 - d)}
-        if compare_relu:
-            row["relu_success_rate"] = rate_at(k, [m["k_min"] for m in relu["relu"]])
-            row["relu_nonneg_success_rate"] = rate_at(k, [m["k_min"] for m in relu["relu-nonneg"]])
-        rows.append(row)
-
-    found = sorted(x for x in kmins if x is not None)
-    need = math.ceil((1.0 - delta) * trials)
-    k_success = found[need - 1] if need >= 1 and len(found) >= need else None
-    k_equality = next((r["k"] for r in rows if r["output_equal_rate"] is not None
-                       and r["output_equal_rate"] >= 1.0 - delta), None)
-    bounds: dict[str, Any] = {"delta": delta, "C": C, "p_sup": p_sup, "flip_term": N * C * L * T * eps,
-                              "target_atom_mass": atom}
-    for form in ("paper", "proof"):
-        try:
-            bounds[f"k_{form}"] = width_bound(N, L, T, eps, delta, u_th, C, form=form)
-        except ValueError as e:
-            bounds[f"k_{form}"], bounds["undefined"] = None, str(e)
-    bounds["k_construction"] = width_bound(N, L, T, eps, delta, u_th, 0.0, form="proof")
-    bounds["k_success"] = k_success
-    bounds["k_equality"] = k_equality
-    bounds["ratio_construction"] = bounds["k_construction"] / k_success if k_success else None
-    for form in ("paper", "proof"):
-        kb = bounds[f"k_{form}"]
-        bounds[f"ratio_{form}_vs_success"] = kb / k_success if kb and k_success else None
-        bounds[f"ratio_{form}_vs_equality"] = kb / k_equality if kb and k_equality else None
-
-    def counts(ms: list[dict]) -> dict[str, Any] | None:
-        ok = [m for m in ms if m["k_min"] is not None]
-        if not ok:
-            return None
-        kk = np.array([m["k_min"] for m in ok], dtype=float)
-        return {"k_min_median": float(np.median(kk)), "k_min_mean": float(kk.mean()), "found": len(ok),
-                "virtual_neurons_per_weight": float(np.mean([m["virtual_neurons"] / m["target_weights"] for m in ok])),
-                "nonzero_weights_per_weight": float(np.mean([m["nonzero_weights"] / m["target_weights"] for m in ok]))}
-
-    resources = {"snn": counts(snn_counts)}
-    if compare_relu:
-        resources.update({kind: counts(ms) for kind, ms in relu.items()})
-    return {
-        "config": {"N": N, "L": L, "T": T, "eps": eps, "trials": trials, "equality_trials": equality_trials,
-                   "samples": samples, "rate": rate, "beta": beta, "u_th": u_th, "v_reset": v_reset,
-                   "delta": delta, "seed": seed, "C_th": c_th(u_th), "k_cap": k_cap},
-        "target_firing_rates": [float(s.mean()) for s in ref.spikes[1:]],
-        "k_min": kmins,
-        "rows": rows,
-        "bounds": bounds,
-        "violations": violations,
-        "resources": resources,
-    }
-
-
-def _max_k(N: int, L: int, max_memory: int | None) -> int:
-    limit = _physical_memory() if max_memory is None else int(max_memory)
-    return max(N, limit // (2 * L * N * 4))
-
-
+        return slth_experiment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
