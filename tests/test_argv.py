@@ -164,3 +164,18 @@ def test_to_argv_forms():
     with pytest.raises(ValueError):  # an empty nargs list has no spelling: refused, not dropped
         to_argv(ValidityConfig(checkpoint="c", criteria=()))
     assert math.isclose(float(to_argv(EdgePopupConfig(lr=1 / 3))[1]), 1 / 3, rel_tol=0, abs_tol=0)
+
+
+def test_to_argv_over_a_config_file(tmp_path):
+    # defaults < --config YAML < flags: only what differs from the file is written, and it still round-trips
+    from spikeprune.compression.compress import CompressConfig
+
+    preset = {"model": "convnet", "dataset": "fashion_mnist", "bits": 2, "channel_sparsity": 0.3, "epochs": 3}
+    (tmp_path / "c.yaml").write_text("\n".join(f"{k}: {v}" for k, v in preset.items()) + "\n")
+    cfg = CompressConfig(**{**preset, "bits": 4, "checkpoint": "d/checkpoint.safetensors"})
+    argv = to_argv(cfg, base=preset)
+    assert argv == ["--checkpoint", "d/checkpoint.safetensors", "--bits", "4"]  # bits 4 is the default: the file set 2
+    parser = OneLineParser(prog="t")
+    parser.add_argument("--config")
+    add_config_arguments(parser, CompressConfig)
+    assert config_from_args(CompressConfig, parser.parse_args(["--config", str(tmp_path / "c.yaml"), *argv])) == cfg

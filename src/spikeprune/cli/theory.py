@@ -35,14 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_slth(args: argparse.Namespace) -> int:
     from spikeprune.core.io import check_writable_dir, write_json, write_text
     from spikeprune.report.plots import plot_slth
-    from spikeprune.theory.slth import slth_experiment
 
     cfg = config_from_args(SlthConfig, args)
-    max_memory = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30)
-    result = slth_experiment(cfg.N, cfg.L, cfg.T, cfg.eps, ks=list(cfg.k) or None, trials=cfg.trials,
-                             equality_trials=cfg.equality_trials, samples=cfg.samples, rate=cfg.rate,
-                             beta=cfg.beta, u_th=cfg.u_th, v_reset=cfg.v_reset, delta=cfg.delta,
-                             seed=cfg.seed, compare_relu=cfg.compare_relu, max_memory=max_memory)
+    result = cfg.experiment()
     out = check_writable_dir(args.out)  # only once the experiment has run: a refusal leaves nothing
     rows = result["rows"]
     header = list(rows[0])

@@ -291,10 +291,11 @@ def _flag_value(value: Any, tp: Any, name: str) -> str:
     return text
 
 
-def to_argv(cfg: Any) -> list[str]:
+def to_argv(cfg: Any, base: dict[str, Any] | None = None) -> list[str]:
     """The flags of ``cfg``'s command that rebuild it: ``--field-name value`` for every field whose value
     differs from its default, in field order (the inverse of ``add_config_arguments`` +
-    ``config_from_args``: parsing the result gives back ``cfg``).
+    ``config_from_args``: parsing the result gives back ``cfg``). ``base``: the values of a ``--config``
+    YAML file the command also names (flags override it), so only the fields that differ from it are written.
 
     Booleans are ``--x`` / ``--no-x``; a tuple is ``--x a,b`` (the comma form), ``--x a --x b`` for a
     ``repeat`` field and ``--x a b`` for an ``nargs`` field; None is ``none``; a value that starts with
@@ -303,13 +304,14 @@ def to_argv(cfg: Any) -> list[str]:
     command that means something else.
     """
     hints = type_hints(type(cfg))
+    given = {str(k).replace("-", "_"): v for k, v in (base or {}).items()}  # YAML keys may be spelled either way
     argv: list[str] = []
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        if value == field_default(f):
+        tp = hints[f.name]
+        if value == (_coerce(given[f.name], tp, f.name) if f.name in given else field_default(f)):
             continue
         flag = "--" + f.name.replace("_", "-")
-        tp = hints[f.name]
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + flag[2:])
             continue

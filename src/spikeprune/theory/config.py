@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from spikeprune.core.config import CommandConfig, hparam, path_option
 from spikeprune.core.diagnostics import UserError
@@ -113,6 +114,17 @@ class SlthConfig(TargetConfig):
         if small:
             raise UserError(f"every k must be >= N ({self.N}): the construction copies each target neuron; "
                             f"got {small[0]}")
+
+    def experiment(self) -> dict[str, Any]:
+        """:func:`~spikeprune.theory.slth.slth_experiment` at these settings: what ``theory slth`` runs (and
+        ``reproduce theory`` per setting)."""
+        from spikeprune.theory.slth import slth_experiment
+
+        max_memory = None if self.max_memory_gb is None else int(self.max_memory_gb * 2**30)
+        return slth_experiment(self.N, self.L, self.T, self.eps, ks=list(self.k) or None, trials=self.trials,
+                               equality_trials=self.equality_trials, samples=self.samples, rate=self.rate,
+                               beta=self.beta, u_th=self.u_th, v_reset=self.v_reset, delta=self.delta,
+                               seed=self.seed, compare_relu=self.compare_relu, max_memory=max_memory)
 
 
 @dataclass
