@@ -1,0 +1,56 @@
+"""The recorded study reports rebuild from their result files identically (`reproduce --from-results`).
+
+Runs the rebuild commands of benchmarks/reports/README.md, as written there, from a scratch directory laid
+out like the repository (the results linked in, the report written fresh), and compares report.md,
+report.json and configs/ byte for byte with the committed report. The PNGs are compared by name only:
+their bytes depend on matplotlib's version. fig3_cpu and fig5_cpu are not here: the run folders they were
+built from no longer exist (benchmarks/reports/README.md says so).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import spikeprune
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "benchmarks" / "reports" / "README.md"
+
+
+def _command(study: str) -> list[str]:
+    lines = [l for l in README.read_text().splitlines() if l.startswith(f"spikeprune reproduce {study} ")]
+    assert len(lines) == 1, f"benchmarks/reports/README.md must give one rebuild command for {study}"
+    return shlex.split(lines[0])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["theory", "qpsnn"])
+def test_recorded_report_rebuilds_identically(tmp_path, study):
+    argv = _command(study)
+    results, out = argv[argv.index("--from-results") + 1], argv[argv.index("--out") + 1]
+    (tmp_path / results).parent.mkdir(parents=True)
+    (tmp_path / results).symlink_to(ROOT / results, target_is_directory=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(spikeprune.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    committed, rebuilt = ROOT / out, tmp_path / out
+    old, new = _files(committed), _files(rebuilt)
+    assert sorted(old) == sorted(new), "the rebuilt report has other files than the committed one"
+    for name in old:
+        if name.endswith(".png"):
+            continue
+        assert new[name] == old[name], f"{out}/{name} differs from the committed file"
+    assert {n for n in old if n.startswith("configs/")} and "report.md" in old and "report.json" in old
