@@ -54,3 +54,27 @@ def test_recorded_report_rebuilds_identically(tmp_path, study):
             continue
         assert new[name] == old[name], f"{out}/{name} differs from the committed file"
     assert {n for n in old if n.startswith("configs/")} and "report.md" in old and "report.json" in old
+
+
+@pytest.mark.parametrize("study", ["fig3", "fig5", "theory", "qpsnn"])
+def test_report_commands_parse_back_to_the_configs_the_study_runs(tmp_path, study):
+    # Every per-step command of a report, given to the real `spikeprune` parser (with the YAML files the
+    # report writes next to it), builds exactly the config `reproduce` runs for that step.
+    from spikeprune.cli import build_parser
+    from spikeprune.cli.args import config_from_args
+    from spikeprune.studies.protocols import SCALES, protocol
+    from spikeprune.studies.reproduce import STEPS, _write_configs, command_line
+
+    for scale in SCALES:
+        p = protocol(study, scale)
+        out = tmp_path / scale
+        _write_configs(study, p, out)
+        steps = STEPS[study](p, out / "runs")
+        assert steps
+        for step in steps:
+            line = command_line(step, out / "configs")
+            argv = [a if a != "N" else "2" for a in shlex.split(line)]  # `--jobs N`: the reader picks N
+            assert argv[0] == "spikeprune"
+            args = build_parser().parse_args(argv[1:])
+            assert config_from_args(type(step.cfg), args) == step.cfg, line
+            assert args.out == str(step.out)

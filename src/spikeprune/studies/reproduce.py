@@ -234,7 +234,9 @@ def _theory_steps(p: Protocol, root: Path) -> list[Step]:
 
     train = TrainConfig.of(p.panels["flips"])
     ckpt = str(root / "dense" / "checkpoint.safetensors")
-    return [Step("spikeprune train", train, root / "dense", "flips.yaml", p.panels["flips"]),
+    # the training fields only: the paper scale's network is a lottery preset, whose other keys
+    # `spikeprune train --config` would refuse
+    return [Step("spikeprune train", train, root / "dense", "flips.yaml", fields_of(TrainConfig, p.panels["flips"])),
             *(Step("spikeprune analyze flips", FlipsConfig(checkpoint=ckpt, perturb=(spec,), samples=p.options["samples"],
                                                            p_sup=p.options["p_sup"], seed=train.seed),
                    root / "flips" / parse_perturbation(spec).label) for spec in p.options["perturbations"]),
