@@ -143,6 +143,11 @@ ROWS: list[tuple[str, list[str]]] = [
     ("train-width-huge", ["train", "--width", "100000", "--out", "{new}"]),
     ("train-batch-huge", ["train", "--model", "vgg16", "--dataset", "synthetic", "--batch-size", "10000000",
                           "--out", "{new}"]),
+    # event datasets (issue 15): the encoding goes with the kind of dataset
+    ("train-events-on-images", ["train", "--encoding", "events", "--out", "{new}"]),
+    ("train-nmnist-direct", ["train", "--dataset", "nmnist", "--out", "{new}"]),
+    ("train-nmnist-bins-zero", ["train", "--dataset", "nmnist:time_bins=0", "--encoding", "events", "--out", "{new}"]),
+    ("train-nmnist-option-unknown", ["train", "--dataset", "nmnist:bins=3", "--encoding", "events", "--out", "{new}"]),
     ("train-batch-zero", ["train", "--batch-size", "0", "--out", "{new}"]),
     ("train-beta-range", ["train", "--beta", "1.5", "--out", "{new}"]),
     ("train-uth-negative", ["train", "--u-th", "-1", "--out", "{new}"]),
@@ -189,6 +194,7 @@ ROWS: list[tuple[str, list[str]]] = [
     ("eval-mask-corrupt", ["evaluate", "--checkpoint", "{ck}", "--mask", "{corrupt}", "--out", "{new}"]),
     ("eval-mask-is-checkpoint", ["evaluate", "--checkpoint", "{ck}", "--mask", "{ck}", "--out", "{new}"]),
     ("eval-encoding-unknown", ["evaluate", "--checkpoint", "{ck}", "--encoding", "rate", "--out", "{new}"]),
+    ("eval-encoding-events-on-images", ["evaluate", "--checkpoint", "{ck}", "--encoding", "events", "--out", "{new}"]),
     ("eval-seed-text", ["evaluate", "--checkpoint", "{ck}", "--seed", "x", "--out", "{new}"]),
     # --- lottery ---
     ("lot-rounds-zero", ["lottery", "--rounds", "0", "--out", "{new}"]),

@@ -56,7 +56,8 @@ def test_train_smoke_and_evaluate(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "train", *SMOKE, "--dataset", "digits", "--out", tmp_path / "run")
     assert code == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert 0 <= m["test_accuracy"] <= 1
+    n_test = m["validation"]["test_size"]
+    assert n_test == 360 and m["test_accuracy"] * n_test == pytest.approx(round(m["test_accuracy"] * n_test))
     code, out, _ = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "run" / "checkpoint.safetensors",
                            "--out", tmp_path / "eval")
     assert code == 0
@@ -73,9 +74,16 @@ def _printed(line_start, out):
 @pytest.mark.slow
 def test_quickstart_smoke(capsys, tmp_path):
     qs = tmp_path / "qs"
-    code, out, _ = run_cli(capsys, "quickstart", "--epochs", "1", "--width", "0.25", "--no-progress",
-                           "--out", qs)
+    code, out, err = run_cli(capsys, "quickstart", "--epochs", "1", "--width", "0.25", "--no-progress",
+                             "--out", qs)
     assert code == 0
+    # Without a terminal (capsys is none) progress is plain lines on stderr: each dense epoch, each
+    # lottery round of both criteria, the edge-popup phase.
+    assert "epoch 1/1" in err
+    for label in ("IMP (magnitude)", "SF-IMP-1 (sf)"):
+        for k in (1, 2, 3):
+            assert f"{label}: [lottery] round {k}: pruned" in err, err
+    assert "edge-popup: searching" in err
     # The dense run: the printed accuracy is metrics.json's, and re-evaluating the saved checkpoint gives it.
     m = json.loads((qs / "metrics.json").read_text())
     dense_line, edge_line = [l for l in out.splitlines() if l.strip().startswith("test accuracy")]

@@ -129,8 +129,10 @@ def collect(loader: BatchLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
 # registry and built-in datasets
 # --------------------------------------------------------------------------------------------------
 def test_list_datasets() -> None:
-    assert list_datasets() == ["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic"]
-    assert ENCODINGS == ("direct", "poisson")
+    # issue 15 added the event datasets (spikeprune.engine.events, through tonic) and their encoding.
+    assert list_datasets() == ["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic",
+                               "nmnist", "dvsgesture", "cifar10dvs"]
+    assert ENCODINGS == ("direct", "poisson", "events")
 
 
 def test_unknown_dataset_and_options() -> None:

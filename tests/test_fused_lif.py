@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeprune import LIF, lif_multistep
+from spikeprune import LIF
+from spikeprune.engine.neuron import lif_multistep
 from spikeprune.engine import fused
 from spikeprune.engine.neuron import SURROGATES, surrogate_gradient
 

@@ -104,7 +104,7 @@ def test_files_rows_and_ticket_accuracy(imp_run, digits):
     assert data["variant"] == "imp" and data["criterion"] == "magnitude"
     assert [r["test_accuracy"] for r in data["rounds"]] == [r["test_accuracy"] for r in result.rows]
     # the exported ticket (mask applied) evaluates to the recorded accuracy
-    model = load_ticket(out, 3)
+    model, _ = load_ticket(out, 3)
     _, test = make_loaders(tiny(), digits)
     assert evaluate(model, test)["accuracy"] == pytest.approx(result.rows[3]["test_accuracy"])
     assert Mask.from_model(model).density <= result.rows[3]["density"]
@@ -138,7 +138,7 @@ def test_sf_imp_2_revives_pruned_encoding_and_fc_weights(sf2_run, digits):
     pruned_fc = trained["model/classifier.weight"][~mask["classifier.weight"]]
     assert torch.count_nonzero(pruned_fc) == pruned_fc.numel()  # dense updates reach pruned weights
     # and the recorded accuracy is that of the masked network
-    model = load_ticket(out, 4)
+    model, _ = load_ticket(out, 4)
     _, test = make_loaders(tiny(), digits)
     assert evaluate(model, test)["accuracy"] == pytest.approx(result.rows[4]["test_accuracy"])
 
@@ -452,5 +452,5 @@ def test_evaluate_cli_runs_a_round_as_it_was_evaluated(sf2_run, digits, tmp_path
     got = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     loader = BatchLoader(digits, "test", 256, shuffle=False, timesteps=TINY["timesteps"])
     assert got["mask"] == "stored in the checkpoint"
-    ref = evaluate(load_ticket(out, 4), loader)
+    ref = evaluate(load_ticket(out, 4)[0], loader)
     assert (got["test_accuracy"], got["firing_rate"]) == (ref["accuracy"], ref["firing_rate"])

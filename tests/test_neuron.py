@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from spikeprune import LIF, lif_multistep, record_statistics
+from spikeprune import LIF, record_statistics
+from spikeprune.engine.neuron import lif_multistep
 from spikeprune.engine.neuron import SURROGATES, observe, surrogate_gradient
 
 

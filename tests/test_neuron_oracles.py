@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikeprune import lif_multistep
+from spikeprune.engine.neuron import lif_multistep
 from spikeprune.engine.neuron import SURROGATES
 
 

@@ -14,6 +14,7 @@ from spikeprune.tickets.criteria import compute_scores, sf
 from spikeprune.tickets.masks import prunable_weights
 from spikeprune.tickets.pruning import prune_step
 from spikeprune.tickets.strategies import global_prune, layerwise_prune, select
+from spikeprune.engine.neuron import lif_multistep
 
 
 def small_model(seed=0):
@@ -147,7 +148,7 @@ def test_sf_scores_equal_hand_computation():
     r = spikes.mean(dim=(0, 1, 3, 4))
     with torch.no_grad():
         y = model.bn.eval()(model.conv(spikes.flatten(0, 1))).unflatten(0, (3, 4))
-    _, u = sp.lif_multistep(y, beta=0.5, u_th=0.7)
+    _, u = lif_multistep(y, beta=0.5, u_th=0.7)
     mu = u.double().mean(dim=(0, 1, 3, 4))
     var = u.double().var(dim=(0, 1, 3, 4), unbiased=False)
     density = torch.exp(-(mu - 0.7) ** 2 / (2 * var)) / torch.sqrt(2 * math.pi * var)
@@ -349,7 +350,7 @@ def test_empirical_threshold_density_and_sf_variants_by_hand():
     calib = calibrate(model, [spikes], num_batches=1, crisis_eps=0.1)
     with torch.no_grad():
         y = model.bn.eval()(model.conv(spikes.flatten(0, 1))).unflatten(0, (3, 8))
-    _, u = sp.lif_multistep(y, beta=0.5, u_th=0.7)
+    _, u = lif_multistep(y, beta=0.5, u_th=0.7)
     near = ((u - 0.7).abs() <= 0.1).float().mean(dim=(0, 1, 3, 4)) / 0.2
     assert torch.allclose(calib.threshold_density["lif"], near)
     r = spikes.mean(dim=(0, 1, 3, 4))

@@ -15,6 +15,7 @@ from spikeprune.compression import quant as q
 from spikeprune.compression.compress import load_compressed, save_compressed
 from spikeprune.engine.config import TrainConfig
 from spikeprune.tickets.masks import enforce
+from spikeprune.engine.neuron import lif_multistep
 from spikeprune.engine.train import fit, load_model
 
 
@@ -174,7 +175,7 @@ def test_quantized_membrane_lies_on_the_grid_and_the_threshold_absorbs_the_scale
 
 def test_quantized_membrane_with_a_fine_grid_matches_the_float_lif():
     x = torch.randn(5, 64, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    ref, u_ref = sp.lif_multistep(x, beta=0.5, u_th=1.0)
+    ref, u_ref = lif_multistep(x, beta=0.5, u_th=1.0)
     spikes, u = q.lif_multistep_quantized(x, torch.tensor(2.0**-10, dtype=torch.float64), 16, beta=0.5)
     assert (u[0] - u_ref[0]).abs().max() <= 2.0**-11 + 1e-15  # one rounding to the nearest grid point
     per_neuron = lambda t: t.movedim(0, -1).reshape(-1, t.shape[0])  # noqa: E731  [neurons, T]

@@ -1,5 +1,6 @@
 """spikeprune reproduce: every study end to end at smoke scale, reports rebuilt from results, protocols."""
 
+import csv
 import importlib.util
 import json
 from pathlib import Path
@@ -29,15 +30,24 @@ def test_reproduce_fig5_smoke_writes_the_report_and_resumes(tmp_path, capsys):
     text = report.read_text()
     assert "PARTIAL" not in text and "spikeprune reproduce fig5 --scale smoke" in text
     assert "| sparsity | imp | sf-imp-1 | sf-imp-2 |" in text and "| 75.0 % |" in text
-    assert "SF-IMP-2 is best on CIFAR-10" in text  # the paper's claim sits next to our numbers
+    # the markdown table shows exactly the numbers of report.json (in %, rounded to 2 digits)
+    table = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and " % |" in line]
+    numbers_md = {round(float(r[0].split()[0]), 1): [c.split()[0] for c in r[1:]] for r in table}
     assert len(_images_exist(report)) == 1
     numbers = json.loads((out / "report.json").read_text())
     assert numbers["complete"]
     series = next(iter(numbers["numbers"].values()))["series"]
     assert set(series) == {"imp", "sf-imp-1", "sf-imp-2"}
-    for points in series.values():
+    for column, (variant, points) in enumerate(series.items()):
         assert [round(p["sparsity"], 4) for p in points] == [0.0, 0.5, 0.75]
-        assert all(0.0 <= p["test_accuracy"] <= 1.0 for p in points)
+        assert [numbers_md[round(100 * p["sparsity"], 1)][column] for p in points] == \
+            [f"{100 * p['test_accuracy']:.2f}" for p in points]
+        # every reported accuracy is the mean over seeds of what the runs wrote in their rounds.csv
+        runs = sorted(out.glob(f"runs/*/seed-*/{variant}/rounds.csv"))
+        assert runs
+        per_run = [list(csv.DictReader(f.open())) for f in runs]
+        for k, p in enumerate(points):
+            assert p["test_accuracy"] == pytest.approx(sum(float(r[k]["test_accuracy"]) for r in per_run) / len(per_run))
     assert (out / "configs").is_dir() and list((out / "configs").glob("*.yaml"))
 
     ckpt = next(out.glob("runs/*/seed-0/imp/round_02/checkpoint.safetensors"))

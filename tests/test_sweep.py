@@ -15,7 +15,7 @@ TINY = dict(model="convnet", dataset="digits", width=0.25, timesteps=2, batch_si
 @pytest.mark.slow
 def test_lottery_sweep_shares_one_dense_run_per_seed_and_summarises(tmp_path):
     cfg = LotteryConfig(**TINY, epochs=2, rewind_epoch=1, rounds=1, prune_fraction=0.5)
-    summary = lottery_sweep(cfg, tmp_path, variants=["imp", "sf-imp-1"], log=None)
+    summary = lottery_sweep(cfg, tmp_path, variants=["imp", "sf-imp-1"], log=None).metrics
     runs = [tmp_path / "seed-0" / v for v in ("imp", "sf-imp-1")]
     inode = {(r / "dense" / "checkpoint.safetensors").stat().st_ino for r in runs}
     assert len(inode) == 1  # the dense phase was trained once and hard-linked into both variants
@@ -23,7 +23,7 @@ def test_lottery_sweep_shares_one_dense_run_per_seed_and_summarises(tmp_path):
     for points in summary["series"].values():
         assert [round(p["sparsity"], 6) for p in points] == [0.0, 0.5] and points[0]["n"] == 1
     assert (tmp_path / "summary.png").stat().st_size > 0 and "imp" in (tmp_path / "summary.csv").read_text()
-    again = lottery_sweep(cfg, tmp_path, variants=["imp", "sf-imp-1"], log=None)  # resumed: nothing to do
+    again = lottery_sweep(cfg, tmp_path, variants=["imp", "sf-imp-1"], log=None).metrics  # resumed: nothing to do
     assert set(again["status"].values()) == {"done"}
     assert again["series"] == summary["series"]
 
@@ -31,7 +31,7 @@ def test_lottery_sweep_shares_one_dense_run_per_seed_and_summarises(tmp_path):
 @pytest.mark.slow
 def test_edgepopup_sweep_runs_jobs_in_parallel_processes(tmp_path):
     cfg = EdgePopupConfig(**TINY, epochs=1, densities=(0.3, 0.7))
-    summary = edgepopup_sweep(cfg, tmp_path, seeds=[0], jobs=2, log=None)
+    summary = edgepopup_sweep(cfg, tmp_path, seeds=[0], jobs=2, log=None).metrics
     assert summary["status"] == {"seed-0/density-0.3": "ok", "seed-0/density-0.7": "ok"}
     assert sorted(r["density"] for r in summary["rows"]) == [0.3, 0.7] and summary["complete"]
     for d in ("0.3", "0.7"):

@@ -94,7 +94,16 @@ def test_validity_on_a_registry_convnet_with_firing_aware_criteria(tmp_path, dig
     layers = {s["layer"] for s in summary}
     assert layers and all(not name.startswith("classifier") for name in layers)  # the readout drives no neuron
     assert {s["criterion"] for s in summary} == {"sf", "sf-rms", "magnitude", "random"}
-    assert all(0.0 <= r.flip_rate <= 1.0 for r in rows)
+    # each rate is a count of flipped spike slots over every slot of the driven neuron layer on the batches
+    from spikeprune.engine.neuron import observe, spiking_layers
+
+    names = {id(m): n for n, m in spiking_layers(model).items()}
+    slots = {}
+    with torch.no_grad(), observe(model, lambda lif, u, s: slots.__setitem__(names[id(lif)], s.numel())):
+        model.eval()(batches[0][0])
+    for r in rows:
+        assert r.slots == slots[r.neuron]
+        assert r.flip_rate * r.slots == pytest.approx(round(r.flip_rate * r.slots), abs=1e-6)
     path = plot_validity(rows, validity_summary(rows), tmp_path / "validity.png", title="test")
     assert path.stat().st_size > 1000
 

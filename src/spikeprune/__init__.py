@@ -1,48 +1,74 @@
-"""spikeprune: compress spiking neural networks and explain what compression does to their spikes."""
+"""spikeprune: compress spiking neural networks and explain what compression does to their spikes.
+
+The public API is the workflow, one step per group: build or adapt a network, train it, prune it
+(lottery tickets, edge-popup), compress it (quantization, channels), measure it (cost, spike flips),
+export it (NIR), and run studies. Everything else lives in the subpackages (docs/architecture.md).
+
+Three rules hold for every name below:
+
+1. **Transforms change the model in place and return what they did, never the model.**
+   ``prune`` returns the :class:`Mask` it applied, ``prune_channels`` the kept channel indices per
+   group, ``quantize_model`` the quantized layers with their settings. Constructors that build a
+   *new* network say so in their name or type and return it: ``create_model``, ``adapt``,
+   ``export_subnetwork``, ``from_nir``.
+2. **Every run returns a** :class:`RunResult` ``(out, metrics, rows, model)``: ``fit``,
+   ``run_lottery``, ``compress``, the sweeps and ``reproduce``. Its numbers are the ones in the run
+   folder's JSON files, under the same names (``test_accuracy``, ``val_accuracy``, ...).
+3. **Every loader returns** ``(model, meta)``: ``load_model``, ``load_ticket``, ``load_compressed``;
+   ``meta`` is the checkpoint's JSON header (config, history, masks' provenance). Files are
+   safetensors + JSON; nothing is ever unpickled.
+
+Bad input raises :class:`UserError` (a ``ValueError``) with one line saying what to change.
+"""
 
 __version__ = "0.1.0"
 
-# foundation: neuron, models, data, warnings
+# results and diagnostics
 from spikeprune.core.diagnostics import SpikepruneWarning, UserError
-from spikeprune.engine.neuron import LIF, lif_multistep, record_statistics
+from spikeprune.core.rundir import RunResult
+# build: the neuron, registered models, datasets, third-party networks
+from spikeprune.engine.neuron import LIF, record_statistics
 from spikeprune.engine.models import create_model, list_models, register_model
-from spikeprune.engine.data import BatchLoader, ImageDataset, list_datasets, load_dataset
+from spikeprune.engine.data import list_datasets, load_dataset
+from spikeprune.interop import adapt
+# train and evaluate
+from spikeprune.engine.config import TrainConfig
+from spikeprune.engine.train import evaluate, fit, load_model
 # lottery tickets (unstructured pruning)
 from spikeprune.tickets.calibration import calibrate
 from spikeprune.tickets.masks import Mask, enforce
-from spikeprune.tickets.pruning import prune, prune_step
-from spikeprune.tickets.lottery import LotteryConfig, run_lottery
-from spikeprune.tickets.edgepopup import EdgePopupConfig, export_subnetwork, subnet_mask, to_edgepopup
-# theory as measurements
-from spikeprune.theory.firing import crisis_probability, density_sup
-from spikeprune.theory.flips import flip_analysis
-from spikeprune.theory.slth import construct, verify as verify_ticket
-# QP-SNN compression and cost
+from spikeprune.tickets.pruning import prune
+from spikeprune.tickets.lottery import LotteryConfig, load_ticket, run_lottery
+from spikeprune.tickets.edgepopup import EdgePopupConfig, export_subnetwork
+# compression (QP-SNN) and cost
 from spikeprune.compression.quant import quantize_model
 from spikeprune.compression.structured import prune_channels
+from spikeprune.compression.compress import CompressConfig, compress, load_compressed
 from spikeprune.compression.cost import cost_report
-# interop and export
-from spikeprune.interop import adapt
+# what compression does to the spikes
+from spikeprune.theory.flips import flip_analysis
+# export
 from spikeprune.interop.nir_export import from_nir, to_nir
-# scale-out and reproduction
+# studies
 from spikeprune.studies.sweep import edgepopup_sweep, lottery_sweep
-from spikeprune.studies.protocols import protocol
 from spikeprune.studies.reproduce import reproduce
 
 __all__ = [
-    # foundation
-    "LIF", "lif_multistep", "record_statistics", "SpikepruneWarning", "UserError",
-    "create_model", "list_models", "register_model",
-    "BatchLoader", "ImageDataset", "list_datasets", "load_dataset",
+    "RunResult", "UserError", "SpikepruneWarning",
+    # build
+    "LIF", "record_statistics", "create_model", "list_models", "register_model", "list_datasets",
+    "load_dataset", "adapt",
+    # train and evaluate
+    "TrainConfig", "fit", "evaluate", "load_model",
     # lottery tickets
-    "calibrate", "Mask", "enforce", "prune", "prune_step", "LotteryConfig", "run_lottery",
-    "EdgePopupConfig", "export_subnetwork", "subnet_mask", "to_edgepopup",
-    # theory
-    "crisis_probability", "density_sup", "flip_analysis", "construct", "verify_ticket",
+    "calibrate", "Mask", "enforce", "prune", "LotteryConfig", "run_lottery", "load_ticket",
+    "EdgePopupConfig", "export_subnetwork",
     # compression
-    "quantize_model", "prune_channels", "cost_report",
-    # interop and export
-    "adapt", "to_nir", "from_nir",
-    # scale-out and reproduction (torchrun data parallelism is automatic: spikeprune.core.distributed)
-    "lottery_sweep", "edgepopup_sweep", "protocol", "reproduce",
+    "quantize_model", "prune_channels", "CompressConfig", "compress", "load_compressed", "cost_report",
+    # spikes
+    "flip_analysis",
+    # export
+    "to_nir", "from_nir",
+    # studies (torchrun data parallelism is automatic: spikeprune.core.distributed)
+    "lottery_sweep", "edgepopup_sweep", "reproduce",
 ]

@@ -38,7 +38,7 @@ channels (named in :attr:`ChannelGroup.blocked`), cannot be pruned.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +57,6 @@ __all__ = ["ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "ev
 _WEIGHT = (nn.modules.conv._ConvNd, nn.Linear)
 #: every BatchNorm (1d/2d/3d, SyncBatchNorm, tdBN and other subclasses): the one definition the packages share
 BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
-_BN = BATCHNORM
 _POOL = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
          nn.modules.pooling._AdaptiveMaxPoolNd)
 _ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Identity)
@@ -85,7 +84,7 @@ def role_of(m: nn.Module) -> str | None:
         return "foreign-neuron"
     if isinstance(m, _WEIGHT):
         return "weight"
-    if isinstance(m, _BN):
+    if isinstance(m, BATCHNORM):
         return "bn"
     if isinstance(m, _POOL):
         return "pool"
@@ -111,7 +110,7 @@ def channel_axis(module: nn.Module, x: torch.Tensor) -> int:
         return x.dim() - 1
     if isinstance(module, nn.modules.conv._ConvNd):
         return x.dim() - 1 - len(module.kernel_size)
-    if isinstance(module, _BN):
+    if isinstance(module, BATCHNORM):
         spatial = 3 if isinstance(module, nn.BatchNorm3d) else 2 if isinstance(module, nn.BatchNorm2d) else None
         if spatial is None:  # BatchNorm1d: [N, C] or [N, C, L]; multi-step wrappers add a leading T
             return 1 if x.dim() in (2, 3) and not getattr(module, "step_mode", "s") == "m" else 2
@@ -274,19 +273,26 @@ class Graph:
         if len(nxt) != 1 or nxt[0].role != "bn":
             return None, None
         bn = nxt[0]
-        frontier, seen = [bn.id], set()
+        return bn.name, self.first_neuron_after(bn.id)
+
+    def first_neuron_after(self, start: int, through: Iterable[str] = ()) -> str | None:
+        """Name of the first neuron (in execution order) that node ``start``'s output reaches through
+        pooling, dropout, activations, elementwise ops and per-sample ops, plus the roles in ``through``;
+        ``None`` if none does (e.g. the classifier)."""
+        passable = set(self._PASS_TO_NEURON) | set(through)
+        frontier, seen = [start], set()
         while frontier:
-            i = min(frontier)  # execution order
+            i = min(frontier)  # execution order: the nearest neuron first
             frontier.remove(i)
             for c in self.consumers(i):
                 if c.id in seen:
                     continue
                 seen.add(c.id)
                 if c.role == "neuron":
-                    return bn.name, c.name
-                if c.role in self._PASS_TO_NEURON or self._same_per_sample(c):
+                    return c.name
+                if c.role in passable or self._same_per_sample(c):
                     frontier.append(c.id)
-        return bn.name, None
+        return None
 
     def input_layout(self, node: Node) -> str | None:
         """Layout of a node's first input: ``"TB"``, ``"N"``, ``"B"`` or ``None``."""

@@ -28,8 +28,8 @@ record = {
     "rank": ctx.rank,
     "world_size": ctx.world_size,
     "rows": [{k: r[k] for k in ("round", "sparsity", "test_accuracy")} for r in result.rows],
-    "ticket_masks": [distributed.checksum(dict(Mask.from_model(load_ticket(out / "run", k)).items()))
+    "ticket_masks": [distributed.checksum(dict(Mask.from_model(load_ticket(out / "run", k)[0]).items()))
                      for k in (1, 2)],
-    "ticket_states": [distributed.checksum(load_ticket(out / "run", k)) for k in (1, 2)],
+    "ticket_states": [distributed.checksum(load_ticket(out / "run", k)[0]) for k in (1, 2)],
 }
 (out / f"rank-{ctx.rank}.json").write_text(json.dumps(record))

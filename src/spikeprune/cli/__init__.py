@@ -1,7 +1,11 @@
 """``spikeprune <command>``: parsing and calling, nothing else.
 
 Each command lives in its own module exposing ``add_parser(subparsers)``; the parser it registers
-sets ``func`` (called with the parsed namespace, returns an exit code). A request spikeprune refuses
+sets ``func`` (called with the parsed namespace, returns an exit code). Every command module has the
+same three parts on purpose -- its config schema (or an import of it), ``add_parser`` (run arguments +
+the schema's flags) and ``run`` (parse the config, call the library, print) -- so each command reads top
+to bottom in one file; the ``duplicates`` tool lists these shared shapes, and the logic behind them is
+in :mod:`spikeprune.cli.args` once. A request spikeprune refuses
 (:class:`~spikeprune.core.diagnostics.UserError`), a file or directory the system refuses (``OSError``) and a
 size that does not fit in memory become one line on stderr and exit code 2. Anything else is a bug in
 spikeprune: a short report (exception type, message, where it was raised) and exit code 1, never

@@ -1,6 +1,8 @@
 """Flags derived from config dataclasses, YAML presets, and an argparse that errors in one line.
 
-Precedence: field defaults < ``--config FILE.yaml`` < flags given on the command line.
+Precedence: field defaults < the command's own preset (``quickstart``: configs/quickstart.yaml) <
+what the command's input records (``compress --checkpoint``: the checkpoint's training config) <
+``--config FILE.yaml`` < flags given on the command line.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 import typing
 from typing import Any, NoReturn
 
-from spikeprune.core.config import from_mapping, load_yaml
+from spikeprune.core.config import from_mapping, load_yaml, preset_path
 from spikeprune.core.diagnostics import UserError
 
 
@@ -23,7 +25,7 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _describe(f: dataclasses.Field) -> str:
+def _describe(f: dataclasses.Field, preset: dict[str, Any] | None = None) -> str:
     help_text = f.metadata.get("help", "").replace("%", "%%")
     choices = f.metadata.get("choices")
     if choices:
@@ -33,19 +35,25 @@ def _describe(f: dataclasses.Field) -> str:
     if f.metadata.get("required"):
         return f"{help_text} (required)"
     default = f.default if f.default is not dataclasses.MISSING else None
+    if preset and f.name in preset:
+        default = preset[f.name]
     if isinstance(default, tuple):
         default = ",".join(map(str, default)) or "none"
     return help_text if "default" in help_text else f"{help_text} (default: {default})"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: set[str] = frozenset(),
-                         title: str = "hyperparameters") -> None:
+                         title: str = "hyperparameters", preset: str | None = None) -> None:
     """One ``--field-name`` flag per field of ``cls``; values are validated by the dataclass itself.
+
+    ``preset``: the name of a shipped preset whose values are this command's defaults (the help shows
+    them); pass the same name to :func:`config_from_args`.
 
     A field is *required* on the command line when its metadata says ``required=True`` (it may then come
     from ``--config`` instead); ``repeat=True`` lets the flag be given several times (a tuple field).
     """
     hints = typing.get_type_hints(cls)
+    defaults = _preset(cls, preset)
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if f.name in exclude:
@@ -53,17 +61,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: se
         flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("flags", ())]
         if hints[f.name] is bool:
             group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=_describe(f))
+                               default=argparse.SUPPRESS, help=_describe(f, defaults))
         elif f.metadata.get("repeat"):
             group.add_argument(*flags, dest=f.name, action="append", default=argparse.SUPPRESS,
                                metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]),
-                               help=_describe(f) + "; repeat the flag for several")
+                               help=_describe(f, defaults) + "; repeat the flag for several")
         elif f.metadata.get("nargs"):
             group.add_argument(*flags, dest=f.name, nargs=f.metadata["nargs"], default=argparse.SUPPRESS,
-                               metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]), help=_describe(f))
+                               metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]), help=_describe(f, defaults))
         else:
             group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
-                               metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]), help=_describe(f))
+                               metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]), help=_describe(f, defaults))
 
 
 def _metavar(f: dataclasses.Field, tp: Any) -> str:
@@ -97,14 +105,28 @@ def out_path(text: str) -> str:
     return text
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build ``cls`` from defaults, then ``args.config`` (YAML), then the flags that were given.
+def _preset(cls: type, name: str | None) -> dict[str, Any]:
+    """The shipped preset ``name`` as a mapping checked against ``cls`` ({} for None)."""
+    if name is None:
+        return {}
+    path = preset_path(name)
+    values = {str(k).replace("-", "_"): v for k, v in load_yaml(path).items()}
+    from_mapping(cls, values, source=str(path))  # a broken shipped preset fails at the first --help
+    return values
+
+
+def config_from_args(cls: type, args: argparse.Namespace, preset: str | None = None,
+                     base: dict[str, Any] | None = None) -> Any:
+    """Build ``cls`` from defaults, then the shipped ``preset`` (if any), then ``base`` (values a command
+    reads from its input, e.g. the training config recorded in a checkpoint), then ``args.config``
+    (YAML), then the flags that were given.
 
     Checks, before anything runs: the YAML's keys are fields of ``cls``; a field declared ``required`` was
     given (by a flag or the YAML); no two fields that exclude each other (metadata ``excludes``) were both
     given; then the dataclass validates every value.
     """
     names = {f.name for f in dataclasses.fields(cls)}
+    defaults = {**_preset(cls, preset), **(base or {})}
     given: dict[str, Any] = {}
     if getattr(args, "config", None):
         preset = load_yaml(args.config)
@@ -118,7 +140,7 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
         for other in f.metadata.get("excludes", ()):
             if f.name in given and other in given:
                 raise UserError(f"give either {flag} or --{other.replace('_', '-')}, not both")
-    return from_mapping(cls, given)
+    return from_mapping(cls, {**defaults, **given})
 
 
 def _list_of(kind: type, what: str):

@@ -21,10 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("compress")
 def run(args: argparse.Namespace) -> int:
-    from spikeprune.compression.compress import CompressConfig, compress
+    from spikeprune.compression.compress import CompressConfig, compress, recorded_training
 
     cfg = config_from_args(CompressConfig, args)
-    m = compress(cfg, args.out, resume=args.resume, progress=args.progress)
+    if cfg.checkpoint is not None:
+        # The network, neuron and data of a dense checkpoint are what it records (as `cost` reads them):
+        # flags and --config still win; execution details (device, data_dir, ...) are this machine's.
+        cfg = config_from_args(CompressConfig, args, base=recorded_training(cfg.checkpoint))
+    m = compress(cfg, args.out, resume=args.resume, progress=args.progress).metrics
     print(json.dumps({k: m[k] for k in ("test_accuracy", "dense_test_accuracy", "size_bytes", "size_reduction",
                                         "flop_reduction", "energy_reduction", "speedup", "weight_bits",
                                         "membrane_bits")}, indent=2))

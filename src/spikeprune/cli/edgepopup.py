@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         from spikeprune.studies.sweep import edgepopup_sweep
 
         summary = edgepopup_sweep(cfg, args.out, seeds=args.seeds, reference=args.reference,
-                                  jobs=args.jobs or 1, threads=args.threads)
+                                  jobs=args.jobs or 1, threads=args.threads).metrics
     else:
         summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress)
     print(summary["bn"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from spikeprune.core.config import CommandConfig, hparam, path_option
 from spikeprune.core.rundir import holds_run_directory
 from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.engine.encoding import ENCODINGS
 
 
 @dataclass
@@ -20,7 +21,7 @@ class EvaluateConfig(CommandConfig):
     dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
     data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
     batch_size: int = hparam(256, "batch size", bounds="[1, inf)")
-    encoding: str | None = hparam(None, "input encoding (default: the checkpoint's)", ("direct", "poisson"))
+    encoding: str | None = hparam(None, "input encoding (default: the checkpoint's)", ENCODINGS)
     seed: int = hparam(0, "seed for Poisson encoding", bounds="[0, 4294967295]")
     mask: str | None = path_option("apply this mask (default: the mask a lottery checkpoint carries)")
     engine: str = hparam("dense", "inference path: dense (PyTorch) or event (spike-driven kernels, "

@@ -39,13 +39,12 @@ class InteropConfig(CommandConfig):
 
     def check(self) -> None:
         from spikeprune.tickets.criteria import CRITERIA
-        from spikeprune.engine.data import list_datasets
+        from spikeprune.engine.data import parse_dataset
         from spikeprune.core.diagnostics import UserError
 
         if self.criterion not in CRITERIA:
             raise UserError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
-        if self.dataset not in list_datasets():
-            raise UserError(f"unknown dataset {self.dataset!r}; available: {', '.join(list_datasets())}")
+        parse_dataset(self.dataset)  # the name (options: nmnist:time_bins=8) is checked before any work
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

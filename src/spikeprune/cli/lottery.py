@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         from spikeprune.studies.sweep import lottery_sweep
 
         summary = lottery_sweep(cfg, args.out, seeds=args.seeds, variants=args.variants, jobs=args.jobs or 1,
-                                threads=args.threads)
+                                threads=args.threads).metrics
         print(summary.get("table", ""), end="")
         print(f"results: {args.out}/summary.json, summary.csv, summary.png; runs in {args.out}/seed-*/")
         return 0

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.core.config import NOT_HPARAMS, check_fraction, hparam, to_dict
+from spikeprune.core.config import NOT_HPARAMS, check_fraction, fields_of, hparam, to_dict
 from spikeprune.engine.config import TrainConfig, validate
 from spikeprune.compression.cost import CostReport, cost_report, measure_latency
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
@@ -58,7 +58,7 @@ from spikeprune.compression.structured import (
     remove_channels,
     select_channels,
 )
-from spikeprune.core.rundir import check_resumable, log
+from spikeprune.core.rundir import RunResult, check_resumable, log
 from spikeprune.engine.train import (
     build_model,
     checkpoint_dataset,
@@ -245,9 +245,19 @@ def _phase(cfg: CompressConfig, out: Path, name: str, epochs: int, model: nn.Mod
     return result.model
 
 
+def recorded_training(checkpoint: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields a checkpoint records (model, width, timesteps, neuron, dataset, ...), without
+    the execution details (device, data_dir, threads: :data:`~spikeprune.core.config.NOT_HPARAMS`)."""
+    _, meta = load_checkpoint(checkpoint)
+    recorded = fields_of(TrainConfig, meta.get("config") or {})
+    return {k: v for k, v in recorded.items() if k not in NOT_HPARAMS}
+
+
 def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
-             progress: bool = False, log: Callable[[str], None] | None = log) -> dict[str, Any]:
-    """Run the joint pipeline of ``cfg`` into ``out``; returns the metrics (also in ``out/metrics.json``)."""
+             progress: bool = False, log: Callable[[str], None] | None = log) -> RunResult:
+    """Run the joint pipeline of ``cfg`` into ``out``; returns a :class:`RunResult`: ``metrics`` =
+    ``out/metrics.json``, ``model`` = the compressed network (``None`` when the run had already finished:
+    :func:`load_compressed` ``(out / "model.safetensors")`` rebuilds it)."""
     if cfg.checkpoint is not None:
         load_checkpoint(cfg.checkpoint)  # a missing or foreign checkpoint is refused before OUT is created
     out = check_writable_dir(out)
@@ -260,7 +270,7 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
         # execution details (device, threads, data_dir, ...) may change on resume, as for a training run
         check_resumable(out, saved, to_dict(cfg), ignore=NOT_HPARAMS)
         if (out / "metrics.json").exists():
-            return read_json(out / "metrics.json")
+            return RunResult(out, read_json(out / "metrics.json"))
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.checkpoint is None:  # fail before training if the channel budget cannot be met
         _check_budget(build_model(TrainConfig.of(cfg), dataset), cfg)
@@ -297,7 +307,7 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
     save_compressed(out / "model.safetensors", model, {
         "channel_history": pmeta.get("channel_history", []), "channels": pmeta.get("channels", {}),
         "config": to_dict(cfg), "dense_checkpoint": dense_path})
-    return _report(cfg, out, reference, model, dataset, utilisation, pmeta, log)
+    return RunResult(out, _report(cfg, out, reference, model, dataset, utilisation, pmeta, log), model=model)
 
 
 def _report(cfg: CompressConfig, out: Path, reference: nn.Module, model: nn.Module, dataset: ImageDataset,

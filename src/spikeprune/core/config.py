@@ -47,6 +47,20 @@ def hparam(default: Any, help: str, choices: tuple | None = None, *, bounds: str
     return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds, **extra})
 
 
+def reuse(owner: type, name: str, default: Any = dataclasses.MISSING, *, note: str = "", **changes: Any) -> Any:
+    """Field ``name`` of the config class ``owner`` for another config: its help text, choices and bounds
+    stay declared once, in ``owner``. ``default`` replaces the owner's default; ``note`` is appended to the
+    help text (what the field means differently here, e.g. "0: skip that part"); ``changes`` replace
+    metadata entries (e.g. wider ``bounds``)."""
+    f = owner.__dataclass_fields__[name]
+    meta = {**f.metadata, **changes}
+    if note:
+        meta["help"] = f"{meta.get('help', '')}; {note}"
+    if meta.get("bounds") is not None:
+        parse_bounds(meta["bounds"])
+    return field(default=f.default if default is dataclasses.MISSING else default, metadata=meta)
+
+
 def parse_bounds(text: str) -> tuple[float, bool, float, bool]:
     """``"[0, 1)"`` -> ``(0.0, True, 1.0, False)``: low, low included, high, high included."""
     m = re.fullmatch(r"\s*([\[(])\s*(-?inf|[-+0-9.e]+)\s*,\s*(-?inf|[-+0-9.e]+)\s*([\])])\s*", text)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import fnmatch
 import functools
@@ -43,7 +44,7 @@ from typing import Any
 
 from spikeprune.core.diagnostics import UserError
 
-__all__ = ["RunDirectoryError", "holds_run_directory", "lock_holder", "remove_stale_temp_files",
+__all__ = ["RunDirectoryError", "RunResult", "holds_run_directory", "lock_holder", "remove_stale_temp_files",
            "run_directory", "OUTPUTS"]
 
 LOCK_FILE = ".spikeprune.lock"
@@ -53,6 +54,27 @@ RECORD_FILE = ".spikeprune-run.json"
 _STALE = (re.compile(r"^\..+\.[a-z0-9_]{8}\.spikeprune\.tmp$"),
           re.compile(r"^\..+\.(json|csv|png|safetensors|yaml|md|nir|txt)\.[a-z0-9_]{8}\.tmp$"),
           re.compile(r"^\.write-test\.[a-z0-9_]{8}$"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What every run returns: ``fit``, ``train_dense``, ``run_lottery``, ``compress``, the edge-popup
+    search, ``lottery_sweep`` / ``edgepopup_sweep`` and ``reproduce``. One type, so a caller never has to
+    know which kind of run it started (docs/reference.md, "Results").
+
+    Attributes:
+        out: the run folder; every number below is also in its JSON files.
+        metrics: the final numbers (what the folder's ``metrics.json`` / ``results.json`` /
+            ``summary.json`` / ``report.json`` holds).
+        rows: one dict per epoch, round, point or job where the run has several (else empty).
+        model: the final network where the run builds one in this process (else ``None``; load it
+            from ``out`` with ``load_model`` / ``load_ticket`` / ``load_compressed``).
+    """
+
+    out: Path
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    model: Any = None
 
 
 def log(message: str) -> None:

@@ -43,6 +43,7 @@ from torch import nn
 
 from spikeprune.engine import fused
 from spikeprune.engine.neuron import LIF
+from spikeprune.topology import BATCHNORM
 
 __all__ = ["EventModel", "Unsupported", "compile", "load_kernel", "spike_flips"]
 
@@ -280,7 +281,6 @@ def _is_pool(m: nn.Module) -> bool:
 
 def _pool_size(m: nn.MaxPool2d) -> int:
     k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-    s = m.stride if isinstance(m.stride, int) else m.stride[0]
     ks = (m.kernel_size, m.kernel_size) if isinstance(m.kernel_size, int) else tuple(m.kernel_size)
     ss = (m.stride, m.stride) if isinstance(m.stride, int) else tuple(m.stride)
     pad = m.padding if isinstance(m.padding, int) else max(m.padding)
@@ -311,7 +311,7 @@ def _plan_chain(items: list[tuple[str, nn.Module]]) -> list[_Step]:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             bn = None
             j = i + 1
-            if j < len(items) and isinstance(items[j][1], nn.modules.batchnorm._BatchNorm):
+            if j < len(items) and isinstance(items[j][1], BATCHNORM):
                 bn = items[j][1]
                 j += 1
             if j < len(items) and isinstance(items[j][1], (LIF, NeuronAdapter)):

@@ -57,11 +57,14 @@ class TrainConfig(NeuronConfig):
     command's config back onto the training run it describes, and :attr:`neuron` the neuron bundle."""
 
     model: str = hparam("convnet", "registered model (mlp, convnet, vgg16, resnet19)")
-    dataset: str = hparam("digits", "dataset (digits, fashion_mnist, mnist, cifar10, cifar100, synthetic)")
+    dataset: str = hparam("digits", "dataset (digits, fashion_mnist, mnist, cifar10, cifar100, synthetic; event "
+                                    "datasets through tonic: nmnist, dvsgesture, cifar10dvs; options as "
+                                    "name:key=value,..., e.g. nmnist:time_bins=8,binning=count)")
     width: float = hparam(1.0, "channel width multiplier (> 0)")
     timesteps: int = hparam(4, "simulation timesteps T (>= 1)")
     tdbn: bool = hparam(False, "threshold-dependent BatchNorm (resnet19)")
-    encoding: str = hparam("direct", "input encoding", ENCODINGS)
+    encoding: str = hparam("direct", "input encoding (events: an event dataset's frames, already spikes: no "
+                                     "encoding)", ENCODINGS)
     epochs: int = hparam(10, "training epochs (>= 1)")
     batch_size: int = hparam(128, "batch size (>= 1)")
     optimizer: str = hparam("sgd", "optimizer", ("sgd", "adam"))
@@ -127,12 +130,22 @@ def validate(cfg: Any) -> None:
     _check(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
            "device must be auto, cpu, cuda or cuda:N", cfg.device)
     # Names are checked against the live registries so a typo fails before any work starts.
-    from spikeprune.engine.data import list_datasets
+    from spikeprune.engine.data import is_event_dataset, list_datasets, parse_dataset
     from spikeprune.engine.models import list_models  # lazily: the model registry imports this module's users
 
     _check(cfg.model in list_models(), f"unknown model; available: {', '.join(list_models())}", cfg.model)
-    _check(cfg.dataset in list_datasets(), f"unknown dataset; available: {', '.join(list_datasets())}",
-           cfg.dataset)
+    _check(cfg.dataset.partition(":")[0] in list_datasets(),
+           f"unknown dataset; available: {', '.join(list_datasets())}", cfg.dataset)
+    _, options = parse_dataset(cfg.dataset)  # option names checked now, before any file is read
+    if is_event_dataset(cfg.dataset):
+        from spikeprune.engine.events import settings_for
+
+        settings_for(cfg.dataset.partition(":")[0], **options)  # and the frame settings' values
+    # An event dataset's frames are spikes already (no encoding layer); an image is not (Sec. "events" of
+    # docs/decisions.md): the pairing is checked here, before any file is read.
+    _check((cfg.encoding == "events") == is_event_dataset(cfg.dataset),
+           "encoding 'events' goes with an event dataset (nmnist, dvsgesture, cifar10dvs), and only with one",
+           (cfg.dataset, cfg.encoding))
 
 
 def _check(ok: bool, message: str, value: Any) -> None:

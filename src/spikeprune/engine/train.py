@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, spli
 from spikeprune.core.io import check_writable_dir, collective, load_checkpoint, save_checkpoint, write_csv, write_json
 from spikeprune.engine.models import create_model
 from spikeprune.engine.neuron import LIF, observe, spiking_layers
-from spikeprune.core.rundir import check_resumable, log
+from spikeprune.core.rundir import RunResult, check_resumable, log
 
 __all__ = [
     "build_model",
@@ -399,14 +398,6 @@ def match_runtime(saved: dict[str, Any] | None, device: torch.device, cfg: Train
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunResult:
-    """What :func:`fit` returns: the final metrics dict and the trained model."""
-
-    metrics: dict[str, Any]
-    model: nn.Module
-
-
 @collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def fit(
     cfg: TrainConfig,
@@ -421,7 +412,8 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] | None = log,
 ) -> RunResult:
-    """Train ``cfg`` into the run directory ``out``, checkpointing every epoch.
+    """Train ``cfg`` into the run directory ``out``, checkpointing every epoch; returns a :class:`RunResult`
+    (``metrics`` = metrics.json, ``rows`` = the epochs of history.csv, ``model`` = the trained network).
 
     Args:
         cfg: hyperparameters.
@@ -559,4 +551,4 @@ def fit(
         metrics["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend,
                                   "state_checksums": sums, "replicas_identical": len(set(sums)) == 1}
     write_json(out / "metrics.json", metrics)
-    return RunResult(metrics, model)
+    return RunResult(out, metrics, history, model)

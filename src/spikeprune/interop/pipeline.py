@@ -24,7 +24,7 @@ from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.calibration import calibrate
 from spikeprune.compression.cost import cost_report
 from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE, sf_fallbacks
-from spikeprune.engine.data import BatchLoader, load_dataset
+from spikeprune.engine.data import BatchLoader, EventDataset, load_dataset
 from spikeprune.core.diagnostics import SpikepruneWarning
 from spikeprune.theory.flips import flip_analysis, flip_rows_csv, flip_summary
 from spikeprune.interop.adapters import adapt, load_factory, neuron_summary, run_user_code
@@ -69,12 +69,18 @@ def _from_conv_or_linear(exc: BaseException) -> bool:
         and "torch" in Path(frames[-1].filename).parts
 
 
-def check_fits_dataset(model: torch.nn.Module, data, dataset: str) -> None:
+def _input_encoding(data, timesteps: int) -> dict:
+    """The BatchLoader arguments of ``data``'s input: an event dataset's frames are spikes already
+    (``encoding="events"``, ``[T, B, 2, H, W]`` counts); images go in directly (the adapter repeats them over T)."""
+    return {"encoding": "events", "timesteps": timesteps} if isinstance(data, EventDataset) else {}
+
+
+def check_fits_dataset(model: torch.nn.Module, data, dataset: str, timesteps: int = 1) -> None:
     """Run one test sample ``[1, C, H, W]`` through ``model`` (eval mode, no gradient, mode restored) and raise
     a one-line ValueError if the dataset's samples do not fit its first layers or its output has a number of
     classes other than the dataset's. Only torch's own shape complaint from a conv/linear layer becomes that
     ValueError; any other error of the probe propagates unchanged (a bug in the network, or in spikeprune)."""
-    x, _ = next(iter(BatchLoader(data, "test", 1, shuffle=False)))
+    x, _ = next(iter(BatchLoader(data, "test", 1, shuffle=False, **_input_encoding(data, timesteps))))
     c, (h, w) = data.in_channels, data.image_size
     hint = "pass the dataset the network was built for (--dataset synthetic gives 3x32x32 images of 10 classes)"
     was_training = model.training
@@ -167,10 +173,11 @@ def analyse_third_party(
                 raise UserError(f"{weights} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
         model = adapt(net, timesteps)  # an unsupported neuron fails here, before any file is written
         data = load_dataset(dataset, data_dir)
-        check_fits_dataset(model, data, dataset)  # so does a network built for other data
+        check_fits_dataset(model, data, dataset, timesteps)  # so does a network built for other data
         out = check_writable_dir(out)
-        train = BatchLoader(data, "train", batch_size, shuffle=True, seed=seed)
-        test = BatchLoader(data, "test", max(batch_size, 128), shuffle=False)
+        encoding = _input_encoding(data, timesteps)
+        train = BatchLoader(data, "train", batch_size, shuffle=True, seed=seed, **encoding)
+        test = BatchLoader(data, "test", max(batch_size, 128), shuffle=False, **encoding)
         history = []
         if epochs:
             optimizer = torch.optim.Adam(model.parameters(), lr=lr)

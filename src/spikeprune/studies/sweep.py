@@ -45,11 +45,11 @@ from spikeprune.core.diagnostics import UserError
 from spikeprune.core.config import from_mapping, to_dict
 from spikeprune.engine.config import TrainConfig
 from spikeprune.core.io import check_writable_dir, file_slug, read_json, write_csv, write_json
-from spikeprune.core.rundir import link_run, log
+from spikeprune.core.rundir import RunResult, link_run, log
 
 __all__ = ["Job", "edgepopup_sweep", "lottery_sweep", "run_job", "run_jobs", "train_jobs"]
 
-KINDS = ("train", "lottery", "lottery-dense", "edgepopup")
+JOB_KINDS = ("train", "lottery", "lottery-dense", "edgepopup")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _config(kind: str, values: dict[str, Any]) -> Any:
         from spikeprune.tickets.edgepopup import EdgePopupConfig
 
         return from_mapping(EdgePopupConfig, values, source="job")
-    raise UserError(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
+    raise UserError(f"unknown job kind {kind!r}; one of {', '.join(JOB_KINDS)}")
 
 
 #: the run-directory kind (spikeprune.core.rundir) of each job kind
@@ -316,13 +316,14 @@ def _link_dense(shared: Path, run: Path) -> None:
 
 def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = None,
                   variants: Iterable[str] | None = None, jobs: int = 1, threads: int = 1,
-                  log: Callable[[str], None] | None = log) -> dict[str, Any]:
+                  log: Callable[[str], None] | None = log) -> RunResult:
     """IMP / SF-IMP-1 / SF-IMP-2 over ``seeds`` x ``variants`` (defaults: ``cfg.seed``, ``cfg.variant``).
 
     Phase 1 trains one dense run per seed (``out/seed-<s>/dense``); phase 2 runs every (seed, variant)
     lottery in ``out/seed-<s>/<variant>`` from that shared dense phase. Then ``out/summary.json``
     (per variant: mean, std and 95 % CI over seeds at every round), ``summary.csv`` and
-    ``summary.png``. Returns the summary.
+    ``summary.png``. Returns a :class:`RunResult`: ``metrics`` = the summary, ``rows`` = the lines of
+    summary.csv (one per variant and round).
     """
     from spikeprune.tickets.lottery import VARIANTS, LotteryConfig, collect_rows
     from spikeprune.report.plots import plot_accuracy_vs_sparsity
@@ -365,14 +366,15 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
     write_json(out / "summary.json", summary)
     fields = ["variant", "round", "sparsity", "density", "n", "test_accuracy", "test_accuracy_std",
               "test_accuracy_ci", "val_accuracy", "best_val_accuracy", "firing_rate"]
-    write_csv(out / "summary.csv", ({"variant": v, **p} for v, points in series.items() for p in points), fields)
+    lines = [{"variant": v, **p} for v, points in series.items() for p in points]
+    write_csv(out / "summary.csv", lines, fields)
     if series:
         plot_accuracy_vs_sparsity(series, out / "summary.png",
                                   title=f"{cfg.model} on {cfg.dataset}: lottery tickets, "
                                         f"mean ± 95 % CI over {len(seeds)} seed(s)")
         summary["table"] = format_table(series)
     _raise_failures(status)
-    return summary
+    return RunResult(out, summary, lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,10 +384,11 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
 
 def edgepopup_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = None,
                     reference: Iterable[str | Path] = (), jobs: int = 1, threads: int = 1,
-                    log: Callable[[str], None] | None = log) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = log) -> RunResult:
     """One edge-popup search per (seed, density): ``out/seed-<s>/density-<d>`` (``out/density-<d>`` when
     ``seeds`` is None), each seed's ``results.*`` in its folder and every point in ``out/results.*``.
-    ``reference``: dense trained runs (their folders or metrics.json), the dashed line of the plots."""
+    ``reference``: dense trained runs (their folders or metrics.json), the dashed line of the plots.
+    Returns a :class:`RunResult`: ``metrics`` = ``out/results.json``'s summary, ``rows`` = its points."""
     from spikeprune.tickets.edgepopup import (
         EdgePopupConfig,
         check_density,
@@ -423,4 +426,4 @@ def edgepopup_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = 
     summary["status"] = status
     summary["seeds"] = seeds
     _raise_failures(status)
-    return summary
+    return RunResult(out, summary, summary["rows"])

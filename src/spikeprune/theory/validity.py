@@ -69,20 +69,8 @@ def driven_neuron(model: nn.Module, layer: str, example: torch.Tensor) -> str | 
     calls = graph.calls(layer)
     if not calls:
         return None
-    frontier, seen = [calls[0].id], set()
-    passable = set(graph._PASS_TO_NEURON) | {"bn"}
-    while frontier:
-        i = min(frontier)  # execution order: the nearest neuron first
-        frontier.remove(i)
-        for c in graph.consumers(i):
-            if c.id in seen:
-                continue
-            seen.add(c.id)
-            if c.role == "neuron":
-                return c.name
-            if c.role in passable or graph._same_per_sample(c) or c.role in ("flatten", "reshape", "view"):
-                frontier.append(c.id)
-    return None
+    # BatchNorm and reshapes pass too: a layer without BN (or one flattened before its neuron) still drives it
+    return graph.first_neuron_after(calls[0].id, through=("bn", "flatten", "reshape", "view"))
 
 
 @torch.no_grad()

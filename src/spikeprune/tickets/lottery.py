@@ -58,9 +58,9 @@ from spikeprune.tickets.masks import Mask, enforce, mask_forward, prunable_weigh
 from spikeprune.tickets.pruning import prune_step
 from spikeprune.tickets.strategies import NORMALIZATIONS, STRATEGIES
 from spikeprune.engine.train import CHECKPOINT, build_model, fit, load_model_state, model_tensors
-from spikeprune.core.rundir import check_resumable, first_difference, link_run, log
+from spikeprune.core.rundir import RunResult, check_resumable, first_difference, link_run, log
 
-__all__ = ["LotteryConfig", "LotteryResult", "VARIANTS", "collect_rows", "load_ticket", "rewind_saver", "rewound_ticket", "run_lottery", "train_dense", "adopt_dense"]
+__all__ = ["LotteryConfig", "VARIANTS", "collect_rows", "load_ticket", "rewind_saver", "rewound_ticket", "run_lottery", "train_dense", "adopt_dense"]
 
 VARIANTS = ("imp", "sf-imp-1", "sf-imp-2")
 REWIND = "rewind.safetensors"
@@ -112,14 +112,6 @@ class LotteryConfig(TrainConfig):
         if self.criterion is not None:
             return self.criterion
         return "magnitude" if self.variant == "imp" else "sf"
-
-
-@dataclass
-class LotteryResult:
-    """What :func:`run_lottery` returns: one row per finished round (round 0 = dense)."""
-
-    rows: list[dict[str, Any]]
-    out: Path
 
 
 def train_config(cfg: LotteryConfig) -> TrainConfig:
@@ -285,8 +277,11 @@ def _train_round(cfg: LotteryConfig, out: Path, k: int, dataset: ImageDataset, p
     if log:
         log(f"[lottery] round {k}: training the ticket (density {mask.density:.4f}) for "
             f"{cfg.epochs - cfg.rewind_epoch} epochs from the rewind state (epoch {cfg.rewind_epoch})")
+    # fit counts the round's own epochs (1..epochs-R); the prefix says which round and that they follow
+    # the rewind state, so "epoch 1/18" is not read as epoch 1 of the dense schedule.
+    epochs_log = (lambda m: log(f"[lottery] round {k} (after rewind to epoch {cfg.rewind_epoch}): {m}")) if log else None
     fit(round_config(cfg), where, resume=True, dataset=dataset, model=ticket, after_step=lambda _: guard.after_step(),
-        extra_tensors=lambda: {f"mask/{n}": t for n, t in mask.items()}, progress=progress, log=log)
+        extra_tensors=lambda: {f"mask/{n}": t for n, t in mask.items()}, progress=progress, log=epochs_log)
     guard.remove()
 
 
@@ -363,25 +358,27 @@ def adopt_dense(run: str | Path, out: str | Path) -> None:
 
 @collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def train_dense(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
-                progress: bool = False, log: Callable[[str], None] | None = log) -> Path:
+                progress: bool = False, log: Callable[[str], None] | None = log) -> RunResult:
     """Only round 0 of :func:`run_lottery`: the dense run and its rewind state, in ``out/dense``.
 
     Lets several variants share one dense run (copy or hard-link ``dense/`` into their directories).
+    Returns a :class:`RunResult` whose ``out`` is ``out/dense`` and ``metrics`` its metrics.json.
     """
     distributed.context()
     out = check_writable_dir(out)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     _check_identity(out, cfg, resume)
     _dense(cfg, out, dataset, progress, log)
-    return round_dir(out, 0)
+    return RunResult(round_dir(out, 0), read_json(round_dir(out, 0) / "metrics.json"))
 
 
 @collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
-                progress: bool = False, log: Callable[[str], None] | None = log) -> LotteryResult:
+                progress: bool = False, log: Callable[[str], None] | None = log) -> RunResult:
     """Run (or resume) IMP / SF-IMP-1 / SF-IMP-2 into ``out``; see the module docstring for the files.
 
-    Every phase whose outputs exist is skipped, so after a kill the same call continues where the
+    Returns a :class:`RunResult`: ``rows`` = one row per round (round 0 = the dense run; the same as
+    ``out/rounds.csv``), ``metrics`` = the last round's row. Every phase whose outputs exist is skipped, so after a kill the same call continues where the
     run stopped and produces the same masks and accuracies (bit-identical on the CPU). A directory
     holding another variant's finished ``dense/`` (same TrainConfig) reuses it.
     """
@@ -407,17 +404,18 @@ def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
         _write_results(out, cfg, collect_rows(out))
     rows = collect_rows(out)[: cfg.rounds + 1]
     _write_results(out, cfg, rows)
-    return LotteryResult(rows, out)
+    return RunResult(out, rows[-1], rows)
 
 
-def load_ticket(out: str | Path, k: int) -> nn.Module:
+def load_ticket(out: str | Path, k: int) -> tuple[nn.Module, dict[str, Any]]:
     """The trained network of round ``k`` of a lottery run, as an ordinary sparse model (mask applied,
-    dynamic layers included): what evaluates to that round's ``test_accuracy``."""
+    dynamic layers included): what evaluates to that round's ``test_accuracy``. Returns ``(model, meta)``
+    like every loader (``load_model``, ``load_compressed``); ``meta`` is the round checkpoint's."""
     from spikeprune.engine.train import load_model
 
     where = round_dir(Path(out), k)
-    model, _ = load_model(where / CHECKPOINT)  # rebuilt from the checkpoint's own model description
+    model, meta = load_model(where / CHECKPOINT)  # rebuilt from the checkpoint's own model description
     if k > 0:
         mask, _, _ = _read_mask(where / MASK)
         mask.apply(model)
-    return model
+    return model, meta
