@@ -179,3 +179,18 @@ def test_to_argv_over_a_config_file(tmp_path):
     parser.add_argument("--config")
     add_config_arguments(parser, CompressConfig)
     assert config_from_args(CompressConfig, parser.parse_args(["--config", str(tmp_path / "c.yaml"), *argv])) == cfg
+
+
+def test_to_argv_over_a_commands_own_preset():
+    # quickstart's defaults are its shipped preset (configs/quickstart.yaml): rendered over that preset, a
+    # config parses back through the command's own parser
+    from spikeprune.cli.quickstart import PRESET, QuickstartConfig
+    from spikeprune.core.config import load_yaml, preset_path
+
+    preset = load_yaml(preset_path(PRESET))
+    cfg = QuickstartConfig(**{**preset, "rounds": 0, "epochs": 10, "seed": 2})  # epochs 10: the field default
+    argv = to_argv(cfg, base=preset)
+    assert argv == ["--epochs", "10", "--seed", "2", "--rounds", "0"]
+    parser = OneLineParser(prog="t")
+    add_config_arguments(parser, QuickstartConfig, preset=PRESET)
+    assert config_from_args(QuickstartConfig, parser.parse_args(argv), preset=PRESET) == cfg
