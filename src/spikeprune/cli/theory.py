@@ -12,7 +12,7 @@ import json
 
 from spikeprune.core.rundir import holds_run_directory
 from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
-from spikeprune.theory.config import SlthConfig, TargetConfig, WidthConfig  # noqa: F401 (importable from here)
+from spikeprune.theory.config import SlthConfig, WidthConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -10,6 +10,11 @@ tables, plots), the PNGs it shows, ``report.json`` (every number of the report) 
 Everything is resumable: re-running the same command continues the runs where they stopped and
 rebuilds the report from whatever has finished (the report says what is missing).
 
+This module is the study runner (orchestration): each study is a list of :class:`Step` (a command's
+config and run folder), which the runner runs and the report shows as commands rendered from the same
+configs (:func:`spikeprune.core.config.to_argv`); the collectors read the result files into plain data.
+The markdown, tables and plots of the report are :mod:`spikeprune.report.reproduction` (presentation).
+
 Where the runs of each study live (``root`` = ``out/runs`` or ``from_results``):
 
 * fig5: ``root/<panel>/seed-<s>/<variant>/`` (a lottery run each; :func:`~spikeprune.studies.sweep.lottery_sweep`).
