@@ -322,6 +322,9 @@ def theory_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], 
         d = data["dense"]
         md.append(f"Analysed network: {d['model']} on {d['dataset']}, T = {d['timesteps']}, test accuracy "
                   f"{_pct(d['test_accuracy'])} %, firing rate {d['firing_rate']:.3f}.\n")
+    elif data.get("checkpoints"):  # the flips say which network; its run folder (metrics.json) is not there
+        md.append("Analysed network: " + ", ".join(f"`{c}`" for c in data["checkpoints"]) + " (its run folder's "
+                  "metrics.json is not available, so its accuracy and firing rate are not shown).\n")
     md.append("### Spike flips vs Lemma 3.3 / 3.4 (per perturbation, worst layer and timestep)\n")
     if data["flips"]:
         lines = ["| perturbation | mode | layers | max eps | max flip rate | max flip rate given no earlier flip | "

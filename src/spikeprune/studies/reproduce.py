@@ -74,7 +74,7 @@ def command_line(step: Step, configs: Path) -> str:
     """The shell command of ``step`` (``configs``: the folder of the report's YAML files)."""
     argv = [*step.command.split(), *(["--config", str(configs / step.config)] if step.config else []),
             *to_argv(step.cfg, base=step.preset if step.config else None), *step.extra, "--out", str(step.out)]
-    return " ".join(a if a == "N" else shlex.quote(a) for a in argv)
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def _data_dir(steps: list[Step], data_dir: str | None) -> list[Step]:
@@ -319,7 +319,9 @@ def _theory_collect(p: Protocol, root: Path) -> dict[str, Any]:
     complete = wanted <= set(flips) and len(slth) >= len(p.options["slth"])
     names = {f.name for f in fields(FlipRow)}
     rows = [FlipRow(**{k: v for k, v in r.items() if k in names}) for d in flips.values() for r in d["rows"]]
-    return {"flips": flips, "slth": slth, "dense": dense, "complete": complete, "flip_rows": rows,
+    checkpoints = sorted({str(d["checkpoint"]) for d in flips.values() if d.get("checkpoint")})
+    return {"flips": flips, "slth": slth, "dense": dense, "checkpoints": checkpoints, "complete": complete,
+            "flip_rows": rows,
             "flip_summary": flip_summary(rows), "modes": MODES}
 
 
