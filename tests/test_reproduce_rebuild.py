@@ -78,3 +78,18 @@ def test_report_commands_parse_back_to_the_configs_the_study_runs(tmp_path, stud
             args = build_parser().parse_args(argv[1:])
             assert config_from_args(type(step.cfg), args) == step.cfg, line
             assert args.out == str(step.out)
+
+
+@pytest.mark.slow
+def test_the_reports_slth_command_writes_where_the_report_reads(tmp_path):
+    # `spikeprune theory slth ... --out ROOT/slth/<setting>` (the report's command) writes slth.json in that
+    # folder; the theory report finds it there as well as in the runner's ROOT/slth/<setting>.json.
+    from spikeprune.cli import main
+    from spikeprune.studies.protocols import protocol
+    from spikeprune.studies.reproduce import _theory_collect
+
+    out = tmp_path / "slth" / "N4_L1_T1_eps0.1"
+    assert main(["theory", "slth", "--N", "4", "--eps", "0.1", "--k", "4,8", "--trials", "2", "--equality-trials", "1",
+                 "--samples", "8", "--out", str(out)]) == 0
+    data = _theory_collect(protocol("theory", "smoke"), tmp_path)
+    assert list(data["slth"]) == ["N4_L1_T1_eps0.1"] and data["slth"]["N4_L1_T1_eps0.1"]["config"]["N"] == 4

@@ -293,7 +293,11 @@ def _theory_collect(p: Protocol, root: Path) -> dict[str, Any]:
         for label in data.get("perturbations", [f.parent.name]):
             flips[label] = data
     slth = {}
-    for f in sorted((root / "slth").glob("*.json")):
+    # root/slth/<setting>.json (what the runner writes), or root/slth/<setting>/slth.json: what the report's
+    # `spikeprune theory slth ... --out root/slth/<setting>` command writes
+    found = {f.stem: f for f in sorted((root / "slth").glob("*.json"))}
+    found.update({f.parent.name: f for f in sorted((root / "slth").glob("*/slth.json")) if f.parent.name not in found})
+    for stem, f in sorted(found.items()):
         data = read_json(f)
         if isinstance(data, dict) and isinstance(data.get("experiment"), dict):
             # benchmarks/theory/slth_study.py's theorem regime: the experiment at the eps where the
@@ -303,7 +307,7 @@ def _theory_collect(p: Protocol, root: Path) -> dict[str, Any]:
                 bounds = {**exp["bounds"], **{k: data[k] for k in ("k_paper", "k_proof") if data.get(k)}}
                 data = {**exp, "bounds": bounds}
         if isinstance(data, dict) and "rows" in data and "bounds" in data:
-            slth[f.stem] = data
+            slth[stem] = data
     # theorem-regime settings first: they are the ones where Theorem 4.3 says something
     slth = dict(sorted(slth.items(), key=lambda kv: (not kv[1]["bounds"].get("k_proof"), kv[0])))
     dense = None
