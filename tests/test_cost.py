@@ -178,3 +178,34 @@ def test_measured_sops_equal_spikingjelly_synops_on_dense_and_fall_below_them_wh
     sp.prune(model, "magnitude", 0.6)
     sparse = cost_report(model, [x]).totals
     assert sparse["sops_measured"] < 0.7 * synops()
+
+
+def test_event_counts_drive_one_accumulate_per_event():
+    """Frames of an event camera hold counts (a pixel that saw 3 events holds 3): every event costs its
+    fan-out in accumulates, so SOPs = mean count x ops, and the measured SOPs = sum over events of the
+    surviving weights they reach (hand-computed with a 1x1 conv, where each event reaches C_out weights)."""
+
+    class EventNet(nn.Module):  # [T, B, 2, H, W] event frames -> 1x1 conv -> LIF
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 1, bias=False)
+            self.lif = sp.LIF()
+            self.T = 2  # declares its input time-major [T, B, ...], as spikeprune's models do
+
+        def forward(self, x):
+            T, B = x.shape[:2]
+            return self.lif(self.conv(x.flatten(0, 1)).reshape(T, B, 3, *x.shape[-2:]))
+
+    torch.manual_seed(0)
+    net = EventNet()
+    with torch.no_grad():
+        net.conv.weight[0, 1] = 0.0  # one of the 6 weights pruned
+    x = torch.randint(0, 4, (2, 3, 2, 4, 4)).float()  # counts 0..3
+    row = cost_report(net, [x], num_batches=None).layers[0]
+    assert row.input_is_spikes and row.macs == 0
+    ops = row.executions * row.flops * row.density
+    assert row.sops == pytest.approx(float(x.mean()) * ops)
+    assert row.sops > row.input_rate * ops  # counts above 1 cost more than their non-zero rate says
+    kept = (net.conv.weight[:, :, 0, 0] != 0).sum(0)  # per input channel: the outputs each event reaches
+    per_sample = float((x.sum(dim=(0, 3, 4)) * kept).sum()) / x.shape[1]
+    assert row.sops_measured == pytest.approx(per_sample)

@@ -169,8 +169,10 @@ def test_4bit_quantization_levels_and_spikes_survive_unwrap(name):
 # --------------------------------------------------------------------------------------------------
 
 
-def _hand_counts(model: nn.Module, name: str, x: torch.Tensor) -> dict[str, tuple[float, float, float]]:
-    """``{layer: (MACs per execution per sample, executions per sample, input non-zero rate)}`` by hand.
+def _hand_counts(model: nn.Module, name: str, x: torch.Tensor) -> dict[str, tuple[float, float, float, float]]:
+    """``{layer: (MACs per execution per sample, executions per sample, input non-zero rate, mean input)}``
+    by hand. The mean input is what drives the accumulates of a layer fed spikes (= the rate) or integer
+    counts (SEW's ADD of two spike trains gives 2: two accumulates, docs/reports.md).
 
     Executions: in a SpikingJelly multi-step net every layer sees the whole sequence (T per sample);
     in a Sequential run by the adapter, layers before the first neuron run once on the static image
@@ -190,7 +192,8 @@ def _hand_counts(model: nn.Module, name: str, x: torch.Tensor) -> dict[str, tupl
                 per_exec = y.numel() / (B * execs)
                 fan_in = mod.in_features if isinstance(mod, nn.Linear) else \
                     mod.in_channels * math.prod(mod.kernel_size)
-                out[lname] = (per_exec * fan_in, float(execs), float((xin != 0).float().mean()))
+                out[lname] = (per_exec * fan_in, float(execs), float((xin != 0).float().mean()),
+                              float(xin.float().mean()))
             hooks.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -213,13 +216,13 @@ def test_cost_report_counts_equal_hand_counts_for_any_batch_sizes(name):
         rows = {r.name: r for r in report.layers}
         assert set(rows) == set(hand)
         assert report.samples == 6
-        for lname, (flops, execs, rate) in hand.items():
+        for lname, (flops, execs, rate, mean) in hand.items():
             r = rows[lname]
             assert r.flops == flops and r.executions == execs, (lname, r.flops, flops, r.executions, execs)
             assert r.input_rate == pytest.approx(rate, rel=1e-6)
             expected = r.executions * r.flops * r.density
             assert (r.sops if r.input_is_spikes else r.macs) == pytest.approx(
-                (rate if r.input_is_spikes else 1.0) * expected, rel=1e-6)
+                (mean if r.input_is_spikes else 1.0) * expected, rel=1e-6)
     measured = [{r.name: r.sops_measured for r in rep.layers} for rep in reports[:2]]
     assert measured[0] == pytest.approx(measured[1], rel=1e-9)  # per sample, not per batch
     assert any(v > 0 for v in measured[0].values())

@@ -16,10 +16,14 @@ layer receives; nothing assumes a registered architecture. For every layer that 
   ``executions``: how often it ran per sample (T for layers on ``[T*B, ...]``, 1 for the encoding
   layer, which runs once on the static image).
 * ``input_rate``: fraction of non-zero input entries (the firing rate when the input is spikes);
-  ``input_is_spikes``: every input value was 0 or 1.
-* ``sops`` (layers fed spikes) = input_rate x executions x flops x density (SPEC §8: weight sparsity
-  counts; SpikingJelly's counter ignores it). ``sops_measured`` counts the accumulates that really
-  happen (non-zero input x non-zero weight pairs, padding and correlations included).
+  ``input_is_spikes``: every input value was a non-negative integer -- spikes in {0, 1}, or the event
+  counts of a frame of an event camera (``--encoding events``: a pixel that saw 3 events in a time bin
+  holds 3).
+* ``sops`` (layers fed spikes or events) = mean input x executions x flops x density (SPEC §8: weight
+  sparsity counts; SpikingJelly's counter ignores it). For spikes the mean input is the firing rate;
+  for event counts every event drives its own accumulates, so a count of 3 costs 3 (an event-driven
+  chip processes the events one by one). ``sops_measured`` counts the accumulates that really happen
+  (input value x non-zero weight pairs, padding and correlations included).
 * ``macs`` (layers fed analog values: the encoding layer under direct encoding; also a classifier
   reading average-pooled spikes) = executions x flops x density.
 * ``energy_pj`` = E_MAC x macs + E_AC x sops with E_MAC = 4.6 pJ and E_AC = 0.9 pJ (32-bit float,
@@ -204,8 +208,9 @@ def _flops(module: nn.Module, y: torch.Tensor, lead: int) -> float:
 
 
 def _measured_sops(module: nn.Module, x: torch.Tensor) -> float:
-    """Accumulates that really happen: sum over outputs of #(non-zero input x non-zero weight) pairs."""
-    active = (x != 0).to(torch.float32)
+    """Accumulates that really happen: sum over outputs of input count x #(non-zero weight) pairs (a spike
+    counts 1, a pixel with k events counts k)."""
+    active = x.to(torch.float32)
     wmask = (module.weight.detach() != 0).to(torch.float32)
     if isinstance(module, nn.Linear):
         return float((active.reshape(-1, active.shape[-1]).sum(0) * wmask.sum(0)).sum())
@@ -335,7 +340,7 @@ def cost_report(
     def hook(name: str, time_major: bool):
         def fn(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
             x = inputs[0].detach()
-            a = acc.setdefault(name, {"flops": 0.0, "rows": 0.0, "nonzero": 0.0, "numel": 0.0, "binary": 1.0,
+            a = acc.setdefault(name, {"flops": 0.0, "rows": 0.0, "nonzero": 0.0, "numel": 0.0, "binary": 1.0, "sum": 0.0,
                                       "measured": 0.0, "nb_mac": 0, "nb_ac": 0, "nb_dense": 0})
             eff, dense, spiking = _neurobench_ops(module, x)
             a["nb_ac" if spiking else "nb_mac"] += eff
@@ -345,7 +350,9 @@ def cost_report(
             a["rows"] += lead
             a["nonzero"] += float((x != 0).sum())
             a["numel"] += float(x.numel())
-            if a["binary"] and not bool(((x == 0) | (x == 1)).all()):
+            a["sum"] += float(x.sum())
+            # "binary" keeps its historical name: spikes, or event counts (non-negative integers)
+            if a["binary"] and not bool(((x >= 0) & (x == torch.round(x))).all()):
                 a["binary"] = 0.0
             if measure_sops:
                 a["measured"] += _measured_sops(module, x)
@@ -390,7 +397,7 @@ def cost_report(
         fixed = bias * 4 + scales * 4
         ops = executions * a["flops"] * density
         macs = 0.0 if spikes else ops
-        sops = rate * ops if spikes else 0.0
+        sops = a["sum"] / max(a["numel"], 1) * ops if spikes else 0.0  # = rate * ops for {0, 1} spikes
         measured = a["measured"] / samples if spikes and measure_sops else 0.0
         rows.append(LayerCost(
             name=name, kind="linear" if isinstance(module, nn.Linear) else "conv", shape=list(w.shape),
