@@ -8,43 +8,11 @@ crisis neighbourhood and the bounds of Lemma 3.3 / 3.4 / Theorem 3.5 (docs/theor
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
-from spikeprune.core.config import CommandConfig, hparam, path_option
-from spikeprune.core.diagnostics import UserError
 from spikeprune.core.rundir import holds_run_directory
 from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
-
-
-@dataclass
-class FlipsConfig(CommandConfig):
-    """What ``spikeprune analyze flips`` reads (flags and ``--config`` YAML keys)."""
-
-    checkpoint: str | None = path_option("a spikeprune .safetensors checkpoint", required=True)
-    perturb: tuple[str, ...] = hparam(
-        (), "prune:<mask file> | prune:<sparsity>[:magnitude|sf|random] | quantize:<bits>[:mean|max|percentile] | "
-            "weight-noise:<sigma, relative to each weight tensor's std> | input-noise:<sigma>",
-        required=True, repeat=True, metavar="SPEC")
-    mode: str = hparam("both", "local: every layer fed the reference spikes (the lemmas' setting); end_to_end: "
-                               "errors propagate", ("local", "end_to_end", "both"))
-    dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
-    data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
-    samples: int = hparam(512, "test samples analysed", bounds="[1, inf)")
-    batch_size: int = hparam(128, "batch size", bounds="[1, inf)")
-    p_sup: str = hparam("kde", "estimator of p_sup, the density of u near u_th", ("kde", "gaussian", "empirical"))
-    calibration_batches: int = hparam(8, "training batches for the SF criterion's statistics", bounds="[1, inf)")
-    seed: int = hparam(0, "seed of noise and random pruning", bounds="[0, 4294967295]")
-
-    def check(self) -> None:
-        from spikeprune.theory.perturb import parse_perturbation
-
-        if not self.perturb:
-            raise UserError("perturb needs at least one perturbation")
-        for spec in self.perturb:  # a typo or a missing mask file fails before any work or output
-            p = parse_perturbation(spec)
-            if p.mask is not None and not Path(p.mask).is_file():
-                raise UserError(f"mask file {p.mask!r} of perturbation {spec!r} does not exist")
+from spikeprune.theory.config import FlipsConfig, ValidityConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,34 +43,6 @@ criterion: the Spearman rank correlation between the set's predicted score and i
 (+1: the criterion ranks flips perfectly; 0: no better than random). Files: validity.csv, validity.json,
 validity.png.
 """
-
-
-@dataclass
-class ValidityConfig(CommandConfig):
-    """What ``spikeprune analyze validity`` reads (flags and ``--config`` YAML keys)."""
-
-    checkpoint: str | None = path_option("a spikeprune .safetensors checkpoint", required=True)
-    criteria: tuple[str, ...] = hparam(("sf", "sf-rms", "magnitude", "random"), "criteria to test", nargs="+",
-                                       metavar="NAME")
-    layers: tuple[str, ...] = hparam((), "prunable weights to test (default: every layer that drives a spiking "
-                                         "neuron)", nargs="+", metavar="WEIGHT")
-    groups: int = hparam(10, "equal-sized weight sets per layer, spanning the range of scores", bounds="[2, inf)",
-                         metavar="K")
-    samples: int = hparam(512, "validation samples the flips are measured on (test samples when the checkpoint "
-                               "was trained without a validation split)", bounds="[1, inf)")
-    batch_size: int = hparam(128, "batch size", bounds="[1, inf)")
-    calibration_batches: int = hparam(8, "training batches for the firing-aware criteria's statistics",
-                                      bounds="[1, inf)")
-    dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
-    data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
-    seed: int = hparam(0, "seed of the random criterion", bounds="[0, 4294967295]")
-
-    def check(self) -> None:
-        from spikeprune.tickets.criteria import CRITERIA
-
-        for c in self.criteria:
-            if c not in CRITERIA:
-                raise UserError(f"unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")
 
 
 @holds_run_directory("analyze")

@@ -13,6 +13,7 @@ enter the hash.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 from spikeprune.core.diagnostics import UserError
 
-__all__ = ["CommandConfig", "hparam", "path_option", "validate_fields", "load_yaml", "run_id", "from_mapping", "to_dict", "NOT_HPARAMS"]
+__all__ = ["CommandConfig", "hparam", "path_option", "validate_fields", "load_yaml", "run_id", "from_mapping", "to_dict", "to_argv", "NOT_HPARAMS"]
 
 #: fields that describe where/how a run executes, not what it computes (excluded from run identity)
 NOT_HPARAMS = frozenset({"data_dir", "progress", "compile", "threads", "device"})
@@ -115,8 +116,15 @@ def path_option(help: str, *, required: bool = False, metavar: str = "FILE") -> 
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)``, once per class (it re-evaluates every annotation: ~0.6 ms a call,
+    and every config construction asks for each of its ~30 fields)."""
+    return typing.get_type_hints(cls)
+
+
 def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    return type_hints(cls)[name]
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:
@@ -268,3 +276,80 @@ def run_id(cfg: Any) -> str:
 def hyperparameters(cfg: Any) -> dict[str, Any]:
     """The fields that define what a run computes (everything but execution details)."""
     return {k: v for k, v in to_dict(cfg).items() if k not in NOT_HPARAMS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command lines. The inverse of the flag builder (spikeprune.cli.args.add_config_arguments), kept
+# here so that any layer (studies/reproduce writes the commands of a report) can render a config.
+# ---------------------------------------------------------------------------------------------
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default of the dataclass field ``f`` (``MISSING`` when it has none)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _flag_value(value: Any, tp: Any, name: str) -> str:
+    """One value as the text the flag parser (:func:`_coerce`) turns back into ``value`` (``tp``: its type)."""
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that parses back to the same float
+    text = str(value)
+    if type(None) in typing.get_args(tp) and text.lower() in ("none", "null", ""):
+        raise ValueError(f"{name}={value!r} cannot be written as a flag: the parser reads it as None")
+    return text
+
+
+def to_argv(cfg: Any, base: dict[str, Any] | None = None) -> list[str]:
+    """The flags of ``cfg``'s command that rebuild it: ``--field-name value`` for every field whose value
+    differs from its default, in field order (the inverse of ``add_config_arguments`` +
+    ``config_from_args``: parsing the result gives back ``cfg``). ``base``: the values of a ``--config``
+    YAML file the command also names (flags override it), so only the fields that differ from it are written.
+
+    Booleans are ``--x`` / ``--no-x``; a tuple is ``--x a,b`` (the comma form), ``--x a --x b`` for a
+    ``repeat`` field and ``--x a b`` for an ``nargs`` field; None is ``none``; a value that starts with
+    ``-`` is attached (``--x=-1``) so that it is not read as a flag. A value the parser would not give back
+    (an empty ``nargs`` list, a list entry with a comma, ...) raises ValueError rather than writing a
+    command that means something else.
+    """
+    hints = type_hints(type(cfg))
+    given = {str(k).replace("-", "_"): v for k, v in (base or {}).items()}  # YAML keys may be spelled either way
+    argv: list[str] = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        tp = hints[f.name]
+        if value == (_coerce(given[f.name], tp, f.name) if f.name in given else field_default(f)):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+            continue
+        if not isinstance(value, tuple):
+            text = _flag_value(value, tp, f.name)
+            argv += [f"{flag}={text}"] if text.startswith("-") or not text else [flag, text]
+            continue
+        sequence = tp if typing.get_origin(tp) in (tuple, list) else \
+            next(a for a in typing.get_args(tp) if a is not type(None))  # tuple[X, ...] | None
+        items = [_flag_value(v, (typing.get_args(sequence) or (str,))[0], f.name) for v in value]
+        if any("," in i or not i.strip() or i != i.strip() or " " in i for i in items) and not f.metadata.get("repeat"):
+            raise ValueError(f"{f.name}: an entry of {value!r} cannot be written in the comma form")
+        if f.metadata.get("repeat"):
+            if not items:
+                raise ValueError(f"{f.name}=() cannot be written as {flag} flags")
+            for i in items:
+                argv += [f"{flag}={i}"] if i.startswith("-") else [flag, i]
+        elif f.metadata.get("nargs"):
+            if not items or any(i.startswith("-") for i in items):
+                raise ValueError(f"{f.name}={value!r} cannot be written as {flag} values")
+            argv += [flag, *items]
+        else:
+            if not items and type(None) in typing.get_args(tp):
+                raise ValueError(f"{f.name}=() cannot be written as a flag: the parser reads '' as None")
+            text = ",".join(items)
+            argv += [f"{flag}={text}"] if text.startswith("-") or not text else [flag, text]
+    return argv
