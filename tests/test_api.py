@@ -44,3 +44,13 @@ def test_prune_changes_the_model_in_place_and_returns_the_mask():
     assert changed, "prune must change the model it is given"
     for name, keep in mask.items():
         assert torch.all(dict(model.named_parameters())[name][~keep] == 0)
+
+
+def test_quantize_model_changes_the_model_and_returns_what_it_quantized():
+    model = sp.create_model("convnet", 10, 1, 2, 0.25, image_size=8)  # classes, channels, T, width
+    done = sp.quantize_model(model, 4, per_channel=True, first_last="full", example_input=torch.randn(2, 1, 8, 8))
+    assert not isinstance(done, torch.nn.Module)
+    quantized = {n for n, m in model.named_modules() if hasattr(m, "quantized_weight")}
+    assert set(done) == quantized and quantized  # the encoding layer and classifier stay float
+    assert "features.0.conv" not in done and "classifier" not in done
+    assert all(v.startswith("4-bit") and "per channel" in v for v in done.values())

@@ -35,7 +35,8 @@ print(rows[0])
 for bits in (8, 4, 2):
     for method in ("mean", "max", "percentile"):
         for bn in (False, True):
-            m = q.quantize_model(copy.deepcopy(dense), bits, method=method)
+            m = copy.deepcopy(dense)
+            q.quantize_model(m, bits, method=method)
             if bn:
                 q.reestimate_batchnorm(m, calib)
             u = q.utilisation_report(m)[-1]

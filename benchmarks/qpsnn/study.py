@@ -140,9 +140,9 @@ class Study:
         from spikeprune.compression.quant import PRESETS
 
         ref = PRESETS["qpsnn"] if c.get("quantizer", "spikeprune") == "qpsnn" else PRESETS["spikeprune"]
-        model = quantize_model(model, c["bits"], method=c["scale"], membrane_bits=c["membrane_bits"],
-                               example_input=self.example, per_channel=ref["per_channel"],
-                               gradient=ref["gradient"], first_last=ref["first_last"])
+        quantize_model(model, c["bits"], method=c["scale"], membrane_bits=c["membrane_bits"],
+                       example_input=self.example, per_channel=ref["per_channel"],
+                       gradient=ref["gradient"], first_last=ref["first_last"])
         reestimate_batchnorm(model, self.calib)  # as spikeprune.compression.compress does
         return model
 

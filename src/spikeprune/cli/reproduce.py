@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from spikeprune.studies.reproduce import reproduce
 
     command = "spikeprune " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
-    path = reproduce(args.study, args.scale, args.out, from_results=args.from_results, jobs=args.jobs,
+    result = reproduce(args.study, args.scale, args.out, from_results=args.from_results, jobs=args.jobs,
                      threads=args.threads, data_dir=args.data_dir, references=args.reference, command=command)
-    print(f"report: {path}")
+    print(f"report: {result.out / 'report.md'}")
     return 0

@@ -43,7 +43,7 @@ from spikeprune.compression.quant import (
     FIRST_LAST,
     GRADIENTS,
     PRESETS,
-    SCALES,
+    SCALE_METHODS,
     freeze,
     load_quantization_state,
     quantization_state,
@@ -83,7 +83,7 @@ class CompressConfig(TrainConfig):
     bits: int = hparam(4, "weight bit-width b in [1, 16] (SPEC §7: 2^b levels)")
     membrane_bits: int | None = hparam(None, "membrane-potential bit-width in [2, 16] (MINT, scale shared "
                                              "with the weights; default: float membrane)")
-    scale: str = hparam("mean", "weight scale gamma: mean|W| (ReScaW), max|W| (vanilla) or a percentile", SCALES)
+    scale: str = hparam("mean", "weight scale gamma: mean|W| (ReScaW), max|W| (vanilla) or a percentile", SCALE_METHODS)
     per_channel: bool = hparam(False, "one gamma per output channel instead of per layer")
     percentile: float = hparam(99.0, "percentile of |W| for --scale percentile")
     quant_gradient: str = hparam("clip", "quantizer backward: clip (zero outside [-gamma, gamma], SPEC §7) or ste "
@@ -200,9 +200,9 @@ def _dense_model(cfg: CompressConfig, out: Path, dataset: ImageDataset, resume: 
 
 
 def _quantize(model: nn.Module, cfg: CompressConfig, calib: list[Any]) -> nn.Module:
-    model = quantize_model(model, cfg.bits, method=cfg.scale, per_channel=cfg.per_channel,
-                           percentile=cfg.percentile, membrane_bits=cfg.membrane_bits, example_input=calib[0][0],
-                           gradient=cfg.quant_gradient, first_last=cfg.first_last)
+    quantize_model(model, cfg.bits, method=cfg.scale, per_channel=cfg.per_channel,
+                   percentile=cfg.percentile, membrane_bits=cfg.membrane_bits, example_input=calib[0][0],
+                   gradient=cfg.quant_gradient, first_last=cfg.first_last)
     reestimate_batchnorm(model, calib)  # the clipped/rounded weights change what every BN sees
     return model
 

@@ -33,12 +33,13 @@ from spikeprune.compression.quant_membrane import (
     membrane_scale,
     quantize_membranes,
 )
+from spikeprune.compression.quant_weights import _describe
 from spikeprune.compression.quant_state import load_quantization_state, quantization_state
 from spikeprune.compression.quant_utilisation import bit_utilisation, utilisation_report
 from spikeprune.compression.quant_weights import (  # noqa: F401  (_surviving_scale: tests read it here)
     GRADIENTS,
     QUANT_TYPES,
-    SCALES,
+    SCALE_METHODS,
     QuantConv1d,
     QuantConv2d,
     QuantConv3d,
@@ -87,8 +88,10 @@ def quantize_model(
     example_input: torch.Tensor | None = None,
     gradient: str = "clip",
     first_last: str = "b",
-) -> nn.Module:
-    """Make ``model`` quantization-aware, in place, and return it.
+) -> dict[str, str]:
+    """Make ``model`` quantization-aware, in place; returns what it did: ``{layer name: its quantizer}``
+    (e.g. ``"4-bit, gamma=mean|W| per channel"``; layers left in float are absent), plus, when
+    ``membrane_bits`` is given, ``"<neuron> (membrane)"``: ``"<b>-bit, scale shared with <layer>"``.
 
     Args:
         model: any module; every conv (1-3 d) / linear layer (or those named in ``layers``) is swapped
@@ -111,7 +114,7 @@ def quantize_model(
         example_input: one input batch ``[B, C, H, W]`` or ``[T, B, ...]`` (only for ``membrane_bits``).
 
     Call it before building the optimizer. Training then needs nothing special:
-    ``train.fit(cfg, out, model=quantize_model(model, 4))``.
+    ``quantize_model(model, 4); train.fit(cfg, out, model=model)``.
     """
     spec = QuantSpec(bits, method, bool(per_channel), percentile, gradient)
     if first_last not in FIRST_LAST:
@@ -122,14 +125,17 @@ def quantize_model(
     if first_last != "b":
         order = _execution_order(model, chosen, example_input)
         ends = {order[0], order[-1]}
+    done: dict[str, str] = {}
     for name in chosen:
         if name in ends and first_last == "full":
             continue  # QP-SNN's reference keeps the encoding layer and the classifier in float
-        quantize_layer(candidates[name], QuantSpec(8, method, bool(per_channel), percentile, gradient)
-                       if name in ends else spec)
+        layer_spec = QuantSpec(8, method, bool(per_channel), percentile, gradient) if name in ends else spec
+        quantize_layer(candidates[name], layer_spec)
+        done[name] = _describe(layer_spec)
     if membrane_bits is not None:
-        quantize_membranes(model, membrane_bits, example_input)
-    return model
+        for neuron, driver in quantize_membranes(model, membrane_bits, example_input).items():
+            done[f"{neuron} (membrane)"] = f"{membrane_bits}-bit, scale shared with {driver}"
+    return done
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from spikeprune.core.diagnostics import UserError
 
 __all__ = [
-    "SCALES",
+    "SCALE_METHODS",
     "GRADIENTS",
     "QUANT_TYPES",
     "QuantConv1d",
@@ -55,7 +55,7 @@ __all__ = [
     "weight_scale",
 ]
 
-SCALES = ("mean", "max", "percentile")
+SCALE_METHODS = ("mean", "max", "percentile")
 #: backward of the quantizer: "clip" = 1 inside [-gamma, gamma], 0 outside (the clamp's gradient, SPEC §7);
 #: "ste" = 1 everywhere (straight-through, as QP-SNN's public reference)
 GRADIENTS = ("clip", "ste")
@@ -71,8 +71,8 @@ def _check_bits(bits: object) -> int:
 def weight_scale(w: torch.Tensor, method: str = "mean", *, per_channel: bool = False,
                  percentile: float = 99.0) -> torch.Tensor:
     """ReScaW scale gamma: a 0-dim tensor, or ``[C_out, 1, ...]`` with ``per_channel`` (dim 0 = output)."""
-    if method not in SCALES:
-        raise UserError(f"unknown scale {method!r}; choose one of {', '.join(SCALES)}")
+    if method not in SCALE_METHODS:
+        raise UserError(f"unknown scale {method!r}; choose one of {', '.join(SCALE_METHODS)}")
     if not 0.0 < percentile <= 100.0:
         raise UserError(f"percentile must be in (0, 100]; got {percentile!r}")
     a = w.detach().abs()
@@ -141,8 +141,8 @@ class QuantSpec:
         _check_bits(self.bits)
         if self.gradient not in GRADIENTS:
             raise UserError(f"unknown gradient {self.gradient!r}; choose one of {', '.join(GRADIENTS)}")
-        if self.method not in SCALES:
-            raise UserError(f"unknown scale {self.method!r}; choose one of {', '.join(SCALES)}")
+        if self.method not in SCALE_METHODS:
+            raise UserError(f"unknown scale {self.method!r}; choose one of {', '.join(SCALE_METHODS)}")
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
                 or not 0.0 < self.percentile <= 100.0:
             raise UserError(f"percentile must be in (0, 100]; got {self.percentile!r}")

@@ -47,7 +47,7 @@ from spikeprune.core.io import check_writable_dir, read_json, write_json, write_
 from spikeprune.report.reproduction import REF_KEYS, SECTIONS, page, slug
 from spikeprune.report.reproduction import fig3_section as _fig3_report  # noqa: F401 (tests/test_reproduce.py)
 from spikeprune.studies.protocols import CLAIMS, Protocol, protocol
-from spikeprune.core.rundir import log
+from spikeprune.core.rundir import RunResult, log
 
 __all__ = ["reproduce", "write_report"]
 
@@ -481,10 +481,11 @@ def write_report(study: str, scale: str, out: str | Path, root: str | Path, *, c
 
 def reproduce(study: str, scale: str, out: str | Path, *, from_results: str | Path | None = None, jobs: int = 1,
               threads: int = 1, data_dir: str | None = None, references: Iterable[str | Path] = (),
-              command: str | None = None, project_root: str | Path | None = None, log: Log = log) -> Path:
+              command: str | None = None, project_root: str | Path | None = None, log: Log = log) -> RunResult:
     """Run ``study`` at ``scale`` into ``out/runs`` (skipped with ``from_results``), then write the report.
 
-    Returns the path of ``report.md``. Resumable: finished runs are not repeated.
+    Returns a :class:`RunResult`: ``out`` = the report folder (``report.md``, ``report.json``, plots,
+    ``configs/``), ``metrics`` = ``report.json``. Resumable: finished runs are not repeated.
     """
     p = protocol(study, scale, project_root=project_root)
     if from_results is not None and not Path(from_results).is_dir():
@@ -499,4 +500,4 @@ def reproduce(study: str, scale: str, out: str | Path, *, from_results: str | Pa
                         ran_here=from_results is None)
     if log:
         log(f"reproduce {study}: report {path}")
-    return path
+    return RunResult(out, read_json(out / "report.json"))
