@@ -16,9 +16,13 @@ LOADERS = ["load_model", "load_ticket", "load_compressed"]
 
 
 def test_every_run_declares_run_result():
-    for name in RUNS:
-        ret = inspect.signature(getattr(sp, name)).return_annotation
-        assert ret in ("RunResult", RunResult), f"{name} returns {ret}, not RunResult"
+    from spikeprune.tickets import edgepopup
+
+    runs = [getattr(sp, n) for n in RUNS] + [sp.load_ticket.__globals__["train_dense"], edgepopup.search,
+                                            edgepopup.sweep]
+    for fn in runs:
+        ret = inspect.signature(fn).return_annotation
+        assert ret in ("RunResult", RunResult), f"{fn.__qualname__} returns {ret}, not RunResult"
 
 
 def test_every_loader_declares_model_and_meta():

@@ -185,7 +185,7 @@ def test_model_without_prunable_layer():
 def test_search_keeps_weights_bit_identical_moves_scores_and_exports_exactly(tmp_path, synthetic):
     cfg = EdgePopupConfig(**TINY, epochs=3, density=0.3)
     initial = to_edgepopup(_build(cfg, synthetic), 0.3, seed=cfg.seed)
-    row = search(cfg, tmp_path, dataset=synthetic, progress=False, log=None)
+    row = search(cfg, tmp_path, dataset=synthetic, progress=False, log=None).metrics
     searched = load_search_model(tmp_path / "checkpoint.safetensors")
     for (n, before), after in zip(scored_layers(initial).items(), scored_layers(searched).values()):
         assert torch.equal(before.weight, after.weight), n  # bit-identical: never trained
@@ -269,8 +269,8 @@ def _build(cfg, dataset):
 
 def test_search_is_deterministic_for_a_seed(tmp_path, synthetic):
     cfg = EdgePopupConfig(**TINY, epochs=2, density=0.5, seed=4)
-    a = search(cfg, tmp_path / "a", dataset=synthetic, progress=False, log=None)
-    b = search(cfg, tmp_path / "b", dataset=synthetic, progress=False, log=None)
+    a = search(cfg, tmp_path / "a", dataset=synthetic, progress=False, log=None).metrics
+    b = search(cfg, tmp_path / "b", dataset=synthetic, progress=False, log=None).metrics
     assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
     assert Mask.load(tmp_path / "a" / "mask.safetensors").equal(Mask.load(tmp_path / "b" / "mask.safetensors"))
     sa = load_search_model(tmp_path / "a" / "checkpoint.safetensors").state_dict()
@@ -428,7 +428,7 @@ def test_preset_runs_end_to_end_at_tiny_size(preset, tmp_path):
                                          "train_limit": 32, "test_limit": 16, "densities": (0.1, 0.9)})
     classes = 100 if cfg.dataset == "cifar100" else 10
     data = load_dataset("synthetic", num_classes=classes, in_channels=3, image_size=32, train_size=32, test_size=16)
-    summary = sweep(cfg, tmp_path, dataset=data, progress=False, log=None)
+    summary = sweep(cfg, tmp_path, dataset=data, progress=False, log=None).metrics
     assert summary["complete"] and len(summary["rows"]) == 2
     for row in summary["rows"]:
         assert row["exported_test_accuracy"] == row["test_accuracy"] and row["timesteps"] == 5

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         summary = edgepopup_sweep(cfg, args.out, seeds=args.seeds, reference=args.reference,
                                   jobs=args.jobs or 1, threads=args.threads).metrics
     else:
-        summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress)
+        summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress).metrics
     print(summary["bn"])
     print(format_edgepopup_table(summary), end="")
     print(f"results: {args.out}/results.json, results.csv, results.png")

@@ -26,7 +26,7 @@ from typing import Any
 from spikeprune.core.config import hparam, hyperparameters, to_dict
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.io import check_writable_dir, collective, read_json, write_csv, write_json
-from spikeprune.core.rundir import check_resumable, log
+from spikeprune.core.rundir import RunResult, check_resumable, log
 from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import ImageDataset, load_dataset
 from spikeprune.engine.train import build_model, evaluate, fit, make_loaders, save_model
@@ -99,8 +99,9 @@ def search(
     dataset: ImageDataset | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = log,
-) -> dict[str, Any]:
-    """Edge-popup at ``cfg.density`` into the run folder ``out``; returns the result row.
+) -> RunResult:
+    """Edge-popup at ``cfg.density`` into the run folder ``out``; returns a :class:`RunResult` whose
+    ``metrics`` is the result row (``out/result.json``) and ``model`` the exported subnetwork.
 
     Builds ``cfg.model`` for ``dataset``, converts it with :func:`to_edgepopup` (seed ``cfg.seed``),
     learns the scores with :func:`~spikeprune.engine.train.fit` (SGD/cosine of ``cfg``; resumable per
@@ -171,7 +172,7 @@ def search(
     if log:
         log(f"edgepopup: density {cfg.density:g} (sparsity {1 - cfg.density:g}): test accuracy "
             f"{m['test_accuracy']:.4f}, exported subnetwork {exported['accuracy']:.4f}")
-    return row
+    return RunResult(out, row, model=plain)
 
 
 CSV_FIELDS = ["density", "sparsity", "seed", "val_accuracy", "test_accuracy", "best_val_epoch", "best_val_accuracy",
@@ -250,7 +251,7 @@ def sweep(
     dataset: ImageDataset | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = log,
-) -> dict[str, Any]:
+) -> RunResult:
     """One :func:`search` per density (``cfg.densities``, or just ``cfg.density``), each in
     ``out/density-<d>/``; writes ``out/results.{json,csv,png}`` after every density.
 
@@ -295,10 +296,10 @@ def sweep(
         else:
             if log:
                 log(f"edgepopup: density {d:g} ({i + 1}/{len(densities)}) -> {run}")
-            row = search(cfg_d, run, resume=True, dataset=dataset, progress=progress, log=log)
+            row = search(cfg_d, run, resume=True, dataset=dataset, progress=progress, log=log).metrics
         rows.append(row)
         summary = write_results(out, rows, cfg=cfg, reference=ref, complete=len(rows) == len(densities))
-    return summary
+    return RunResult(out, summary, summary["rows"])
 
 
 def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, epochs: int | None = None,
@@ -311,5 +312,5 @@ def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, epochs: in
     # only TrainConfig's fields carry over: ``base`` may be a command config with extra knobs
     cfg = EdgePopupConfig(**{**to_dict(TrainConfig.of(base)), "density": density, "epochs": epochs or base.epochs})
     t0 = time.perf_counter()
-    summary = sweep(cfg, out, resume=True, progress=progress, log=log)
+    summary = sweep(cfg, out, resume=True, progress=progress, log=log).metrics
     return {**summary["rows"][0], "wall_seconds": time.perf_counter() - t0}
