@@ -1,7 +1,7 @@
 """Perturbations of a model, for the flip analysis (LTH-SNN §3): what a compressed model differs by.
 
 ``prune:<sparsity>[:<criterion>]`` (any criterion of :data:`spikeprune.tickets.criteria.CRITERIA`),
-``prune:<mask file>``, ``quantize:<bits>[:<scale>]`` (any scale of :data:`spikeprune.compression.quant.SCALES`),
+``prune:<mask file>``, ``quantize:<bits>[:<scale>]`` (any scale of :data:`spikeprune.compression.quant.SCALE_METHODS`),
 ``weight-noise:<sigma>`` and ``input-noise:<sigma>``: :func:`parse_perturbation` reads the mini-language,
 :func:`apply_perturbation` builds the perturbed copy. The choices come from the registries that implement
 them, so a new criterion or scale is accepted here without an edit.
@@ -84,11 +84,11 @@ def parse_perturbation(text: str) -> Perturbation:
         bits, _, scale = arg.partition(":")
         if not re.fullmatch(r"\d+", bits) or not 1 <= int(bits) <= 16:
             raise UserError(f"quantize bits must be an integer in [1, 16]; got {bits!r} in {text!r}")
-        from spikeprune.compression.quant import SCALES
+        from spikeprune.compression.quant import SCALE_METHODS
 
         scale = scale or "mean"
-        if scale not in SCALES:
-            raise UserError(f"unknown quantization scale {scale!r} in {text!r}; use {', '.join(SCALES)}")
+        if scale not in SCALE_METHODS:
+            raise UserError(f"unknown quantization scale {scale!r} in {text!r}; use {', '.join(SCALE_METHODS)}")
         return Perturbation("quantize", bits=int(bits), scale=scale)
     try:
         sigma = float(arg)
