@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 out = Path(sys.argv[1])
 cfg = EdgePopupConfig(model="convnet", dataset="digits", width=0.25, timesteps=2, epochs=1, batch_size=64,
                       density=0.5, seed=0)
-row = search(cfg, out / "run", progress=False, log=None)
+row = search(cfg, out / "run", progress=False, log=None).metrics
 ctx = distributed.context()
 from spikeprune.tickets.masks import Mask  # noqa: E402
 
