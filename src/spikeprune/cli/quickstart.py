@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  results         {args.out}/metrics.json, history.csv, checkpoint.safetensors")
 
     if lottery:
-        _lottery_part(args, cfg, lottery, rewind_epoch)
+        _lottery_part(args, cfg, lottery, rewind_epoch, test_size=m["validation"]["test_size"])
 
     # --- edge-popup (issue 4): the same network, weights left at random init, only a subnetwork learnt ---
     if cfg.edgepopup_epochs < 1:
@@ -114,8 +114,8 @@ def _round_lines(label: str) -> Callable[[str], None]:
                             else None)
 
 
-def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict, rewind_epoch: int) -> None:
-    from spikeprune.core.io import read_json
+def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict, rewind_epoch: int, *,
+                  test_size: int) -> None:
     from spikeprune.engine.data import load_dataset
     from spikeprune.tickets.lottery import adopt_dense, run_lottery
     from spikeprune.report.plots import plot_accuracy_vs_sparsity
@@ -129,9 +129,8 @@ def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict
         adopt_dense(out, where)  # every criterion starts from the dense run above
         series[label] = run_lottery(lcfg, where, resume=True, dataset=dataset, progress=args.progress,
                                     log=_round_lines(label)).rows
-    dense = read_json(out / "metrics.json")
     plot = plot_accuracy_vs_sparsity(series, out / "lottery.png", reference=series["IMP (magnitude)"][0]["test_accuracy"],
-                                     test_size=dense["validation"]["test_size"],
+                                     test_size=test_size,
                                      title=f"{cfg.model} on {cfg.dataset}: lottery tickets "
                                            f"(p = {cfg.prune_fraction}, rewind to epoch {rewind_epoch})")
     print(f"\nlottery tickets: prune {cfg.prune_fraction:.0%} of the surviving weights per round, rewind to epoch "
