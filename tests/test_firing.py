@@ -211,6 +211,31 @@ def test_unperturbed_model_has_zero_flips_in_both_modes():
     assert any(r.firing_rate > 0 for r in rows)  # the model does fire: zero flips is not vacuous
 
 
+def test_refined_bound_held_out_selects_on_even_batches_and_checks_on_odd_ones():
+    # Issue 14: the refinement's error level must not be chosen on the samples that check it. With the
+    # subsamples covering every neuron (u_samples_per_batch large), the held-out level is exactly the
+    # level a run on the even batches alone picks, and the held-out rate is the odd batches' own rate.
+    model = small_model(T=2)
+    pruned, _ = apply_perturbation(model, "prune:0.7:magnitude")
+    data = batches(4)
+    kw = dict(modes=("local",), u_samples_per_batch=10**7, p_sup_method="gaussian")
+    rows = flip_analysis(model, pruned, data, **kw)
+    even = {(r.layer, r.t): r for r in flip_analysis(model, pruned, data[0::2], **kw)}
+    odd = {(r.layer, r.t): r for r in flip_analysis(model, pruned, data[1::2], **kw)}
+    assert sum(r.first_flip_rate for r in rows) > 0
+    for r in rows:
+        key = (r.layer, r.t)
+        assert r.eps_refined_heldout == even[key].eps_refined
+        assert r.first_flip_rate_heldout == pytest.approx(odd[key].first_flip_rate, abs=0)
+        assert r.holds_refined_heldout == (r.first_flip_rate_heldout <= r.bound_refined_heldout)
+    summary = flip_summary(rows)
+    assert all(s["holds_refined_heldout"] is not None for s in summary)
+    # one batch: nothing to hold out, and the row says so instead of inventing a value
+    single = flip_analysis(model, pruned, data[:1], **kw)
+    assert all(r.bound_refined_heldout is None and r.holds_refined_heldout is None for r in single)
+    assert all(s["holds_refined_heldout"] is None for s in flip_summary(single))
+
+
 @pytest.mark.slow
 def test_flip_analysis_invariants_under_pruning():
     model = small_model(T=3)

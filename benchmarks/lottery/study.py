@@ -50,9 +50,18 @@ VARIANTS = {
 #: and the test of RESULTS.md §1's allocation explanation (session 3): magnitude IMP whose global ranking
 #: compares layers after l2-normalising each layer's scores (the best allocation on digits, §2c)
 EXTRA = {"SF-IMP-1 (sf-rms)": dict(variant="sf-imp-1", criterion="sf-rms", prune_fraction=P, rounds=ROUNDS),
-         "IMP (l2 allocation)": dict(variant="imp", normalize="l2", prune_fraction=P, rounds=ROUNDS)}
+         "IMP (l2 allocation)": dict(variant="imp", normalize="l2", prune_fraction=P, rounds=ROUNDS),
+         # issue 14 study (b): does a firing-aware criterion beat magnitude once both use the l2 layer
+         # allocation (which moved IMP by +11.7 pt at 98 %)? Compared pairwise with "IMP (l2 allocation)".
+         "SF-IMP-1 (l2)": dict(variant="sf-imp-1", normalize="l2", prune_fraction=P, rounds=ROUNDS),
+         "SF-IMP-1 (sf-rms, l2)": dict(variant="sf-imp-1", criterion="sf-rms", normalize="l2", prune_fraction=P,
+                                       rounds=ROUNDS),
+         "SF-IMP-2 (l2)": dict(variant="sf-imp-2", normalize="l2", prune_fraction=P, rounds=ROUNDS)}
+#: the variants of issue 14's study (b), the first being the baseline of its paired differences
+L2_STUDY = ["IMP (l2 allocation)", "SF-IMP-1 (l2)", "SF-IMP-1 (sf-rms, l2)", "SF-IMP-2 (l2)"]
 SLUG = {"IMP (magnitude)": "imp", "SF-IMP-1": "sf-imp-1", "SF-IMP-2": "sf-imp-2", "random": "random",
-        "SF-IMP-1 (sf-rms)": "sf-imp-1-rms", "IMP (l2 allocation)": "imp-l2"}
+        "SF-IMP-1 (sf-rms)": "sf-imp-1-rms", "IMP (l2 allocation)": "imp-l2", "SF-IMP-1 (l2)": "sf-imp-1-l2",
+        "SF-IMP-1 (sf-rms, l2)": "sf-imp-1-rms-l2", "SF-IMP-2 (l2)": "sf-imp-2-l2"}
 
 
 def config(name: str, seed: int, rounds: int | None = None) -> LotteryConfig:
@@ -111,7 +120,30 @@ def work(root: Path, seeds: list[int], worker: int, workers: int, names: list[st
                 f"acc {row['test_accuracy']:.4f} ({time.perf_counter() - tick:.0f} s)")
 
 
-def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
+def paired(per_seed: dict[str, dict[int, list[dict]]], baseline: str) -> dict[str, list[dict]]:
+    """Paired differences against ``baseline``: for every other variant, per seed that both finished and
+    per round k, ``test_accuracy(variant, k) - test_accuracy(baseline, k)`` (the same seed's dense network,
+    the same sparsity schedule), then mean ± 95 % CI over those seeds (``summarize``; ``n`` = seeds)."""
+    base = per_seed.get(baseline, {})
+    out = {}
+    for name, runs in per_seed.items():
+        if name == baseline:
+            continue
+        pairs = []
+        for s, rows in runs.items():
+            if s not in base:
+                continue
+            ref = {r["round"]: r for r in base[s]}
+            pairs.append([{**r, "diff": r["test_accuracy"] - ref[r["round"]]["test_accuracy"]}
+                          for r in rows if r["round"] in ref and r["round"] > 0])
+        pairs = [p for p in pairs if p]
+        if pairs:
+            out[name] = summarize(pairs, metrics=("diff",), require_all=False)
+    return out
+
+
+def aggregate(root: Path, seeds: list[int], dest: Path, paired_against: str | None = None,
+              stem: str = "fmnist_lottery") -> None:
     series, per_seed = {}, {}
     for name in {**VARIANTS, **EXTRA}:
         found = {s: collect_rows(run_dir(root, name, s)) for s in seeds}
@@ -124,15 +156,16 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
                                  require_all=False)
     if not series:
         raise SystemExit(f"no finished rounds under {root}")
-    dense = series["IMP (magnitude)"][0]["test_accuracy"] if "IMP (magnitude)" in series else None
+    # every variant of a seed starts from the same dense run, so any series' round 0 is the dense mean
+    dense = next(iter(series.values()))[0]["test_accuracy"]
     n_seeds = min(p["n"] for s in series.values() for p in s)
     partial = (any(len(s) < {**VARIANTS, **EXTRA}[n]["rounds"] + 1 for n, s in series.items())
                or n_seeds < len(seeds))
     title = (f"Fashion-MNIST (10k train), convnet w=0.5, T=4: lottery tickets\n(mean ± 95 % CI, "
              + (f"{len(seeds)} seeds)" if not partial else f"PARTIAL: {n_seeds}-{len(seeds)} seeds per point)"))
-    plot_accuracy_vs_sparsity(series, dest / "fmnist_lottery.png", title=title, reference=dense,
+    plot_accuracy_vs_sparsity(series, dest / f"{stem}.png", title=title, reference=dense,
                               reference_label="dense (mean)")
-    write_json(dest / "fmnist_lottery.json", {"protocol": BASE, "variants": {**VARIANTS, **EXTRA}, "seeds": seeds,
+    write_json(dest / f"{stem}.json", {"protocol": BASE, "variants": {**VARIANTS, **EXTRA}, "seeds": seeds,
                                               "partial": partial, "summary": series,
                                               "per_seed": {n: {str(s): r for s, r in v.items()}
                                                            for n, v in per_seed.items()}})
@@ -145,7 +178,7 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
                 lines.append(f"{SLUG[name]},{s},{r['round']},{r['sparsity']:.6f},{val},{r['test_accuracy']:.4f},"
                              f"{r['firing_rate']:.5f},{r['seconds']:.1f},"
                              f"{r['prune_seconds']:.2f}")
-    write_text(dest / "fmnist_lottery.csv", "\n".join(lines) + "\n")
+    write_text(dest / f"{stem}.csv", "\n".join(lines) + "\n")
     # align the table by sparsity level
     levels = sorted({round(p["sparsity"], 4) for s in series.values() for p in s})
     aligned = {name: [next((p for p in s if round(p["sparsity"], 4) == lv), None) for lv in levels]
@@ -173,7 +206,18 @@ def aggregate(root: Path, seeds: list[int], dest: Path) -> None:
     for i, lv in enumerate(levels[1:], start=1):
         table.append(f"| {100 * lv:.1f} % | " + " | ".join(cell(delta_aligned[n][i], "delta", "+") for n in aligned)
                      + " |")
-    write_text(dest / "fmnist_lottery_table.md", "\n".join(table) + "\n")
+    diffs = paired(per_seed, paired_against) if paired_against else {}
+    if diffs:
+        diff_aligned = {name: [next((p for p in s if round(p["sparsity"], 4) == lv), None) for lv in levels]
+                        for name, s in diffs.items()}
+        table += ["", f"Paired difference against {paired_against} (percentage points; per seed, the same round "
+                  "of the same dense network), mean ± 95 % CI over seeds:", "",
+                  "| sparsity | " + " | ".join(diff_aligned) + " |", "|---:|" + "---:|" * len(diff_aligned)]
+        for i, lv in enumerate(levels[1:], start=1):
+            table.append(f"| {100 * lv:.1f} % | " + " | ".join(cell(diff_aligned[n][i], "diff", "+")
+                                                              for n in diff_aligned) + " |")
+        write_json(dest / f"{stem}_paired.json", {"baseline": paired_against, "paired": diffs})
+    write_text(dest / f"{stem}_table.md", "\n".join(table) + "\n")
     print("\n".join(table))
     print(f"\n{'PARTIAL: ' if partial else ''}finished rounds per variant and seed: "
           + "; ".join(f"{n}: " + ", ".join(f"seed {s} {len(r) - 1}" for s, r in v.items()) for n, v in per_seed.items()))
@@ -188,11 +232,20 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", help="only these variants (names of VARIANTS or EXTRA)")
     parser.add_argument("--aggregate", action="store_true", help="only rebuild the table/plot from the run files")
     parser.add_argument("--dest", default=str(HERE), help="where the aggregate goes")
+    parser.add_argument("--stem", default="fmnist_lottery", help="file-name stem of the aggregate's files")
+    parser.add_argument("--paired-against", help="aggregate: also tabulate every variant's paired difference "
+                        "against this one (e.g. 'IMP (l2 allocation)')")
+    parser.add_argument("--l2-study", action="store_true", help="issue 14 study (b): the variants of L2_STUDY "
+                        "(aggregate: paired against its first, files l2_study.*)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = Path(args.root)
+    if args.l2_study:
+        args.variants = args.variants or L2_STUDY
+        args.paired_against = args.paired_against or L2_STUDY[0]
+        args.stem = "l2_study" if args.stem == "fmnist_lottery" else args.stem
     if args.aggregate:
-        aggregate(root, args.seeds, Path(args.dest))
+        aggregate(root, args.seeds, Path(args.dest), args.paired_against, args.stem)
     else:
         unknown = set(args.variants or []) - set(VARIANTS) - set(EXTRA)
         if unknown:

@@ -64,6 +64,13 @@ class FlipRow:
     bound_refined: float  # min over e of P(e_n > e) + the lemma's bound at e (this library's refinement)
     atom_mass: float  # largest point mass of u_t inside the neighbourhood (Definition 3.1 fails if > 0)
     firing_rate: float  # reference spikes per neuron at t
+    # The refinement picks e on the same samples it is checked on. Held out (issue 14): e is chosen on the
+    # even-numbered batches, and the bound at that e (tail and p_sup of the odd batches) is compared with
+    # the odd batches' first-flip rate. None with fewer than two batches.
+    eps_refined_heldout: float | None = None
+    bound_refined_heldout: float | None = None
+    first_flip_rate_heldout: float | None = None
+    holds_refined_heldout: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -148,6 +155,9 @@ class _Acc:
     layer_first: int = 0
     layer_premise: int = 0
     u_parts: list = field(default_factory=list)
+    u_parity: list = field(default_factory=list)  # batch index % 2 of each u_parts entry (held-out check)
+    first_half: list = field(default_factory=lambda: [0, 0])  # first flips of even / odd batches
+    n_half: list = field(default_factory=lambda: [0, 0])
 
 
 @torch.no_grad()
@@ -275,6 +285,8 @@ def flip_analysis(
                         a.samples += B
                         a.flips += int(flip.sum())
                         a.first += int(first.sum())
+                        a.first_half[i % 2] += int(first.sum())
+                        a.n_half[i % 2] += flip.numel()
                         a.premise += int((~flipped_before).sum())
                         a.flips_crisis += int((flip & in_crisis).sum())
                         a.first_crisis += int((first & in_crisis).sum())
@@ -290,6 +302,7 @@ def flip_analysis(
                             g = torch.Generator().manual_seed(1_000_003 * i + 7919 * li + t)
                             k = min(u_samples_per_batch, flat.numel())
                             a.u_parts.append(flat[torch.randperm(flat.numel(), generator=g)[:k]].clone())
+                            a.u_parity.append(i % 2)
     finally:
         reference.train(was[0])
         perturbed.train(was[1])
@@ -323,6 +336,7 @@ def flip_analysis(
                 atom = atom_cache[(name, t, p_radius)]
                 e_sample = torch.cat([e[t] for e in errors[(mode, name)]]).double()
                 eps_ref, tail_ref, bound_ref = _refined_bound(e_sample, t, lif.beta, p_sup)
+                held = _refined_heldout(errors[(mode, name)], acc[(modes[0], name, t)], a, t, lif, p_sup_method)
                 rows.append(FlipRow(
                     perturbation=label, mode=mode, layer=name, t=t + 1, neurons=neurons, samples=a.samples,
                     eps_t=float(eps_t[(mode, name)][t]), eps=eps, radius=float(radius[(mode, name)][t]),
@@ -335,9 +349,36 @@ def flip_analysis(
                     tightness=None if cond is None or bound == 0 else cond / bound,
                     layer_flip_rate=a.layer_first / a.layer_premise if a.layer_premise else None,
                     bound_theorem35=neurons * b34, eps_refined=eps_ref, tail_refined=tail_ref,
-                    bound_refined=bound_ref, atom_mass=atom, firing_rate=a.spikes / a.n,
+                    bound_refined=bound_ref, atom_mass=atom, firing_rate=a.spikes / a.n, **held,
                 ))
     return rows
+
+
+def _refined_heldout(errors: list[torch.Tensor], u_acc: _Acc, a: _Acc, t: int, lif: Any, p_sup_method: str
+                     ) -> dict[str, Any]:
+    """The refined bound with its level chosen on the even batches and checked on the odd ones.
+
+    ``errors``: one ``[T, k]`` tensor of per-neuron cumulative errors per batch (batch order);
+    ``u_acc``: the accumulator holding the reference potentials' subsample (with its batch parity);
+    ``a``: this row's flip counts split by parity. Returns the held-out fields of :class:`FlipRow`."""
+    none = {"eps_refined_heldout": None, "bound_refined_heldout": None, "first_flip_rate_heldout": None,
+            "holds_refined_heldout": None}
+    halves = [[e[t] for j, e in enumerate(errors) if j % 2 == h] for h in (0, 1)]
+    u_halves = [[u for u, p in zip(u_acc.u_parts, u_acc.u_parity) if p == h] for h in (0, 1)]
+    if not all(halves) or not all(u_halves) or a.n_half[1] == 0:
+        return none
+    (e_sel, e_chk), (u_sel, u_chk) = ([torch.cat(x).double() for x in halves],
+                                      [torch.cat(x).double() for x in u_halves])
+
+    def sup(u: torch.Tensor):
+        return lambda r: _p_sup(u, lif.u_th, r, p_sup_method)
+
+    e, _, _ = _refined_bound(e_sel, t, lif.beta, sup(u_sel))  # selection: even batches only
+    r = e if t == 0 else e / (1.0 - lif.beta)
+    bound = float((e_chk > e).double().mean()) + 2.0 * sup(u_chk)(r) * r  # the same formula, fresh samples
+    rate = a.first_half[1] / a.n_half[1]
+    return {"eps_refined_heldout": e, "bound_refined_heldout": bound, "first_flip_rate_heldout": rate,
+            "holds_refined_heldout": rate <= bound}
 
 
 def flip_summary(rows: list[FlipRow]) -> list[dict[str, Any]]:
@@ -360,6 +401,11 @@ def flip_summary(rows: list[FlipRow]) -> list[dict[str, Any]]:
             "holds_refined": all(r.cond_flip_rate is None or r.first_flip_rate <= r.bound_refined for r in rs),
             "max_tightness_refined": max((r.first_flip_rate / r.bound_refined for r in rs if r.bound_refined > 0),
                                          default=None),
+            # None where no row had two batches to split
+            "holds_refined_heldout": (None if all(r.holds_refined_heldout is None for r in rs)
+                                      else all(r.holds_refined_heldout is not False for r in rs)),
+            "max_bound_refined_heldout": max((r.bound_refined_heldout for r in rs
+                                              if r.bound_refined_heldout is not None), default=None),
             "min_first_flip_crisis_share": min(shares) if shares else None,
             "first_flips_outside": sum(r.first_flips_outside for r in rs),
             "max_atom_mass": max(r.atom_mass for r in rs),
