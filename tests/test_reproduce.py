@@ -29,7 +29,7 @@ def test_reproduce_fig5_smoke_writes_the_report_and_resumes(tmp_path, capsys):
     report = out / "report.md"
     text = report.read_text()
     assert "PARTIAL" not in text and "spikeprune reproduce fig5 --scale smoke" in text
-    assert "| sparsity | imp | sf-imp-1 | sf-imp-2 |" in text and "| 75.0 % |" in text
+    assert "| sparsity | imp | sf-imp-1 | sf-imp-1@none | sf-imp-2 |" in text and "| 75.0 % |" in text
     # the markdown table shows exactly the numbers of report.json (in %, rounded to 2 digits)
     table = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and " % |" in line]
     numbers_md = {round(float(r[0].split()[0]), 1): [c.split()[0] for c in r[1:]] for r in table}
@@ -37,7 +37,7 @@ def test_reproduce_fig5_smoke_writes_the_report_and_resumes(tmp_path, capsys):
     numbers = json.loads((out / "report.json").read_text())
     assert numbers["complete"]
     series = next(iter(numbers["numbers"].values()))["series"]
-    assert set(series) == {"imp", "sf-imp-1", "sf-imp-2"}
+    assert set(series) == {"imp", "sf-imp-1", "sf-imp-1@none", "sf-imp-2"}
     for column, (variant, points) in enumerate(series.items()):
         assert [round(p["sparsity"], 4) for p in points] == [0.0, 0.5, 0.75]
         assert [numbers_md[round(100 * p["sparsity"], 1)][column] for p in points] == \

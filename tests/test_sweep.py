@@ -15,15 +15,20 @@ TINY = dict(model="convnet", dataset="digits", width=0.25, timesteps=2, batch_si
 @pytest.mark.slow
 def test_lottery_sweep_shares_one_dense_run_per_seed_and_summarises(tmp_path):
     cfg = LotteryConfig(**TINY, epochs=2, rewind_epoch=1, rounds=1, prune_fraction=0.5)
-    summary = lottery_sweep(cfg, tmp_path, variants=["imp", "sf-imp-1"], log=None).metrics
-    runs = [tmp_path / "seed-0" / v for v in ("imp", "sf-imp-1")]
+    variants = ["imp", "sf-imp-1", "sf-imp-1@none"]
+    summary = lottery_sweep(cfg, tmp_path, variants=variants, log=None).metrics
+    runs = [tmp_path / "seed-0" / v for v in variants]
     inode = {(r / "dense" / "checkpoint.safetensors").stat().st_ino for r in runs}
-    assert len(inode) == 1  # the dense phase was trained once and hard-linked into both variants
-    assert set(summary["series"]) == {"imp", "sf-imp-1"} and summary["complete"]
+    assert len(inode) == 1  # the dense phase was trained once and hard-linked into every variant
+    assert set(summary["series"]) == set(variants) and summary["complete"]
+    # VARIANT@NORMALIZE: the same variant with its own global-ranking normalisation, recorded in its run
+    recorded = {v: read_json(tmp_path / "seed-0" / v / "lottery.json")["config"] for v in variants}
+    assert recorded["sf-imp-1@none"]["variant"] == "sf-imp-1" and recorded["sf-imp-1@none"]["normalize"] == "none"
+    assert recorded["sf-imp-1"]["normalize"] == "auto"
     for points in summary["series"].values():
         assert [round(p["sparsity"], 6) for p in points] == [0.0, 0.5] and points[0]["n"] == 1
     assert (tmp_path / "summary.png").stat().st_size > 0 and "imp" in (tmp_path / "summary.csv").read_text()
-    again = lottery_sweep(cfg, tmp_path, variants=["imp", "sf-imp-1"], log=None).metrics  # resumed: nothing to do
+    again = lottery_sweep(cfg, tmp_path, variants=variants, log=None).metrics  # resumed: nothing to do
     assert set(again["status"].values()) == {"done"}
     assert again["series"] == summary["series"]
 
@@ -55,5 +60,8 @@ def test_cli_sweep_bad_input_is_one_line(tmp_path, capsys):
     assert main(["lottery", "--dataset", "digits", "--variants", "imp,nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown variant 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert main(["lottery", "--dataset", "digits", "--variants", "imp,sf-imp-1@nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown normalisation 'nope'" in err and len(err.strip().splitlines()) == 1
     assert main(["edgepopup", "--dataset", "digits", "--seeds", "0,0", "--out", str(tmp_path)]) == 2
     assert "repeated" in capsys.readouterr().err

@@ -173,7 +173,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, variants: bool = Fal
                        help="run every seed (each in OUT/seed-<s>/) and summarise mean and 95%% CI")
     if variants:
         group.add_argument("--variants", type=_list_of(str, "names"), metavar="V1,V2,...",
-                           help="run several variants (imp,sf-imp-1,sf-imp-2) sharing one dense run per seed")
+                           help="run several variants (imp,sf-imp-1,sf-imp-2) sharing one dense run per seed; "
+                           "VARIANT@NORMALIZE overrides --normalize for one of them (sf-imp-1@none: SF-IMP-1's "
+                           "literal global ranking)")
     group.add_argument("--jobs", type=positive_int, metavar="N",
                        help="run at most N jobs at the same time, each its own process (default 1: in order)")
     group.add_argument("--threads", type=positive_int, default=1, metavar="N",

@@ -79,7 +79,9 @@ def protocol(study: str, scale: str, *, project_root: str | Path | None = None) 
         raise UserError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     root = Path(project_root) if project_root else None
     if study == "fig5":
-        variants = ("imp", "sf-imp-1", "sf-imp-2")
+        # SF-IMP-1 twice (issue 14): with this library's default ranking for mixed criteria (budget) and
+        # literally as LTH-SNN Algorithm 1 reads (none: raw SF and magnitude scores in one global ranking)
+        variants = ("imp", "sf-imp-1", "sf-imp-1@none", "sf-imp-2")
         if scale == "smoke":
             return Protocol(study, scale, {"digits, convnet w=0.25, T=2": dict(
                 **_TINY, epochs=2, rewind_epoch=1, rounds=2, prune_fraction=0.5)}, (0,),

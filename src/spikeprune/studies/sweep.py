@@ -314,10 +314,30 @@ def _link_dense(shared: Path, run: Path) -> None:
         link_run(shared, run / "dense")
 
 
+def parse_variant(spec: str) -> tuple[str, str | None]:
+    """A sweep's variant: ``VARIANT`` or ``VARIANT@NORMALIZE``, e.g. ``sf-imp-1@none``.
+
+    The ``@`` form overrides the global ranking's layer normalisation for that variant only, so one
+    sweep can run SF-IMP-1 both as this library's default for mixed criteria (``budget``: magnitude
+    sets each layer's count, SF ranks within layers) and literally (``none``: raw SF and magnitude
+    scores ranked together, LTH-SNN Algorithm 1 as written). The spec is also the run directory's name."""
+    from spikeprune.tickets.lottery import VARIANTS
+    from spikeprune.tickets.strategies import NORMALIZATIONS
+
+    name, sep, norm = str(spec).partition("@")
+    if name not in VARIANTS:
+        raise UserError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)} (optionally @normalize, "
+                        f"e.g. sf-imp-1@none)")
+    if sep and norm not in NORMALIZATIONS:
+        raise UserError(f"unknown normalisation {norm!r} in variant {spec!r}; choose from {', '.join(NORMALIZATIONS)}")
+    return name, (norm if sep else None)
+
+
 def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = None,
                   variants: Iterable[str] | None = None, jobs: int = 1, threads: int = 1,
                   log: Callable[[str], None] | None = log) -> RunResult:
-    """IMP / SF-IMP-1 / SF-IMP-2 over ``seeds`` x ``variants`` (defaults: ``cfg.seed``, ``cfg.variant``).
+    """IMP / SF-IMP-1 / SF-IMP-2 over ``seeds`` x ``variants`` (defaults: ``cfg.seed``, ``cfg.variant``;
+    a variant may carry its own normalisation, ``sf-imp-1@none``: :func:`parse_variant`).
 
     Phase 1 trains one dense run per seed (``out/seed-<s>/dense``); phase 2 runs every (seed, variant)
     lottery in ``out/seed-<s>/<variant>`` from that shared dense phase. Then ``out/summary.json``
@@ -325,20 +345,19 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
     ``summary.png``. Returns a :class:`RunResult`: ``metrics`` = the summary, ``rows`` = the lines of
     summary.csv (one per variant and round).
     """
-    from spikeprune.tickets.lottery import VARIANTS, LotteryConfig, collect_rows
+    from spikeprune.tickets.lottery import LotteryConfig, collect_rows
     from spikeprune.report.plots import plot_accuracy_vs_sparsity
     from spikeprune.report.tables import format_table, summarize
 
     if not isinstance(cfg, LotteryConfig):
         raise TypeError(f"lottery_sweep needs a LotteryConfig; got {type(cfg).__name__}")
     seeds = _check_seeds([cfg.seed] if seeds is None else seeds)
-    variants = list(variants or [cfg.variant])
-    for v in variants:
-        if v not in VARIANTS:
-            raise UserError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    variants = [str(v) for v in (variants or [cfg.variant])]
+    parsed = {v: parse_variant(v) for v in variants}
     if len(set(variants)) != len(variants):
         raise UserError(f"variants has a repeated value; got {variants}")
-    configs = {v: replace(cfg, variant=v, criterion=cfg.criterion if v == cfg.variant else None) for v in variants}
+    configs = {v: replace(cfg, variant=name, criterion=cfg.criterion if name == cfg.variant else None,
+                          normalize=norm or cfg.normalize) for v, (name, norm) in parsed.items()}
     out = check_writable_dir(out)
     dense = [Job(f"seed-{s}/dense", "lottery-dense", to_dict(replace(configs[variants[0]], seed=s)),
                  str(_seed_dir(out, s) / "_dense")) for s in seeds]
