@@ -63,7 +63,8 @@ def test_reproduce_fig5_smoke_writes_the_report_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("study,expect", [
-    ("fig3", "| edge-popup | 0.5 | 0.5 |"),
+    # fig3: both readings of the paper's setup (issue 14), each compared with the same dense reference
+    ("fig3", "| edge-popup, affine_bn=False, init=signed_constant | 0.5 | 0.5 |"),
     ("theory", "| prune-0.5-sf | local | 3 |"),
     ("qpsnn", "| 4-bit ReScaW, 50 % channels (SVS) | 4 | mean | 0.5 |"),
 ])
@@ -75,6 +76,9 @@ def test_reproduce_smoke_every_study(tmp_path, study, expect):
     assert expect in text and "PARTIAL" not in text and "## The paper's claims" in text
     assert _images_exist(out / "report.md")
     assert json.loads((out / "report.json").read_text())["complete"]
+    if study == "fig3":
+        assert "| edge-popup, affine_bn=True, init=kaiming_normal | 0.5 | 0.5 |" in text
+        assert (out / "runs").is_dir() and len(list((out / "runs").rglob("dense*/metrics.json"))) == 1  # shared
     if study == "theory":  # issue 14: informative (non-vacuous) rows lead, vacuous ones are counted
         numbers = json.loads((out / "report.json").read_text())["numbers"]["informative"]
         rows = [r for f in out.glob("runs/**/flips.json") for r in json.loads(f.read_text())["rows"]]

@@ -95,21 +95,27 @@ def protocol(study: str, scale: str, *, project_root: str | Path | None = None) 
                         (0, 1, 2, 3, 4), "configs/kim_resnet19_cifar{10,100}.yaml (Kim et al. 2022)",
                         {"variants": variants})
     if study == "fig3":
+        # Two readings of the paper's setup (issue 14 item 5): its text (signed-constant weights, BatchNorm
+        # without affine parameters, Ramanujan et al.'s recommended setting) and the code its Appendix E
+        # names (hidden-networks' simple_mnist_example.py: Kaiming-normal weights, affine BatchNorm trained).
+        readings = {"signed-constant, non-affine BN": {},
+                    "Kaiming-normal, affine BN (hidden-networks)": {"init": "kaiming_normal", "affine_bn": True}}
         if scale == "smoke":
             return Protocol(study, scale, {"digits, convnet w=0.5, T=2": dict(
                 model="convnet", dataset="digits", width=0.5, timesteps=2, batch_size=64, epochs=2,
                 densities=(0.1, 0.5, 0.9))}, (0,), "2 search epochs; dense reference trained 2 epochs",
-                {"dense": dict(model="convnet", dataset="digits", width=0.5, timesteps=2, batch_size=64, epochs=2)})
+                {"dense": dict(model="convnet", dataset="digits", width=0.5, timesteps=2, batch_size=64, epochs=2),
+                 "readings": readings})
         if scale == "cpu":
             return Protocol(study, scale, {"Fashion-MNIST, convnet w=1, T=4": dict(EDGEPOPUP_CPU)}, (0, 1, 2),
-                            "benchmarks/edgepopup/study.py", {"dense": dict(DENSE_CPU)})
+                            "benchmarks/edgepopup/study.py", {"dense": dict(DENSE_CPU), "readings": readings})
         names = ["edgepopup_vgg16_cifar10", "edgepopup_resnet19_cifar10", "edgepopup_vgg16_cifar100",
                  "edgepopup_resnet19_cifar100"]
         presets = _presets(root, names)
         panels = {f"{p['dataset'].upper().replace('CIFAR', 'CIFAR-')}, {p['model']}, T={p['timesteps']}": p
                   for p in presets.values()}
         return Protocol(study, scale, panels, (0,), "configs/edgepopup_*.yaml; dense reference: the same preset "
-                        "trained with `spikeprune train` (the preset's TrainConfig fields)", {"dense": "preset"})
+                        "trained with `spikeprune train` (the preset's TrainConfig fields)", {"dense": "preset", "readings": readings})
     if study == "theory":
         if scale == "smoke":
             return Protocol(study, scale, {"flips": dict(model="convnet", dataset="digits", width=0.5, timesteps=2,

@@ -158,19 +158,27 @@ def _fig5_collect(p: Protocol, root: Path) -> dict[str, Any]:
 
 
 def _fig3_steps(p: Protocol, root: Path) -> list[Step]:
-    """Per panel: the dense references (one training run per seed), then the edge-popup sweep."""
+    """Per panel: the dense references (one training run per seed), then one edge-popup sweep per reading
+    of the paper's setup (``p.options["readings"]``: name -> EdgePopupConfig overrides; the first reading's
+    searches go to the panel's folder, every other reading's to a subfolder named after it). Every reading
+    of a panel is compared with the same dense references."""
     from spikeprune.tickets.edgepopup import EdgePopupConfig
     from spikeprune.studies.sweep import train_jobs
 
     steps = []
+    readings = p.options.get("readings") or {"": {}}
     for name, values in p.panels.items():
         where = root / slug(name)
         dense_values = values if p.options["dense"] == "preset" else p.options["dense"]
         dense = [Step("spikeprune train", TrainConfig(**job.config), Path(job.out), f"{slug(name)}-dense.yaml",
                       fields_of(TrainConfig, dense_values)) for job in train_jobs(TrainConfig.of(dense_values), p.seeds, where)]
         refs = [a for d in dense for a in ("--reference", str(d.out))]
-        steps += [*dense, Step("spikeprune edgepopup", EdgePopupConfig(**fields_of(EdgePopupConfig, values)), where,
-                               f"{slug(name)}.yaml", values, ["--seeds", ",".join(map(str, p.seeds)), "--jobs", "N", *refs])]
+        steps += dense
+        for i, (reading, overrides) in enumerate(readings.items()):
+            searched = {**values, **overrides}
+            out, stem = (where, slug(name)) if i == 0 else (where / slug(reading), f"{slug(name)}-{slug(reading)}")
+            steps.append(Step("spikeprune edgepopup", EdgePopupConfig(**fields_of(EdgePopupConfig, searched)), out,
+                              f"{stem}.yaml", searched, ["--seeds", ",".join(map(str, p.seeds)), "--jobs", "N", *refs]))
     return steps
 
 
@@ -179,17 +187,20 @@ def _fig3_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_
     from spikeprune.studies.sweep import Job, edgepopup_sweep, run_jobs
 
     dense: list[Step] = []
+    searched = False  # a train step after a search starts the next panel's references
     for step in _data_dir(_fig3_steps(p, root), data_dir):
         if step.command == "spikeprune train":
+            dense = [] if searched else dense
             dense.append(step)
+            searched = False
             continue
+        searched = True
         dense_jobs = [Job(d.out.name, "train", to_dict(d.cfg), str(d.out)) for d in dense]  # as train_jobs made them
-        status = run_jobs(dense_jobs, step.out, max_jobs=jobs, threads=threads, log=log)
+        status = run_jobs(dense_jobs, dense[0].out.parent, max_jobs=jobs, threads=threads, log=log)
         if any(s.startswith("failed") for s in status.values()):
             raise UserError(f"dense reference training failed: {status}")
         edgepopup_sweep(step.cfg, step.out, seeds=p.seeds, reference=[j.out for j in dense_jobs], jobs=jobs,
                         threads=threads, log=log)
-        dense = []
 
 
 def _read_references(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
