@@ -427,3 +427,17 @@ def test_json_depth_is_bounded_without_recursion():
         parse_json("[" * 65 + "]" * 65, "x")
     with pytest.raises(UserError, match="not valid JSON"):
         parse_json("{", "x")
+
+
+@pytest.mark.parametrize("name", ["corrupt", "truncated", "foreign", "deep", "listmeta", "wrongtype"])
+def test_checkpoint_header_reader_refuses_what_the_full_reader_refuses(files, name):
+    # core.io.checkpoint_meta reads only the JSON header (compress's recorded settings); it must not
+    # let through a file that load_checkpoint refuses, nor word the refusal differently.
+    from spikeprune.core.io import checkpoint_meta, load_checkpoint
+
+    with pytest.raises(ValueError) as full:
+        load_checkpoint(files[name])
+    with pytest.raises(ValueError) as header:
+        checkpoint_meta(files[name])
+    assert str(header.value) == str(full.value)
+    assert checkpoint_meta(files["ck"]) == load_checkpoint(files["ck"])[1]

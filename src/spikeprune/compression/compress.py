@@ -38,7 +38,7 @@ from spikeprune.core.config import NOT_HPARAMS, check_fraction, fields_of, hpara
 from spikeprune.engine.config import TrainConfig, validate
 from spikeprune.compression.cost import CostReport, cost_report, measure_latency
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
-from spikeprune.core.io import check_writable_dir, load_checkpoint, read_json, save_checkpoint, write_json
+from spikeprune.core.io import check_writable_dir, checkpoint_meta, load_checkpoint, read_json, save_checkpoint, write_json
 from spikeprune.compression.quant import (
     FIRST_LAST,
     GRADIENTS,
@@ -248,7 +248,7 @@ def _phase(cfg: CompressConfig, out: Path, name: str, epochs: int, model: nn.Mod
 def recorded_training(checkpoint: str | Path) -> dict[str, Any]:
     """The TrainConfig fields a checkpoint records (model, width, timesteps, neuron, dataset, ...), without
     the execution details (device, data_dir, threads: :data:`~spikeprune.core.config.NOT_HPARAMS`)."""
-    _, meta = load_checkpoint(checkpoint)
+    meta = checkpoint_meta(checkpoint)  # the header only: the pipeline reads the tensors once, later
     recorded = fields_of(TrainConfig, meta.get("config") or {})
     return {k: v for k, v in recorded.items() if k not in NOT_HPARAMS}
 
@@ -259,7 +259,7 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
     ``out/metrics.json``, ``model`` = the compressed network (``None`` when the run had already finished:
     :func:`load_compressed` ``(out / "model.safetensors")`` rebuilds it)."""
     if cfg.checkpoint is not None:
-        load_checkpoint(cfg.checkpoint)  # a missing or foreign checkpoint is refused before OUT is created
+        checkpoint_meta(cfg.checkpoint)  # a missing, truncated or foreign checkpoint is refused before OUT is created
     out = check_writable_dir(out)
     manifest = out / "compress.json"
     if manifest.exists():

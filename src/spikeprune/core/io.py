@@ -34,6 +34,7 @@ from spikeprune.core.diagnostics import UserError
 __all__ = [
     "atomic_path",
     "check_writable_dir",
+    "checkpoint_meta",
     "load_checkpoint",
     "read_json",
     "save_checkpoint",
@@ -201,13 +202,23 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a file written by :func:`save_checkpoint`. Raises ValueError if it is not one."""
+    return _read_checkpoint(path, tensors=True)  # type: ignore[return-value]
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a :func:`save_checkpoint` file, checked as :func:`load_checkpoint` checks it,
+    without reading the tensors (a command that only needs the recorded config reads a few kB)."""
+    return _read_checkpoint(path, tensors=False)[1]
+
+
+def _read_checkpoint(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
     p = Path(path)
     if p.is_dir():
         raise UserError(f"checkpoint {p} is a directory; name the .safetensors file inside it")
     if not p.is_file():
         raise UserError(f"checkpoint {p} does not exist")
     try:
-        tensors = load_file(str(p))
+        loaded = load_file(str(p)) if tensors else None
         from safetensors import safe_open
 
         with safe_open(str(p), framework="pt") as f:
@@ -224,4 +235,4 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise UserError(f"{p} is not a spikeprune checkpoint (format {meta.get('format')!r})")
     if meta.get("version", 0) > FORMAT_VERSION:
         raise UserError(f"{p} was written by a newer spikeprune (checkpoint version {meta['version']})")
-    return tensors, meta
+    return loaded, meta

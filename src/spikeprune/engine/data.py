@@ -171,9 +171,20 @@ def _download(spec: RemoteFile, dest: Path) -> None:
     """Download ``spec`` to ``dest`` atomically: write a temp file next to it, verify, then rename.
 
     Raises OSError (incl. URLError) when no mirror can be reached, ValueError on a checksum mismatch;
-    in both cases nothing is left at ``dest`` or in its directory.
+    in both cases nothing is left at ``dest`` or in its directory, and a directory this call created
+    is removed again when it stays empty (a failed first download leaves no empty cache folder behind).
     """
+    created = not dest.parent.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_into(spec, dest)
+    except BaseException:
+        if created and not any(dest.parent.iterdir()):
+            dest.parent.rmdir()
+        raise
+
+
+def _download_into(spec: RemoteFile, dest: Path) -> None:
     last_error: OSError | None = None
     for url in spec.urls:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=dest.parent)
