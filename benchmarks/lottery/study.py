@@ -16,6 +16,12 @@ curves first. Every phase is resumable: re-running the same command continues wh
     # one single-threaded worker (or several: --worker i --workers n), then the aggregate:
     OMP_NUM_THREADS=1 python benchmarks/lottery/study.py --root runs/lottery_study --worker 0 --workers 1
     python benchmarks/lottery/study.py --root runs/lottery_study --aggregate
+
+Issue 14 study (b), the variants of ``L2_STUDY`` (every criterion with the l2 layer allocation), paired
+against IMP (l2 allocation); files ``l2_study*`` next to this script:
+
+    OMP_NUM_THREADS=1 nohup nice -n 19 python benchmarks/lottery/study.py --root runs/l2_study --l2-study &
+    python benchmarks/lottery/study.py --root runs/l2_study --l2-study --aggregate
 """
 
 from __future__ import annotations
