@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         used = "dense (fallback: " + engine.reason + ")" if engine.dense else "event"
     else:
         result, used = evaluate(model, loader), "dense"
-    metrics = {"engine": used,"test_accuracy": result["accuracy"], "test_loss": result["loss"],
+    metrics = {"engine": used, "test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"],
                "firing_rate": result["firing_rate"], "firing_rates": result["firing_rates"],
                "checkpoint": str(Path(cfg.checkpoint)), "dataset": dataset.name, "encoding": encoding,
                "mask": cfg.mask or ("stored in the checkpoint" if mask is not None else None)}

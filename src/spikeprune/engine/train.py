@@ -214,11 +214,18 @@ def evaluate(
     loss: str = "per_timestep",
     bf16: bool = False,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Accuracy, loss and firing rates of ``model`` on ``loader`` (eval mode).
+    """Accuracy, loss and firing rates of ``model`` on ``loader`` (eval mode), under the names the run
+    files use: ``{split}_accuracy``, ``{split}_loss`` (``test_accuracy``, ``test_loss`` by default; ``fit``'s
+    validation pass asks for ``split="val"``), ``firing_rate`` (spikes per neuron per timestep over all
+    LIF layers) and ``firing_rates`` (per layer name).
 
-    ``firing_rate``: spikes per neuron per timestep over all LIF layers; ``firing_rates``: per layer.
+    ``loader`` yields ``(x, y)``: ``x`` ``[T, B, ...]`` (or whatever ``forward`` takes), ``y`` ``[B]`` labels;
+    ``forward(x)`` (default ``model``) returns logits ``[T, B, C]``.
     """
+    if not (isinstance(split, str) and split.isidentifier()):
+        raise UserError(f"split must be a name such as 'test' or 'val' (it prefixes the keys); got {split!r}")
     was_training = model.training
     model.eval()
     forward = forward or model
@@ -251,8 +258,8 @@ def evaluate(
         slots = {k: int(total[f"n/{k}"]) for k in keys}
     rates = {n: spikes[n] / slots[n] for n in spikes if slots[n]}
     return {
-        "accuracy": correct / max(seen, 1),
-        "loss": total_loss / max(seen, 1),
+        f"{split}_accuracy": correct / max(seen, 1),
+        f"{split}_loss": total_loss / max(seen, 1),
         "firing_rate": sum(spikes.values()) / max(sum(slots.values()), 1),
         "firing_rates": rates,
     }
@@ -493,14 +500,15 @@ def fit(
         scheduler.step()
         distributed.broadcast_state(model)  # DDP lets BatchNorm running statistics drift per rank
         ev = evaluate(model, test_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward)
-        va = (evaluate(model, val_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward)
-              if val_loader is not None else {"accuracy": None, "loss": None})
+        va = (evaluate(model, val_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward, split="val")
+              if val_loader is not None else {"val_accuracy": None, "val_loss": None})
         seconds += time.perf_counter() - tick
-        if va["accuracy"] is not None and (best["val_accuracy"] is None or va["accuracy"] > best["val_accuracy"]):
-            best = {"epoch": epoch + 1, "val_accuracy": va["accuracy"], "test_accuracy": ev["accuracy"]}
+        if va["val_accuracy"] is not None and (best["val_accuracy"] is None
+                                               or va["val_accuracy"] > best["val_accuracy"]):
+            best = {"epoch": epoch + 1, "val_accuracy": va["val_accuracy"], "test_accuracy": ev["test_accuracy"]}
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-               "val_loss": va["loss"], "val_accuracy": va["accuracy"],
-               "test_loss": ev["loss"], "test_accuracy": ev["accuracy"], "firing_rate": ev["firing_rate"],
+               "val_loss": va["val_loss"], "val_accuracy": va["val_accuracy"],
+               "test_loss": ev["test_loss"], "test_accuracy": ev["test_accuracy"], "firing_rate": ev["firing_rate"],
                "firing_rates": ev["firing_rates"], "seconds": seconds}
         history.append(row)
         opt_tensors, opt_meta = _pack_optimizer(optimizer)
@@ -516,9 +524,9 @@ def fit(
         })
         write_csv(out / "history.csv", history, HISTORY_FIELDS)
         if log:
-            val = f"val {va['accuracy']:.4f}  " if va["accuracy"] is not None else ""
+            val = f"val {va['val_accuracy']:.4f}  " if va["val_accuracy"] is not None else ""
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f}  train {tr['accuracy']:.4f}  "
-                f"{val}test {ev['accuracy']:.4f}  rate {ev['firing_rate']:.3f}  {seconds:.0f}s")
+                f"{val}test {ev['test_accuracy']:.4f}  rate {ev['firing_rate']:.3f}  {seconds:.0f}s")
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
 

@@ -138,8 +138,8 @@ def search(
         "best_val_accuracy": m["best_val_accuracy"],
         "test_accuracy_at_best_val": m["test_accuracy_at_best_val"],
         "validation": m["validation"],
-        "exported_test_accuracy": exported["accuracy"],
-        "export_matches": exported["accuracy"] == m["test_accuracy"],
+        "exported_test_accuracy": exported["test_accuracy"],
+        "export_matches": exported["test_accuracy"] == m["test_accuracy"],
         "test_loss": m["test_loss"],
         "train_accuracy": m["train_accuracy"],
         "firing_rate": exported["firing_rate"],
@@ -171,7 +171,7 @@ def search(
     write_json(out / RESULT_FILE, row)  # written last: its presence means this density is finished
     if log:
         log(f"edgepopup: density {cfg.density:g} (sparsity {1 - cfg.density:g}): test accuracy "
-            f"{m['test_accuracy']:.4f}, exported subnetwork {exported['accuracy']:.4f}")
+            f"{m['test_accuracy']:.4f}, exported subnetwork {exported['test_accuracy']:.4f}")
     return RunResult(out, row, model=plain)
 
 
