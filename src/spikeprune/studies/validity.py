@@ -63,7 +63,8 @@ def analyze_validity(cfg: ValidityConfig, out: str | Path) -> RunResult:
     lines += [f"{r.layer},{r.neuron},{r.criterion},{r.group},{r.weights},{r.score_sum:.6g},{r.score_mean:.6g},"
               f"{r.flip_rate:.6g},{r.slots}" for r in rows]
     write_text(out / "validity.csv", "\n".join(lines) + "\n")
-    plot_validity(rows, summary, out / "validity.png", title=f"{ck.parent.name}/{ck.name}: flip rate of removed "
-                                                             f"weight sets ({measured_on}, {loader.num_samples} samples)")
+    plot_validity(rows, summary, out / "validity.png",
+                  title=f"{ck.parent.name}/{ck.name}: flip rate of removed weight sets ({measured_on}, "
+                        f"{loader.num_samples} samples)")
     metrics = {k: v for k, v in record.items() if k != "rows"}
     return RunResult(out, metrics, record["rows"], model)
