@@ -141,3 +141,23 @@ def test_sweeps_refuse_the_flag(tmp_path, capsys):
                  "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "one run" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_quickstart_logs_every_run_it_makes(tmp_path, capsys):
+    """The quickstart's lotteries adopt its dense run: their round logs still start at round 0."""
+    pytest.importorskip("tensorboard")
+    from spikeprune.tickets.lottery import ROUND_SCALARS
+
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--epochs", "2", "--rounds", "1", "--edgepopup-epochs", "1", "--no-progress",
+                 "--tensorboard", "--out", str(out)]) == 0
+    capsys.readouterr()
+    _check_matches_csv(out / "tensorboard", out / "history.csv", "epoch", EPOCH_COLUMNS)
+    for variant in ("imp", "sf-imp-1"):
+        lot = out / "lottery" / variant
+        _check_matches_csv(lot / "tensorboard", lot / "rounds.csv", "round", ROUND_SCALARS, prefix="lottery/")
+        assert [s for s, _ in _scalars(lot / "tensorboard")["lottery/sparsity"]] == [0, 1]
+        _check_matches_csv(lot / "round_01" / "tensorboard", lot / "round_01" / "history.csv", "epoch", EPOCH_COLUMNS)
+    run = out / "edgepopup" / "density-0.5"
+    _check_matches_csv(run / "tensorboard", run / "history.csv", "epoch", EPOCH_COLUMNS)
