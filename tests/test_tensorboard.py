@@ -71,25 +71,48 @@ def test_train_tensorboard_equals_history(tmp_path, capsys):
     assert (tmp_path / "plain" / "history.csv").read_text().splitlines()[0] == (out / "history.csv").read_text().splitlines()[0]
 
 
-def test_resume_appends_without_repeating_epochs(tmp_path):
-    """A run killed after epoch 1 and resumed logs epoch 1 once and then epoch 2 (no duplicated points)."""
+@pytest.mark.parametrize("when", ["after logging", "before logging"])
+def test_a_resumed_run_logs_every_epoch_once(when, tmp_path, monkeypatch):
+    """Killed after epoch 1 was checkpointed (and logged, or not yet), then resumed: the log holds epochs 1
+    and 2 once each, equal to history.csv."""
     pytest.importorskip("tensorboard")
+    from spikeprune.core import tensorboard_log
+
     cfg = sp.TrainConfig(**TINY)
     out = tmp_path / "run"
 
     class Killed(Exception):
         pass
 
-    def kill(epoch, model):
-        if epoch == 0:
-            raise Killed
+    def kill(*_):
+        raise Killed
 
-    with pytest.raises(Killed):
-        sp.fit(cfg, out, progress=False, log=None, tensorboard=True, on_epoch_end=kill)
+    with monkeypatch.context() as m:
+        if when == "before logging":
+            m.setattr(tensorboard_log.ScalarLog, "add", kill)
+            with pytest.raises(Killed):
+                sp.fit(cfg, out, progress=False, log=None, tensorboard=True)
+        else:
+            with pytest.raises(Killed):
+                sp.fit(cfg, out, progress=False, log=None, tensorboard=True, on_epoch_end=kill)
+    assert len(list(csv.DictReader((out / "history.csv").open()))) == 1  # epoch 1 was saved
     sp.fit(cfg, out, resume=True, progress=False, log=None, tensorboard=True)
     logged = _scalars(out / "tensorboard")
     assert [s for s, _ in logged["accuracy/test"]] == [1, 2]
     _check_matches_csv(out / "tensorboard", out / "history.csv", "epoch", EPOCH_COLUMNS)
+
+
+@pytest.mark.slow
+def test_a_resumed_lottery_logs_every_round_once(tmp_path):
+    pytest.importorskip("tensorboard")
+    from spikeprune.tickets.lottery import ROUND_SCALARS
+
+    lot = dict(TINY, rounds=1, rewind_epoch=1, variant="imp")
+    out = tmp_path / "lot"
+    sp.run_lottery(sp.LotteryConfig(**lot), out, log=None, tensorboard=True)
+    sp.run_lottery(sp.LotteryConfig(**dict(lot, rounds=2)), out, resume=True, log=None, tensorboard=True)
+    assert [s for s, _ in _scalars(out / "tensorboard")["lottery/sparsity"]] == [0, 1, 2]
+    _check_matches_csv(out / "tensorboard", out / "rounds.csv", "round", ROUND_SCALARS, prefix="lottery/")
 
 
 @pytest.mark.slow

@@ -4,9 +4,13 @@ A run given ``tensorboard=True`` writes TensorBoard event files into ``<its run 
 to the files they mirror: per epoch the numbers of ``history.csv`` (:func:`history_tag` names them:
 ``loss/train``, ``accuracy/val``, ``accuracy/test``, ``firing_rate``, ``lr``, ...), per lottery round the
 numbers of ``rounds.csv`` (``lottery/...``, step = round). The folder sits inside the run folder, so
-``tensorboard --logdir runs/`` finds every run (TensorBoard searches sub-folders), a lottery's rounds
-appear as ``dense/tensorboard``, ``round_01/tensorboard``, ..., and a resumed run appends to its own log.
-The event files are a view: every number in them is in the CSV/JSON files, which stay the record.
+``tensorboard --logdir runs/`` finds every run (TensorBoard searches sub-folders) and a lottery's rounds
+appear as ``dense/tensorboard``, ``round_01/tensorboard``, ...
+
+A resumed run writes a new event file that starts with everything its files hold so far (the history of
+the checkpoint, the finished rounds) and marks the earlier files' steps as superseded (``purge_step``:
+TensorBoard then hides their events), so the log equals the files even when a run was killed between
+writing an epoch and logging it. The event files are a view; the CSV/JSON files stay the record.
 
 Only the main process writes (rank 0 under ``torchrun``: :func:`spikeprune.core.distributed.is_main`).
 TensorBoard stores scalars as float32, so a logged value equals the file's value rounded to float32.
@@ -50,11 +54,12 @@ def history_tag(column: str, prefix: str = "") -> str:
 class ScalarLog:
     """A run's TensorBoard event files: ``add`` a row of numbers per step (epoch or round)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = Path(run_dir) / TENSORBOARD_DIR
-        self._writer = SummaryWriter(log_dir=str(self.path))
+        # purge_step: TensorBoard hides the events of earlier files at steps >= it (the new file re-logs them)
+        self._writer = SummaryWriter(log_dir=str(self.path), purge_step=purge_step)
 
     def add(self, row: Mapping[str, Any], step: int, columns: Iterable[str], prefix: str = "") -> None:
         """Log ``row[c]`` for every column ``c`` that holds a finite number (``None`` -- e.g. no validation
@@ -70,11 +75,12 @@ class ScalarLog:
         self._writer.close()
 
 
-def open_scalar_log(run_dir: str | Path, enabled: bool) -> ScalarLog | None:
-    """A :class:`ScalarLog` in ``run_dir/tensorboard`` when ``enabled`` and this is the main process, else ``None``."""
+def open_scalar_log(run_dir: str | Path, enabled: bool, *, purge_step: int | None = None) -> ScalarLog | None:
+    """A :class:`ScalarLog` in ``run_dir/tensorboard`` when ``enabled`` and this is the main process, else ``None``.
+    ``purge_step``: the first step the caller is about to (re-)log; earlier files' events from it on are hidden."""
     if not enabled:
         return None
     require_tensorboard()
     from spikeprune.core.distributed import is_main
 
-    return ScalarLog(run_dir) if is_main() else None
+    return ScalarLog(run_dir, purge_step) if is_main() else None

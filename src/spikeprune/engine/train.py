@@ -497,7 +497,12 @@ def fit(
     if cfg.compile:
         forward = torch.compile(forward)
     step_hook = (lambda: after_step(model)) if after_step is not None else None
-    scalars = open_scalar_log(out, tensorboard and start_epoch < cfg.epochs)  # None: not asked, or not rank 0
+    # None: not asked, finished, or not rank 0. A resume re-logs the checkpoint's history first (and hides what
+    # earlier event files hold from epoch 1 on), so the log holds history.csv's epochs, each once.
+    scalars = open_scalar_log(out, tensorboard and start_epoch < cfg.epochs, purge_step=1)
+    if scalars is not None:
+        for done in history:
+            scalars.add(done, done["epoch"], HISTORY_FIELDS[1:-1])
     try:
         for epoch in range(start_epoch, cfg.epochs):
             tick = time.perf_counter()
@@ -535,7 +540,7 @@ def fit(
                 val = f"val {va['val_accuracy']:.4f}  " if va["val_accuracy"] is not None else ""
                 log(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f}  train {tr['accuracy']:.4f}  "
                     f"{val}test {ev['test_accuracy']:.4f}  rate {ev['firing_rate']:.3f}  {seconds:.0f}s")
-            if scalars is not None:  # right after the checkpoint: a logged epoch is a saved one, and vice versa
+            if scalars is not None:  # after the checkpoint: a logged epoch is a saved one
                 scalars.add(row, epoch + 1, HISTORY_FIELDS[1:-1])  # lr ... firing_rate (not epoch, seconds)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)

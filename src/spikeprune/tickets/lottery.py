@@ -59,7 +59,7 @@ from spikeprune.tickets.pruning import prune_step
 from spikeprune.tickets.strategies import NORMALIZATIONS, STRATEGIES
 from spikeprune.engine.train import CHECKPOINT, build_model, fit, load_model_state, model_tensors
 from spikeprune.core.rundir import RunResult, check_resumable, first_difference, link_run, log
-from spikeprune.core.tensorboard_log import TENSORBOARD_DIR, open_scalar_log, require_tensorboard
+from spikeprune.core.tensorboard_log import open_scalar_log, require_tensorboard
 
 __all__ = ["LotteryConfig", "VARIANTS", "collect_rows", "load_ticket", "rewind_saver", "rewound_ticket", "run_lottery", "train_dense", "adopt_dense"]
 
@@ -407,10 +407,10 @@ def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
     # (ValueError "no prunable layer") cannot hold a ticket.
     Mask.ones(build_model(train_config(cfg), dataset))
     _check_identity(out, cfg, resume)
-    # Each finished round is logged once: a log that exists already holds the rounds finished before this
-    # call; a new one starts with them (e.g. a dense run adopted from elsewhere).
-    logged = len(collect_rows(out)) if tensorboard and (out / TENSORBOARD_DIR).exists() else 0
-    scalars = open_scalar_log(out, tensorboard)  # None: not asked, or not rank 0
+    # Every call logs the rounds finished before it first (a resumed run, a dense run adopted from elsewhere)
+    # and hides what earlier event files hold (purge_step 0), then each round as it finishes: once each.
+    logged = 0
+    scalars = open_scalar_log(out, tensorboard, purge_step=0)  # None: not asked, or not rank 0
 
     def log_rounds() -> None:
         nonlocal logged
