@@ -49,7 +49,7 @@ PYTHON_EQUIVALENTS: list[tuple[str, tuple[str, ...], str]] = [
      "`SlthConfig(...).experiment()` -> the dict the CLI writes to slth.json (no files written)"),
     ("theory width", ("spikeprune.theory.slth.width_bound",), "the bound per form, as the CLI prints it"),
     ("interop", ("spikeprune.interop.pipeline.analyse_third_party",),
-     "`analyse_third_party(factory, out, ...)` -> the dict of metrics.json"),
+     "`analyse_third_party(factory, out, ...)` -> RunResult (metrics.json; rows = its history)"),
     ("export", ("spikeprune.interop.nir_export.export_checkpoint", "spikeprune.to_nir"),
      "`export_checkpoint(checkpoint, out, format='nir')` -> summary dict (the file is the result)"),
     ("reproduce", ("spikeprune.reproduce",), "-> RunResult (report.json)"),

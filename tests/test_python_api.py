@@ -238,3 +238,27 @@ def test_every_command_has_a_documented_python_equivalent():
     for _, calls, _ in gen.PYTHON_EQUIVALENTS:
         for dotted in calls:
             assert gen.resolve(dotted) is not None, dotted
+
+
+def test_interop_is_analyse_third_party(tmp_path, capsys):
+    """``spikeprune interop`` == ``interop.pipeline.analyse_third_party`` on a user's own snnTorch network."""
+    pytest.importorskip("snntorch")
+    from spikeprune.interop.pipeline import analyse_third_party
+
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\nimport snntorch as snn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), snn.Leaky(beta=0.5, init_hidden=True, output=True))\n")
+    factory = f"{tmp_path / 'net.py'}:build"
+    settings = dict(timesteps=2, epochs=1, analysis_batches=1, calibration_batches=1)
+    assert main(["interop", "--model", factory, *_flags(**settings), "--out", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+    result = analyse_third_party(factory, tmp_path / "py", **settings, log=lambda _: None)
+    cli, py = tmp_path / "cli", tmp_path / "py"
+    for name in ("metrics.json", "cost.json", "flip_summary.json", "neurons.json"):
+        _same_json(cli / name, py / name)
+    assert (cli / "flips.csv").read_text() == (py / "flips.csv").read_text()
+    _same_tensors(cli / "mask.safetensors", py / "mask.safetensors")
+    assert isinstance(result, sp.RunResult) and result.out == py
+    assert _untimed(result.metrics) == _untimed(json.loads((py / "metrics.json").read_text()))
+    assert result.rows == result.metrics["history"] and len(result.rows) == 1

@@ -29,6 +29,7 @@ from spikeprune.core.diagnostics import SpikepruneWarning
 from spikeprune.theory.flips import flip_analysis, flip_rows_csv, flip_summary
 from spikeprune.interop.adapters import adapt, load_factory, neuron_summary, run_user_code
 from spikeprune.core.io import check_writable_dir, write_json, write_text
+from spikeprune.core.rundir import RunResult
 from spikeprune.tickets.pruning import prune
 from spikeprune.engine.train import evaluate, train_epoch
 
@@ -137,7 +138,7 @@ def analyse_third_party(
     analysis_batches: int = 2,
     seed: int = 0,
     log=print,
-) -> dict[str, Any]:
+) -> RunResult:
     """Adapt the network ``factory`` builds, (train it,) prune it and analyse what pruning did.
 
     Args:
@@ -147,7 +148,8 @@ def analyse_third_party(
         epochs: training epochs with Adam at ``lr`` before pruning (0: use the weights as they are).
         sparsity: fraction of prunable weights removed (global, ``criterion``).
     Writes ``neurons.json``, ``mask.safetensors``, ``cost.json``, ``flips.csv``, ``flip_summary.json`` and
-    ``metrics.json`` to ``out``; returns the metrics. spikeprune's warnings (:mod:`spikeprune.core.diagnostics`:
+    ``metrics.json`` to ``out``; returns a :class:`~spikeprune.core.rundir.RunResult` (``metrics`` = metrics.json,
+    ``rows`` = its per-epoch ``history``, ``model`` = the adapted, pruned network). spikeprune's warnings (:mod:`spikeprune.core.diagnostics`:
     an ``sf`` run that scored hidden layers by magnitude, a layer emptied by global ranking) are logged as
     ``warning: ...`` lines as they occur and listed in ``metrics["warnings"]``; other warnings pass through.
     """
@@ -216,6 +218,6 @@ def analyse_third_party(
         log(report.table())
         log(f"accuracy dense {dense['test_accuracy']:.4f} -> pruned ({mask.sparsity:.1%} removed, {criterion}) "
             f"{pruned['test_accuracy']:.4f}; results in {out}")
-        return metrics
+        return RunResult(out, metrics, history, model)
 
 
