@@ -11,6 +11,7 @@ and help texts (the same text as the CLI flags).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import re
 import sys
@@ -19,6 +20,66 @@ from pathlib import Path
 import spikeprune
 
 OUT = Path(__file__).resolve().parent / "reference.md"
+
+#: every CLI command and the Python call that does the same, writing the same files (tests/test_python_api.py
+#: runs both and compares the files; a renamed function fails ``resolve`` here, so the table cannot drift).
+PYTHON_EQUIVALENTS: list[tuple[str, tuple[str, ...], str]] = [
+    ("train", ("spikeprune.fit",), "`fit(TrainConfig(...), out)` -> RunResult (metrics.json, history.csv rows); "
+     "`model=` trains any network, e.g. an adapted SpikingJelly one"),
+    ("evaluate", ("spikeprune.deploy.evaluate.evaluate_checkpoint", "spikeprune.evaluate"),
+     "`evaluate_checkpoint(EvaluateConfig(checkpoint=...), out)` -> RunResult (metrics.json); on a model in "
+     "memory `evaluate(model, loader)` returns the same keys (`test_accuracy`, `test_loss`, `firing_rate`, "
+     "`firing_rates`)"),
+    ("lottery", ("spikeprune.run_lottery",), "`run_lottery(LotteryConfig(...), out)` -> RunResult (results.json, "
+     "rounds.csv rows)"),
+    ("lottery --seeds/--variants/--jobs", ("spikeprune.lottery_sweep",), "-> RunResult (summary.json)"),
+    ("edgepopup", ("spikeprune.tickets.edgepopup.sweep", "spikeprune.tickets.edgepopup.search"),
+     "`sweep(EdgePopupConfig(...), out)` -> RunResult (results.json; one density: `search`, result.json)"),
+    ("edgepopup --seeds/--jobs", ("spikeprune.edgepopup_sweep",), "-> RunResult (results.json)"),
+    ("compress", ("spikeprune.compress",), "`compress(CompressConfig(checkpoint=..., <the checkpoint's model "
+     "settings>), out)` -> RunResult (metrics.json); `compression.compress.recorded_training(checkpoint)` gives "
+     "the settings the CLI reads from the checkpoint"),
+    ("cost", ("spikeprune.compression.compress.cost_of_checkpoint", "spikeprune.cost_report"),
+     "`cost_of_checkpoint(checkpoint, out=...)` -> CostReport (cost.json; `.table()` is what the CLI prints)"),
+    ("analyze flips", ("spikeprune.studies.flips.analyze_flips",), "`analyze_flips(FlipsConfig(...), out)` -> "
+     "RunResult (flips.json; rows = its rows)"),
+    ("analyze validity", ("spikeprune.studies.validity.analyze_validity",),
+     "`analyze_validity(ValidityConfig(...), out)` -> RunResult (validity.json; rows = its rows)"),
+    ("theory slth", ("spikeprune.theory.config.SlthConfig.experiment",),
+     "`SlthConfig(...).experiment()` -> the dict the CLI writes to slth.json (no files written)"),
+    ("theory width", ("spikeprune.theory.slth.width_bound",), "the bound per form, as the CLI prints it"),
+    ("interop", ("spikeprune.interop.pipeline.analyse_third_party",),
+     "`analyse_third_party(factory, out, ...)` -> RunResult (metrics.json; rows = its history)"),
+    ("export", ("spikeprune.interop.nir_export.export_checkpoint", "spikeprune.to_nir"),
+     "`export_checkpoint(checkpoint, out, format='nir')` -> summary dict (the file is the result)"),
+    ("reproduce", ("spikeprune.reproduce",), "-> RunResult (report.json)"),
+    ("quickstart", ("spikeprune.fit", "spikeprune.run_lottery", "spikeprune.tickets.edgepopup.demo"),
+     "no single call: the three steps it chains"),
+]
+
+
+def resolve(dotted: str) -> object:
+    """The object a dotted path names (``pkg.module.attr.attr``), importing the longest module prefix."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)  # AttributeError: the table names something that does not exist
+        return obj
+    raise ImportError(dotted)
+
+
+def _commands() -> list[str]:
+    rows = ["| command | Python | returns |", "|---|---|---|"]
+    for command, calls, note in PYTHON_EQUIVALENTS:
+        for dotted in calls:
+            resolve(dotted)
+        names = ", ".join(f"`{c}`" for c in calls)
+        rows.append(f"| `spikeprune {command}` | {names} | {note.replace('|', '/')} |")
+    return rows
 
 
 def _signature(obj: object) -> str:
@@ -97,6 +158,10 @@ def render() -> str:
            "", "## The rules of the API", "",
            # the package docstring is the one statement of the rules (help(spikeprune) shows the same)
            inspect.cleandoc(spikeprune.__doc__).split("\n\n", 1)[1].replace("``", "`").replace(":class:", ""),
+           "", "## Each command in Python", "",
+           "The call that does what each CLI command does and writes the same files (tests/test_python_api.py "
+           "checks this command by command). Names under `spikeprune.` alone are importable from the package root.",
+           "", *_commands(),
            "", "Modules: " + ", ".join(f"[`{m}`](#{m.replace('.', '')})" for m in groups), ""]
     for module, items in groups.items():
         mod = sys.modules[module]
@@ -104,6 +169,14 @@ def render() -> str:
         out += [f"## `{module}`", "", intro, ""]
         for name, obj in items:
             out += _entry(name, obj)
+    out += ["## Command equivalents outside the package root", "",
+            "The calls of the command table above that are not in `spikeprune.__all__` (import them from their module).", ""]
+    seen = set(spikeprune.__all__)
+    for _, calls, _ in PYTHON_EQUIVALENTS:
+        for dotted in calls:
+            if dotted.split(".", 1)[1] not in seen:
+                seen.add(dotted.split(".", 1)[1])
+                out += _entry(dotted, resolve(dotted))
     return "\n".join(out).rstrip() + "\n"
 
 

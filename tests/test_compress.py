@@ -72,7 +72,7 @@ def test_compress_smoke_resume_and_cost(capsys, tmp_path, dense_checkpoint, orde
     from spikeprune.engine.train import evaluate
     digits = load_dataset("digits")
     test = BatchLoader(digits, "test", 64, shuffle=False, timesteps=2, limit=128)
-    assert evaluate(model, test)["accuracy"] == pytest.approx(m["test_accuracy"])
+    assert evaluate(model, test)["test_accuracy"] == pytest.approx(m["test_accuracy"])
     # resume: finished phases are not repeated, the metrics come back unchanged
     code, _, err = run_cli(capsys, *argv, "--resume")
     assert code == 0, err
@@ -118,7 +118,7 @@ def test_compress_with_membrane_quantization(capsys, tmp_path, dense_checkpoint)
 
     loader = BatchLoader(load_dataset("digits"), "test", 256, shuffle=False, timesteps=2)
     model, _ = load_compressed(out / "model.safetensors", next(iter(loader))[0])
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test_accuracy"] == evaluate(model, loader)["accuracy"]
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test_accuracy"] == evaluate(model, loader)["test_accuracy"]
 
 
 @pytest.mark.parametrize("flags, match", [

@@ -198,8 +198,8 @@ def test_search_keeps_weights_bit_identical_moves_scores_and_exports_exactly(tmp
     assert set(plain.state_dict()) == set(fresh.state_dict())
     assert not any("scores" in k for k in plain.state_dict())
     _, test = make_loaders(cfg, synthetic)
-    assert evaluate(plain, test)["accuracy"] == row["test_accuracy"] == row["exported_test_accuracy"]
-    assert evaluate(searched, test)["accuracy"] == row["test_accuracy"]
+    assert evaluate(plain, test)["test_accuracy"] == row["test_accuracy"] == row["exported_test_accuracy"]
+    assert evaluate(searched, test)["test_accuracy"] == row["test_accuracy"]
     mask = Mask.load(tmp_path / "mask.safetensors")
     assert mask.equal(subnet_mask(searched)) and mask.density == pytest.approx(0.3, abs=1e-3)
     assert Mask.from_model(plain).equal(mask)  # pruned weights are exactly zero, kept ones are not

@@ -52,7 +52,7 @@ def test_fit_writes_metrics_history_and_checkpoint(tmp_path, synthetic):
     assert m["test_accuracy"] == pytest.approx(float(last["test_accuracy"]))
     assert m["firing_rate"] == pytest.approx(float(last["firing_rate"]))
     again = evaluate(result.model, make_loaders(cfg, synthetic)[1])
-    assert again["accuracy"] == pytest.approx(m["test_accuracy"]) and again["firing_rate"] == pytest.approx(m["firing_rate"])
+    assert again["test_accuracy"] == pytest.approx(m["test_accuracy"]) and again["firing_rate"] == pytest.approx(m["firing_rate"])
     assert m["epochs"] == 2 and m == result.metrics | {}
     rows = (tmp_path / "history.csv").read_text().strip().splitlines()
     assert rows[0].startswith("epoch,lr,train_loss") and len(rows) == 3
@@ -137,7 +137,7 @@ def test_checkpoint_rebuilds_the_model(tmp_path, synthetic):
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(trained(x), rebuilt.eval()(x))
     _, test = make_loaders(cfg, synthetic)
-    assert evaluate(rebuilt, test)["accuracy"] == pytest.approx(meta["history"][-1]["test_accuracy"])
+    assert evaluate(rebuilt, test)["test_accuracy"] == pytest.approx(meta["history"][-1]["test_accuracy"])
 
 
 def test_after_step_hook_and_extra_tensors(tmp_path, synthetic):
@@ -155,7 +155,7 @@ def test_bf16_runs(tmp_path, synthetic):
     result = fit(cfg, tmp_path, dataset=synthetic, progress=False, log=None)
     test = make_loaders(cfg, synthetic)[1]
     # the reported accuracy is the bf16 forward's; the fp32 one of the same weights differs only by rounding
-    assert evaluate(result.model, test, bf16=True)["accuracy"] == pytest.approx(result.metrics["test_accuracy"])
+    assert evaluate(result.model, test, bf16=True)["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
     fp32 = fit(TrainConfig(**TINY, epochs=1), tmp_path / "fp32", dataset=synthetic, progress=False, log=None)
     w16, w32 = (next(r.model.parameters()) for r in (result, fp32))
     assert not torch.equal(w16, w32) and torch.allclose(w16, w32, atol=0.05)  # autocast really ran, same run

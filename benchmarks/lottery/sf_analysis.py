@@ -98,7 +98,7 @@ def one_shot(model, calib, test, sparsities) -> dict:
             for s in sparsities:
                 net = copy.deepcopy(model)
                 prune(net, criterion, s, calibration=calib, normalize=normalize, mask=Mask.ones(net))
-                accs.append(evaluate(net, test)["accuracy"])
+                accs.append(evaluate(net, test)["test_accuracy"])
             results[f"{criterion} / {normalize}"] = accs
             print(f"  {criterion:13s} {normalize:7s} " + "  ".join(f"{100 * a:5.1f}" for a in accs), flush=True)
     return results
@@ -128,7 +128,7 @@ def main() -> None:
     test = (BatchLoader(val_set, "test", 500, shuffle=False, timesteps=T) if args.select_on == "val" else
             BatchLoader(dataset, "test", 500, shuffle=False, timesteps=T, limit=args.test_limit))
     calib = calibrate(model, train, 8)
-    print(f"dense accuracy on {test.num_samples} {args.select_on} images: {evaluate(model, test)['accuracy']:.4f}")
+    print(f"dense accuracy on {test.num_samples} {args.select_on} images: {evaluate(model, test)['test_accuracy']:.4f}")
     print("1. membrane-potential density at u_th, Gaussian fit vs measured (eps = 0.05):")
     dens = density_comparison(model, calib, train, HERE / "sf_density.png")
     print(f"2. one-shot pruning, no retraining (accuracy % at sparsity {args.sparsities}):")

@@ -51,7 +51,7 @@ for label, c in variants.items():
     accs = []
     for s in (0.7, 0.8, 0.9):
         net = copy.deepcopy(m); prune(net, c, s, calibration=cal, normalize="budget", mask=Mask.ones(net))
-        accs.append(round(100*evaluate(net, test)["accuracy"], 1))
+        accs.append(round(100*evaluate(net, test)["test_accuracy"], 1))
     res[label] = accs; print(label, accs, flush=True)
 json.dump({'checkpoint': args.checkpoint, 'sparsities': [0.7, 0.8, 0.9], 'measured_on': args.select_on,
            'samples': test.num_samples, 'validation': split, 'accuracy': res}, open(args.out, 'w'), indent=2)

@@ -30,7 +30,7 @@ dense, _ = load_model(args.dense)
 ds = sp.load_dataset("fashion_mnist")
 test = BatchLoader(ds, "test", 256, shuffle=False, seed=0, timesteps=4, limit=args.test_limit)
 calib = [b for _, b in zip(range(16), BatchLoader(ds, "train", 128, shuffle=True, seed=0, timesteps=4, augment=False))]
-rows = [{"scheme": "dense", "accuracy": evaluate(dense, test)["accuracy"]}]
+rows = [{"scheme": "dense", "accuracy": evaluate(dense, test)["test_accuracy"]}]
 print(rows[0])
 for bits in (8, 4, 2):
     for method in ("mean", "max", "percentile"):
@@ -40,7 +40,7 @@ for bits in (8, 4, 2):
             if bn:
                 q.reestimate_batchnorm(m, calib)
             u = q.utilisation_report(m)[-1]
-            row = {"bits": bits, "method": method, "bn_reestimated": bn, "accuracy": evaluate(m, test)["accuracy"],
+            row = {"bits": bits, "method": method, "bn_reestimated": bn, "accuracy": evaluate(m, test)["test_accuracy"],
                    "utilisation": u["utilisation"], "entropy_bits": u["entropy_bits"],
                    "effective_utilisation": u["effective_utilisation"]}
             rows.append(row)

@@ -129,7 +129,7 @@ class Study:
         else:
             ev = evaluate(self.dense, self.test)
             rep = cost_report(self.dense, self.cost_batches)
-            self.dense_info = {"test_accuracy": ev["accuracy"], "firing_rate": ev["firing_rate"], **rep.totals,
+            self.dense_info = {"test_accuracy": ev["test_accuracy"], "firing_rate": ev["firing_rate"], **rep.totals,
                                "checkpoint": str(args.dense)}
             write_json(info, self.dense_info)
         log(f"dense: accuracy {self.dense_info['test_accuracy']:.4f}")
@@ -179,7 +179,7 @@ class Study:
             reestimate_batchnorm(model, calib)
         else:
             history = {}
-        pruned_acc = evaluate(model, self.monitor)["accuracy"]  # first 2000 test images
+        pruned_acc = evaluate(model, self.monitor)["test_accuracy"]  # first 2000 test images
         log(f"{c['id']}: removed channels, accuracy before fine-tuning {pruned_acc:.4f}")
         if ft_epochs > 0:
             result = fit(train_cfg(ft_epochs, self.args.lr), cell_dir / "finetune", resume=True,
@@ -205,8 +205,8 @@ class Study:
             **c, "ft_epochs": ft_epochs, "qat_epochs": self.args.qat_epochs if c["bits"] < 32 else 0,
             "lr": self.args.lr, "train_limit": TRAIN_LIMIT, "monitor_test_images": MONITOR,
             "dense_accuracy": d["test_accuracy"], "qat_accuracy": qinfo["test_accuracy"],
-            "pruned_accuracy": pruned_acc, "test_accuracy": ev["accuracy"],
-            "accuracy_drop_pts": 100 * (d["test_accuracy"] - ev["accuracy"]), "firing_rate": ev["firing_rate"],
+            "pruned_accuracy": pruned_acc, "test_accuracy": ev["test_accuracy"],
+            "accuracy_drop_pts": 100 * (d["test_accuracy"] - ev["test_accuracy"]), "firing_rate": ev["firing_rate"],
             "channels_before": before, "channels_after": {g.name: g.size for g in channel_groups(model)},
             "params": t["params"], "size_bytes": t["size_dense_bytes"], "size_sparse_bytes": t["size_sparse_bytes"],
             "size_reduction": d["size_dense_bytes"] / t["size_dense_bytes"],

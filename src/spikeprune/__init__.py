@@ -13,7 +13,9 @@ Three rules hold for every name below:
    ``export_subnetwork``, ``from_nir``.
 2. **Every run returns a** :class:`RunResult` ``(out, metrics, rows, model)``: ``fit``,
    ``run_lottery``, ``compress``, the sweeps and ``reproduce``. Its numbers are the ones in the run
-   folder's JSON files, under the same names (``test_accuracy``, ``val_accuracy``, ...).
+   folder's JSON files, under the same names (``test_accuracy``, ``val_accuracy``, ...), and so are
+   ``evaluate(model, loader)``'s (``test_accuracy``, ``test_loss``, ``firing_rate``; ``split="val"``
+   gives ``val_accuracy``, ``val_loss``). Each CLI command's Python call: docs/reference.md.
 3. **Every loader returns** ``(model, meta)``: ``load_model``, ``load_ticket``, ``load_compressed``;
    ``meta`` is the checkpoint's JSON header (config, history, masks' provenance). Files are
    safetensors + JSON; nothing is ever unpickled.

@@ -98,6 +98,28 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, out_default: str | Non
                         help="show progress bars (default: when stderr is a terminal)")
 
 
+def add_tensorboard_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tensorboard``: also log the run's scalars for TensorBoard, into ``<out>/tensorboard/``
+    (:mod:`spikeprune.core.tensorboard_log`; a folder inside the run, so ``tensorboard --logdir`` on any
+    parent finds every run and a resume appends to its own log)."""
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files into <out>/tensorboard/ (per epoch the numbers of "
+                             "history.csv; per round those of rounds.csv); needs pip install 'spikeprune[tensorboard]'")
+
+
+def check_tensorboard(args: argparse.Namespace) -> None:
+    """Refuse ``--tensorboard`` in one line before any work: without the package, or with a sweep (its jobs run
+    as separate processes from their configs, which do not carry the flag)."""
+    if not getattr(args, "tensorboard", False):
+        return
+    from spikeprune.core.tensorboard_log import require_tensorboard
+
+    if sweep_requested(args):
+        raise UserError("--tensorboard logs one run; it is not passed to the jobs of a sweep (--seeds, --variants, "
+                        "--jobs): run the jobs one by one with --tensorboard, or leave it out")
+    require_tensorboard()
+
+
 def out_path(text: str) -> str:
     """``--out``: a non-empty path (an empty one would silently mean the current directory)."""
     if not text.strip():

@@ -22,6 +22,8 @@ from spikeprune.cli.args import (
     add_config_arguments,
     add_run_arguments,
     add_sweep_arguments,
+    add_tensorboard_argument,
+    check_tensorboard,
     config_from_args,
     sweep_requested,
 )
@@ -34,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edgepopup", help="edge-popup: search subnetworks of a random SNN (strong tickets)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p)
+    add_tensorboard_argument(p)
     p.add_argument("--reference", action="append", default=[], metavar="RUN",
                    help="a dense TRAINED run of the same architecture (its folder or metrics.json): the "
                         "dashed line of the plot; repeat for several seeds")
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from spikeprune.report.tables import format_edgepopup_table
     from spikeprune.tickets.edgepopup import EdgePopupConfig, sweep
 
+    check_tensorboard(args)
     cfg = config_from_args(EdgePopupConfig, args)
     if sweep_requested(args):
         from spikeprune.studies.sweep import edgepopup_sweep
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         summary = edgepopup_sweep(cfg, args.out, seeds=args.seeds, reference=args.reference,
                                   jobs=args.jobs or 1, threads=args.threads).metrics
     else:
-        summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress).metrics
+        summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress,
+                        tensorboard=args.tensorboard).metrics
     print(summary["bn"])
     print(format_edgepopup_table(summary), end="")
     print(f"results: {args.out}/results.json, results.csv, results.png")

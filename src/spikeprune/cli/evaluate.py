@@ -4,28 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
-from spikeprune.core.config import CommandConfig, hparam, path_option
 from spikeprune.core.rundir import holds_run_directory
 from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
-from spikeprune.engine.encoding import ENCODINGS
-
-
-@dataclass
-class EvaluateConfig(CommandConfig):
-    """What ``spikeprune evaluate`` reads (flags and ``--config`` YAML keys)."""
-
-    checkpoint: str | None = path_option("a spikeprune .safetensors checkpoint", required=True)
-    dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
-    data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
-    batch_size: int = hparam(256, "batch size", bounds="[1, inf)")
-    encoding: str | None = hparam(None, "input encoding (default: the checkpoint's)", ENCODINGS)
-    seed: int = hparam(0, "seed for Poisson encoding", bounds="[0, 4294967295]")
-    mask: str | None = path_option("apply this mask (default: the mask a lottery checkpoint carries)")
-    engine: str = hparam("dense", "inference path: dense (PyTorch) or event (spike-driven kernels, "
-                         "spikeprune.deploy.event_engine; falls back to dense with one line)", ("dense", "event"))
+from spikeprune.deploy.evaluate import EvaluateConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,45 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @holds_run_directory("evaluate")
 def run(args: argparse.Namespace) -> int:
-    from spikeprune.engine.data import BatchLoader
-    from spikeprune.core.io import check_writable_dir, load_checkpoint, write_json
-    from spikeprune.tickets.masks import Mask, stored_mask
-    from spikeprune.engine.train import checkpoint_dataset, evaluate, load_model
+    from spikeprune.deploy.evaluate import evaluate_checkpoint
 
-    cfg = config_from_args(EvaluateConfig, args)
-    model, meta = load_model(cfg.checkpoint)
-    trained_on = meta.get("config", {})
-    config = model.spikeprune_config
-    dataset = checkpoint_dataset(cfg.checkpoint, config, trained_on, cfg.dataset, cfg.data_dir)
-    encoding = cfg.encoding or trained_on.get("encoding", "direct")
-    loader = BatchLoader(dataset, "test", cfg.batch_size, shuffle=False, seed=cfg.seed, encoding=encoding,
-                         timesteps=config["T"])
-    if (meta.get("quantization") or {}).get("layers"):
-        # A `spikeprune compress` checkpoint: evaluate it as it runs, with its weight and membrane
-        # quantization (load_model alone gives the stored weights with float membranes).
-        from spikeprune.compression.compress import load_compressed
-
-        model, meta = load_compressed(cfg.checkpoint, next(iter(loader))[0])
-    # A lottery round's checkpoint carries its mask; SF-IMP-2's dynamic layers keep dense weights behind
-    # it, so the network that round evaluated is weights x mask, not the stored weights alone.
-    mask = Mask.load(cfg.mask) if cfg.mask else stored_mask(load_checkpoint(cfg.checkpoint)[0])
-    if mask is not None:
-        mask.check_fits(model)
-        mask.apply(model)
-    out = check_writable_dir(args.out)  # only once every input has been read: a refusal leaves nothing
-    if cfg.engine == "event":
-        from spikeprune.deploy.event_engine import compile as compile_event, evaluate_event
-
-        model.eval()
-        engine = compile_event(model)
-        result = evaluate_event(engine, loader)
-        used = "dense (fallback: " + engine.reason + ")" if engine.dense else "event"
-    else:
-        result, used = evaluate(model, loader), "dense"
-    metrics = {"engine": used,"test_accuracy": result["accuracy"], "test_loss": result["loss"],
-               "firing_rate": result["firing_rate"], "firing_rates": result["firing_rates"],
-               "checkpoint": str(Path(cfg.checkpoint)), "dataset": dataset.name, "encoding": encoding,
-               "mask": cfg.mask or ("stored in the checkpoint" if mask is not None else None)}
-    write_json(out / "metrics.json", metrics)
+    metrics = evaluate_checkpoint(config_from_args(EvaluateConfig, args), args.out).metrics
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "firing_rate")}, indent=2))
     return 0

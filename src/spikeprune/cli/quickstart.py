@@ -21,7 +21,13 @@ from spikeprune.core.diagnostics import UserError
 from spikeprune.core.config import hparam, reuse
 from spikeprune.engine.config import TrainConfig
 from spikeprune.tickets.lottery import LotteryConfig
-from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.cli.args import (
+    add_config_arguments,
+    add_run_arguments,
+    add_tensorboard_argument,
+    check_tensorboard,
+    config_from_args,
+)
 from spikeprune.core.rundir import holds_run_directory, log
 
 
@@ -50,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train on the embedded digits, find lottery tickets, print a report",
                        description=__doc__)
     add_run_arguments(p, out_default="runs/quickstart", resume=False)
+    add_tensorboard_argument(p)
     add_config_arguments(p, QuickstartConfig, preset=PRESET)
     p.set_defaults(func=run)
 
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from spikeprune.tickets.lottery import rewind_saver
     from spikeprune.engine.train import fit
 
+    check_tensorboard(args)
     cfg = config_from_args(QuickstartConfig, args, preset=PRESET)
     rewind_epoch = cfg.epochs // 10 if cfg.rewind_epoch is None else cfg.rewind_epoch
     lottery = _lottery_configs(cfg, rewind_epoch) if cfg.rounds > 0 else {}  # validate before training
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     # is identified by its TrainConfig alone, so changing only the lottery flags re-uses it.
     dense = TrainConfig.of(cfg)
     result = fit(dense, args.out, resume=True, progress=args.progress,
-                 on_epoch_end=rewind_saver(args.out, cfg, rewind_epoch))
+                 on_epoch_end=rewind_saver(args.out, cfg, rewind_epoch), tensorboard=args.tensorboard)
     m = result.metrics
     print(f"spikeprune quickstart: {cfg.model} (T={cfg.timesteps}, {m['num_parameters']:,} parameters) "
           f"on {cfg.dataset}")
@@ -91,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     log(f"edge-popup: searching the best 50 % of each layer of the untrained {cfg.model} "
         f"({cfg.edgepopup_epochs} epochs)")
-    ep = demo(cfg, f"{args.out}/edgepopup", density=0.5, epochs=cfg.edgepopup_epochs, progress=args.progress)
+    ep = demo(cfg, f"{args.out}/edgepopup", density=0.5, epochs=cfg.edgepopup_epochs, progress=args.progress,
+              tensorboard=args.tensorboard)
     print(f"\nedge-popup: the same {cfg.model}, UNTRAINED random weights, best 50 % of each layer searched")
     print(f"  test accuracy   {ep['test_accuracy']:.4f}  (dense trained above: {m['test_accuracy']:.4f}; "
           f"exported subnetwork: {ep['exported_test_accuracy']:.4f})")
@@ -128,7 +137,7 @@ def _lottery_part(args: argparse.Namespace, cfg: QuickstartConfig, configs: dict
         where = out / "lottery" / lcfg.variant
         adopt_dense(out, where)  # every criterion starts from the dense run above
         series[label] = run_lottery(lcfg, where, resume=True, dataset=dataset, progress=args.progress,
-                                    log=_round_lines(label)).rows
+                                    log=_round_lines(label), tensorboard=args.tensorboard).rows
     plot = plot_accuracy_vs_sparsity(series, out / "lottery.png", reference=series["IMP (magnitude)"][0]["test_accuracy"],
                                      test_size=test_size,
                                      title=f"{cfg.model} on {cfg.dataset}: lottery tickets "

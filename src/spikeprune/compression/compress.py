@@ -327,8 +327,8 @@ def _report(cfg: CompressConfig, out: Path, reference: nn.Module, model: nn.Modu
     dense_cost.latency, comp_cost.latency = dense_lat[-1], comp_lat[-1]
     dt, ct = dense_cost.totals, comp_cost.totals
     metrics = {
-        "test_accuracy": comp_eval["accuracy"], "dense_test_accuracy": dense_eval["accuracy"],
-        "accuracy_drop": dense_eval["accuracy"] - comp_eval["accuracy"],
+        "test_accuracy": comp_eval["test_accuracy"], "dense_test_accuracy": dense_eval["test_accuracy"],
+        "accuracy_drop": dense_eval["test_accuracy"] - comp_eval["test_accuracy"],
         "firing_rate": comp_eval["firing_rate"], "dense_firing_rate": dense_eval["firing_rate"],
         "size_bytes": ct["size_dense_bytes"], "dense_size_bytes": dt["size_dense_bytes"],
         "size_reduction": dt["size_dense_bytes"] / ct["size_dense_bytes"],

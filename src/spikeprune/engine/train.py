@@ -40,6 +40,7 @@ from spikeprune.core.io import check_writable_dir, collective, load_checkpoint, 
 from spikeprune.engine.models import create_model
 from spikeprune.engine.neuron import LIF, observe, spiking_layers
 from spikeprune.core.rundir import RunResult, check_resumable, log
+from spikeprune.core.tensorboard_log import open_scalar_log, require_tensorboard
 
 __all__ = [
     "build_model",
@@ -214,11 +215,18 @@ def evaluate(
     loss: str = "per_timestep",
     bf16: bool = False,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Accuracy, loss and firing rates of ``model`` on ``loader`` (eval mode).
+    """Accuracy, loss and firing rates of ``model`` on ``loader`` (eval mode), under the names the run
+    files use: ``{split}_accuracy``, ``{split}_loss`` (``test_accuracy``, ``test_loss`` by default; ``fit``'s
+    validation pass asks for ``split="val"``), ``firing_rate`` (spikes per neuron per timestep over all
+    LIF layers) and ``firing_rates`` (per layer name).
 
-    ``firing_rate``: spikes per neuron per timestep over all LIF layers; ``firing_rates``: per layer.
+    ``loader`` yields ``(x, y)``: ``x`` ``[T, B, ...]`` (or whatever ``forward`` takes), ``y`` ``[B]`` labels;
+    ``forward(x)`` (default ``model``) returns logits ``[T, B, C]``.
     """
+    if not (isinstance(split, str) and split.isidentifier()):
+        raise UserError(f"split must be a name such as 'test' or 'val' (it prefixes the keys); got {split!r}")
     was_training = model.training
     model.eval()
     forward = forward or model
@@ -251,8 +259,8 @@ def evaluate(
         slots = {k: int(total[f"n/{k}"]) for k in keys}
     rates = {n: spikes[n] / slots[n] for n in spikes if slots[n]}
     return {
-        "accuracy": correct / max(seen, 1),
-        "loss": total_loss / max(seen, 1),
+        f"{split}_accuracy": correct / max(seen, 1),
+        f"{split}_loss": total_loss / max(seen, 1),
         "firing_rate": sum(spikes.values()) / max(sum(slots.values()), 1),
         "firing_rates": rates,
     }
@@ -411,6 +419,7 @@ def fit(
     extra_tensors: Callable[[], dict[str, torch.Tensor]] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = log,
+    tensorboard: bool = False,
 ) -> RunResult:
     """Train ``cfg`` into the run directory ``out``, checkpointing every epoch; returns a :class:`RunResult`
     (``metrics`` = metrics.json, ``rows`` = the epochs of history.csv, ``model`` = the trained network).
@@ -427,12 +436,17 @@ def fit(
         extra_tensors: extra tensors stored in every checkpoint (e.g. masks), keys prefixed ``extra/``.
         progress: show a tqdm bar per epoch.
         log: receives one summary line per epoch (default: stderr); ``None`` silences it.
+        tensorboard: also write each epoch's history.csv numbers as TensorBoard scalars into
+            ``out/tensorboard/`` (step = epoch; :mod:`spikeprune.core.tensorboard_log`). Needs the
+            ``tensorboard`` package (``spikeprune[tensorboard]``): without it, a UserError before any work.
 
     Under ``torchrun`` the run is data-parallel (DistributedDataParallel; :mod:`spikeprune.core.distributed`):
     batches are sharded by rank, files are written once (rank 0), only rank 0 logs, and
     ``metrics.json`` records ``distributed`` = world size, backend and whether the final model state
     is identical on every rank. In one process nothing changes.
     """
+    if tensorboard:
+        require_tensorboard()
     ctx = distributed.context()
     if not distributed.is_main():
         progress, log = False, None
@@ -483,44 +497,56 @@ def fit(
     if cfg.compile:
         forward = torch.compile(forward)
     step_hook = (lambda: after_step(model)) if after_step is not None else None
-
-    for epoch in range(start_epoch, cfg.epochs):
-        tick = time.perf_counter()
-        train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        tr = train_epoch(model, train_loader, optimizer, loss=cfg.loss, bf16=cfg.bf16, forward=forward,
-                         after_step=step_hook, progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        scheduler.step()
-        distributed.broadcast_state(model)  # DDP lets BatchNorm running statistics drift per rank
-        ev = evaluate(model, test_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward)
-        va = (evaluate(model, val_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward)
-              if val_loader is not None else {"accuracy": None, "loss": None})
-        seconds += time.perf_counter() - tick
-        if va["accuracy"] is not None and (best["val_accuracy"] is None or va["accuracy"] > best["val_accuracy"]):
-            best = {"epoch": epoch + 1, "val_accuracy": va["accuracy"], "test_accuracy": ev["accuracy"]}
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-               "val_loss": va["loss"], "val_accuracy": va["accuracy"],
-               "test_loss": ev["loss"], "test_accuracy": ev["accuracy"], "firing_rate": ev["firing_rate"],
-               "firing_rates": ev["firing_rates"], "seconds": seconds}
-        history.append(row)
-        opt_tensors, opt_meta = _pack_optimizer(optimizer)
-        tensors = {**model_tensors(model), **opt_tensors, "rng/torch": torch.get_rng_state()}
-        if extra_tensors is not None:
-            tensors.update({f"extra/{k}": v for k, v in extra_tensors().items()})
-        save_checkpoint(ckpt_path, tensors, {
-            "kind": "train", "epoch": epoch + 1, "seconds": seconds, "best_val": best, "validation": validation,
-            "config": to_dict(cfg), "hyperparameters": identity, "run_id": run_id(cfg),
-            "runtime": runtime_settings(_device(model), cfg),
-            "model_config": getattr(model, "spikeprune_config", None),
-            "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "history": history,
-        })
-        write_csv(out / "history.csv", history, HISTORY_FIELDS)
-        if log:
-            val = f"val {va['accuracy']:.4f}  " if va["accuracy"] is not None else ""
-            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f}  train {tr['accuracy']:.4f}  "
-                f"{val}test {ev['accuracy']:.4f}  rate {ev['firing_rate']:.3f}  {seconds:.0f}s")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model)
+    # None: not asked, finished, or not rank 0. A resume re-logs the checkpoint's history first (and hides what
+    # earlier event files hold from epoch 1 on), so the log holds history.csv's epochs, each once.
+    scalars = open_scalar_log(out, tensorboard and start_epoch < cfg.epochs, purge_step=1)
+    if scalars is not None:
+        for done in history:
+            scalars.add(done, done["epoch"], HISTORY_FIELDS[1:-1])
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            tick = time.perf_counter()
+            train_loader.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            tr = train_epoch(model, train_loader, optimizer, loss=cfg.loss, bf16=cfg.bf16, forward=forward,
+                             after_step=step_hook, progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+            scheduler.step()
+            distributed.broadcast_state(model)  # DDP lets BatchNorm running statistics drift per rank
+            ev = evaluate(model, test_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward)
+            va = (evaluate(model, val_loader, loss=cfg.loss, bf16=cfg.bf16, forward=forward, split="val")
+                  if val_loader is not None else {"val_accuracy": None, "val_loss": None})
+            seconds += time.perf_counter() - tick
+            if va["val_accuracy"] is not None and (best["val_accuracy"] is None
+                                                   or va["val_accuracy"] > best["val_accuracy"]):
+                best = {"epoch": epoch + 1, "val_accuracy": va["val_accuracy"], "test_accuracy": ev["test_accuracy"]}
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+                   "val_loss": va["val_loss"], "val_accuracy": va["val_accuracy"],
+                   "test_loss": ev["test_loss"], "test_accuracy": ev["test_accuracy"], "firing_rate": ev["firing_rate"],
+                   "firing_rates": ev["firing_rates"], "seconds": seconds}
+            history.append(row)
+            opt_tensors, opt_meta = _pack_optimizer(optimizer)
+            tensors = {**model_tensors(model), **opt_tensors, "rng/torch": torch.get_rng_state()}
+            if extra_tensors is not None:
+                tensors.update({f"extra/{k}": v for k, v in extra_tensors().items()})
+            save_checkpoint(ckpt_path, tensors, {
+                "kind": "train", "epoch": epoch + 1, "seconds": seconds, "best_val": best, "validation": validation,
+                "config": to_dict(cfg), "hyperparameters": identity, "run_id": run_id(cfg),
+                "runtime": runtime_settings(_device(model), cfg),
+                "model_config": getattr(model, "spikeprune_config", None),
+                "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "history": history,
+            })
+            write_csv(out / "history.csv", history, HISTORY_FIELDS)
+            if log:
+                val = f"val {va['val_accuracy']:.4f}  " if va["val_accuracy"] is not None else ""
+                log(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f}  train {tr['accuracy']:.4f}  "
+                    f"{val}test {ev['test_accuracy']:.4f}  rate {ev['firing_rate']:.3f}  {seconds:.0f}s")
+            if scalars is not None:  # after the checkpoint: a logged epoch is a saved one
+                scalars.add(row, epoch + 1, HISTORY_FIELDS[1:-1])  # lr ... firing_rate (not epoch, seconds)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
+    finally:
+        if scalars is not None:
+            scalars.close()
 
     last = history[-1]
     metrics = {

@@ -29,6 +29,7 @@ from spikeprune.core.diagnostics import SpikepruneWarning
 from spikeprune.theory.flips import flip_analysis, flip_rows_csv, flip_summary
 from spikeprune.interop.adapters import adapt, load_factory, neuron_summary, run_user_code
 from spikeprune.core.io import check_writable_dir, write_json, write_text
+from spikeprune.core.rundir import RunResult
 from spikeprune.tickets.pruning import prune
 from spikeprune.engine.train import evaluate, train_epoch
 
@@ -137,7 +138,7 @@ def analyse_third_party(
     analysis_batches: int = 2,
     seed: int = 0,
     log=print,
-) -> dict[str, Any]:
+) -> RunResult:
     """Adapt the network ``factory`` builds, (train it,) prune it and analyse what pruning did.
 
     Args:
@@ -147,7 +148,8 @@ def analyse_third_party(
         epochs: training epochs with Adam at ``lr`` before pruning (0: use the weights as they are).
         sparsity: fraction of prunable weights removed (global, ``criterion``).
     Writes ``neurons.json``, ``mask.safetensors``, ``cost.json``, ``flips.csv``, ``flip_summary.json`` and
-    ``metrics.json`` to ``out``; returns the metrics. spikeprune's warnings (:mod:`spikeprune.core.diagnostics`:
+    ``metrics.json`` to ``out``; returns a :class:`~spikeprune.core.rundir.RunResult` (``metrics`` = metrics.json,
+    ``rows`` = its per-epoch ``history``, ``model`` = the adapted, pruned network). spikeprune's warnings (:mod:`spikeprune.core.diagnostics`:
     an ``sf`` run that scored hidden layers by magnitude, a layer emptied by global ranking) are logged as
     ``warning: ...`` lines as they occur and listed in ``metrics["warnings"]``; other warnings pass through.
     """
@@ -202,8 +204,9 @@ def analyse_third_party(
             "factory": factory, "timesteps": timesteps, "dataset": dataset, "epochs": epochs, "criterion": criterion,
             "output": model.output, "criterion_fallback": fallback, "warnings": list(caught),
             "sparsity": mask.sparsity, "history": history,
-            "dense": {"accuracy": dense["accuracy"], "firing_rate": dense["firing_rate"]},
-            "pruned": {"accuracy": pruned["accuracy"], "firing_rate": pruned["firing_rate"]},
+            # (these file keys predate evaluate()'s split-prefixed names; kept so recorded results still read)
+            "dense": {"accuracy": dense["test_accuracy"], "firing_rate": dense["firing_rate"]},
+            "pruned": {"accuracy": pruned["test_accuracy"], "firing_rate": pruned["firing_rate"]},
             "energy_uj": report.totals["energy_uj"], "sops": report.totals["sops"],
         }
         write_json(out / "neurons.json", neuron_summary(model))
@@ -213,8 +216,8 @@ def analyse_third_party(
         write_json(out / "flip_summary.json", flip_summary(rows))
         write_json(out / "metrics.json", metrics)
         log(report.table())
-        log(f"accuracy dense {dense['accuracy']:.4f} -> pruned ({mask.sparsity:.1%} removed, {criterion}) "
-            f"{pruned['accuracy']:.4f}; results in {out}")
-        return metrics
+        log(f"accuracy dense {dense['test_accuracy']:.4f} -> pruned ({mask.sparsity:.1%} removed, {criterion}) "
+            f"{pruned['test_accuracy']:.4f}; results in {out}")
+        return RunResult(out, metrics, history, model)
 
 

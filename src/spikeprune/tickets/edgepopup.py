@@ -27,6 +27,7 @@ from spikeprune.core.config import hparam, hyperparameters, to_dict
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.io import check_writable_dir, collective, read_json, write_csv, write_json
 from spikeprune.core.rundir import RunResult, check_resumable, log
+from spikeprune.core.tensorboard_log import require_tensorboard
 from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import ImageDataset, load_dataset
 from spikeprune.engine.train import build_model, evaluate, fit, make_loaders, save_model
@@ -99,6 +100,7 @@ def search(
     dataset: ImageDataset | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = log,
+    tensorboard: bool = False,
 ) -> RunResult:
     """Edge-popup at ``cfg.density`` into the run folder ``out``; returns a :class:`RunResult` whose
     ``metrics`` is the result row (``out/result.json``) and ``model`` the exported subnetwork.
@@ -107,10 +109,13 @@ def search(
     learns the scores with :func:`~spikeprune.engine.train.fit` (SGD/cosine of ``cfg``; resumable per
     epoch), exports the subnetwork and evaluates the export. ``out`` then holds the search
     checkpoint and history (from ``fit``), ``subnet.safetensors`` (the ordinary model: ``spikeprune
-    evaluate --checkpoint`` takes it), ``mask.safetensors`` and ``result.json``.
+    evaluate --checkpoint`` takes it), ``mask.safetensors`` and ``result.json``. ``tensorboard=True``: the
+    search's epochs are also logged into ``out/tensorboard/`` (as :func:`~spikeprune.engine.train.fit` does).
     """
     if cfg.densities:
         raise UserError("search() runs one density; use sweep() for densities")
+    if tensorboard:
+        require_tensorboard()  # before any work
     from spikeprune.core.distributed import context, is_main
 
     context()
@@ -121,7 +126,8 @@ def search(
                          scale_fan=cfg.scale_fan, seed=cfg.seed)
     if cfg.affine_bn and log:
         log(f"edgepopup: WARNING {_bn_statement(True)}")
-    trained = fit(cfg, out, resume=resume, dataset=dataset, model=model, progress=progress, log=log)
+    trained = fit(cfg, out, resume=resume, dataset=dataset, model=model, progress=progress, log=log,
+                  tensorboard=tensorboard)
     plain, mask = export_subnetwork(trained.model)
     _, test_loader = make_loaders(cfg, dataset)
     exported = evaluate(plain, test_loader, loss=cfg.loss, bf16=cfg.bf16)
@@ -138,8 +144,8 @@ def search(
         "best_val_accuracy": m["best_val_accuracy"],
         "test_accuracy_at_best_val": m["test_accuracy_at_best_val"],
         "validation": m["validation"],
-        "exported_test_accuracy": exported["accuracy"],
-        "export_matches": exported["accuracy"] == m["test_accuracy"],
+        "exported_test_accuracy": exported["test_accuracy"],
+        "export_matches": exported["test_accuracy"] == m["test_accuracy"],
         "test_loss": m["test_loss"],
         "train_accuracy": m["train_accuracy"],
         "firing_rate": exported["firing_rate"],
@@ -171,7 +177,7 @@ def search(
     write_json(out / RESULT_FILE, row)  # written last: its presence means this density is finished
     if log:
         log(f"edgepopup: density {cfg.density:g} (sparsity {1 - cfg.density:g}): test accuracy "
-            f"{m['test_accuracy']:.4f}, exported subnetwork {exported['accuracy']:.4f}")
+            f"{m['test_accuracy']:.4f}, exported subnetwork {exported['test_accuracy']:.4f}")
     return RunResult(out, row, model=plain)
 
 
@@ -251,6 +257,7 @@ def sweep(
     dataset: ImageDataset | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = log,
+    tensorboard: bool = False,
 ) -> RunResult:
     """One :func:`search` per density (``cfg.densities``, or just ``cfg.density``), each in
     ``out/density-<d>/``; writes ``out/results.{json,csv,png}`` after every density.
@@ -258,10 +265,13 @@ def sweep(
     Resumable: with ``resume=True`` a finished density (its ``result.json`` exists) is read, not
     redone, and an interrupted one continues from its last epoch. Without ``resume`` an ``out``
     that already holds a sweep is refused. Everything a user can get wrong (densities, model,
-    dataset, reference files) is checked before the first file is written.
+    dataset, reference files) is checked before the first file is written. ``tensorboard=True``: each
+    density's search logs its epochs into ``out/density-<d>/tensorboard/``.
     """
     from spikeprune.core.distributed import context, is_main
 
+    if tensorboard:
+        require_tensorboard()  # before any work
     context()  # under torchrun: join the process group before touching any file
     if not is_main():  # under torchrun only rank 0 talks
         progress, log = False, None
@@ -296,14 +306,15 @@ def sweep(
         else:
             if log:
                 log(f"edgepopup: density {d:g} ({i + 1}/{len(densities)}) -> {run}")
-            row = search(cfg_d, run, resume=True, dataset=dataset, progress=progress, log=log).metrics
+            row = search(cfg_d, run, resume=True, dataset=dataset, progress=progress, log=log,
+                         tensorboard=tensorboard).metrics
         rows.append(row)
         summary = write_results(out, rows, cfg=cfg, reference=ref, complete=len(rows) == len(densities))
     return RunResult(out, summary, summary["rows"])
 
 
 def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, epochs: int | None = None,
-         progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+         progress: bool = False, log: Callable[[str], None] | None = None, tensorboard: bool = False) -> dict[str, Any]:
     """Edge-popup on the network and data of ``base`` (quickstart: the same convnet on digits, untrained).
 
     Searches ``base``'s model/dataset/hyperparameters at ``density`` into ``out`` (resuming, or just
@@ -312,5 +323,5 @@ def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, epochs: in
     # only TrainConfig's fields carry over: ``base`` may be a command config with extra knobs
     cfg = EdgePopupConfig(**{**to_dict(TrainConfig.of(base)), "density": density, "epochs": epochs or base.epochs})
     t0 = time.perf_counter()
-    summary = sweep(cfg, out, resume=True, progress=progress, log=log).metrics
+    summary = sweep(cfg, out, resume=True, progress=progress, log=log, tensorboard=tensorboard).metrics
     return {**summary["rows"][0], "wall_seconds": time.perf_counter() - t0}

@@ -59,6 +59,7 @@ from spikeprune.tickets.pruning import prune_step
 from spikeprune.tickets.strategies import NORMALIZATIONS, STRATEGIES
 from spikeprune.engine.train import CHECKPOINT, build_model, fit, load_model_state, model_tensors
 from spikeprune.core.rundir import RunResult, check_resumable, first_difference, link_run, log
+from spikeprune.core.tensorboard_log import open_scalar_log, require_tensorboard
 
 __all__ = ["LotteryConfig", "VARIANTS", "collect_rows", "load_ticket", "rewind_saver", "rewound_ticket", "run_lottery", "train_dense", "adopt_dense"]
 
@@ -67,6 +68,9 @@ REWIND = "rewind.safetensors"
 MASK = "mask.safetensors"
 ROUND_FIELDS = ["round", "sparsity", "density", "val_accuracy", "test_accuracy", "best_val_epoch",
                 "best_val_accuracy", "test_accuracy_at_best_val", "firing_rate", "seconds", "prune_seconds", "epochs"]
+#: the rounds.csv numbers a lottery logs per round with ``tensorboard=True`` (not wall-clock, not counters)
+ROUND_SCALARS = ["sparsity", "density", "val_accuracy", "test_accuracy", "best_val_accuracy",
+                 "test_accuracy_at_best_val", "firing_rate"]
 #: fields that may change when a run is resumed (extending a finished run by more rounds)
 RESUMABLE_CHANGES = frozenset({"rounds"})
 
@@ -158,7 +162,8 @@ def _save_rewind(path: Path, tensors: dict[str, torch.Tensor], epoch: int, tcfg:
     save_checkpoint(path, tensors, {"kind": "rewind", "epoch": epoch, "hyperparameters": hyperparameters(tcfg)})
 
 
-def _dense(cfg: LotteryConfig, out: Path, dataset: ImageDataset, progress: bool, log: Callable | None) -> None:
+def _dense(cfg: LotteryConfig, out: Path, dataset: ImageDataset, progress: bool, log: Callable | None,
+           tensorboard: bool = False) -> None:
     """Round 0: train the dense network, saving the state after ``rewind_epoch`` epochs."""
     where, tcfg, R = round_dir(out, 0), train_config(cfg), cfg.rewind_epoch
     rewind = where / REWIND
@@ -185,7 +190,8 @@ def _dense(cfg: LotteryConfig, out: Path, dataset: ImageDataset, progress: bool,
 
     if log:
         log(f"[lottery] round 0 (dense): {tcfg.epochs} epochs, rewind state at epoch {R}")
-    fit(tcfg, where, resume=True, dataset=dataset, model=model, on_epoch_end=capture, progress=progress, log=log)
+    fit(tcfg, where, resume=True, dataset=dataset, model=model, on_epoch_end=capture, progress=progress, log=log,
+        tensorboard=tensorboard)
 
 
 def _read_mask(path: Path) -> tuple[Mask, list[str], dict[str, Any]]:
@@ -270,7 +276,7 @@ def rewound_ticket(cfg: LotteryConfig, out: str | Path, k: int, dataset: ImageDa
 
 
 def _train_round(cfg: LotteryConfig, out: Path, k: int, dataset: ImageDataset, progress: bool,
-                 log: Callable | None) -> None:
+                 log: Callable | None, tensorboard: bool = False) -> None:
     where = round_dir(out, k)
     ticket, mask, dynamic = rewound_ticket(cfg, out, k, dataset)
     guard = enforce(ticket, Mask({n: mask[n] for n in mask if n not in dynamic}))
@@ -281,7 +287,8 @@ def _train_round(cfg: LotteryConfig, out: Path, k: int, dataset: ImageDataset, p
     # the rewind state, so "epoch 1/18" is not read as epoch 1 of the dense schedule.
     epochs_log = (lambda m: log(f"[lottery] round {k} (after rewind to epoch {cfg.rewind_epoch}): {m}")) if log else None
     fit(round_config(cfg), where, resume=True, dataset=dataset, model=ticket, after_step=lambda _: guard.after_step(),
-        extra_tensors=lambda: {f"mask/{n}": t for n, t in mask.items()}, progress=progress, log=epochs_log)
+        extra_tensors=lambda: {f"mask/{n}": t for n, t in mask.items()}, progress=progress, log=epochs_log,
+        tensorboard=tensorboard)
     guard.remove()
 
 
@@ -376,16 +383,21 @@ def train_dense(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
 
 @collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
 def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, dataset: ImageDataset | None = None,
-                progress: bool = False, log: Callable[[str], None] | None = log) -> RunResult:
+                progress: bool = False, log: Callable[[str], None] | None = log, tensorboard: bool = False) -> RunResult:
     """Run (or resume) IMP / SF-IMP-1 / SF-IMP-2 into ``out``; see the module docstring for the files.
 
     Returns a :class:`RunResult`: ``rows`` = one row per round (round 0 = the dense run; the same as
-    ``out/rounds.csv``), ``metrics`` = the last round's row. Every phase whose outputs exist is skipped, so after a kill the same call continues where the
+    ``out/rounds.csv``), ``metrics`` = the last round's row. ``tensorboard=True``: every training run logs its
+    epochs into its own ``tensorboard/`` folder (``out/dense/tensorboard``, ``out/round_01/tensorboard``, ...)
+    and each finished round's rounds.csv numbers go to ``out/tensorboard`` (tags ``lottery/...``, step =
+    round; :mod:`spikeprune.core.tensorboard_log`). Every phase whose outputs exist is skipped, so after a kill the same call continues where the
     run stopped and produces the same masks and accuracies (bit-identical on the CPU). A directory
     holding another variant's finished ``dense/`` (same TrainConfig) reuses it.
     """
     if not isinstance(cfg, LotteryConfig):
         raise TypeError(f"run_lottery needs a LotteryConfig; got {type(cfg).__name__}")
+    if tensorboard:
+        require_tensorboard()  # before any work
     distributed.context()  # under torchrun: join the process group before touching any file
     if not distributed.is_main():  # under torchrun only rank 0 talks
         progress, log = False, None
@@ -395,15 +407,34 @@ def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
     # (ValueError "no prunable layer") cannot hold a ticket.
     Mask.ones(build_model(train_config(cfg), dataset))
     _check_identity(out, cfg, resume)
-    _dense(cfg, out, dataset, progress, log)
-    for k in range(1, cfg.rounds + 1):
-        where = round_dir(out, k)
-        if (where / "metrics.json").exists():
-            continue
-        if not (where / MASK).exists():
-            _prune(cfg, out, k, dataset, log)
-        _train_round(cfg, out, k, dataset, progress, log)
-        _write_results(out, cfg, collect_rows(out))
+    # Every call logs the rounds finished before it first (a resumed run, a dense run adopted from elsewhere)
+    # and hides what earlier event files hold (purge_step 0), then each round as it finishes: once each.
+    logged = 0
+    scalars = open_scalar_log(out, tensorboard, purge_step=0)  # None: not asked, or not rank 0
+
+    def log_rounds() -> None:
+        nonlocal logged
+        if scalars is not None:
+            rows = collect_rows(out)
+            for row in rows[logged:]:
+                scalars.add(row, row["round"], ROUND_SCALARS, prefix="lottery/")
+            logged = len(rows)
+
+    try:
+        _dense(cfg, out, dataset, progress, log, tensorboard)
+        log_rounds()
+        for k in range(1, cfg.rounds + 1):
+            where = round_dir(out, k)
+            if (where / "metrics.json").exists():
+                continue
+            if not (where / MASK).exists():
+                _prune(cfg, out, k, dataset, log)
+            _train_round(cfg, out, k, dataset, progress, log, tensorboard)
+            _write_results(out, cfg, collect_rows(out))
+            log_rounds()
+    finally:
+        if scalars is not None:
+            scalars.close()
     rows = collect_rows(out)[: cfg.rounds + 1]
     _write_results(out, cfg, rows)
     return RunResult(out, rows[-1], rows)
