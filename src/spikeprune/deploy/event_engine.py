@@ -615,8 +615,9 @@ class EventModel:
             self.stats.dense_ops += spk.numel() * syn.out_channels
 
 
-def evaluate_event(engine: EventModel, loader: Any) -> dict[str, Any]:
-    """:func:`spikeprune.engine.train.evaluate` run through the engine: accuracy, loss and firing rates.
+def evaluate_event(engine: EventModel, loader: Any, *, split: str = "test") -> dict[str, Any]:
+    """:func:`spikeprune.engine.train.evaluate` run through the engine: ``{split}_accuracy``,
+    ``{split}_loss``, ``firing_rate`` and ``firing_rates`` (the same keys as ``evaluate``).
 
     Firing rates come from the engine's counters (every neuron layer, the encoding one included).
     """
@@ -632,7 +633,7 @@ def evaluate_event(engine: EventModel, loader: Any) -> dict[str, Any]:
             slots[k] = slots.get(k, 0) + engine.stats.slots[k]
         return out
 
-    result = evaluate(engine.model, loader, forward=forward)
+    result = evaluate(engine.model, loader, forward=forward, split=split)
     if engine.dense:
         return result
     result["firing_rates"] = {k: fired[k] / slots[k] for k in fired if slots[k]}
