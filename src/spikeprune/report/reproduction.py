@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spikeprune.core.io import file_slug
+from spikeprune.report.tables import interval_legend, interval_phrase
 
 __all__ = ["SECTIONS", "TITLES", "REF_KEYS", "fig3_section", "fig5_section", "page", "qpsnn_section", "slug",
            "theory_section"]
@@ -62,10 +63,11 @@ def _aligned_table(series: dict[str, list[dict[str, Any]]], seeds: int) -> tuple
             if pt.get("n", 1) > 1:
                 cell += f" ± {_pct(pt['test_accuracy_ci'])}"
             if pt.get("n", 1) < seeds:
-                cell += f" (n={pt['n']})"
+                cell += f" (n={pt.get('n', 1)})"
             cells.append(cell)
         lines.append(f"| {100 * lv:.1f} % | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n", levels
+    legend = interval_legend(series)  # what ± is, over how many seeds, a warning for n < 3
+    return "\n".join(lines) + "\n" + ("\n" + "".join(f"{x}\n" for x in legend) if legend else ""), levels
 
 
 def _fig5_findings(series: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -136,11 +138,10 @@ def fig5_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], di
         table, _ = _aligned_table(series, len(p.seeds))
         png = f"fig5_{slug(name)}.png"
         dense = next((s[0]["test_accuracy"] for s in series.values() if s and s[0]["sparsity"] == 0), None)
-        plot_accuracy_vs_sparsity(series, out / png, title=f"{name}: lottery tickets (mean ± 95 % CI over "
-                                  f"{len(p.seeds)} seed(s))" + ("" if panel["complete"] else " PARTIAL"),
-                                  reference=dense, reference_label="dense")
+        plot_accuracy_vs_sparsity(series, out / png, title=f"{name}: lottery tickets ({interval_phrase(len(p.seeds))})"
+                                  + ("" if panel["complete"] else " PARTIAL"), reference=dense, reference_label="dense")
         findings = _fig5_findings(series)
-        md.append(f"Test accuracy (%) by sparsity (fraction of weights removed), mean ± 95 % CI over seeds:\n\n{table}")
+        md.append(f"Test accuracy (%) by sparsity (fraction of weights removed), mean over seeds:\n\n{table}")
         md.append(f"![{name}]({png})\n")
         md.append("What our numbers say:\n\n" + "".join(f"* {f}\n" for f in findings))
         for ds, values in kim.items():

@@ -3,7 +3,8 @@
 * :func:`read_results` reads a ``results.json`` (a lottery run, or any file shaped like it);
 * :func:`summarize` turns several runs of one method (seeds) into per-level mean, standard
   deviation and 95 % confidence interval (Student t, n - 1 degrees of freedom);
-* :func:`format_table` prints methods side by side as a Markdown table;
+* :func:`format_table` prints methods side by side as a Markdown table, with :func:`interval_legend`
+  under it (what ``±`` is, over how many runs);
 * :func:`format_edgepopup_table` / :func:`format_slth_table`: the console tables of an edge-popup
   ``results.json`` and of a ``theory slth`` result (``slth.json``);
 * the plots of these results are :mod:`spikeprune.report.plots`.
@@ -22,7 +23,8 @@ from typing import Any
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.io import read_json
 
-__all__ = ["format_edgepopup_table", "format_slth_table", "format_table", "read_results", "summarize"]
+__all__ = ["format_edgepopup_table", "format_slth_table", "format_table", "interval_legend", "interval_phrase",
+           "read_results", "summarize"]
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -95,33 +97,84 @@ def summarize(runs: Sequence[Sequence[Mapping[str, Any]]], metrics: Sequence[str
     return out
 
 
+def _n(point: Mapping[str, Any]) -> int:
+    """Runs behind a point: ``n`` of a :func:`summarize` row; a row without ``n`` is one run."""
+    return int(point.get("n", 1))
+
+
+def interval_phrase(runs: int, unit: str = "seeds") -> str:
+    """What a plot of ``runs`` aggregated runs shows, for its title: the interval and n, or that there is none."""
+    return f"mean ± 95 % CI (Student t) over {runs} {unit}" if runs > 1 else f"one {unit.removesuffix('s')}, so no interval"
+
+
+def interval_legend(series: Mapping[str, Sequence[Mapping[str, Any]]], metric: str = "test_accuracy",
+                    unit: str = "seeds") -> list[str]:
+    """The lines printed under a table of :func:`summarize` rows, so that it describes itself: what ``±``
+    is (the half-width of the 95 % confidence interval of the mean, Student t with n - 1 degrees of
+    freedom), over how many runs (per column when the columns differ), that n = 1 has no interval and
+    a warning when n < 3 (with 2 runs the t quantile is 12.7: the interval says almost nothing).
+
+    ``series``: ``{column: [point, ...]}``; ``unit``: what a run is (seeds)."""
+    ns = {name: sorted({_n(p) for p in pts if p.get(metric) is not None}) for name, pts in series.items()}
+    ns = {name: v for name, v in ns.items() if v}
+    if not ns:
+        return []
+    every = sorted({n for v in ns.values() for n in v})
+    if every == [1]:
+        return ["each value is one run (n = 1): no confidence interval, so differences between values are "
+                "not tested; run more " + unit + " (n >= 3) to compare them"]
+
+    def counts(v: list[int]) -> str:
+        return str(v[0]) if len(v) == 1 else f"{v[0]}-{v[-1]}"
+
+    what = "± = half-width of the 95 % confidence interval of the mean (Student t, n - 1 degrees of freedom) over "
+    if len(every) == 1:
+        lines = [what + f"n = {every[0]} {unit}"]
+    else:
+        lines = [what + f"n {unit}" + ("; no ± where n = 1" if 1 in every else ""),
+                 f"n ({unit}) per column: " + ", ".join(f"{name} {counts(v)}" for name, v in ns.items())
+                 + ("; a value with fewer says (n=k)" if any(len(v) > 1 for v in ns.values()) else "")]
+    few = [name for name, v in ns.items() if v[0] < 3]
+    if few:
+        t2 = _t_quantile(1)
+        lines.append(f"warning: n < 3 in {', '.join(few)}: an interval from 2 runs (t = {t2:.1f}) or none from 1 "
+                     "says little; differences within it are not resolved")
+    return lines
+
+
 def format_table(series: Mapping[str, Sequence[Mapping[str, Any]]], metric: str = "test_accuracy",
                  percent: bool = True) -> str:
-    """Markdown table: one row per sparsity level, one column per series (``mean ± ci`` when known).
+    """Markdown table: one row per sparsity level, one column per series (``mean ± ci`` when the point
+    aggregates n >= 2 runs), followed by :func:`interval_legend` (what ± is, n, a warning for n < 3).
 
     Series are aligned by position (round k of every series shares row k), and the sparsity column
-    shows the first series' value.
+    shows the first series' value. A value resting on fewer runs than its column's most says ``(n=k)``.
     """
     names = list(series)
     if not names:
         return ""
     scale = 100.0 if percent else 1.0
     depth = max(len(s) for s in series.values())
+    most = {name: max((_n(p) for p in series[name]), default=1) for name in names}
     lines = ["| sparsity | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for i in range(depth):
         first = next(s[i] for s in series.values() if i < len(s))
         cells = []
         for name in names:
             s = series[name]
-            if i >= len(s):
-                cells.append("")
+            if i >= len(s) or s[i].get(metric) is None:  # beyond this series, or not measured
+                cells.append("" if i >= len(s) else "–")
                 continue
             value = f"{scale * float(s[i][metric]):.2f}"
-            if f"{metric}_ci" in s[i] and s[i].get("n", 1) > 1:
+            if s[i].get(f"{metric}_ci") is not None and _n(s[i]) > 1:
                 value += f" ± {scale * float(s[i][f'{metric}_ci']):.2f}"
+            if _n(s[i]) < most[name]:
+                value += f" (n={_n(s[i])})"
             cells.append(value)
         lines.append(f"| {100 * (1 - _density(first)):.1f} % | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    legend = interval_legend(series, metric)
+    # a blank line first: in Markdown a text line right after a table would become one of its rows
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(legend) + "\n" if legend else "")
 
 
 def format_edgepopup_table(summary: Mapping[str, Any]) -> str:
