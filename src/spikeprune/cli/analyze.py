@@ -104,7 +104,7 @@ def run_flips(args: argparse.Namespace) -> int:
     from spikeprune.compression.compress import load_compressed
     from spikeprune.engine.data import BatchLoader
     from spikeprune.studies.flips import flip_study
-    from spikeprune.theory.flips import flip_summary
+    from spikeprune.report.tables import format_flip_table
     from spikeprune.theory.perturb import parse_perturbation
     from spikeprune.core.io import check_writable_dir
     from spikeprune.engine.train import checkpoint_dataset, load_model
@@ -132,20 +132,7 @@ def run_flips(args: argparse.Namespace) -> int:
                       record={"checkpoint": str(cfg.checkpoint), "dataset": dataset.name,
                               "samples": test.num_samples},
                       title=f"{ck.parent.name}/{ck.name}")
-    # layers whose bound says something (< 1 at some timestep) first; vacuous ones after, counted
-    summary = sorted(flip_summary(rows), key=lambda s: s["nonvacuous_rows"] == 0)
-    nonvac = sum(s["nonvacuous_rows"] for s in summary)
-    vac = sum(s["vacuous_rows"] for s in summary)
-    print(f"non-vacuous (bound < 1) rows: {nonvac}; vacuous (bound >= 1, true of any probability): {vac}")
-    print(f"{'perturbation':<22} {'mode':<11} {'layer':<16} {'eps':>8} {'flip|premise':>12} {'bound':>9} "
-          f"{'tightness':>9} {'bound<1':>7} holds")
-    for s in summary:
-        cond = "-" if s["max_cond_flip_rate"] is None else f"{s['max_cond_flip_rate']:.2e}"
-        tight = "-" if s["max_tightness"] is None else f"{s['max_tightness']:.3g}"
-        rows_ = f"{s['nonvacuous_rows']}/{s['nonvacuous_rows'] + s['vacuous_rows']}"
-        print(f"{s['perturbation']:<22} {s['mode']:<11} {s['layer']:<16} {s['eps']:>8.3g} {cond:>12} "
-              f"{s['max_bound']:>9.3g} {tight:>9} {rows_:>7} {'yes' if s['holds'] else 'NO'}"
-              + ("" if s["nonvacuous_rows"] else " (vacuous)"))
+    print(format_flip_table(rows), end="")  # informative rows first, vacuous bounds marked, a legend
     print(f"results: {out}/flips.csv, flips.json, flips.png")
     return 0
 

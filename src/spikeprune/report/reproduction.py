@@ -476,6 +476,10 @@ def page(study: str, scale: str, p: Any, *, complete: bool, stamp: str, command:
           "## Reproduce\n", f"```\n{command}\n```\n",
           "The same runs, one command per step (the configs are next to this report):\n",
           "```\n" + "\n".join(commands) + "\n```\n",
+          # issue 18: no literal `--jobs N` in a command (it would not parse); how many runs at a time is the
+          # reader's choice and changes no result
+          ("A sweep (a command with `--seeds`) also takes `--jobs` followed by a number: how many of its runs go "
+           "at a time (the results do not depend on it).\n" if any(" --seeds " in c for c in commands) else ""),
           "## Protocol\n", f"{p.notes}. Seeds: {', '.join(map(str, p.seeds))}.\n"]
     for name, values in p.panels.items():
         md.append(f"* **{name}**: " + ", ".join(f"{k}={v}" for k, v in values.items()) + "\n")

@@ -5,8 +5,9 @@
   deviation and 95 % confidence interval (Student t, n - 1 degrees of freedom);
 * :func:`format_table` prints methods side by side as a Markdown table, with :func:`interval_legend`
   under it (what ``±`` is, over how many runs);
-* :func:`format_edgepopup_table` / :func:`format_slth_table`: the console tables of an edge-popup
-  ``results.json`` and of a ``theory slth`` result (``slth.json``);
+* :func:`format_edgepopup_table` / :func:`format_slth_table` / :func:`format_flip_table`: the console
+  tables of an edge-popup ``results.json``, of a ``theory slth`` result (``slth.json``) and of
+  ``analyze flips`` (its rows);
 * the plots of these results are :mod:`spikeprune.report.plots`.
 
 A *point* is a mapping with ``sparsity`` or ``density`` (floats in [0, 1]) and the metric
@@ -23,8 +24,8 @@ from typing import Any
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.io import read_json
 
-__all__ = ["format_edgepopup_table", "format_slth_table", "format_table", "interval_legend", "interval_phrase",
-           "read_results", "summarize"]
+__all__ = ["FLIP_COLUMNS", "format_edgepopup_table", "format_flip_table", "format_slth_bounds", "format_slth_table",
+           "format_table", "interval_legend", "interval_phrase", "read_results", "summarize"]
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -177,6 +178,69 @@ def format_table(series: Mapping[str, Sequence[Mapping[str, Any]]], metric: str 
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(legend) + "\n" if legend else "")
 
 
+FLIP_COLUMNS = (
+    ("max eps", "largest input-feature error eps over the timesteps (what Lemma 3.3 / 3.4 take as given)"),
+    ("max rate", "largest flip rate of the neurons with no earlier flip (the lemmas' premise); - when no neuron "
+                 "met it"),
+    ("max bound", "largest bound on that rate (Lemma 3.3 at t = 1, 3.4 at t > 1); a bound >= 1 says nothing"),
+    ("tightness", "largest measured rate / bound at the informative timesteps (1 = the bound is attained)"),
+    ("informative", "timesteps where the bound is < 1, of those with eps > 0"),
+    ("verdict", "holds / VIOLATED at the informative timesteps; vacuous where the bound is >= 1 at every "
+                "timestep (it holds for any probability, so it is no evidence)"),
+)
+
+
+def format_flip_table(rows: Sequence[Any]) -> str:
+    """The console table of ``spikeprune analyze flips``: one line per (perturbation, mode, layer), worst
+    timestep, the informative ones (bound < 1 at some timestep with eps > 0) first; the vacuous ones
+    (bound >= 1 everywhere) after them, marked so; then the count of informative rows and a legend of the
+    columns (:data:`FLIP_COLUMNS`). Issue 14 / 18: a bound >= 1 holds for any probability, so "holds"
+    is only claimed where the bound is < 1.
+
+    ``rows``: :class:`~spikeprune.theory.flips.FlipRow` (duck-typed: ``perturbation``, ``mode``, ``layer``,
+    ``eps``, ``cond_flip_rate``, ``bound``, ``holds``, ``tightness``)."""
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for r in rows:
+        groups.setdefault((r.perturbation, r.mode, r.layer), []).append(r)
+    lines_of: list[tuple[int, list[str]]] = []
+    for (pert, mode, layer), rs in groups.items():
+        perturbed = [r for r in rs if r.eps > 0]
+        informative = [r for r in perturbed if r.bound < 1]
+        conds = [r.cond_flip_rate for r in rs if r.cond_flip_rate is not None]
+        tight = [r.tightness for r in informative if r.tightness is not None]
+        if informative:
+            bad = sum(1 for r in informative if r.holds is False)
+            verdict = (f"VIOLATED at {bad} of {len(informative)} informative timesteps" if bad else
+                       f"holds at the {len(informative)} informative timestep{'s' if len(informative) > 1 else ''}")
+            rank = 0
+        elif perturbed:
+            verdict, rank = "vacuous (bound >= 1)", 1
+        else:
+            verdict, rank = "not perturbed (eps = 0)", 2
+        lines_of.append((rank, [pert, mode, layer, f"{max(r.eps for r in rs):.3g}",
+                                f"{max(conds):.2e}" if conds else "-", f"{max(r.bound for r in rs):.3g}",
+                                f"{max(tight):.3g}" if tight else "-", f"{len(informative)}/{len(perturbed)}",
+                                verdict]))
+    lines_of.sort(key=lambda x: x[0])  # stable: the study's order within each kind
+    header = ["perturbation", "mode", "layer", *(name for name, _ in FLIP_COLUMNS)]
+    table = [header] + [cells for _, cells in lines_of]
+    width = [max(len(row[i]) for row in table) for i in range(len(header))]
+    right = {3, 4, 5, 6, 7}
+
+    def fmt(cells: list[str]) -> str:
+        return " ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, width))).rstrip()
+
+    perturbed = [r for r in rows if r.eps > 0]
+    informative = [r for r in perturbed if r.bound < 1]
+    held = sum(1 for r in informative if r.holds is not False)
+    lead = (f"informative (layer, timestep) rows, bound < 1: {len(informative)} of {len(perturbed)} with eps > 0 "
+            f"(the bound holds in {held}); vacuous, bound >= 1: {len(perturbed) - len(informative)}")
+    layers = sum(1 for rank, _ in lines_of if rank == 0)
+    lead += f"\n{layers} of {len(lines_of)} (perturbation, mode, layer) lines below have an informative timestep; they come first"
+    legend = ["columns (worst timestep of each line):"] + [f"  {name:<12} {text}" for name, text in FLIP_COLUMNS]
+    return "\n".join([lead, fmt(header), *(fmt(c) for _, c in lines_of), *legend]) + "\n"
+
+
 def format_edgepopup_table(summary: Mapping[str, Any]) -> str:
     """An edge-popup sweep's ``results.json`` (``summary["rows"]``) as the console table of
     ``spikeprune edgepopup``: density, sparsity, test accuracy, the exported subnetwork's accuracy, and the
@@ -189,13 +253,77 @@ def format_edgepopup_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _lower_bound(value: float | None) -> str:
+    """A probability lower bound clipped at 0 (Eq. S.24, S.34): ``-`` where it is <= 0, since a bound
+    of 0 guarantees nothing (it is not a probability of 0)."""
+    return "-" if value is None or value <= 0 else f"{value:.3f}"
+
+
 def format_slth_table(result: Mapping[str, Any]) -> str:
-    """A ``theory slth`` result (``slth.json``) as its console table: per width k the measured success
-    rate, the exact and union-bound success probabilities, the output-equality rate ("-" when no
-    equality trials ran) and Theorem 4.3's ``1 - delta(k)``."""
-    lines = [f"{'k':>10} {'success':>8} {'exact':>8} {'bound':>8} {'out=':>8} {'1-delta':>8}"]
+    """A ``theory slth`` result (``slth.json``) as its console table, with a legend: per width k the
+    measured success rate, the exact and union-bound success probabilities, the output-equality rate and
+    Theorem 4.3's ``1 - delta(k)``. A bound that guarantees nothing at k (``<= 0``: the union bound, or
+    ``delta(k) >= 1``) is printed ``-``, not as a 0; so is an output-equality rate when no equality
+    trials ran."""
+    cfg = result.get("config", {})
+    lines = [f"{'k':>10} {'success':>8} {'exact':>8} {'union bd':>8} {'out equal':>9} {'Thm 4.3':>8}"]
     for r in result["rows"]:
         eq = "-" if r["output_equal_rate"] is None else f"{r['output_equal_rate']:.3f}"
-        lines.append(f"{r['k']:>10} {r['success_rate']:>8.3f} {r['success_exact']:>8.3f} {r['success_bound']:>8.3f} "
-                     f"{eq:>8} {r['theorem_1_minus_delta']:>8.3f}")
+        lines.append(f"{r['k']:>10} {r['success_rate']:>8.3f} {r['success_exact']:>8.3f} "
+                     f"{_lower_bound(r['success_bound']):>8} {eq:>9} {_lower_bound(r['theorem_1_minus_delta']):>8}")
+    trials, eq_trials = cfg.get("trials"), cfg.get("equality_trials")
+    lines += ["columns (per width k = virtual neurons per layer of the large network):",
+              f"  success    share of the {trials or 'random'} large networks on which the construction succeeded",
+              "  exact      the exact probability that it succeeds (computed, Lemma C.3's event)",
+              "  union bd   1 - L N^2 exp(-(k/N) C_th eps/N), Eq. S.24's lower bound on it",
+              "  out equal  share of the input spike trains on which the constructed network's output equals the "
+              "target's" + (f", over {eq_trials} network(s)" if eq_trials else " (- : no equality trials ran)"),
+              "  Thm 4.3    1 - delta(k), Theorem 4.3's lower bound on that share (Eq. S.34)",
+              "  -          a lower bound that is <= 0 here (Thm 4.3: delta(k) >= 1) guarantees nothing at this k; "
+              "it is not a probability of 0"]
+    return "\n".join(lines) + "\n"
+
+
+def format_slth_bounds(result: Mapping[str, Any]) -> str:
+    """The constants and widths of a ``theory slth`` result, one per line with what each is (the console
+    block under :func:`format_slth_table`), and the construction's invariant violations. Where Theorem
+    4.3's width is undefined (``delta <= N C L T eps``) it says so and why."""
+    cfg, b = result.get("config", {}), result["bounds"]
+    delta = b.get("delta", cfg.get("delta"))
+    trials = cfg.get("trials")
+
+    def k(value: Any, missing: str) -> str:
+        return missing if value is None else f"{value:g}"
+
+    flip = b.get("flip_term")
+    rows = [("C = 2 p_sup / (1 - beta)", f"{b['C']:.4g}", f"p_sup = {b.get('p_sup', float('nan')):.4g}: the largest "
+             "density of the target's potentials near u_th (Definition 3.1)")]
+    if b.get("target_atom_mass"):
+        rows.append(("largest point mass near u_th", f"{b['target_atom_mass']:.3g}", "the potentials take discrete "
+                     "values (binary inputs), so p_sup is a smoothed stand-in"))
+    if flip is not None:
+        rows.append(("flip term N C L T eps", f"{flip:.4g}", "Theorem 3.5's flip probability; " + (
+            f">= delta = {delta:g}: no width reaches delta" if flip >= delta else f"< delta = {delta:g}")))
+    no_eq = "no trials" if not cfg.get("equality_trials") else "not on the grid"
+    rows += [("k, construction alone", k(b.get("k_construction"), "-"), "Lemma C.3 over L layers at delta (flips "
+              "not counted)"),
+             ("k, smallest that worked", k(b.get("k_success"), "not found"), "the (1 - delta)-quantile of the "
+              "measured smallest working width" + (f" over {trials} networks" if trials else "")),
+             ("k, output equality reached", k(b.get("k_equality"), no_eq), "the first grid width whose "
+              "output-equality rate is >= 1 - delta"),
+             ("k, Theorem 4.3 (proof)", k(b.get("k_proof"), "undefined"), "N ceil(N/(C_th eps) log(N^2 L / "
+              "(delta - N C L T eps)))"),
+             ("k, Theorem 4.3 (paper)", k(b.get("k_paper"), "undefined"), "the same with N^2, as printed in the paper")]
+    wide = max(len(a) for a, _, _ in rows), max(len(v) for _, v, _ in rows)
+    lines = [f"Theorem 4.3 at N={cfg.get('N')}, L={cfg.get('L')}, T={cfg.get('T')}, eps={cfg.get('eps'):g}, "
+             f"delta={delta:g} (beta={cfg.get('beta'):g}, u_th={cfg.get('u_th'):g}):"]
+    lines += [f"  {a:<{wide[0]}}  {v:<{wide[1]}}  {text}" for a, v, text in rows]
+    if b.get("k_proof") is None and b.get("k_paper") is None:
+        reason = (b.get("undefined") or "delta <= N C L T eps").removeprefix("the width bound is undefined: ")
+        lines.append(f"Theorem 4.3's bound is undefined at this size: {reason}")
+    v = result.get("violations") or {}
+    total = sum(int(x) for x in v.values())
+    lines.append(("invariant violations of the construction: none (" if not total else
+                  f"INVARIANT VIOLATIONS of the construction: {total} (") + ", ".join(
+        f"{name.replace('_', ' ')} {int(x)}" for name, x in v.items()) + ")")
     return "\n".join(lines) + "\n"

@@ -59,8 +59,9 @@ class Step:
     """One command of a study: ``command`` (e.g. ``spikeprune lottery``) run with the config ``cfg`` into
     ``out``. ``config``: the name of the YAML file next to the report holding ``preset`` (the command names
     it with ``--config``; only what ``cfg`` changes from it is written as flags); ``extra``: the flags that
-    are not config fields (``--seeds``, ``--jobs N``, ...). The runner runs ``cfg``; the report shows
-    :func:`command_line` of the same step, so the two cannot differ."""
+    are not config fields (``--seeds``, ``--reference``, ...; not ``--jobs``, which changes no result: the
+    report says so in words). The runner runs ``cfg``; the report shows :func:`command_line` of the same
+    step, so the two cannot differ."""
 
     command: str
     cfg: Any
@@ -99,7 +100,7 @@ def _fig5_steps(p: Protocol, root: Path) -> list[Step]:
     from spikeprune.tickets.lottery import LotteryConfig
 
     return [Step("spikeprune lottery", LotteryConfig(**values), root / slug(name), f"{slug(name)}.yaml", values,
-                 ["--seeds", ",".join(map(str, p.seeds)), "--variants", ",".join(p.options["variants"]), "--jobs", "N"])
+                 ["--seeds", ",".join(map(str, p.seeds)), "--variants", ",".join(p.options["variants"])])
             for name, values in p.panels.items()]
 
 
@@ -170,7 +171,7 @@ def _fig3_steps(p: Protocol, root: Path) -> list[Step]:
                       fields_of(TrainConfig, dense_values)) for job in train_jobs(TrainConfig.of(dense_values), p.seeds, where)]
         refs = [a for d in dense for a in ("--reference", str(d.out))]
         steps += [*dense, Step("spikeprune edgepopup", EdgePopupConfig(**fields_of(EdgePopupConfig, values)), where,
-                               f"{slug(name)}.yaml", values, ["--seeds", ",".join(map(str, p.seeds)), "--jobs", "N", *refs])]
+                               f"{slug(name)}.yaml", values, ["--seeds", ",".join(map(str, p.seeds)), *refs])]
     return steps
 
 
