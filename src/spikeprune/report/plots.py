@@ -333,47 +333,49 @@ def plot_slth(result: dict[str, Any], path: str | Path) -> None:
 
     cfg, rows, b = result["config"], result["rows"], result["bounds"]
     k = [r["k"] for r in rows]
-    fig, (a1, a2) = _subplots(1, 2, figsize=(10, 3.6))
+    fig, (a1, a2) = _subplots(1, 2, figsize=(10, 5.0))
 
     def curve(ax: Any, key: str, style: str, label: str, *, above: float | None = None, **kw: Any) -> int:
         """Draw ``rows[i][key]`` against k where it is defined (and, for a lower bound clipped at 0, where
         it is > ``above``: a bound of 0 guarantees nothing and is not drawn as a flat 0). Returns the count."""
         pts = [(kk, r[key]) for kk, r in zip(k, rows) if _defined(r.get(key)) and (above is None or r[key] > above)]
         if pts:
+            if len(pts) == 1:  # a line through one point is invisible: mark it
+                kw = {"marker": ".", **kw}
             ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=label, **kw)
         return len(pts)
+
+    def note(ax: Any, text: str) -> None:
+        """A legend line without a mark (inside the axes a note would cover data)."""
+        ax.plot([], [], " ", label=text)
 
     curve(a1, "success_rate", "C3o-", f"measured ({cfg['trials']} networks)")
     curve(a1, "success_exact", "k--", "exact probability")
     if curve(a1, "success_bound", "C0:", "1 - L N² exp(-(k/N) C_th ε/N)", above=0.0) < len(rows):
-        a1.text(0.02, 0.02, "union bound <= 0 (guarantees nothing) where not drawn", transform=a1.transAxes,
-                fontsize=7, color="0.3")
+        note(a1, "  (union bound not drawn where <= 0: it guarantees nothing)")
     curve(a1, "relu_success_rate", "C2s-", "ReLU, 2 neurons/weight", ms=3)
     for key, style, name in (("k_construction", "C0", "union bound"), ("k_proof", "C1", "Thm 4.3 (proof, N·⌈⌉)"),
                              ("k_paper", "C4", "Thm 4.3 (paper, N²·⌈⌉)")):
         if b.get(key) and b[key] <= 4 * k[-1]:
             a1.axvline(b[key], color=style, lw=1, ls="-.", label=f"k for δ={b['delta']:g}, {name}: {b[key]:.3g}")
     if b.get("k_proof") is None:  # delta <= N C L T eps: no width gives the guarantee (Eq. S.34)
-        a1.text(0.02, 0.09, f"Thm 4.3 width undefined: δ={b['delta']:g} <= N C L T ε", transform=a1.transAxes,
-                fontsize=7, color="0.3")
+        note(a1, f"Thm 4.3 width undefined: δ={b['delta']:g} <= N C L T ε")
     a1.set_xscale("log")
     a1.set_xlabel("virtual neurons per layer k")
     a1.set_ylabel("P[construction succeeds]")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # below: covers no data
     a1.grid(True, which="both", alpha=0.3)
     curve(a2, "output_equal_rate", "C3o-", "output equal (measured)")  # None: no equality trials ran
     curve(a2, "all_equal_rate", "C1.--", "all layers equal")
     # where delta(k) >= 1 the theorem guarantees nothing: not drawn (a flat 0 would read as "fails surely")
     if curve(a2, "theorem_1_minus_delta", "k--", "Thm 4.3: 1 - δ(k)", above=0.0) < len(rows):
-        a2.text(0.02, 0.02, f"Thm 4.3 guarantees nothing (δ(k) >= 1) at k <= "
-                f"{max(kk for kk, r in zip(k, rows) if r['theorem_1_minus_delta'] <= 0):g}",
-                transform=a2.transAxes, fontsize=7, color="0.3")
+        note(a2, f"Thm 4.3 guarantees nothing (δ(k) >= 1) at k <= "
+                 f"{max(kk for kk, r in zip(k, rows) if r['theorem_1_minus_delta'] <= 0):g}: not drawn")
     a2.set_xscale("log")
     a2.set_ylim(-0.03, 1.03)
     a2.set_xlabel("virtual neurons per layer k")
     a2.set_ylabel("P[output equal]")
-    if a2.get_legend_handles_labels()[0]:  # nothing to name without equality trials where Thm 4.3 is vacuous
-        a2.legend(fontsize=7)
+    a2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # below: covers no data
     a2.grid(True, which="both", alpha=0.3)
     for ax in (a1, a2):
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -439,7 +441,7 @@ def plot_qpsnn(cells: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     axes[1].set_ylim(-0.6, len(cells) - 0.4)
     for i, e in enumerate(eff):
         if not _defined(e):
-            axes[1].text(1, i, "n/a (not measured)", va="center", fontsize=7, color="0.35")
+            axes[1].text(1, i, "n/a: not recorded for this cell", va="center", fontsize=7, color="0.35")
     axes[1].axvspan(14, 32, color="orange", alpha=0.2, label="QP-SNN: vanilla uses 14-32 %")
     axes[1].set_xlabel("effective bit-width utilisation (%)")
     axes[1].set_title("red: vanilla max|W|, blue: ReScaW mean|W|", fontsize=9)

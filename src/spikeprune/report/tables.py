@@ -25,7 +25,8 @@ from spikeprune.core.diagnostics import UserError
 from spikeprune.core.io import read_json
 
 __all__ = ["FLIP_COLUMNS", "format_edgepopup_table", "format_flip_table", "format_slth_bounds", "format_slth_table",
-           "format_table", "interval_legend", "interval_phrase", "read_results", "summarize"]
+           "format_table", "flip_verdict", "interval_legend", "interval_phrase", "read_results", "slth_width",
+           "summarize"]
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -178,6 +179,25 @@ def format_table(series: Mapping[str, Sequence[Mapping[str, Any]]], metric: str 
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(legend) + "\n" if legend else "")
 
 
+def flip_verdict(rows: Sequence[Any], unit: str = "timestep") -> tuple[int, str, int, int]:
+    """What flip rows (:class:`~spikeprune.theory.flips.FlipRow`, duck-typed) show about Lemma 3.3 / 3.4:
+    ``(rank, verdict, informative, perturbed)``. Informative rows have eps > 0 and a bound < 1; a bound
+    >= 1 holds for any probability, so "holds" is only said of informative rows (issue 14 / 18). ``rank``
+    orders lines: 0 = some informative row, 1 = vacuous (perturbed, but the bound >= 1 everywhere),
+    2 = not perturbed (eps = 0). ``unit`` names a row in the verdict (timestep; (layer, timestep))."""
+    perturbed = [r for r in rows if r.eps > 0]
+    informative = [r for r in perturbed if r.bound < 1]
+    if informative:
+        bad = sum(1 for r in informative if r.holds is False)
+        n = len(informative)
+        verdict = (f"VIOLATED at {bad} of {n} informative {unit}s" if bad else
+                   f"holds at the {n} informative {unit}{'s' if n > 1 else ''}")
+        return 0, verdict, n, len(perturbed)
+    if perturbed:
+        return 1, "vacuous (bound >= 1)", 0, len(perturbed)
+    return 2, "not perturbed (eps = 0)", 0, 0
+
+
 FLIP_COLUMNS = (
     ("max eps", "largest input-feature error eps over the timesteps (what Lemma 3.3 / 3.4 take as given)"),
     ("max rate", "largest flip rate of the neurons with no earlier flip (the lemmas' premise); - when no neuron "
@@ -204,23 +224,12 @@ def format_flip_table(rows: Sequence[Any]) -> str:
         groups.setdefault((r.perturbation, r.mode, r.layer), []).append(r)
     lines_of: list[tuple[int, list[str]]] = []
     for (pert, mode, layer), rs in groups.items():
-        perturbed = [r for r in rs if r.eps > 0]
-        informative = [r for r in perturbed if r.bound < 1]
+        rank, verdict, informative, perturbed = flip_verdict(rs)
         conds = [r.cond_flip_rate for r in rs if r.cond_flip_rate is not None]
-        tight = [r.tightness for r in informative if r.tightness is not None]
-        if informative:
-            bad = sum(1 for r in informative if r.holds is False)
-            verdict = (f"VIOLATED at {bad} of {len(informative)} informative timesteps" if bad else
-                       f"holds at the {len(informative)} informative timestep{'s' if len(informative) > 1 else ''}")
-            rank = 0
-        elif perturbed:
-            verdict, rank = "vacuous (bound >= 1)", 1
-        else:
-            verdict, rank = "not perturbed (eps = 0)", 2
+        tight = [r.tightness for r in rs if r.eps > 0 and r.bound < 1 and r.tightness is not None]
         lines_of.append((rank, [pert, mode, layer, f"{max(r.eps for r in rs):.3g}",
                                 f"{max(conds):.2e}" if conds else "-", f"{max(r.bound for r in rs):.3g}",
-                                f"{max(tight):.3g}" if tight else "-", f"{len(informative)}/{len(perturbed)}",
-                                verdict]))
+                                f"{max(tight):.3g}" if tight else "-", f"{informative}/{perturbed}", verdict]))
     lines_of.sort(key=lambda x: x[0])  # stable: the study's order within each kind
     header = ["perturbation", "mode", "layer", *(name for name, _ in FLIP_COLUMNS)]
     table = [header] + [cells for _, cells in lines_of]
@@ -284,6 +293,21 @@ def format_slth_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def slth_width(result: Mapping[str, Any], key: str) -> str:
+    """A width of a ``theory slth`` result (``bounds[key]``: ``k_construction``, ``k_success``,
+    ``k_equality``, ``k_proof``, ``k_paper``) as text, and in words where there is none: Theorem 4.3's
+    width is ``undefined`` (delta <= N C L T eps), the smallest working width ``not found`` (within the
+    search's cap), output equality ``not on the grid`` (or ``no trials`` when none ran); never ``None``."""
+    value = result["bounds"].get(key)
+    if value is not None:
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"  # a width: every digit
+    if key in ("k_proof", "k_paper"):
+        return "undefined"
+    if key == "k_equality":
+        return "no trials" if not result.get("config", {}).get("equality_trials", 1) else "not on the grid"
+    return "not found"
+
+
 def format_slth_bounds(result: Mapping[str, Any]) -> str:
     """The constants and widths of a ``theory slth`` result, one per line with what each is (the console
     block under :func:`format_slth_table`), and the construction's invariant violations. Where Theorem
@@ -291,9 +315,6 @@ def format_slth_bounds(result: Mapping[str, Any]) -> str:
     cfg, b = result.get("config", {}), result["bounds"]
     delta = b.get("delta", cfg.get("delta"))
     trials = cfg.get("trials")
-
-    def k(value: Any, missing: str) -> str:
-        return missing if value is None else f"{value:g}"
 
     flip = b.get("flip_term")
     rows = [("C = 2 p_sup / (1 - beta)", f"{b['C']:.4g}", f"p_sup = {b.get('p_sup', float('nan')):.4g}: the largest "
@@ -304,16 +325,15 @@ def format_slth_bounds(result: Mapping[str, Any]) -> str:
     if flip is not None:
         rows.append(("flip term N C L T eps", f"{flip:.4g}", "Theorem 3.5's flip probability; " + (
             f">= delta = {delta:g}: no width reaches delta" if flip >= delta else f"< delta = {delta:g}")))
-    no_eq = "no trials" if not cfg.get("equality_trials") else "not on the grid"
-    rows += [("k, construction alone", k(b.get("k_construction"), "-"), "Lemma C.3 over L layers at delta (flips "
-              "not counted)"),
-             ("k, smallest that worked", k(b.get("k_success"), "not found"), "the (1 - delta)-quantile of the "
+    rows += [("k, construction alone", slth_width(result, "k_construction"), "Lemma C.3 over L layers at delta "
+              "(flips not counted)"),
+             ("k, smallest that worked", slth_width(result, "k_success"), "the (1 - delta)-quantile of the "
               "measured smallest working width" + (f" over {trials} networks" if trials else "")),
-             ("k, output equality reached", k(b.get("k_equality"), no_eq), "the first grid width whose "
+             ("k, output equality reached", slth_width(result, "k_equality"), "the first grid width whose "
               "output-equality rate is >= 1 - delta"),
-             ("k, Theorem 4.3 (proof)", k(b.get("k_proof"), "undefined"), "N ceil(N/(C_th eps) log(N^2 L / "
+             ("k, Theorem 4.3 (proof)", slth_width(result, "k_proof"), "N ceil(N/(C_th eps) log(N^2 L / "
               "(delta - N C L T eps)))"),
-             ("k, Theorem 4.3 (paper)", k(b.get("k_paper"), "undefined"), "the same with N^2, as printed in the paper")]
+             ("k, Theorem 4.3 (paper)", slth_width(result, "k_paper"), "the same with N^2, as printed in the paper")]
     wide = max(len(a) for a, _, _ in rows), max(len(v) for _, v, _ in rows)
     lines = [f"Theorem 4.3 at N={cfg.get('N')}, L={cfg.get('L')}, T={cfg.get('T')}, eps={cfg.get('eps'):g}, "
              f"delta={delta:g} (beta={cfg.get('beta'):g}, u_th={cfg.get('u_th'):g}):"]
