@@ -116,6 +116,8 @@ def check_common_rules(fig, *, interval_range: tuple[float, float] | None = None
         for x, y in pts:
             assert math.isfinite(x) and math.isfinite(y), f"an undefined value was drawn: {(x, y)}"
             assert x_lo <= x <= x_hi and y_lo <= y <= y_hi, f"{(x, y)} outside the axes {ax.get_xlim(), ax.get_ylim()}"
+        for y, label in hlines(ax):  # reference lines (dense accuracy, bound = 1) are on the axes too
+            assert y_lo <= y <= y_hi, f"the line {label!r} at {y} is outside the axes {ax.get_ylim()}"
         for x, lo, hi in intervals(ax):
             assert x_lo <= x <= x_hi and y_lo - 1e-9 <= lo and hi <= y_hi + 1e-9, \
                 f"interval {(x, lo, hi)} outside the axes {ax.get_xlim(), ax.get_ylim()}"
