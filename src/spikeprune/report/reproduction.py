@@ -141,7 +141,8 @@ def fig5_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], di
         plot_accuracy_vs_sparsity(series, out / png, title=f"{name}: lottery tickets ({interval_phrase(len(p.seeds))})"
                                   + ("" if panel["complete"] else " PARTIAL"), reference=dense, reference_label="dense")
         findings = _fig5_findings(series)
-        md.append(f"Test accuracy (%) by sparsity (fraction of weights removed), mean over seeds:\n\n{table}")
+        md.append("Test accuracy (%) by sparsity (fraction of weights removed), "
+                  f"{'mean over seeds' if len(p.seeds) > 1 else 'one seed'}:\n\n{table}")
         md.append(f"![{name}]({png})\n")
         md.append("What our numbers say:\n\n" + "".join(f"* {f}\n" for f in findings))
         for ds, values in kim.items():
