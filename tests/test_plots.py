@@ -220,12 +220,17 @@ def _flip_row(layer, t, bound, cond, mode="local"):
 
 def case_flips(tmp_path, drawn):
     rows = [_flip_row("l1", 1, 0.2, 0.01), _flip_row("l1", 2, 0.4, None),  # no neuron met the premise at t=2
+            _flip_row("l1", 3, 0.5, 0.02),
             _flip_row("l2", 1, 3.0, 0.05), _flip_row("l2", 2, 7.0, 0.06)]  # bounds >= 1: vacuous
     plots.plot_flips(rows, tmp_path / "flips.png", "t")
     fig = drawn["flips.png"]
     check_common_rules(fig)
     l1, l2 = fig.axes
-    assert [t for t, _ in xy(line(l1, "flip rate | no earlier flip"))] == [1]  # t=2 undefined: not drawn
+    # t=2 undefined: not drawn, and no line bridges it (t=3 is a separate piece)
+    assert [t for t, _ in xy(line(l1, "flip rate | no earlier flip"))] == [1]
+    pieces = [[t for t, _ in xy(ln)] for ln in data_lines(l1) if ln.get_color() == line(l1, "flip rate | no earlier "
+                                                                                                 "flip").get_color()]
+    assert sorted(pieces) == [[1], [3]]
     assert [t for t, _ in xy(line(l2, "flip rate | no earlier flip"))] == [1, 2]
     assert "vacuous" in " ".join(t.get_text() for t in l2.texts)
     assert "vacuous" not in " ".join(t.get_text() for t in l1.texts)  # bounds < 1 are not called vacuous

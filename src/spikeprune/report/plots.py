@@ -243,10 +243,19 @@ def plot_flips(rows: Sequence[Any], path: str | Path, title: str = "", *,
                     ("crisis_empirical", "C2--", "^", "crisis prob. P(|u-u_th|<=r_t)"),
                     ("cond_flip_rate", "C3-", "o", "flip rate | no earlier flip"),
                     ("flip_rate", "C0:", ".", "all flips")):
-                # a rate that is undefined at t (no neuron met the premise: None) is not drawn; a measured
-                # 0 sits at the floor of the log axis
-                pts = [(r.t, max(float(getattr(r, attr)), floor)) for r in rs if _defined(getattr(r, attr))]
-                ax.plot([a for a, _ in pts], [b for _, b in pts], style, marker=marker, label=name)
+                # a rate that is undefined at t (no neuron met the premise: None) is not drawn, and the line
+                # breaks there rather than bridging it; a measured 0 sits at the floor of the log axis
+                runs: list[list[tuple[int, float]]] = [[]]
+                for r in rs:
+                    if _defined(getattr(r, attr)):
+                        runs[-1].append((r.t, max(float(getattr(r, attr)), floor)))
+                    elif runs[-1]:
+                        runs.append([])
+                for j, run in enumerate(x for x in runs if x):  # every style names its colour: pieces match
+                    ax.plot([a for a, _ in run], [b for _, b in run], style, marker=marker,
+                            label=name if j == 0 else "_nolegend_")
+                if not any(runs):  # nothing defined: keep the legend entry, draw nothing
+                    ax.plot([], [], style, marker=marker, label=name)
             ax.set_yscale("log")
             ax.set_xticks(t)
             ax.set_title(f"{layer}\n{mode}, eps<={rs[-1].eps:.3g}", fontsize=8)
