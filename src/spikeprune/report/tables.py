@@ -239,13 +239,13 @@ def format_flip_table(rows: Sequence[Any]) -> str:
     def fmt(cells: list[str]) -> str:
         return " ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, width))).rstrip()
 
-    perturbed = [r for r in rows if r.eps > 0]
-    informative = [r for r in perturbed if r.bound < 1]
-    held = sum(1 for r in informative if r.holds is not False)
-    lead = (f"informative (layer, timestep) rows, bound < 1: {len(informative)} of {len(perturbed)} with eps > 0 "
-            f"(the bound holds in {held}); vacuous, bound >= 1: {len(perturbed) - len(informative)}")
+    _, _, informative, perturbed = flip_verdict(rows)
+    held = sum(1 for r in rows if r.eps > 0 and r.bound < 1 and r.holds is not False)
     layers = sum(1 for rank, _ in lines_of if rank == 0)
-    lead += f"\n{layers} of {len(lines_of)} (perturbation, mode, layer) lines below have an informative timestep; they come first"
+    lead = (f"informative (layer, timestep) rows, bound < 1: {informative} of {perturbed} with eps > 0 "
+            f"(the bound holds in {held}); vacuous, bound >= 1: {perturbed - informative}\n"
+            f"{layers} of {len(lines_of)} (perturbation, mode, layer) lines below have an informative timestep; "
+            "they come first")
     legend = ["columns (worst timestep of each line):"] + [f"  {name:<12} {text}" for name, text in FLIP_COLUMNS]
     return "\n".join([lead, fmt(header), *(fmt(c) for _, c in lines_of), *legend]) + "\n"
 
