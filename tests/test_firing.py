@@ -388,6 +388,17 @@ def test_cli_analyze_flips(tmp_path, checkpoint, capsys):
     assert (out / "flips.csv").read_text().count("\n") == len(data["rows"]) + 1
     for name in ("flips.png", "flips-quantize-2b.png", "flips-prune-0.5-sf.png"):
         assert (out / name).stat().st_size > 1000
+    # issue 18: informative rows counted first; a vacuous bound is marked so, never reported as holding
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("informative (layer, timestep) rows, bound < 1:")
+    lines = [line for line in printed if line.startswith(("quantize-2b ", "prune-0.5-sf "))]
+    assert len(lines) == 2 * 2 * 3
+    kinds = [[("holds" in line or "VIOLATED" in line), "vacuous (bound >= 1)" in line, "not perturbed" in line]
+             for line in lines]
+    assert all(sum(k) == 1 for k in kinds)  # one verdict per line: a vacuous line never says "holds"
+    rank = [k.index(True) for k in kinds]
+    assert rank == sorted(rank)  # informative lines first
+    assert any(line.startswith("  verdict ") for line in printed)  # the legend of the columns
 
 
 @pytest.mark.parametrize("argv, match", [

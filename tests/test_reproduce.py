@@ -30,6 +30,10 @@ def test_reproduce_fig5_smoke_writes_the_report_and_resumes(tmp_path, capsys):
     text = report.read_text()
     assert "PARTIAL" not in text and "spikeprune reproduce fig5 --scale smoke" in text
     assert "| sparsity | imp | sf-imp-1 | sf-imp-1@none | sf-imp-2 |" in text and "| 75.0 % |" in text
+    # issue 18: the table says what ± is and over how many seeds; no command with a literal `--jobs N`
+    seeds = len(protocol("fig5", "smoke").seeds)
+    assert (f"over n = {seeds} seeds" if seeds > 1 else "each value is one run (n = 1)") in text
+    assert "--jobs N" not in text and "takes `--jobs` followed by a number" in text
     # the markdown table shows exactly the numbers of report.json (in %, rounded to 2 digits)
     table = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and " % |" in line]
     numbers_md = {round(float(r[0].split()[0]), 1): [c.split()[0] for c in r[1:]] for r in table}
@@ -143,7 +147,7 @@ def test_fig3_report_never_credits_a_longer_search_against_a_shorter_training_ru
     # A 4-epoch search has no dense run of its own budget here: it must be compared with the most-trained
     # reference (10 epochs), not with the 1-epoch one that shares more of its settings.
     from spikeprune.studies.protocols import protocol
-    from spikeprune.studies.reproduce import _fig3_report
+    from spikeprune.report.reproduction import fig3_section as _fig3_report
 
     keys = dict(model="convnet", width=1.0, timesteps=4, lr=0.1)
     row = lambda epochs, acc: {"density": 0.5, "sparsity": 0.5, "test_accuracy": acc, "seed": 0, "width": 1.0,  # noqa: E731

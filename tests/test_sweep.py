@@ -28,6 +28,13 @@ def test_lottery_sweep_shares_one_dense_run_per_seed_and_summarises(tmp_path):
     for points in summary["series"].values():
         assert [round(p["sparsity"], 6) for p in points] == [0.0, 0.5] and points[0]["n"] == 1
     assert (tmp_path / "summary.png").stat().st_size > 0 and "imp" in (tmp_path / "summary.csv").read_text()
+    # issue 18: the file's top level describes the sweep, not its first run (no "variant: imp" for both)
+    written = read_json(tmp_path / "summary.json")
+    assert "variant" not in written["config"]
+    assert written["varied"]["variant"] == ["imp", "sf-imp-1"] and written["config"]["seed"] == 0  # one seed: shared
+    assert written["varied"]["normalize"] == ["auto", "none"]  # sf-imp-1@none
+    assert written["criteria"] == {"imp": "magnitude", "sf-imp-1": "sf", "sf-imp-1@none": "sf"}
+    assert "each value is one run (n = 1): no confidence interval" in summary["table"]
     again = lottery_sweep(cfg, tmp_path, variants=variants, log=None).metrics  # resumed: nothing to do
     assert set(again["status"].values()) == {"done"}
     assert again["series"] == summary["series"]

@@ -8,6 +8,7 @@ crisis neighbourhood and the bounds of Lemma 3.3 / 3.4 / Theorem 3.5 (docs/theor
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 from spikeprune.core.rundir import holds_run_directory
 from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
@@ -61,23 +62,12 @@ def run_validity(args: argparse.Namespace) -> int:
 
 @holds_run_directory("analyze")
 def run_flips(args: argparse.Namespace) -> int:
+    from spikeprune.report.tables import format_flip_table
     from spikeprune.studies.flips import analyze_flips
 
     result = analyze_flips(config_from_args(FlipsConfig, args), args.out)
     out = result.out
-    # layers whose bound says something (< 1 at some timestep) first; vacuous ones after, counted
-    summary = sorted(result.metrics["summary"], key=lambda s: s["nonvacuous_rows"] == 0)
-    nonvac = sum(s["nonvacuous_rows"] for s in summary)
-    vac = sum(s["vacuous_rows"] for s in summary)
-    print(f"non-vacuous (bound < 1) rows: {nonvac}; vacuous (bound >= 1, true of any probability): {vac}")
-    print(f"{'perturbation':<22} {'mode':<11} {'layer':<16} {'eps':>8} {'flip|premise':>12} {'bound':>9} "
-          f"{'tightness':>9} {'bound<1':>7} holds")
-    for s in summary:
-        cond = "-" if s["max_cond_flip_rate"] is None else f"{s['max_cond_flip_rate']:.2e}"
-        tight = "-" if s["max_tightness"] is None else f"{s['max_tightness']:.3g}"
-        rows_ = f"{s['nonvacuous_rows']}/{s['nonvacuous_rows'] + s['vacuous_rows']}"
-        print(f"{s['perturbation']:<22} {s['mode']:<11} {s['layer']:<16} {s['eps']:>8.3g} {cond:>12} "
-              f"{s['max_bound']:>9.3g} {tight:>9} {rows_:>7} {'yes' if s['holds'] else 'NO'}"
-              + ("" if s["nonvacuous_rows"] else " (vacuous)"))
+    # informative rows first, vacuous bounds marked, a legend (result.rows: the flips.json row dicts)
+    print(format_flip_table([SimpleNamespace(**r) for r in result.rows]), end="")
     print(f"results: {out}/flips.csv, flips.json, flips.png")
     return 0

@@ -49,6 +49,23 @@ def _clipped(y: Sequence[float], err: Sequence[float], lo: float = 0.0, hi: floa
     return [[min(e, max(v - lo, 0.0)) for v, e in zip(y, err)], [min(e, max(hi - v, 0.0)) for v, e in zip(y, err)]]
 
 
+def _defined(value: Any) -> bool:
+    """A number that was measured: not None (not measured, e.g. no validation split; no neuron met a
+    premise) and not NaN. Undefined values are left out of a plot, never drawn as 0 or as a floor."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _intervals(ax: Any, x: Sequence[float], y: Sequence[float], err: Sequence[float], n: Sequence[int],
+               color: Any, capsize: float) -> None:
+    """Error bars at the points that aggregate n >= 2 runs only (a single run has no interval, not a
+    zero-length one), clipped to [0, 100] %."""
+    keep = [i for i in range(len(x)) if n[i] >= 2 and err[i] > 0]
+    if keep:
+        ys = [y[i] for i in keep]
+        ax.errorbar([x[i] for i in keep], ys, yerr=_clipped(ys, [err[i] for i in keep]), fmt="none",
+                    ecolor=color, capsize=capsize, linewidth=1.0)
+
+
 def plot_accuracy_vs_sparsity(series: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *,
                               metric: str = "test_accuracy", title: str | None = None,
                               reference: float | None = None, reference_label: str = "dense",
@@ -70,18 +87,24 @@ def plot_accuracy_vs_sparsity(series: Mapping[str, Sequence[Mapping[str, Any]]],
     fig, ax = _subplots(figsize=(7.5, 4.6), dpi=120)
     densities: set[float] = set()
     markers = "osD^vP*Xh<>"
-    drawn = [(label, sorted(points, key=_density, reverse=True)) for label, points in series.items() if points]
+    # points whose metric was not measured (None, e.g. val_accuracy without a validation split) are left out
+    drawn = [(label, sorted((p for p in points if _defined(p.get(metric))), key=_density, reverse=True))
+             for label, points in series.items()]
+    drawn = [(label, pts) for label, pts in drawn if pts]
     ys: list[float] = []
     for i, (label, pts) in enumerate(drawn):
         # a multiplicative offset on the log axis, +-1.5 % per series around the true density
         dodge = 1.0 + 0.015 * (i - (len(drawn) - 1) / 2) if len(drawn) > 1 else 1.0
         x = [100 * max(_density(p), 1e-6) for p in pts]
         y = [100 * float(p[metric]) for p in pts]
-        err = [100 * float(p.get(f"{metric}_ci") or 0.0) if p.get("n", 2) >= 2 else 0.0 for p in pts]
+        n = [int(p.get("n", 2)) for p in pts]  # a point with a CI and no n is an aggregate (summarize sets n)
+        err = [100 * float(p.get(f"{metric}_ci") or 0.0) for p in pts]
         densities.update(round(v, 6) for v in x)
-        ys += y
-        ax.errorbar([v * dodge for v in x], y, yerr=_clipped(y, err) if any(err) else None, label=label,
-                    marker=markers[i % len(markers)], markersize=4, linewidth=1.4, capsize=2.5)
+        (line,) = ax.plot([v * dodge for v in x], y, label=label, marker=markers[i % len(markers)], markersize=4,
+                          linewidth=1.4)
+        _intervals(ax, [v * dodge for v in x], y, err, n, line.get_color(), 2.5)
+        clipped = _clipped(y, [e if k >= 2 else 0.0 for e, k in zip(err, n)])
+        ys += [v - b for v, b in zip(y, clipped[0])] + [v + a for v, a in zip(y, clipped[1])]
     if reference is not None:
         ax.axhline(100 * reference, color="0.4", linestyle="--", linewidth=1, label=reference_label)
         ys.append(100 * reference)
@@ -147,7 +170,8 @@ def plot_subnetwork_accuracy(
         s = float(p["sparsity"])
         if not 0.0 <= s <= 1.0:
             raise UserError(f"sparsity must be in [0, 1]; got {s!r}")
-        series.setdefault(str(p.get("series", label)), {}).setdefault(s, []).append(100.0 * float(p["accuracy"]))
+        if _defined(p.get("accuracy")):  # a search that measured nothing is left out, not drawn as 0
+            series.setdefault(str(p.get("series", label)), {}).setdefault(s, []).append(100.0 * float(p["accuracy"]))
     refs = reference if isinstance(reference, Mapping) else ({reference_label: reference} if reference else {})
 
     fig, ax = _subplots(figsize=(6.4, 5.6), dpi=120)
@@ -160,12 +184,12 @@ def plot_subnetwork_accuracy(
         color = colors[i % len(colors)]
         n = max(len(v) for v in by_s.values())
         lo = min(len(v) for v in by_s.values())
-        seeds = "" if n == 1 else f" (mean of {n})" if lo == n else f" (mean of {lo}-{n} per point)"
+        seeds = "" if n == 1 else f" (mean ± 1 std of {n})" if lo == n else f" (mean ± 1 std of {lo}-{n} per point)"
         means = [m for m, _ in stats]
-        ax.errorbar(xs, means, yerr=_clipped(means, [s for _, s in stats]) if n > 1 else None, color=color,
-                    marker="o", linestyle="-", capsize=3, label=name + seeds)
-        if n > 1:
-            for x in xs:
+        ax.plot(xs, means, color=color, marker="o", linestyle="-", label=name + seeds)
+        _intervals(ax, xs, means, [s for _, s in stats], [len(by_s[x]) for x in xs], color, 3)
+        for x in xs:
+            if len(by_s[x]) > 1:
                 ax.plot([x] * len(by_s[x]), by_s[x], ".", color=color, alpha=0.35)
     for j, (name, values) in enumerate(refs.items()):
         if not values:
@@ -175,7 +199,7 @@ def plot_subnetwork_accuracy(
         ax.axhline(m, color=color, linestyle="--",
                    label=f"{name} ({m:.2f}%" + (f" ± {s:.2f}, n={len(values)})" if len(values) > 1 else ")"))
         if s > 0:
-            ax.axhspan(m - s, m + s, color=color, alpha=0.1)
+            ax.axhspan(max(0.0, m - s), min(100.0, m + s), color=color, alpha=0.1)
         if fraction_line is not None and j == 0:
             ax.axhline(fraction_line * m, color=color, linestyle=":",
                        label=f"{100 * fraction_line:g} % of {name} ({fraction_line * m:.2f}%)")
@@ -214,13 +238,24 @@ def plot_flips(rows: Sequence[Any], path: str | Path, title: str = "", *,
             ax = axes[mi][li]
             rs = sorted((r for r in rows if r.mode == mode and r.layer == layer), key=lambda r: r.t)
             t = [r.t for r in rs]
-            ax.plot(t, [max(r.bound, floor) for r in rs], "k-", marker="s", label="bound (L3.3 / L3.4)")
-            ax.plot(t, [max(r.bound_refined, floor) for r in rs], "C1-.", marker="d", label="refined bound")
-            ax.plot(t, [max(r.crisis_empirical, floor) for r in rs], "C2--", marker="^",
-                    label="crisis prob. P(|u-u_th|<=r_t)")
-            ax.plot(t, [max(r.cond_flip_rate or 0.0, floor) for r in rs], "C3-", marker="o",
-                    label="flip rate | no earlier flip")
-            ax.plot(t, [max(r.flip_rate, floor) for r in rs], "C0:", marker=".", label="all flips")
+            for attr, style, marker, name in (
+                    ("bound", "k-", "s", "bound (L3.3 / L3.4)"), ("bound_refined", "C1-.", "d", "refined bound"),
+                    ("crisis_empirical", "C2--", "^", "crisis prob. P(|u-u_th|<=r_t)"),
+                    ("cond_flip_rate", "C3-", "o", "flip rate | no earlier flip"),
+                    ("flip_rate", "C0:", ".", "all flips")):
+                # a rate that is undefined at t (no neuron met the premise: None) is not drawn, and the line
+                # breaks there rather than bridging it; a measured 0 sits at the floor of the log axis
+                runs: list[list[tuple[int, float]]] = [[]]
+                for r in rs:
+                    if _defined(getattr(r, attr)):
+                        runs[-1].append((r.t, max(float(getattr(r, attr)), floor)))
+                    elif runs[-1]:
+                        runs.append([])
+                for j, run in enumerate(x for x in runs if x):  # every style names its colour: pieces match
+                    ax.plot([a for a, _ in run], [b for _, b in run], style, marker=marker,
+                            label=name if j == 0 else "_nolegend_")
+                if not any(runs):  # nothing defined: keep the legend entry, draw nothing
+                    ax.plot([], [], style, marker=marker, label=name)
             ax.set_yscale("log")
             ax.set_xticks(t)
             ax.set_title(f"{layer}\n{mode}, eps<={rs[-1].eps:.3g}", fontsize=8)
@@ -277,12 +312,15 @@ def plot_flip_summary(summary: Sequence[Mapping[str, Any]], path: str | Path, *,
             ls = [l for l in layers if l in pts]
             xs = [layers.index(l) + (pi - (len(perts) - 1) / 2) * width for l in ls]
             color = colour(pert)
-            rate = [max(pts[l]["max_cond_flip_rate"] or 0.0, floor) for l in ls]
+            # no dot where the rate is undefined (no neuron met the premise at any timestep)
+            rate = [(x, max(pts[l]["max_cond_flip_rate"], floor)) for x, l in zip(xs, ls)
+                    if _defined(pts[l]["max_cond_flip_rate"])]
             bound = [max(pts[l]["max_bound"], floor) for l in ls]
-            ax.scatter(xs, rate, color=color, marker="o", s=16, label=pert, zorder=3)
+            ax.scatter([x for x, _ in rate], [r for _, r in rate], color=color, marker="o", s=16, label=pert, zorder=3)
             ax.scatter(xs, bound, color=color, marker="_", s=90, zorder=2)
-            for x, r, b in zip(xs, rate, bound):
-                ax.plot([x, x], [r, b], color=color, lw=0.7, alpha=0.6)
+            of = dict(zip(xs, bound))
+            for x, r in rate:
+                ax.plot([x, x], [r, of[x]], color=color, lw=0.7, alpha=0.6)
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_yscale("log")
         ax.set_xticks(range(len(layers)))
@@ -304,37 +342,49 @@ def plot_slth(result: dict[str, Any], path: str | Path) -> None:
 
     cfg, rows, b = result["config"], result["rows"], result["bounds"]
     k = [r["k"] for r in rows]
-    fig, (a1, a2) = _subplots(1, 2, figsize=(10, 3.6))
-    a1.plot(k, [r["success_rate"] for r in rows], "C3o-", label=f"measured ({cfg['trials']} networks)")
-    a1.plot(k, [r["success_exact"] for r in rows], "k--", label="exact probability")
-    a1.plot(k, [r["success_bound"] for r in rows], "C0:", label="1 - L N² exp(-(k/N) C_th ε/N)")
-    if "relu_success_rate" in rows[0]:
-        a1.plot(k, [r["relu_success_rate"] for r in rows], "C2s-", ms=3, label="ReLU, 2 neurons/weight")
+    fig, (a1, a2) = _subplots(1, 2, figsize=(10, 5.0))
+
+    def curve(ax: Any, key: str, style: str, label: str, *, above: float | None = None, **kw: Any) -> int:
+        """Draw ``rows[i][key]`` against k where it is defined (and, for a lower bound clipped at 0, where
+        it is > ``above``: a bound of 0 guarantees nothing and is not drawn as a flat 0). Returns the count."""
+        pts = [(kk, r[key]) for kk, r in zip(k, rows) if _defined(r.get(key)) and (above is None or r[key] > above)]
+        if pts:
+            if len(pts) == 1:  # a line through one point is invisible: mark it
+                kw = {"marker": ".", **kw}
+            ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=label, **kw)
+        return len(pts)
+
+    def note(ax: Any, text: str) -> None:
+        """A legend line without a mark (inside the axes a note would cover data)."""
+        ax.plot([], [], " ", label=text)
+
+    curve(a1, "success_rate", "C3o-", f"measured ({cfg['trials']} networks)")
+    curve(a1, "success_exact", "k--", "exact probability")
+    if curve(a1, "success_bound", "C0:", "1 - L N² exp(-(k/N) C_th ε/N)", above=0.0) < len(rows):
+        note(a1, "  (union bound not drawn where <= 0: it guarantees nothing)")
+    curve(a1, "relu_success_rate", "C2s-", "ReLU, 2 neurons/weight", ms=3)
     for key, style, name in (("k_construction", "C0", "union bound"), ("k_proof", "C1", "Thm 4.3 (proof, N·⌈⌉)"),
                              ("k_paper", "C4", "Thm 4.3 (paper, N²·⌈⌉)")):
         if b.get(key) and b[key] <= 4 * k[-1]:
             a1.axvline(b[key], color=style, lw=1, ls="-.", label=f"k for δ={b['delta']:g}, {name}: {b[key]:.3g}")
+    if b.get("k_proof") is None:  # delta <= N C L T eps: no width gives the guarantee (Eq. S.34)
+        note(a1, f"Thm 4.3 width undefined: δ={b['delta']:g} <= N C L T ε")
     a1.set_xscale("log")
     a1.set_xlabel("virtual neurons per layer k")
     a1.set_ylabel("P[construction succeeds]")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # below: covers no data
     a1.grid(True, which="both", alpha=0.3)
-    if rows[0]["output_equal_rate"] is not None:
-        a2.plot(k, [r["output_equal_rate"] for r in rows], "C3o-", label="output equal (measured)")
-        a2.plot(k, [r["all_equal_rate"] for r in rows], "C1.--", label="all layers equal")
+    curve(a2, "output_equal_rate", "C3o-", "output equal (measured)")  # None: no equality trials ran
+    curve(a2, "all_equal_rate", "C1.--", "all layers equal")
     # where delta(k) >= 1 the theorem guarantees nothing: not drawn (a flat 0 would read as "fails surely")
-    guaranteed = [(kk, r["theorem_1_minus_delta"]) for kk, r in zip(k, rows) if r["theorem_1_minus_delta"] > 0]
-    if guaranteed:
-        a2.plot(*zip(*guaranteed), "k--", label="Thm 4.3: 1 - δ(k)")
-    if len(guaranteed) < len(rows):
-        a2.text(0.02, 0.02, f"Thm 4.3 guarantees nothing (δ(k) >= 1) at k <= "
-                f"{max(kk for kk, r in zip(k, rows) if r['theorem_1_minus_delta'] <= 0):g}",
-                transform=a2.transAxes, fontsize=7, color="0.3")
+    if curve(a2, "theorem_1_minus_delta", "k--", "Thm 4.3: 1 - δ(k)", above=0.0) < len(rows):
+        note(a2, f"Thm 4.3 guarantees nothing (δ(k) >= 1) at k <= "
+                 f"{max(kk for kk, r in zip(k, rows) if r['theorem_1_minus_delta'] <= 0):g}: not drawn")
     a2.set_xscale("log")
     a2.set_ylim(-0.03, 1.03)
     a2.set_xlabel("virtual neurons per layer k")
     a2.set_ylabel("P[output equal]")
-    a2.legend(fontsize=7)
+    a2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # below: covers no data
     a2.grid(True, which="both", alpha=0.3)
     for ax in (a1, a2):
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -377,7 +427,7 @@ def plot_qpsnn(cells: Sequence[Mapping[str, Any]], path: str | Path) -> None:
 
     fig, axes = _subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for c in cells:
-        if c.get("size_bytes"):
+        if c.get("size_bytes") and _defined(c.get("test_accuracy")):
             axes[0].scatter(c["size_bytes"] / 1024, 100 * c["test_accuracy"])
             axes[0].annotate(textwrap.fill(str(c["cell"]), 24), (c["size_bytes"] / 1024, 100 * c["test_accuracy"]),
                              fontsize=6)
@@ -391,8 +441,16 @@ def plot_qpsnn(cells: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].grid(alpha=0.3)
     labels = [textwrap.fill(str(c["cell"]), 22) for c in cells]
-    eff = [100 * ((c["utilisation_total"] or {}).get("effective_utilisation") or 0) for c in cells]
-    axes[1].barh(labels, eff, color=["tab:red" if c.get("scale") == "max" else "tab:blue" for c in cells])
+    eff = [(c.get("utilisation_total") or {}).get("effective_utilisation") for c in cells]
+    # a cell whose utilisation was not measured (an fp32 cell has no levels) gets no bar, only "n/a"
+    measured = [i for i, e in enumerate(eff) if _defined(e)]
+    axes[1].barh(measured, [100 * eff[i] for i in measured],
+                 color=["tab:red" if cells[i].get("scale") == "max" else "tab:blue" for i in measured])
+    axes[1].set_yticks(range(len(cells)), labels)
+    axes[1].set_ylim(-0.6, len(cells) - 0.4)
+    for i, e in enumerate(eff):
+        if not _defined(e):
+            axes[1].text(1, i, "n/a: not recorded for this cell", va="center", fontsize=7, color="0.35")
     axes[1].axvspan(14, 32, color="orange", alpha=0.2, label="QP-SNN: vanilla uses 14-32 %")
     axes[1].set_xlabel("effective bit-width utilisation (%)")
     axes[1].set_title("red: vanilla max|W|, blue: ReScaW mean|W|", fontsize=9)

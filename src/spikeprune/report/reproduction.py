@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spikeprune.core.io import file_slug
+from spikeprune.report.tables import flip_verdict, interval_legend, interval_phrase, slth_width
 
 __all__ = ["SECTIONS", "TITLES", "REF_KEYS", "fig3_section", "fig5_section", "page", "qpsnn_section", "slug",
            "theory_section"]
@@ -62,10 +63,11 @@ def _aligned_table(series: dict[str, list[dict[str, Any]]], seeds: int) -> tuple
             if pt.get("n", 1) > 1:
                 cell += f" ± {_pct(pt['test_accuracy_ci'])}"
             if pt.get("n", 1) < seeds:
-                cell += f" (n={pt['n']})"
+                cell += f" (n={pt.get('n', 1)})"
             cells.append(cell)
         lines.append(f"| {100 * lv:.1f} % | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n", levels
+    legend = interval_legend(series)  # what ± is, over how many seeds, a warning for n < 3
+    return "\n".join(lines) + "\n" + ("\n" + "".join(f"{x}\n" for x in legend) if legend else ""), levels
 
 
 def _fig5_findings(series: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -136,11 +138,11 @@ def fig5_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], di
         table, _ = _aligned_table(series, len(p.seeds))
         png = f"fig5_{slug(name)}.png"
         dense = next((s[0]["test_accuracy"] for s in series.values() if s and s[0]["sparsity"] == 0), None)
-        plot_accuracy_vs_sparsity(series, out / png, title=f"{name}: lottery tickets (mean ± 95 % CI over "
-                                  f"{len(p.seeds)} seed(s))" + ("" if panel["complete"] else " PARTIAL"),
-                                  reference=dense, reference_label="dense")
+        plot_accuracy_vs_sparsity(series, out / png, title=f"{name}: lottery tickets ({interval_phrase(len(p.seeds))})"
+                                  + ("" if panel["complete"] else " PARTIAL"), reference=dense, reference_label="dense")
         findings = _fig5_findings(series)
-        md.append(f"Test accuracy (%) by sparsity (fraction of weights removed), mean ± 95 % CI over seeds:\n\n{table}")
+        md.append("Test accuracy (%) by sparsity (fraction of weights removed), "
+                  f"{'mean over seeds' if len(p.seeds) > 1 else 'one seed'}:\n\n{table}")
         md.append(f"![{name}]({png})\n")
         md.append("What our numbers say:\n\n" + "".join(f"* {f}\n" for f in findings))
         for ds, values in kim.items():
@@ -328,31 +330,37 @@ def theory_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], 
     md.append("### Spike flips vs Lemma 3.3 / 3.4 (per perturbation, worst layer and timestep)\n")
     if data["flips"]:
         lines = ["| perturbation | mode | layers | max eps | max flip rate | max flip rate given no earlier flip | "
-                 "max bound | bound holds | max tightness | first flips outside the crisis band |",
-                 "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+                 "max bound | informative (layer, t) rows | verdict | max tightness (informative rows) | "
+                 "first flips outside the crisis band |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         rows_all = data["flip_rows"]
         holds_all, total = 0, 0
+        ranked: list[tuple[int, str]] = []
         for label, d in data["flips"].items():
             for mode in ("local", "end_to_end"):
                 s = [x for x in d["summary"] if x["mode"] == mode and x["perturbation"] == label]
                 if not s:
                     continue
+                rs = [r for r in rows_all if r.perturbation == label and r.mode == mode]
+                # issue 18: "holds" only where the bound is < 1 (a bound >= 1 holds for any probability)
+                rank, verdict, informative, perturbed = flip_verdict(rs, unit="row")
                 cond = [x["max_cond_flip_rate"] for x in s if x["max_cond_flip_rate"] is not None]
-                tight = [x["max_tightness"] for x in s if x.get("max_tightness") is not None]
-                holds = all(x["holds"] in (True, None) for x in s)
+                tight = [r.tightness for r in rs if r.eps > 0 and r.bound < 1 and r.tightness is not None]
                 holds_all += sum(1 for x in s if x["holds"] in (True, None))
                 total += len(s)
                 outside = sum(int(x.get("first_flips_outside", 0)) for x in s)
                 cond_txt = f"{max(cond):.3g}" if cond else "–"
                 tight_txt = f"{max(tight):.3g}" if tight else "–"
-                lines.append(f"| {label} | {mode} | {len(s)} | {max(x['eps'] for x in s):.3g} | "
-                             f"{max(x['max_flip_rate'] for x in s):.3g} | {cond_txt} | "
-                             f"{max(x['max_bound'] for x in s):.3g} | {'yes' if holds else 'NO'} | {tight_txt} | "
-                             f"{outside} |")
+                ranked.append((rank, f"| {label} | {mode} | {len(s)} | {max(x['eps'] for x in s):.3g} | "
+                                     f"{max(x['max_flip_rate'] for x in s):.3g} | {cond_txt} | "
+                                     f"{max(x['max_bound'] for x in s):.3g} | {informative}/{perturbed} | {verdict} | "
+                                     f"{tight_txt} | {outside} |"))
                 numbers["flips"][f"{label}/{mode}"] = s
+        lines += [line for _, line in sorted(ranked, key=lambda x: x[0])]  # informative perturbations first
         informative, info_numbers = _informative_flip_rows(rows_all)
         md += informative
-        md.append("All perturbations (worst layer and timestep; a bound >= 1 holds trivially):\n")
+        md.append("All perturbations (worst layer and timestep), those with an informative row first; a bound >= 1 "
+                  "holds for any probability, so it is marked vacuous, not \"holds\":\n")
         md.append("\n".join(lines) + "\n")
         plot_flip_summary(data["flip_summary"], out / "theory_flips.png", modes=data["modes"])
         md.append("![flips](theory_flips.png)\n")
@@ -362,8 +370,10 @@ def theory_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], 
                   f"eps > 0, the Lemma 3.3/3.4 bound is **non-vacuous (< 1) in {info_numbers['lemma_nonvacuous']}** "
                   f"and vacuous (>= 1, holds trivially) in {info_numbers['lemma_vacuous']}; Theorem 3.5 is "
                   f"non-vacuous in {info_numbers['theorem35_nonvacuous']}\n"
-                  f"* the bound holds in {holds_all} of {total} (perturbation, mode, layer) cases — a count that "
-                  "includes every vacuous row\n")
+                  f"* at the {info_numbers['lemma_nonvacuous']} informative rows the bound holds in "
+                  f"{info_numbers['nonvacuous_holds']}; the {info_numbers['lemma_vacuous']} vacuous rows are no "
+                  f"evidence either way (over all {total} (perturbation, mode, layer) cases, vacuous ones included, "
+                  f"it holds in {holds_all})\n")
     else:
         md.append("_No flip analysis finished yet._\n")
     md.append("### Strong-LTH construction (Appendix C, Theorem 4.3)\n")
@@ -375,13 +385,13 @@ def theory_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], 
         shown = 0
         for name, r in data["slth"].items():
             b = r["bounds"]
-            thm = (f"{b['k_paper']} / {b['k_proof']}" if b.get("k_paper") or b.get("k_proof")
+            thm = (f"{slth_width(r, 'k_paper')} / {slth_width(r, 'k_proof')}" if b.get("k_paper") or b.get("k_proof")
                    else "undefined (δ ≤ N C L T eps)")
             viol = r.get("violations", {})
             ft = b.get("flip_term")
-            lines.append(f"| {name} | {b['C']:.3g} | {'–' if ft is None else f'{ft:.3g}'} | {b.get('k_construction')} | "
-                         f"{b.get('k_success')} | "
-                         f"{b.get('k_equality')} | {thm} | {sum(int(v) for v in viol.values())} |")
+            lines.append(f"| {name} | {b['C']:.3g} | {'–' if ft is None else f'{ft:.3g}'} | "
+                         f"{slth_width(r, 'k_construction')} | {slth_width(r, 'k_success')} | "
+                         f"{slth_width(r, 'k_equality')} | {thm} | {sum(int(v) for v in viol.values())} |")
             numbers["slth"][name] = {"bounds": b, "violations": viol}
             if shown < 4:
                 plot_slth(r, out / f"theory_slth_{slug(name)}.png")
@@ -475,6 +485,10 @@ def page(study: str, scale: str, p: Any, *, complete: bool, stamp: str, command:
           "## Reproduce\n", f"```\n{command}\n```\n",
           "The same runs, one command per step (the configs are next to this report):\n",
           "```\n" + "\n".join(commands) + "\n```\n",
+          # issue 18: no literal `--jobs N` in a command (it would not parse); how many runs at a time is the
+          # reader's choice and changes no result
+          ("A sweep (a command with `--seeds`) also takes `--jobs` followed by a number: how many of its runs go "
+           "at a time (the results do not depend on it).\n" if any(" --seeds " in c for c in commands) else ""),
           "## Protocol\n", f"{p.notes}. Seeds: {', '.join(map(str, p.seeds))}.\n"]
     for name, values in p.panels.items():
         md.append(f"* **{name}**: " + ", ".join(f"{k}={v}" for k, v in values.items()) + "\n")

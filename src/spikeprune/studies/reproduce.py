@@ -45,7 +45,6 @@ from spikeprune.core.config import fields_of, to_argv
 from spikeprune.engine.config import TrainConfig
 from spikeprune.core.io import check_writable_dir, read_json, write_json, write_text
 from spikeprune.report.reproduction import REF_KEYS, SECTIONS, page, slug
-from spikeprune.report.reproduction import fig3_section as _fig3_report  # noqa: F401 (tests/test_reproduce.py)
 from spikeprune.studies.protocols import CLAIMS, Protocol, protocol
 from spikeprune.core.rundir import RunResult, log
 
@@ -59,8 +58,9 @@ class Step:
     """One command of a study: ``command`` (e.g. ``spikeprune lottery``) run with the config ``cfg`` into
     ``out``. ``config``: the name of the YAML file next to the report holding ``preset`` (the command names
     it with ``--config``; only what ``cfg`` changes from it is written as flags); ``extra``: the flags that
-    are not config fields (``--seeds``, ``--jobs N``, ...). The runner runs ``cfg``; the report shows
-    :func:`command_line` of the same step, so the two cannot differ."""
+    are not config fields (``--seeds``, ``--reference``, ...; not ``--jobs``, which changes no result: the
+    report says so in words). The runner runs ``cfg``; the report shows :func:`command_line` of the same
+    step, so the two cannot differ."""
 
     command: str
     cfg: Any
@@ -99,7 +99,7 @@ def _fig5_steps(p: Protocol, root: Path) -> list[Step]:
     from spikeprune.tickets.lottery import LotteryConfig
 
     return [Step("spikeprune lottery", LotteryConfig(**values), root / slug(name), f"{slug(name)}.yaml", values,
-                 ["--seeds", ",".join(map(str, p.seeds)), "--variants", ",".join(p.options["variants"]), "--jobs", "N"])
+                 ["--seeds", ",".join(map(str, p.seeds)), "--variants", ",".join(p.options["variants"])])
             for name, values in p.panels.items()]
 
 
@@ -178,7 +178,7 @@ def _fig3_steps(p: Protocol, root: Path) -> list[Step]:
             searched = {**values, **overrides}
             out, stem = (where, slug(name)) if i == 0 else (where / slug(reading), f"{slug(name)}-{slug(reading)}")
             steps.append(Step("spikeprune edgepopup", EdgePopupConfig(**fields_of(EdgePopupConfig, searched)), out,
-                              f"{stem}.yaml", searched, ["--seeds", ",".join(map(str, p.seeds)), "--jobs", "N", *refs]))
+                              f"{stem}.yaml", searched, ["--seeds", ",".join(map(str, p.seeds)), *refs]))
     return steps
 
 

@@ -347,7 +347,7 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
     """
     from spikeprune.tickets.lottery import LotteryConfig, collect_rows
     from spikeprune.report.plots import plot_accuracy_vs_sparsity
-    from spikeprune.report.tables import format_table, summarize
+    from spikeprune.report.tables import format_table, interval_phrase, summarize
 
     if not isinstance(cfg, LotteryConfig):
         raise TypeError(f"lottery_sweep needs a LotteryConfig; got {type(cfg).__name__}")
@@ -378,9 +378,16 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
             per_seed[v] = found
             series[v] = summarize(list(found.values()), metrics=("val_accuracy", "test_accuracy",
                                                                  "best_val_accuracy", "firing_rate"), require_all=False)
-    summary = {"kind": "lottery", "seeds": seeds, "variants": variants, "status": status,
+    # Issue 18: the top-level keys describe the whole sweep. "config" holds the settings every run shares;
+    # those that differ between runs (seed, variant, the variant's criterion) are under "varied", in run order,
+    # not one run's value (``variant: imp, seed: 0``) passed off as the sweep's.
+    run_configs = [to_dict(replace(configs[v], seed=s)) for s in seeds for v in variants]
+    shared = {k: x for k, x in run_configs[0].items() if all(c[k] == x for c in run_configs[1:])}
+    varied = {k: list(dict.fromkeys(c[k] for c in run_configs)) for k in run_configs[0] if k not in shared}
+    summary = {"kind": "lottery", "seeds": seeds, "variants": variants,
+               "criteria": {v: configs[v].pruning_criterion for v in variants}, "status": status,
                "complete": all(not s.startswith("failed") for s in status.values()),
-               "config": to_dict(cfg), "series": series,
+               "config": shared, "varied": varied, "series": series,
                "per_seed": {v: {str(s): r for s, r in found.items()} for v, found in per_seed.items()}}
     write_json(out / "summary.json", summary)
     fields = ["variant", "round", "sparsity", "density", "n", "test_accuracy", "test_accuracy_std",
@@ -389,11 +396,9 @@ def lottery_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = No
     write_csv(out / "summary.csv", lines, fields)
     if series:
         first = next(iter(series.values()))
-        stat = (f"mean ± 95 % CI (Student t) over {len(seeds)} seeds" if len(seeds) > 1 else
-                "one seed, so no interval")
         plot_accuracy_vs_sparsity(series, out / "summary.png", reference=first[0]["test_accuracy"],
                                   reference_label="dense (round 0)",
-                                  title=f"{cfg.model} on {cfg.dataset}: lottery tickets, {stat}")
+                                  title=f"{cfg.model} on {cfg.dataset}: lottery tickets, {interval_phrase(len(seeds))}")
         summary["table"] = format_table(series)
     _raise_failures(status)
     return RunResult(out, summary, lines)
