@@ -91,6 +91,9 @@ def test_reproduce_smoke_every_study(tmp_path, study, expect):
         assert numbers["lemma_nonvacuous"] == sum(r["bound"] < 1 for r in pos)
         assert numbers["lemma_vacuous"] == sum(r["bound"] >= 1 for r in pos)
         assert numbers["theorem35_nonvacuous"] == sum(r["bound_theorem35"] < 1 for r in pos)
+        # the refined bound checked on held-out inputs (two batches of 32): counted from the rows
+        assert numbers["refined_heldout_rows"] == sum(r["holds_refined_heldout"] is not None for r in pos) > 0
+        assert "Refined bound on held-out inputs" in text
         assert text.index("Informative rows first") < text.index("All perturbations (worst layer")
         assert "Informative settings first" in text
 

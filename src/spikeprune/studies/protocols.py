@@ -122,6 +122,7 @@ def protocol(study: str, scale: str, *, project_root: str | Path | None = None) 
                                                          batch_size=64, epochs=2)}, (0,),
                             "flips on 64 test images; SLTH N=4, L=1, T=2",
                             {"perturbations": ["prune:0.5:sf", "quantize:4:max", "weight-noise:0.05"], "samples": 64,
+                             "batch_size": 32,  # two batches: the refined bound's held-out check needs them
                              "p_sup": "gaussian",  # the KDE of cpu/paper costs ~10 s per perturbation
                              "slth": [dict(N=4, L=1, T=2, eps=0.1, trials=4, equality_trials=1, samples=16)]})
         slth = [dict(N=n, L=2, T=4, eps=0.1, trials=50, equality_trials=10, samples=256) for n in (4, 8)]

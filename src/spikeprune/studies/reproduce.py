@@ -254,7 +254,9 @@ def _theory_steps(p: Protocol, root: Path) -> list[Step]:
     # `spikeprune train --config` would refuse
     return [Step("spikeprune train", train, root / "dense", "flips.yaml", fields_of(TrainConfig, p.panels["flips"])),
             *(Step("spikeprune analyze flips", FlipsConfig(checkpoint=ckpt, perturb=(spec,), samples=p.options["samples"],
-                                                           p_sup=p.options["p_sup"], seed=train.seed),
+                                                           p_sup=p.options["p_sup"], seed=train.seed,
+                                                           **({"batch_size": p.options["batch_size"]}
+                                                              if "batch_size" in p.options else {})),
                    root / "flips" / parse_perturbation(spec).label) for spec in p.options["perturbations"]),
             *(Step("spikeprune theory slth", SlthConfig(**s), root / "slth" / _slth_name(s)) for s in p.options["slth"])]
 
