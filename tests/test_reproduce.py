@@ -30,6 +30,7 @@ def test_reproduce_fig5_smoke_writes_the_report_and_resumes(tmp_path, capsys):
     text = report.read_text()
     assert "PARTIAL" not in text and "spikeprune reproduce fig5 --scale smoke" in text
     assert "| sparsity | imp | sf-imp-1 | sf-imp-1@none | sf-imp-2 |" in text and "| 75.0 % |" in text
+    assert "SF-IMP-1 twice" in text and "sf-imp-1@none (literal ranking) minus sf-imp-1 (budget ranking)" in text
     # issue 18: the table says what ± is and over how many seeds; no command with a literal `--jobs N`
     seeds = len(protocol("fig5", "smoke").seeds)
     assert (f"over n = {seeds} seeds" if seeds > 1 else "each value is one run (n = 1)") in text
@@ -82,6 +83,7 @@ def test_reproduce_smoke_every_study(tmp_path, study, expect):
     assert json.loads((out / "report.json").read_text())["complete"]
     if study == "fig3":
         assert "| edge-popup, affine_bn=True, init=kaiming_normal | 0.5 | 0.5 |" in text
+        assert "Two readings of the setup" in text and "Two readings of the x-axis" in text
         assert (out / "runs").is_dir() and len(list((out / "runs").rglob("dense*/metrics.json"))) == 1  # shared
     if study == "theory":  # issue 14: informative (non-vacuous) rows lead, vacuous ones are counted
         numbers = json.loads((out / "report.json").read_text())["numbers"]["informative"]

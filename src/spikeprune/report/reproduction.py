@@ -73,7 +73,7 @@ def _aligned_table(series: dict[str, list[dict[str, Any]]], seeds: int) -> tuple
 def _fig5_findings(series: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Statements our numbers support, worded like the paper's claims (CI overlap = not resolved)."""
     out = []
-    names = [v for v in ("imp", "sf-imp-1", "sf-imp-2") if v in series]
+    names = [v for v in ("imp", "sf-imp-1", "sf-imp-1@none", "sf-imp-2") if v in series]
     if len(names) < 2:
         return ["fewer than two of IMP / SF-IMP-1 / SF-IMP-2 finished: no comparison yet"]
     common = sorted(set.intersection(*({round(pt["sparsity"], 4) for pt in series[v]} for v in names)))
@@ -100,7 +100,7 @@ def _fig5_findings(series: dict[str, list[dict[str, Any]]]) -> list[str]:
         f"{v} {_pct(pts[v]['test_accuracy'])} %" for v in ranked) + f"; {best} leads {second} by "
         f"{100 * gap:.2f} points" + (" (95 % CIs do not overlap)" if resolved else
                                      " (not resolved: the 95 % CIs overlap or there is one seed)"))
-    for a, b in (("imp", "sf-imp-1"), ("imp", "sf-imp-2"), ("sf-imp-1", "sf-imp-2")):
+    for a, b in (("imp", "sf-imp-1"), ("imp", "sf-imp-2"), ("sf-imp-1", "sf-imp-2"), ("sf-imp-1", "sf-imp-1@none")):
         if a in names and b in names:
             shared = sorted({round(q["sparsity"], 4) for q in series[a]} & {round(q["sparsity"], 4) for q in series[b]})
             if shared and shared[-1] > top:
@@ -120,6 +120,13 @@ def _fig5_findings(series: dict[str, list[dict[str, Any]]]) -> list[str]:
                 mean_gap[v] = (statistics.fmean(gaps), len(gaps))
     for v, (g, n) in mean_gap.items():
         out.append(f"{v} minus IMP, averaged over the {n} pruned level(s) both reached: {100 * g:+.2f} points")
+    if "sf-imp-1" in names and "sf-imp-1@none" in names:  # the two rankings of SF-IMP-1 (issue 14)
+        budget = {round(q["sparsity"], 4): q["test_accuracy"] for q in series["sf-imp-1"]}
+        gaps = [q["test_accuracy"] - budget[round(q["sparsity"], 4)] for q in series["sf-imp-1@none"]
+                if q["sparsity"] > 0 and round(q["sparsity"], 4) in budget]
+        if gaps:
+            out.append(f"sf-imp-1@none (literal ranking) minus sf-imp-1 (budget ranking), averaged over the "
+                       f"{len(gaps)} pruned level(s) both reached: {100 * statistics.fmean(gaps):+.2f} points")
     return out
 
 
@@ -143,6 +150,12 @@ def fig5_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], di
         findings = _fig5_findings(series)
         md.append("Test accuracy (%) by sparsity (fraction of weights removed), "
                   f"{'mean over seeds' if len(p.seeds) > 1 else 'one seed'}:\n\n{table}")
+        if "sf-imp-1@none" in series:  # issue 14: both readings of SF-IMP-1, each named for what it is
+            md.append("SF-IMP-1 twice: `sf-imp-1` ranks globally with this library's default for mixed criteria "
+                      "(`budget`: global magnitude sets each layer's count, SF ranks the weights within a layer); "
+                      "`sf-imp-1@none` is the literal reading of LTH-SNN Algorithm 1 (raw SF and magnitude scores "
+                      "in one global ranking; SF scores are far smaller than |w|, so SF layers are pruned first). "
+                      "docs/lottery.md explains both.\n")
         md.append(f"![{name}]({png})\n")
         md.append("What our numbers say:\n\n" + "".join(f"* {f}\n" for f in findings))
         for ds, values in kim.items():
@@ -223,8 +236,9 @@ def fig3_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], di
         plot_subnetwork_accuracy([{"sparsity": r["sparsity"], "accuracy": r["test_accuracy"], "series": label(r)}
                                   for r in rows], out / png,
                                  reference={g: [x["test_accuracy"] for x in xs] for g, xs in groups.items()},
-                                 title=f"{name}: untrained subnetworks (non-affine BN)"
-                                 + ("" if panel["complete"] else " PARTIAL"))
+                                 title=f"{name}: untrained subnetworks"
+                                 + ("" if any((r.get("hyperparameters") or {}).get("affine_bn") for r in rows)
+                                    else " (non-affine BN)") + ("" if panel["complete"] else " PARTIAL"))
         ref_of = {label(r): matching(r) for r in rows}
         mean_of = {g: statistics.fmean(x["test_accuracy"] for x in xs) for g, xs in groups.items()}
         by: dict[tuple[str, float], list[dict[str, Any]]] = {}
@@ -250,6 +264,15 @@ def fig3_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], di
                   "or else with the most-trained one):\n\n"
                   + ("\n".join(ref_lines) if ref_lines else "none found") + "\n\n" + "\n".join(lines) + "\n")
         md.append(f"![{name}]({png})\n")
+        inits = {(r.get("hyperparameters") or {}).get("init") for r in rows}
+        if len(inits) > 1:  # issue 14: both readings of the paper's setup, each named for what it is
+            md.append("Two readings of the setup: `init=signed_constant, affine_bn=False` is the paper's text "
+                      "(Ramanujan et al.'s signed-constant weights, BatchNorm without trained affine parameters); "
+                      "`init=kaiming_normal, affine_bn=True` is the code its Appendix E names (hidden-networks' "
+                      "`simple_mnist_example.py`). Both are compared with the same dense references.\n")
+        md.append("Two readings of the x-axis: the table gives both the density (fraction of weights kept) and "
+                  "the sparsity (fraction removed). hidden-networks' `--sparsity` flag is the fraction *kept*, so if "
+                  "Fig. 3's axis is that flag, read its values against our density column.\n")
         best = max(summary, key=lambda s: s["test_accuracy"])
         findings = [f"best untrained subnetwork: density {best['density']:g} (sparsity {best['sparsity']:g}), "
                     f"{_pct(best['test_accuracy'])} %" + (f" = {100 * best['relative_to_dense']:.1f} % of its reference "
