@@ -190,8 +190,10 @@ def _dense_model(cfg: CompressConfig, out: Path, dataset: ImageDataset, resume: 
     if meta.get("quantization", {}).get("layers") or "channel_history" in meta:
         raise UserError(f"checkpoint {cfg.checkpoint} is already compressed; start from a dense checkpoint")
     if config["width"] != cfg.width or config["T"] != cfg.timesteps:
-        raise UserError(f"checkpoint {cfg.checkpoint} has width {config['width']} and T {config['T']}; this run "
-                         f"expects width {cfg.width} and T {cfg.timesteps} (pass --width / --timesteps)")
+        # The compressed model inherits the checkpoint's network; a flag asking for another one is a mistake.
+        raise UserError(f"checkpoint {cfg.checkpoint} has width {config['width']} and T {config['T']}, but width "
+                         f"{cfg.width} and T {cfg.timesteps} were asked for; leave out --width / --timesteps "
+                         f"(the checkpoint's are used) or give a checkpoint trained with them")
     if (config["in_channels"], list(config["image_size"]), config["num_classes"]) != \
             (dataset.in_channels, list(dataset.image_size), dataset.num_classes):
         raise UserError(f"checkpoint {cfg.checkpoint} expects {config['in_channels']}x{config['image_size']} "

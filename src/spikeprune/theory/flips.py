@@ -310,6 +310,7 @@ def flip_analysis(
     rows: list[FlipRow] = []
     p_sup_cache: dict[tuple[str, int, float], float] = {}
     atom_cache: dict[tuple[str, int, float], float] = {}
+    heldout_cache: dict[tuple[int, str, int, float], float] = {}  # (half, layer, t, radius) -> p_sup
     for mode in modes:
         for name in names:
             lif = ref_lifs[name]
@@ -336,7 +337,8 @@ def flip_analysis(
                 atom = atom_cache[(name, t, p_radius)]
                 e_sample = torch.cat([e[t] for e in errors[(mode, name)]]).double()
                 eps_ref, tail_ref, bound_ref = _refined_bound(e_sample, t, lif.beta, p_sup)
-                held = _refined_heldout(errors[(mode, name)], acc[(modes[0], name, t)], a, t, lif, p_sup_method)
+                held = _refined_heldout(errors[(mode, name)], acc[(modes[0], name, t)], a, t, lif, p_sup_method,
+                                        heldout_cache, name)
                 rows.append(FlipRow(
                     perturbation=label, mode=mode, layer=name, t=t + 1, neurons=neurons, samples=a.samples,
                     eps_t=float(eps_t[(mode, name)][t]), eps=eps, radius=float(radius[(mode, name)][t]),
@@ -354,13 +356,16 @@ def flip_analysis(
     return rows
 
 
-def _refined_heldout(errors: list[torch.Tensor], u_acc: _Acc, a: _Acc, t: int, lif: Any, p_sup_method: str
+def _refined_heldout(errors: list[torch.Tensor], u_acc: _Acc, a: _Acc, t: int, lif: Any, p_sup_method: str,
+                     cache: dict[tuple[int, str, int, float], float] | None = None, layer: str = ""
                      ) -> dict[str, Any]:
     """The refined bound with its level chosen on the even batches and checked on the odd ones.
 
     ``errors``: one ``[T, k]`` tensor of per-neuron cumulative errors per batch (batch order);
     ``u_acc``: the accumulator holding the reference potentials' subsample (with its batch parity);
-    ``a``: this row's flip counts split by parity. Returns the held-out fields of :class:`FlipRow`."""
+    ``a``: this row's flip counts split by parity; ``cache`` keeps each half's ``p_sup`` per (layer, t,
+    radius) across modes (the potentials of a half are the same in every mode; the KDE is the cost).
+    Returns the held-out fields of :class:`FlipRow`."""
     none = {"eps_refined_heldout": None, "bound_refined_heldout": None, "first_flip_rate_heldout": None,
             "holds_refined_heldout": None}
     halves = [[e[t] for j, e in enumerate(errors) if j % 2 == h] for h in (0, 1)]
@@ -370,12 +375,19 @@ def _refined_heldout(errors: list[torch.Tensor], u_acc: _Acc, a: _Acc, t: int, l
     (e_sel, e_chk), (u_sel, u_chk) = ([torch.cat(x).double() for x in halves],
                                       [torch.cat(x).double() for x in u_halves])
 
-    def sup(u: torch.Tensor):
-        return lambda r: _p_sup(u, lif.u_th, r, p_sup_method)
+    memo = cache if cache is not None else {}
 
-    e, _, _ = _refined_bound(e_sel, t, lif.beta, sup(u_sel))  # selection: even batches only
+    def sup(half: int, u: torch.Tensor):
+        def p(r: float) -> float:
+            key = (half, layer, t, r)
+            if key not in memo:
+                memo[key] = _p_sup(u, lif.u_th, r, p_sup_method)
+            return memo[key]
+        return p
+
+    e, _, _ = _refined_bound(e_sel, t, lif.beta, sup(0, u_sel))  # selection: even batches only
     r = e if t == 0 else e / (1.0 - lif.beta)
-    bound = float((e_chk > e).double().mean()) + 2.0 * sup(u_chk)(r) * r  # the same formula, fresh samples
+    bound = float((e_chk > e).double().mean()) + 2.0 * sup(1, u_chk)(r) * r  # the same formula, fresh samples
     rate = a.first_half[1] / a.n_half[1]
     return {"eps_refined_heldout": e, "bound_refined_heldout": bound, "first_flip_rate_heldout": rate,
             "holds_refined_heldout": rate <= bound}
