@@ -245,3 +245,22 @@ def test_checkpoint_on_a_dataset_of_another_shape_is_one_line(capsys, tmp_path):
     for command in (["evaluate", "--out", tmp_path / "ev"], ["cost"]):
         assert_user_error(capsys, [command[0], "--checkpoint", ckpt, "--dataset", "synthetic", *command[1:]],
                           "expects 1x[8, 8] inputs", tmp_path / "ev")
+
+
+def test_flags_that_override_a_checkpoint_say_so(capsys, tmp_path):
+    """Issue 18: a command reads the model's settings from the checkpoint; a flag that changes one of
+    them wins and says so in one line on stderr; without such flags nothing is said."""
+    code, _, _ = run_cli(capsys, "train", "--width", "0.25", "--timesteps", "2", "--epochs", "1", "--no-progress",
+                         "--out", tmp_path / "run")
+    assert code == 0
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", ckpt, "--out", tmp_path / "e1")
+    assert code == 0 and "overrides" not in err
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", ckpt, "--encoding", "poisson",
+                           "--dataset", "synthetic:in_channels=1,image_size=8,train_size=16,test_size=16",
+                           "--out", tmp_path / "e2")
+    assert code == 0
+    assert "--encoding poisson overrides the checkpoint's direct" in err
+    assert "--dataset synthetic:in_channels=1,image_size=8,train_size=16,test_size=16 overrides the " \
+           "checkpoint's digits" in err
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["encoding"] == "poisson"

@@ -53,6 +53,9 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out: str | Path) -> RunResult:
     config = model.spikeprune_config
     dataset = checkpoint_dataset(cfg.checkpoint, config, trained_on, cfg.dataset, cfg.data_dir)
     encoding = cfg.encoding or trained_on.get("encoding", "direct")
+    if cfg.encoding and cfg.encoding != trained_on.get("encoding", "direct"):
+        from spikeprune.core.rundir import log
+        log(f"--encoding {cfg.encoding} overrides the checkpoint's {trained_on.get('encoding', 'direct')}")
     loader = BatchLoader(dataset, "test", cfg.batch_size, shuffle=False, seed=cfg.seed, encoding=encoding,
                          timesteps=config["T"])
     if (meta.get("quantization") or {}).get("layers"):

@@ -323,10 +323,14 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None =
 
 def checkpoint_dataset(checkpoint: str | Path, model_config: dict[str, Any], trained_on: dict[str, Any],
                        dataset: str | None = None, data_dir: str | None = None) -> ImageDataset:
-    """The dataset a checkpoint runs on: ``dataset``, else the one it was trained on (``trained_on`` =
-    its TrainConfig; digits if unknown), refused in one line when its images do not fit the model
+    """The dataset a checkpoint runs on: ``dataset`` (said in one line on stderr when it differs from the
+    recorded one), else the one it was trained on (``trained_on`` = its TrainConfig; digits if unknown),
+    refused in one line when its images do not fit the model
     (``model_config`` = ``spikeprune_config``: ``in_channels``, ``image_size``)."""
-    data = load_dataset(dataset or trained_on.get("dataset", "digits"), data_dir)
+    recorded = trained_on.get("dataset")
+    if dataset and recorded and dataset != recorded:  # issue 18: flags override a checkpoint, and say so
+        log(f"--dataset {dataset} overrides the checkpoint's {recorded}")
+    data = load_dataset(dataset or recorded or "digits", data_dir)
     expected = (model_config.get("in_channels"), list(model_config.get("image_size") or []))
     if (data.in_channels, list(data.image_size)) != expected:
         raise UserError(f"{checkpoint} expects {model_config.get('in_channels')}x{model_config.get('image_size')} "
