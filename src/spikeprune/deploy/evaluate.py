@@ -53,9 +53,6 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out: str | Path) -> RunResult:
     config = model.spikeprune_config
     dataset = checkpoint_dataset(cfg.checkpoint, config, trained_on, cfg.dataset, cfg.data_dir)
     encoding = cfg.encoding or trained_on.get("encoding", "direct")
-    if cfg.encoding and cfg.encoding != trained_on.get("encoding", "direct"):
-        from spikeprune.core.rundir import log
-        log(f"--encoding {cfg.encoding} overrides the checkpoint's {trained_on.get('encoding', 'direct')}")
     loader = BatchLoader(dataset, "test", cfg.batch_size, shuffle=False, seed=cfg.seed, encoding=encoding,
                          timesteps=config["T"])
     if (meta.get("quantization") or {}).get("layers"):
@@ -71,6 +68,9 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out: str | Path) -> RunResult:
         mask.check_fits(model)
         mask.apply(model)
     out = check_writable_dir(out)  # only once every input has been read: a refusal leaves nothing
+    if cfg.encoding and cfg.encoding != trained_on.get("encoding", "direct"):  # after the refusals (one line)
+        from spikeprune.core.rundir import log
+        log(f"--encoding {cfg.encoding} overrides the checkpoint's {trained_on.get('encoding', 'direct')}")
     if cfg.engine == "event":
         from spikeprune.deploy.event_engine import compile as compile_event, evaluate_event
 

@@ -328,13 +328,13 @@ def checkpoint_dataset(checkpoint: str | Path, model_config: dict[str, Any], tra
     refused in one line when its images do not fit the model
     (``model_config`` = ``spikeprune_config``: ``in_channels``, ``image_size``)."""
     recorded = trained_on.get("dataset")
-    if dataset and recorded and dataset != recorded:  # issue 18: flags override a checkpoint, and say so
-        log(f"--dataset {dataset} overrides the checkpoint's {recorded}")
     data = load_dataset(dataset or recorded or "digits", data_dir)
     expected = (model_config.get("in_channels"), list(model_config.get("image_size") or []))
     if (data.in_channels, list(data.image_size)) != expected:
         raise UserError(f"{checkpoint} expects {model_config.get('in_channels')}x{model_config.get('image_size')} "
                          f"inputs; {data.name} has {data.in_channels}x{list(data.image_size)}")
+    if dataset and recorded and dataset != recorded:  # issue 18: a flag overrides the checkpoint, and says so
+        log(f"--dataset {dataset} overrides the checkpoint's {recorded}")  # (after the refusals: those are one line)
     return data
 
 
