@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikeprune.core.config import CommandConfig, hparam, path_option
-from spikeprune.core.rundir import RunResult
+from spikeprune.core.rundir import RunResult, log
 from spikeprune.engine.encoding import ENCODINGS
 
 __all__ = ["EvaluateConfig", "evaluate_checkpoint"]
@@ -52,7 +52,8 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out: str | Path) -> RunResult:
     trained_on = meta.get("config", {})
     config = model.spikeprune_config
     dataset = checkpoint_dataset(cfg.checkpoint, config, trained_on, cfg.dataset, cfg.data_dir)
-    encoding = cfg.encoding or trained_on.get("encoding", "direct")
+    recorded_encoding = trained_on.get("encoding", "direct")
+    encoding = cfg.encoding or recorded_encoding
     loader = BatchLoader(dataset, "test", cfg.batch_size, shuffle=False, seed=cfg.seed, encoding=encoding,
                          timesteps=config["T"])
     if (meta.get("quantization") or {}).get("layers"):
@@ -68,9 +69,8 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out: str | Path) -> RunResult:
         mask.check_fits(model)
         mask.apply(model)
     out = check_writable_dir(out)  # only once every input has been read: a refusal leaves nothing
-    if cfg.encoding and cfg.encoding != trained_on.get("encoding", "direct"):  # after the refusals (one line)
-        from spikeprune.core.rundir import log
-        log(f"--encoding {cfg.encoding} overrides the checkpoint's {trained_on.get('encoding', 'direct')}")
+    if encoding != recorded_encoding:  # issue 18: the flag wins and says so, after the refusals (one line)
+        log(f"--encoding {encoding} overrides the checkpoint's {recorded_encoding}")
     if cfg.engine == "event":
         from spikeprune.deploy.event_engine import compile as compile_event, evaluate_event
 
