@@ -6,7 +6,10 @@ document is run by this test without anyone listing it. A command is run as writ
 below: in ``NOT_RUN`` (with the reason, and where it is checked instead) or in ``SHRINK`` (the
 replacements that make a paper- or Fashion-MNIST-size command tiny; the guide's own commands are tiny
 already and run unchanged, except the sweep). Quoted outputs were recorded with 2 threads, as the guide
-says; the runs here use 2 threads whatever the machine has, so the digits must match exactly.
+says; the runs here use 2 threads whatever the machine has. Words and integers must match exactly;
+decimal numbers (accuracies, rates, energies) within ``ds.RESULT_TOLERANCE`` (10 %, relative): another CPU's
+convolution and matrix kernels sum in another order, and three epochs on 360 test digits turn that into a
+few samples (the guide's numbers differed in this way on three x86 machines, AVX2 and AVX-512, Intel and AMD).
 """
 
 from __future__ import annotations
@@ -69,8 +72,10 @@ SHRINK = {
     "spikeprune lottery --dataset digits --width 0.5 --timesteps 2 --epochs 3 --rewind-epoch 1 --rounds 2 --seeds 0,1 "
     "--variants imp,sf-imp-1,sf-imp-2 --jobs 2 --out runs/guide/sweep": [("--rounds 2", "--rounds 1")],
 }
-# quoted numbers that are timings, not results
-VOLATILE = (r"\b\d+(\.\d+)?x faster",)
+# quoted numbers that are timings, not results; and the guide's `compress` accuracy: one epoch of fine-tuning
+# after 4-bit quantization and halving the channels turns another CPU's summation order into up to 12
+# points (0.55 / 0.62 / 0.67 on three x86 machines), beyond RESULT_TOLERANCE; the guide says so.
+VOLATILE = (r"\b\d+(\.\d+)?x faster", r"(?<=^compressed: accuracy )0\.\d+")
 # names the guide quotes that are inputs or appear only after a kill, not outputs of its commands
 NOT_OUTPUT = {
     ".NAME.XXXXXXXX.spikeprune.tmp": "left only by a killed write (tests/test_run_safety.py kills one)",
@@ -125,6 +130,22 @@ def test_output_comparison_catches_a_changed_digit_or_order():
     assert ds.compare("compressed: 26.9x smaller, 9.99x faster", printed, VOLATILE) == []  # a timing
     assert ds.compare("compressed: 27.0x smaller, 1.34x faster", printed, VOLATILE)          # not a timing
     assert ds.script_expectations('x = 1\nprint(f"{x:.3f}")   # 1.000\nprint(x)\n') == ["1.000"]
+
+
+def test_result_tolerance_allows_another_cpus_digits_and_nothing_else():
+    """Training results quoted by the documents are compared within ds.RESULT_TOLERANCE (another CPU's
+    kernels sum in another order); words, integers and the number of numbers must still match."""
+    rel = ds.RESULT_TOLERANCE
+    printed = "| 25.0 % | 91.94 |\nfeatures.2.conv 4 1152 1.000 580 1.84e+04 0.481 0 1.77e+04\n"
+    assert ds.compare("| 25.0 % | 91.39 |\nfeatures.2.conv 4 1152 1.000 580 1.84e+04 0.470 0 1.73e+04",
+                      printed, rel=rel) == []
+    assert ds.compare("| 25.0 % | 91.39 |", printed) == ["| 25.0 % | 91.39 |"]  # exact without rel
+    assert ds.compare("| 25.0 % | 60.00 |", printed, rel=rel)                      # beyond the tolerance
+    assert ds.compare("features.2.conv 4 1153 1.000 580 1.84e+04 0.481 0 1.77e+04", printed, rel=rel)  # integer
+    assert ds.compare("features.2.conv 4 1152 1.000 580 1.84e+04 0.481 1.77e+04", printed, rel=rel)  # one fewer
+    assert ds.compare("features.3.conv 4 1152 1.000 580 1.84e+04 0.481 0 1.77e+04", printed, rel=rel)  # a word
+    assert ds.same_line('"test_accuracy": 0.9,', '"test_accuracy": 0.9055555555555556,', rel)
+    assert not ds.same_line('"epochs": 3,', '"epochs": 4,', rel)
 
 
 def test_every_quoted_output_belongs_to_a_block():
@@ -236,7 +257,7 @@ def _run_doc(doc: str, root: Path) -> dict[str, str]:
             text += res.stdout
             outputs[command] = res.stdout
         if block.output is not None:
-            missing = ds.compare(block.output, text, VOLATILE)
+            missing = ds.compare(block.output, text, VOLATILE, rel=ds.RESULT_TOLERANCE)
             assert not missing, (f"{doc}:{block.line}: the quoted output is not what {block.commands} prints now; "
                                  f"lines not found: {missing}\n--- printed ---\n{text[-4000:]}")
     return outputs
@@ -289,7 +310,8 @@ def test_readme_quickstart_numbers(quickstart_run):
     metrics = json.loads((quickstart_run / "metrics.json").read_text())
     quoted = re.search(r"trains a dense spiking convnet \(([\d.]+) % on the (\d+) test digits", text)
     assert quoted, "README no longer quotes the quickstart's dense accuracy"
-    assert f"{100 * metrics['test_accuracy']:.1f}" == quoted.group(1), (metrics["test_accuracy"], quoted.group(1))
+    # within one point (3 of the 360 digits): another CPU's kernels sum in another order (99.2 / 99.4 % seen)
+    assert abs(100 * metrics["test_accuracy"] - float(quoted.group(1))) <= 1.0, (metrics["test_accuracy"], quoted.group(1))
     assert "Everything lands in `runs/quickstart/`" in text
     for name in ("metrics.json", "history.csv", "checkpoint.safetensors"):
         assert (quickstart_run / name).is_file(), name

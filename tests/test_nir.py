@@ -54,7 +54,11 @@ def _assert_same_spikes(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
     out_b, spikes_b = _run(b, x)
     assert len(spikes_a) == len(spikes_b) > 0
     for sa, sb in zip(spikes_a, spikes_b):
-        assert sa.shape == sb.shape and torch.equal(sa, sb)  # every spike of every neuron at every step
+        # Every spike of every neuron at every step, up to float32 rounding: the NIR graph holds the
+        # BatchNorm folded into the weights, so a membrane within rounding of u_th may land on the other
+        # side. Which ones do depends on the CPU's convolution kernel (one flip in 368 640 was seen on
+        # an AVX-512 machine, none on AVX2); more than 1 in 100 000 would be a real difference.
+        assert sa.shape == sb.shape and int((sa != sb).sum()) <= sa.numel() * 1e-5
         assert 0 < sa.mean() < 1
     assert torch.allclose(out_a, out_b, atol=1e-5)
     assert torch.equal(out_a.sum(0).argmax(-1), out_b.sum(0).argmax(-1))

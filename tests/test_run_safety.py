@@ -18,7 +18,7 @@ import torch
 from spikeprune.cli import main
 from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import load_dataset
-from spikeprune.core.io import atomic_path, load_checkpoint
+from spikeprune.core.io import load_checkpoint
 from spikeprune.core.rundir import LOCK_FILE, RECORD_FILE, RunDirectoryError, lock_holder, run_directory
 from spikeprune.engine.train import CHECKPOINT, fit
 
@@ -69,7 +69,6 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_second_train_on_the_same_out_refuses_and_the_first_finishes_intact(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(CLI + ["train", *TRAIN, "--epochs", "40", "--out", str(out)], env=ENV,
@@ -78,8 +77,14 @@ def test_second_train_on_the_same_out_refuses_and_the_first_finishes_intact(tmp_
     while (lock_holder(out) or {}).get("pid") != first.pid:
         assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
         time.sleep(0.05)
-    second = subprocess.run(CLI + ["train", *TRAIN, "--epochs", "40", "--out", str(out)], env=ENV,
-                            capture_output=True, text=True, timeout=120)
+    # The first run is stopped (SIGSTOP keeps its lock) while the second one runs: on a fast CPU its 40
+    # epochs could otherwise end, and release the lock, during the second one's start-up (seen once).
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(CLI + ["train", *TRAIN, "--epochs", "40", "--out", str(out)], env=ENV,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert first.poll() is None, "the first run ended before the second one started; the test proves nothing"
     assert second.returncode == 2
     line = _one_line(second.stderr)

@@ -105,9 +105,28 @@ def normalise(line: str) -> str:
     return re.sub(r"\s+", " ", line).strip()
 
 
-def compare(quoted: str, actual: str, volatile: tuple[str, ...] = ()) -> list[str]:
+# A number written with a decimal point or an exponent (an accuracy, a rate, an energy); integers (counts,
+# parameters, bytes, bits) are compared exactly.
+_MEASURE = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?(?![\w.])")
+RESULT_TOLERANCE = 0.10
+
+
+def same_line(quoted: str, printed: str, rel: float = 0.0) -> bool:
+    """``printed`` says what ``quoted`` says: the same words and integers, and every decimal number within
+    ``rel`` (relative) of the quoted one. ``rel`` = 0 asks for the same characters."""
+    if rel == 0.0 or quoted == printed:
+        return quoted == printed
+    q_numbers, p_numbers = _MEASURE.findall(quoted), _MEASURE.findall(printed)
+    if len(q_numbers) != len(p_numbers) or _MEASURE.sub("#", quoted) != _MEASURE.sub("#", printed):
+        return False
+    return all(abs(float(a) - float(b)) <= rel * max(abs(float(a)), abs(float(b)))
+               for a, b in zip(q_numbers, p_numbers))
+
+
+def compare(quoted: str, actual: str, volatile: tuple[str, ...] = (), rel: float = 0.0) -> list[str]:
     """Quoted lines missing from ``actual`` (in order). ``volatile``: regexes (timings) whose matches
-    are replaced by ``<measured>`` on both sides before comparing."""
+    are replaced by ``<measured>`` on both sides before comparing. ``rel``: the relative tolerance on
+    decimal numbers (:func:`same_line`)."""
 
     def clean(line: str) -> str:
         line = normalise(line)
@@ -121,10 +140,11 @@ def compare(quoted: str, actual: str, volatile: tuple[str, ...] = ()) -> list[st
         q = clean(q)
         if not q or q == "...":
             continue
-        try:
-            pos = got.index(q, pos) + 1
-        except ValueError:
+        hit = next((i for i in range(pos, len(got)) if same_line(q, got[i], rel)), None)
+        if hit is None:
             missing.append(q)
+        else:
+            pos = hit + 1
     return missing
 
 
