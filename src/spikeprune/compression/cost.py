@@ -182,7 +182,7 @@ class CostReport:
                              f"path's speed, timed alternately); {event['synaptic_events_per_sample']:.6g} synaptic "
                              f"events per sample (SOPs column: {t['sops']:.6g})")
             elif self.latency.get("event_fallback"):
-                lines.append(f"event engine: not timed ({self.latency['event_fallback']})")
+                lines.append(f"event engine: not used ({self.latency['event_fallback']}); only the dense path was timed")
         return "\n".join(lines)
 
 
