@@ -311,6 +311,8 @@ def test_cost_reports_the_engine_next_to_the_dense_path(tmp_path, capsys, densit
     assert event["p10_ms"] <= event["median_ms"] <= event["p90_ms"]
     assert sops > 1000  # the network fires: the comparison is not 0 == 0
     assert abs(event["synaptic_events_per_sample"] / sops - 1) <= tolerance, (event, sops)
+    # direct encoding: the encoding layer has MACs, no SOPs, so the engine's layers hold every SOP
+    assert event["layers"] == ["features.2.conv", "classifier"] and event["cost_sops_per_sample"] == sops
     # the table: the line right after the dense latency, with the numbers of cost.json
     (at,) = [i for i, line in enumerate(out) if line.startswith("event engine")]
     assert out[at - 1].startswith("latency: ")
@@ -356,6 +358,33 @@ def test_cost_of_a_model_the_engine_refuses_says_so_in_one_line(tmp_path, capsys
     assert "event" not in lat and "SpikingResNet" in lat["event_fallback"] and lat["median_ms"] > 0
 
 
+def test_cost_on_event_frames_compares_the_events_with_the_layers_the_engine_drives(tmp_path, capsys):
+    """Event-camera frames make the *encoding* layer's input counts, so it has SOPs, but the engine runs it
+    densely: its counted events are compared with the SOPs of the layers it drives, not the total."""
+    import json
+
+    from event_files import synthetic_nmnist
+
+    synthetic_nmnist(tmp_path / "d", per_class=6, classes=10, events_per_sample=40)
+    from spikeprune.cli import main
+
+    assert main(["train", "--dataset", "nmnist:time_bins=4", "--encoding", "events", "--data-dir", str(tmp_path / "d"),
+                 "--model", "convnet", "--width", "0.25", "--timesteps", "2", "--batch-size", "32", "--epochs", "1",
+                 "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    assert main(["cost", "--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"), "--data-dir",
+                 str(tmp_path / "d"), "--batches", "1", "--latency-repeats", "1", "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    report = json.loads((tmp_path / "c" / "cost.json").read_text())
+    event, layers = report["latency"]["event"], {r["name"]: r for r in report["layers"]}
+    assert layers["features.0.conv"]["sops"] > 0  # the encoding layer is fed event counts
+    driven = sum(layers[n]["sops"] for n in event["layers"])
+    assert "features.0.conv" not in event["layers"] and event["cost_sops_per_sample"] == pytest.approx(driven)
+    assert driven < report["total"]["sops"]
+    assert event["synaptic_events_per_sample"] == pytest.approx(driven, rel=1e-6, abs=1e-9)
+    (line,) = [line for line in out if line.startswith("event engine")]
+    assert line.endswith(f"(SOPs column: {driven:.6g} over the layers it drives, {report['total']['sops']:.6g} in all)")
+
+
 class _Recorder(nn.Module):
     """A dense "model" that logs its calls: ``[B, 4]`` -> ``[2, B, 3]`` logits (T = 2)."""
 
@@ -378,6 +407,7 @@ class _FakeEngine:
         self.log, self.fails = log, fails_at_first_call
         self.dense, self.reason, self.count = False, "", False
         self.stats = ee.EventStats()
+        self.layers = ["fc"]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.log.append(("event-counted" if self.count else "event", x.shape[0]))
@@ -398,7 +428,7 @@ def test_measure_latencies_alternates_the_two_paths_and_counts_on_the_given_batc
     assert log == [("event", 5)] + [("dense", 5), ("event", 5)] * 4 + [("event-counted", 5), ("event-counted", 2)]
     ev = lat["event"]
     assert lat["repeats"] == 3 and lat["batch"] == 5 and ev["counted_samples"] == 7
-    assert ev["synaptic_events_per_sample"] == 7.0 and ev["alternate"] is True
+    assert ev["synaptic_events_per_sample"] == 7.0 and ev["alternate"] is True and ev["layers"] == ["fc"]
     assert ev["speedup"] == pytest.approx(lat["median_ms"] / ev["median_ms"])
 
 

@@ -146,10 +146,24 @@ class CostReport:
             row = dict(r.__dict__)
             row["density"] = r.density
             rows.append(row)
+        latency = self.latency
+        if latency and latency.get("event"):
+            latency = {**latency, "event": {**latency["event"], "cost_sops_per_sample": self.event_sops()}}
         return {"layers": rows, "total": self.totals, "other_params": self.other_params,
                 "other_bytes": self.other_bytes, "samples": self.samples,
                 "energy_constants_pj": {"mac": self.e_mac_pj, "ac": self.e_ac_pj},
-                "latency": self.latency, "neurobench": self.neurobench, **self.extra}
+                "latency": latency, "neurobench": self.neurobench, **self.extra}
+
+    def event_sops(self) -> float | None:
+        """The SOPs (per sample) of the layers the event engine drives (``latency.event.layers``): what its
+        counted synaptic events are to be compared with. The engine runs the encoding layer densely, which
+        under event-frame input (``--encoding events``) has SOPs of its own. ``None`` without an engine timing;
+        the total where the engine named no layers."""
+        event = (self.latency or {}).get("event")
+        if not event:
+            return None
+        names = set(event.get("layers") or ())
+        return sum(r.sops for r in self.layers if r.name in names) if names else self.totals["sops"]
 
     def table(self) -> str:
         """A fixed-width text table (one line per layer, then the total)."""
@@ -178,9 +192,11 @@ class CostReport:
             if event:
                 # the engine's counted work next to the cost model's SOPs: the reader sees whether the
                 # SOPs predict what the engine does (benchmarks/event_engine fits its time against them)
+                driven = self.event_sops()
+                sops = f"{driven:.6g}" if driven == t["sops"] else f"{driven:.6g} over the layers it drives, {t['sops']:.6g} in all"
                 lines.append(f"event engine: {event['median_ms']:.2f} ms per batch ({event['speedup']:.2f}x the dense "
                              f"path's speed, timed alternately); {event['synaptic_events_per_sample']:.6g} synaptic "
-                             f"events per sample (SOPs column: {t['sops']:.6g})")
+                             f"events per sample (SOPs column: {sops})")
             elif self.latency.get("event_fallback"):
                 lines.append(f"event engine: not used ({self.latency['event_fallback']}); only the dense path was timed")
         return "\n".join(lines)
@@ -482,8 +498,8 @@ def measure_latencies(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, w
         event_engine: a compiled event-driven engine of ``model`` (``spikeprune.deploy.event_engine.compile``;
             passed in because this layer may not import ``deploy``): called like the model, with ``dense``
             (true where it could not run and runs the model itself), ``reason`` (why), ``count`` (when set,
-            the next call counts its work) and, after a counted call, ``stats.synaptic_events`` (weight
-            additions performed, summed over the batch).
+            the next call counts its work), after a counted call ``stats.synaptic_events`` (weight
+            additions performed, summed over the batch) and, optionally, ``layers`` (names of the layers it drives).
         count_on: the batches (``(x, y)`` pairs or inputs) whose synaptic events are counted; default ``[x]``.
             Pass the batches :func:`cost_report` read, so the count and the SOPs column see the same spikes.
 
@@ -491,7 +507,8 @@ def measure_latencies(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, w
     both alike; the speed-up is the ratio of the medians. Returns :func:`measure_latency`'s keys (the dense
     path) and, when the engine ran, ``event``: ``median_ms``, ``p10_ms``, ``p90_ms``, ``speedup`` (dense
     median / event median), ``alternate`` (True), ``synaptic_events_per_sample`` (counted over
-    ``count_on``, per sample) and ``counted_samples``. Where the engine fell back to the dense path (at
+    ``count_on``, per sample), ``counted_samples`` and ``layers`` (the engine's ``layers``: the conv/linear
+    layers it drives by spikes; :meth:`CostReport.event_sops` sums their SOPs). Where the engine fell back to the dense path (at
     compilation or at its first call) there is no ``event`` entry but ``event_fallback``: the engine's reason.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -540,5 +557,6 @@ def measure_latencies(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, w
         raise UserError("counting the event engine's synaptic events needs at least one batch; count_on was empty")
     timed = _summary(event_ms)
     result["event"] = {**timed, "speedup": result["median_ms"] / timed["median_ms"] if timed["median_ms"] else math.inf,
-                       "alternate": True, "synaptic_events_per_sample": events / samples, "counted_samples": samples}
+                       "alternate": True, "synaptic_events_per_sample": events / samples, "counted_samples": samples,
+                       "layers": list(getattr(engine, "layers", ()))}
     return result
