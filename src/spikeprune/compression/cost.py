@@ -30,6 +30,11 @@ layer receives; nothing assumes a registered architecture. For every layer that 
   45 nm, Horowitz ISSCC 2014), both overridable. A constant per operation regardless of bit-width: the
   literature's convention (QP-SNN, SpikingJelly); it understates what quantization saves.
 
+Latency: :func:`measure_latency` times ``model(x)``; :func:`measure_latencies` times it alternately with
+the event-driven engine (``spikeprune.deploy.event_engine``, passed in: this layer may not import
+``deploy``) and counts the engine's synaptic events, which the SOPs of the layers it drives estimate
+(:meth:`CostReport.event_sops`).
+
 The model total adds the other parameters (BatchNorm, counted as its folded per-channel scale and
 shift, 2 fp32 values per channel). Totals are per sample (summed over the T timesteps).
 
