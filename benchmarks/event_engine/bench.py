@@ -2,10 +2,17 @@
 convnets (dense, IMP tickets, 4-bit + 50 % channels), batch 1 and batch 256, single-threaded.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 nice python benchmarks/event_engine/bench.py \\
-        --dense RUN/checkpoint.safetensors --imp IMP_RUN --compressed Q_RUN/model.safetensors --out benchmarks/event_engine
+        --dense RUN/checkpoint.safetensors --imp IMP_RUN --compressed Q_RUN/model.safetensors \\
+        [--extra "SF-IMP 90 %=SF_RUN/round_03/checkpoint.safetensors" ...] --out benchmarks/event_engine
 
-Writes results.json, speedup_vs_density.png and prints a markdown table. Each timing is the median of
-``--repeats`` calls; dense and event calls alternate so both see the same machine load.
+Writes results.json (rows, and ``sops_fit``), speedup_vs_density.png (+ .fit.json) and prints one JSON line
+per model and the fits. Each timing is the median of ``--repeats`` calls; dense and event calls alternate
+so both see the same machine load.
+
+Two fits: the speed-up against "firing rate x weight density" (synaptic events / dense MACs, log-log, the
+break-even point; the plot), and the engine's measured time against the cost model's SOPs per sample
+(``spikeprune cost``'s SOPs column), least squares ``event_ms = a + b * SOPs`` with R^2 per batch size:
+whether the cost model predicts what the engine costs (``a``: the per-call floor, ``b``: ms per SOP).
 """
 
 from __future__ import annotations
@@ -69,41 +76,62 @@ def accuracy(fn, batches):
     return correct / seen
 
 
+def labelled(text: str) -> tuple[str, Path]:
+    """``LABEL=CKPT`` of ``--extra`` (the label may contain spaces; the last ``=`` separates)."""
+    label, sep, path = text.rpartition("=")
+    if not sep or not label.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected LABEL=CHECKPOINT, got {text!r}")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{path}: no such checkpoint file")
+    return label.strip(), Path(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dense", type=Path, required=True)
-    ap.add_argument("--imp", type=Path, required=True, help="lottery run directory (round_XX/checkpoint.safetensors)")
-    ap.add_argument("--compressed", type=Path, required=True)
+    ap.add_argument("--imp", type=Path, help="lottery run directory (round_XX/checkpoint.safetensors)")
+    ap.add_argument("--compressed", type=Path, help="the 4-bit + 50 %% channels model of spikeprune compress")
+    ap.add_argument("--extra", type=labelled, action="append", default=[], metavar="LABEL=CKPT",
+                    help="another checkpoint to measure (a mask it stores is applied); repeatable")
+    ap.add_argument("--dataset", default="fashion_mnist", help="test images (the checkpoints' dataset)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--repeats1", type=int, default=60)
     ap.add_argument("--repeats256", type=int, default=7)
     ap.add_argument("--eval-batches", type=int, default=8, help="256-image test batches for accuracy")
     args = ap.parse_args()
+    if min(args.repeats1, args.repeats256, args.eval_batches) < 1:
+        ap.error("--repeats1, --repeats256 and --eval-batches must be >= 1")
     torch.set_num_threads(1)
-    data = load_dataset("fashion_mnist")
-    loader = BatchLoader(data, "test", 256, shuffle=False, encoding="direct", timesteps=4)
+    data = load_dataset(args.dataset)
+    models = {"dense": load(args.dense)}
+    loader = BatchLoader(data, "test", 256, shuffle=False, encoding="direct", timesteps=int(models["dense"].T))
     batches = []
     for i, b in enumerate(loader):
         if i >= args.eval_batches:
             break
         batches.append(b)
     x256 = batches[0][0]
-    singles = [x256[i:i + 1] for i in range(32)]
+    singles = [x256[i:i + 1] for i in range(min(32, len(x256)))]
 
-    models = {"dense": load(args.dense)}
-    for rd in sorted(args.imp.glob("round_*")):
+    for rd in sorted(args.imp.glob("round_*")) if args.imp else []:
         if (rd / "checkpoint.safetensors").exists():
             m = load(rd / "checkpoint.safetensors")
             dens = sum(int((p != 0).sum()) for n, p in m.named_parameters() if n.endswith("weight") and p.dim() > 1)
             tot = sum(p.numel() for n, p in m.named_parameters() if n.endswith("weight") and p.dim() > 1)
             models[f"IMP {rd.name} ({100 * (1 - dens / tot):.1f} % sparse)"] = m
-    models["4-bit + 50 % channels"] = load(args.compressed)
+    if args.compressed:
+        models["4-bit + 50 % channels"] = load(args.compressed)
+    for label, path in args.extra:
+        if label in models:
+            ap.error(f"--extra {label!r}: that label is taken")
+        models[label] = load(path)
     dense_ref = models["dense"]
 
     rows = []
     for name, model in models.items():
         engine = ee.compile(model)
-        assert not engine.dense, engine.reason
+        if engine.dense:  # the benchmark compares the two paths: a network the engine refuses has no row
+            raise SystemExit(f"bench.py: {name}: the event engine cannot run it ({engine.reason})")
         check = ee.spike_flips(engine, x256[:64])
         engine.count = True
         with torch.no_grad():
@@ -118,7 +146,7 @@ def main() -> None:
         rep = cost_report(model, [batches[0]], num_batches=1)
         tot = rep.totals
         row = {"model": name, "firing_rate": rate, "layer_rates": event_in, "synapse_density": engine.synapse_density(),
-               "rate_x_density": work, "synaptic_events_per_sample": st.synaptic_events / 256,
+               "rate_x_density": work, "synaptic_events_per_sample": st.synaptic_events / len(x256),
                "cost_sops_per_sample": tot["sops"], "cost_dense_ops_per_sample": tot["dense_ops"],
                "flips_64": check["flips"], "spikes_64": check["spikes"], "max_logit_diff": check["max_logit_diff"],
                "acc_dense": acc_dense, "acc_event": acc_event,
@@ -139,20 +167,64 @@ def main() -> None:
             with torch.no_grad():
                 engine(xg)
             w = engine.stats.synaptic_events / engine.stats.dense_ops
-            ev = engine.stats.synaptic_events / 256
+            ev = engine.stats.synaptic_events / len(xg)
             engine.count = False
             d, e = side_by_side(model, engine, [xg], 3)
+            # the cost model's SOPs on the same images, so the curve points enter the SOPs fit too
+            sops = cost_report(model, [xg], num_batches=1, measure_sops=False).totals["sops"]
             row["curve"].append({"gain": gain, "rate_x_density": w, "dense_ms": d, "event_ms": e,
-                                 "synaptic_events_per_sample": ev})
+                                 "synaptic_events_per_sample": ev, "cost_sops_per_sample": sops})
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k not in ("layer_rates", "curve")}), flush=True)
 
+    fits = sops_fits(rows)
+    for b, f in fits.items():
+        if "error" in f:
+            print(f"batch {b}: no SOPs fit ({f['error']}; {f['points']} points)", flush=True)
+            continue
+        print(f"batch {b}: event ms = {f['a_ms']:.4g} + {f['b_ms_per_sop']:.4g} x SOPs per sample "
+              f"(R^2 {f['r2']:.3f}, {f['points']} points)", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
             "cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_before": _load()}
+            "load_before": _load(), "dataset": args.dataset}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "sops_fit": fits}, indent=1))
     plot(rows, args.out / "speedup_vs_density.png")
+
+
+def fit_line(points: list[tuple[float, float]]) -> dict[str, float]:
+    """Least squares ``y = a + b x`` over ``(x, y)`` points: ``a``, ``b`` and R^2 (1 - residual / total
+    sum of squares; NaN when every y is equal)."""
+    n = len(points)
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    if n < 2 or sxx == 0:
+        raise ValueError("a line needs at least two points with different x")
+    b = sum((p[0] - mx) * (p[1] - my) for p in points) / sxx
+    a = my - b * mx
+    ss_res = sum((p[1] - a - b * p[0]) ** 2 for p in points)
+    ss_tot = sum((p[1] - my) ** 2 for p in points)
+    return {"a": a, "b": b, "r2": 1 - ss_res / ss_tot if ss_tot else float("nan")}
+
+
+def sops_fits(rows: list[dict]) -> dict[str, dict]:
+    """The engine's measured ms per call against the cost model's SOPs per sample, per batch size
+    (batch 256: every model plus its two input-gain curve points; batch 1: the models)."""
+    fits = {}
+    for b in (1, 256):
+        pts = [(r["cost_sops_per_sample"], r[f"event_ms_b{b}"]) for r in rows]
+        if b == 256:
+            pts += [(c["cost_sops_per_sample"], c["event_ms"]) for r in rows for c in r["curve"]]
+        try:
+            f = fit_line(pts)
+        except ValueError as exc:  # one model and no spread of SOPs: say so in the results, do not guess
+            fits[str(b)] = {"error": str(exc), "points": len(pts)}
+            continue
+        fits[str(b)] = {"model": "event_ms = a_ms + b_ms_per_sop * sops_per_sample", "a_ms": f["a"],
+                        "b_ms_per_sop": f["b"], "r2": f["r2"], "points": len(pts),
+                        "data": [{"sops_per_sample": x, "event_ms": y} for x, y in pts]}
+    return fits
 
 
 def _cpu() -> str:

@@ -36,7 +36,7 @@ from torch import nn
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.config import NOT_HPARAMS, check_fraction, fields_of, hparam, to_dict
 from spikeprune.engine.config import TrainConfig, validate
-from spikeprune.compression.cost import CostReport, cost_report, measure_latency
+from spikeprune.compression.cost import E_AC_PJ, E_MAC_PJ, CostReport, cost_report, measure_latencies, measure_latency
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
 from spikeprune.core.io import check_writable_dir, checkpoint_meta, load_checkpoint, read_json, save_checkpoint, write_json
 from spikeprune.compression.quant import (
@@ -59,6 +59,7 @@ from spikeprune.compression.structured import (
     select_channels,
 )
 from spikeprune.core.rundir import RunResult, check_resumable, log
+from spikeprune.topology import evaluation
 from spikeprune.engine.train import (
     build_model,
     checkpoint_dataset,
@@ -364,17 +365,23 @@ def cost_of_checkpoint(
     batches: int = 4,
     batch_size: int = 256,
     bits: int | None = None,
-    e_mac_pj: float = 4.6,
-    e_ac_pj: float = 0.9,
+    e_mac_pj: float = E_MAC_PJ,
+    e_ac_pj: float = E_AC_PJ,
     latency_repeats: int = 5,
     threads: int | None = 1,
     out: str | Path | None = None,
+    event_engine: Callable[[nn.Module], Any] | None = None,
 ) -> CostReport:
     """Cost report of a saved model (dense, masked, channel-pruned and/or quantized) on its test data.
 
     The model is rebuilt with its quantization (:func:`load_compressed`); ``mask`` (a saved
     :class:`~spikeprune.Mask`) is applied first. Latency: ``latency_repeats`` timed runs of one test
-    batch with ``threads`` intra-op threads (0 repeats: skipped). Writes ``out/cost.json`` if ``out``.
+    batch with ``threads`` intra-op threads (0 repeats: skipped). ``event_engine``: a compiler of the
+    event-driven engine (``spikeprune.deploy.event_engine.compile``, which ``spikeprune cost`` passes; this
+    layer may not import ``deploy``): the engine is then timed alternately with the dense path on the same
+    batch and its synaptic events counted on the batches of the report (:func:`~spikeprune.compression.cost.measure_latencies`;
+    ``latency.event`` in the report, or ``latency.event_fallback`` where it cannot run the network).
+    Writes ``out/cost.json`` if ``out``.
     """
     from spikeprune.tickets.masks import Mask, stored_mask
 
@@ -411,7 +418,12 @@ def cost_of_checkpoint(
     try:
         report = cost_report(model, sample, num_batches=None, bits=bits, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj)
         if latency_repeats:
-            report.latency = measure_latency(model, sample[0][0], repeats=latency_repeats)
+            engine = None
+            if event_engine is not None:
+                with evaluation(model):  # the engine folds eval-mode BatchNorm and drops eval-mode dropout
+                    engine = event_engine(model)
+            report.latency = measure_latencies(model, sample[0][0], repeats=latency_repeats, event_engine=engine,
+                                               count_on=sample)
     finally:
         torch.set_num_threads(previous)
     report.extra = {"checkpoint": str(checkpoint), "dataset": data.name, "mask": mask_used}

@@ -30,6 +30,11 @@ layer receives; nothing assumes a registered architecture. For every layer that 
   45 nm, Horowitz ISSCC 2014), both overridable. A constant per operation regardless of bit-width: the
   literature's convention (QP-SNN, SpikingJelly); it understates what quantization saves.
 
+Latency: :func:`measure_latency` times ``model(x)``; :func:`measure_latencies` times it alternately with
+the event-driven engine (``spikeprune.deploy.event_engine``, passed in: this layer may not import
+``deploy``) and counts the engine's synaptic events, which the SOPs of the layers it drives estimate
+(:meth:`CostReport.event_sops`).
+
 The model total adds the other parameters (BatchNorm, counted as its folded per-channel scale and
 shift, 2 fp32 values per channel). Totals are per sample (summed over the T timesteps).
 
@@ -70,7 +75,7 @@ from torch.nn import functional as F
 from spikeprune.core.diagnostics import UserError
 from spikeprune.topology import BATCHNORM, evaluation, sample_count, trace
 
-__all__ = ["E_AC_PJ", "E_MAC_PJ", "CostReport", "LayerCost", "cost_report", "measure_latency"]
+__all__ = ["E_AC_PJ", "E_MAC_PJ", "CostReport", "LayerCost", "cost_report", "measure_latencies", "measure_latency"]
 
 E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz 2014)
 E_AC_PJ = 0.9  # 32-bit float accumulate, 45 nm (Horowitz 2014)
@@ -146,10 +151,24 @@ class CostReport:
             row = dict(r.__dict__)
             row["density"] = r.density
             rows.append(row)
+        latency = self.latency
+        if latency and latency.get("event"):
+            latency = {**latency, "event": {**latency["event"], "cost_sops_per_sample": self.event_sops()}}
         return {"layers": rows, "total": self.totals, "other_params": self.other_params,
                 "other_bytes": self.other_bytes, "samples": self.samples,
                 "energy_constants_pj": {"mac": self.e_mac_pj, "ac": self.e_ac_pj},
-                "latency": self.latency, "neurobench": self.neurobench, **self.extra}
+                "latency": latency, "neurobench": self.neurobench, **self.extra}
+
+    def event_sops(self) -> float | None:
+        """The SOPs (per sample) of the layers the event engine drives (``latency.event.layers``): what its
+        counted synaptic events are to be compared with. The engine runs the encoding layer densely, which
+        under event-frame input (``--encoding events``) has SOPs of its own. ``None`` without an engine timing;
+        the total where the engine named no layers."""
+        event = (self.latency or {}).get("event")
+        if not event:
+            return None
+        names = set(event.get("layers") or ())
+        return sum(r.sops for r in self.layers if r.name in names) if names else self.totals["sops"]
 
     def table(self) -> str:
         """A fixed-width text table (one line per layer, then the total)."""
@@ -174,6 +193,17 @@ class CostReport:
         if self.latency:
             lines.append(f"latency: {self.latency['median_ms']:.2f} ms per batch of {self.latency['batch']} "
                          f"(median of {self.latency['repeats']}, {self.latency['threads']} thread(s))")
+            event = self.latency.get("event")
+            if event:
+                # the engine's counted work next to the cost model's SOPs: the reader sees whether the
+                # SOPs predict what the engine does (benchmarks/event_engine fits its time against them)
+                driven = self.event_sops()
+                sops = f"{driven:.6g}" if driven == t["sops"] else f"{driven:.6g} over the layers it drives, {t['sops']:.6g} in all"
+                lines.append(f"event engine: {event['median_ms']:.2f} ms per batch ({event['speedup']:.2f}x the dense "
+                             f"path's speed, timed alternately); {event['synaptic_events_per_sample']:.6g} synaptic "
+                             f"events per sample (SOPs column: {sops})")
+            elif self.latency.get("event_fallback"):
+                lines.append(f"event engine: not used ({self.latency['event_fallback']}); only the dense path was timed")
         return "\n".join(lines)
 
 
@@ -444,14 +474,94 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, war
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise UserError(f"latency repeats must be a positive integer; got {repeats!r}")
-    times = []
+    times: list[float] = []
     with evaluation(model):
         for i in range(warmup + repeats):
             tick = time.perf_counter()
             model(x)
             if i >= warmup:
                 times.append((time.perf_counter() - tick) * 1e3)
-    times.sort()
+    return {**_summary(times), "repeats": repeats, "batch": sample_count(model, x), "threads": torch.get_num_threads()}
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    """Median, 10th and 90th percentile (nearest rank) of timings in ms."""
+    times = sorted(times)
     q = lambda p: times[min(len(times) - 1, int(p * (len(times) - 1) + 0.5))]  # noqa: E731
-    return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "repeats": repeats,
-            "batch": sample_count(model, x), "threads": torch.get_num_threads()}
+    return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9)}
+
+
+@torch.no_grad()
+def measure_latencies(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, warmup: int = 2,
+                      event_engine: Any | None = None, count_on: Iterable[Any] | None = None) -> dict[str, Any]:
+    """:func:`measure_latency` of the dense path and, given ``event_engine``, of that engine on the same batch.
+
+    Args:
+        model: the network (run in eval mode, no gradients).
+        x: one input batch, ``[B, C, H, W]`` (static) or ``[T, B, ...]``.
+        repeats, warmup: timed and untimed calls of *each* path.
+        event_engine: a compiled event-driven engine of ``model`` (``spikeprune.deploy.event_engine.compile``;
+            passed in because this layer may not import ``deploy``): called like the model, with ``dense``
+            (true where it could not run and runs the model itself), ``reason`` (why), ``count`` (when set,
+            the next call counts its work), after a counted call ``stats.synaptic_events`` (weight
+            additions performed, summed over the batch) and, optionally, ``layers`` (names of the layers it drives).
+        count_on: the batches (``(x, y)`` pairs or inputs) whose synaptic events are counted; default ``[x]``.
+            Pass the batches :func:`cost_report` read, so the count and the SOPs column see the same spikes.
+
+    The calls alternate (dense, engine, dense, engine, ...) so that the load of a shared machine slows
+    both alike; the speed-up is the ratio of the medians. Returns :func:`measure_latency`'s keys (the dense
+    path) and, when the engine ran, ``event``: ``median_ms``, ``p10_ms``, ``p90_ms``, ``speedup`` (dense
+    median / event median), ``alternate`` (True), ``synaptic_events_per_sample`` (counted over
+    ``count_on``, per sample), ``counted_samples`` and ``layers`` (the engine's ``layers``: the conv/linear
+    layers it drives by spikes; :meth:`CostReport.event_sops` sums their SOPs). Where the engine fell back to the dense path (at
+    compilation or at its first call) there is no ``event`` entry but ``event_fallback``: the engine's reason.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise UserError(f"latency repeats must be a positive integer; got {repeats!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise UserError(f"latency warm-up must be an integer >= 0; got {warmup!r}")
+    engine = event_engine
+    dense_ms: list[float] = []
+    event_ms: list[float] = []
+    with evaluation(model):
+        if engine is not None:
+            # one untimed call first: the engine builds its synapse lists there, and may only then find
+            # that it cannot run this network (it then runs the model, which would time dense as "event")
+            engine(x)
+            if engine.dense:
+                engine = None
+        for i in range(warmup + repeats):
+            tick = time.perf_counter()
+            model(x)
+            tock = time.perf_counter()
+            if engine is not None:
+                engine(x)
+                done = time.perf_counter()
+            if i >= warmup:
+                dense_ms.append((tock - tick) * 1e3)
+                if engine is not None:
+                    event_ms.append((done - tock) * 1e3)
+        result: dict[str, Any] = {**_summary(dense_ms), "repeats": repeats, "batch": sample_count(model, x),
+                                  "threads": torch.get_num_threads()}
+        if event_engine is None:
+            return result
+        if engine is None:
+            result["event_fallback"] = event_engine.reason or "the engine runs the dense path"
+            return result
+        events = samples = 0
+        engine.count = True
+        try:
+            for batch in ([x] if count_on is None else count_on):
+                xb = batch[0] if isinstance(batch, (tuple, list)) else batch
+                engine(xb)
+                events += int(engine.stats.synaptic_events)
+                samples += sample_count(model, xb)
+        finally:
+            engine.count = False
+    if samples == 0:
+        raise UserError("counting the event engine's synaptic events needs at least one batch; count_on was empty")
+    timed = _summary(event_ms)
+    result["event"] = {**timed, "speedup": result["median_ms"] / timed["median_ms"] if timed["median_ms"] else math.inf,
+                       "alternate": True, "synaptic_events_per_sample": events / samples, "counted_samples": samples,
+                       "layers": list(getattr(engine, "layers", ()))}
+    return result

@@ -427,12 +427,14 @@ class EventModel:
     ``x``: ``[B, C, H, W]`` (static, direct encoding) or ``[T, B, ...]``. After a call, ``stats`` holds
     the spikes per layer and the synaptic events processed; with ``record=True`` ``spikes`` holds every
     layer's spikes ``[T, B, C, H, W]`` / ``[T, B, N]`` (float, the dense layout) for comparison.
-    ``dense`` is true where the engine could not run and ``__call__`` runs ``model`` itself.
+    ``dense`` is true where the engine could not run and ``__call__`` runs ``model`` itself; ``reason`` says
+    why, and unless ``quiet`` one line on stderr does too.
     """
 
-    def __init__(self, model: nn.Module, *, threads: int | None = None) -> None:
+    def __init__(self, model: nn.Module, *, threads: int | None = None, quiet: bool = False) -> None:
         self.model = model
         self.threads = threads
+        self.quiet = quiet
         self.dense = False
         self.reason = ""
         self.stats = EventStats()
@@ -453,7 +455,8 @@ class EventModel:
 
     def _fallback(self, why: str) -> None:
         self.dense, self.reason = True, why
-        print(f"spikeprune: event engine not used ({why}); running the dense path", file=sys.stderr)
+        if not self.quiet:  # a caller that reports the reason itself (``spikeprune cost``'s table) says it once
+            print(f"spikeprune: event engine not used ({why}); running the dense path", file=sys.stderr)
 
     @property
     def layers(self) -> list[str]:
@@ -641,13 +644,14 @@ def evaluate_event(engine: EventModel, loader: Any, *, split: str = "test") -> d
     return result
 
 
-def compile(model: nn.Module, *, threads: int | None = None) -> EventModel:  # noqa: A001 - the public verb
+def compile(model: nn.Module, *, threads: int | None = None, quiet: bool = False) -> EventModel:  # noqa: A001
     """Compile ``model`` (eval mode: BatchNorm with running statistics) for event-driven inference.
 
     Synapse lists are built at the first call (they need the encoder's output shape). Unsupported
-    models give an :class:`EventModel` with ``dense=True`` (one line on stderr) that runs ``model``.
+    models give an :class:`EventModel` with ``dense=True`` (one line on stderr unless ``quiet``; the
+    reason in ``reason``) that runs ``model``. (``compile`` is the public verb, shadowing the builtin.)
     """
-    return EventModel(model, threads=threads)
+    return EventModel(model, threads=threads, quiet=quiet)
 
 
 def dense_spikes(model: nn.Module, x: torch.Tensor, neurons: list[nn.Module]) -> list[torch.Tensor]:
