@@ -333,10 +333,14 @@ def test_cost_without_the_engine_or_without_timings(tmp_path, capsys):
     assert code == 0 and lat["repeats"] == 2 and "event" not in lat and "event_fallback" not in lat
     assert any(line.startswith("latency: ") for line in out)
     assert not any("event engine" in line for line in out)
-    # the YAML key is the field's name (the YAML names the checkpoint too: a YAML is validated on its own)
+    # the YAML key is the field's name; the required checkpoint may come from the YAML or from the flag
     (tmp_path / "c.yaml").write_text(f"checkpoint: {ckpt}\nevent_engine: false\nlatency_repeats: 1\n")
     code, out, _ = _cost(capsys, "--config", tmp_path / "c.yaml", "--out", tmp_path / "yaml")
     lat = json.loads((tmp_path / "yaml" / "cost.json").read_text())["latency"]
+    assert code == 0 and lat["repeats"] == 1 and "event" not in lat
+    (tmp_path / "d.yaml").write_text("event_engine: false\nlatency_repeats: 1\n")
+    code, out, _ = _cost(capsys, "--checkpoint", ckpt, "--config", tmp_path / "d.yaml", "--out", tmp_path / "flag")
+    lat = json.loads((tmp_path / "flag" / "cost.json").read_text())["latency"]
     assert code == 0 and lat["repeats"] == 1 and "event" not in lat
     # --latency-repeats 0 skips both timings (the engine is not even compiled)
     code, out, _ = _cost(capsys, "--checkpoint", ckpt, "--latency-repeats", 0, "--out", tmp_path / "none")

@@ -149,12 +149,9 @@ def config_from_args(cls: type, args: argparse.Namespace, preset: str | None = N
     """
     names = {f.name for f in dataclasses.fields(cls)}
     defaults = {**_preset(cls, preset), **(base or {})}
-    given: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        preset = load_yaml(args.config)
-        from_mapping(cls, preset, source=args.config)  # unknown keys and bad values, naming the file
-        given.update({str(k).replace("-", "_"): v for k, v in preset.items()})
-    given.update({k: v for k, v in vars(args).items() if k in names})
+    from_yaml = load_yaml(args.config) if getattr(args, "config", None) else {}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    given = {**{str(k).replace("-", "_"): v for k, v in from_yaml.items()}, **flags}
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("required") and f.name not in given:
@@ -162,6 +159,13 @@ def config_from_args(cls: type, args: argparse.Namespace, preset: str | None = N
         for other in f.metadata.get("excludes", ()):
             if f.name in given and other in given:
                 raise UserError(f"give either {flag} or --{other.replace('_', '-')}, not both")
+    if from_yaml:
+        # Unknown keys and bad values, naming the file. A required field the YAML leaves to a flag
+        # (`cost --checkpoint X --config c.yaml`) is taken from the flag here, or the YAML alone would
+        # be refused for lacking it.
+        required = {f.name for f in dataclasses.fields(cls) if f.metadata.get("required")}
+        from_mapping(cls, {**defaults, **{k: v for k, v in flags.items() if k in required}, **from_yaml},
+                     source=args.config)
     return from_mapping(cls, {**defaults, **given})
 
 
