@@ -38,12 +38,10 @@ class InteropConfig(CommandConfig):
     seed: int = hparam(0, "random seed", bounds="[0, 4294967295]")
 
     def check(self) -> None:
-        from spikeprune.tickets.criteria import CRITERIA
+        from spikeprune.tickets.criteria import check_criterion
         from spikeprune.engine.data import parse_dataset
-        from spikeprune.core.diagnostics import UserError
 
-        if self.criterion not in CRITERIA:
-            raise UserError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
+        check_criterion(self.criterion)
         parse_dataset(self.dataset)  # the name (options: nmnist:time_bins=8) is checked before any work
 
 

@@ -23,7 +23,7 @@ from spikeprune.core.config import check_fraction
 from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.calibration import calibrate
 from spikeprune.compression.cost import cost_report
-from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE, sf_fallbacks
+from spikeprune.tickets.criteria import FIRING_AWARE, check_criterion, sf_fallbacks
 from spikeprune.engine.data import BatchLoader, EventDataset, load_dataset
 from spikeprune.core.diagnostics import SpikepruneWarning
 from spikeprune.theory.flips import flip_analysis, flip_rows_csv, flip_summary
@@ -160,8 +160,7 @@ def analyse_third_party(
         _positive_int(calibration_batches, "calibration batches")
         _positive_int(analysis_batches, "analysis batches")
         check_fraction(sparsity, "sparsity", "[0, 1)", "fraction of weights removed")
-        if criterion not in CRITERIA:
-            raise UserError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+        check_criterion(criterion)
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise UserError(f"lr must be a number > 0; got {lr!r}")
         torch.manual_seed(seed)

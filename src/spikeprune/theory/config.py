@@ -13,6 +13,8 @@ from typing import Any
 
 from spikeprune.core.config import CommandConfig, hparam, path_option
 from spikeprune.core.diagnostics import UserError
+from spikeprune.theory.firing import ESTIMATORS
+from spikeprune.theory.flips import MODES
 
 __all__ = ["FlipsConfig", "SlthConfig", "TargetConfig", "ValidityConfig", "WidthConfig"]
 
@@ -27,12 +29,13 @@ class FlipsConfig(CommandConfig):
             "weight-noise:<sigma, relative to each weight tensor's std> | input-noise:<sigma>",
         required=True, repeat=True, metavar="SPEC")
     mode: str = hparam("both", "local: every layer fed the reference spikes (the lemmas' setting); end_to_end: "
-                               "errors propagate", ("local", "end_to_end", "both"))
+                               "errors propagate", (*MODES, "both"))
     dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
     data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
     samples: int = hparam(512, "test samples analysed", bounds="[1, inf)")
     batch_size: int = hparam(128, "batch size", bounds="[1, inf)")
-    p_sup: str = hparam("kde", "estimator of p_sup, the density of u near u_th", ("kde", "gaussian", "empirical"))
+    p_sup: str = hparam("kde", "estimator of p_sup, the density of u near u_th",
+                         tuple(reversed(ESTIMATORS)))  # the default (kde) first
     calibration_batches: int = hparam(8, "training batches for the SF criterion's statistics", bounds="[1, inf)")
     seed: int = hparam(0, "seed of noise and random pruning", bounds="[0, 4294967295]")
 
@@ -68,11 +71,10 @@ class ValidityConfig(CommandConfig):
     seed: int = hparam(0, "seed of the random criterion", bounds="[0, 4294967295]")
 
     def check(self) -> None:
-        from spikeprune.tickets.criteria import CRITERIA
+        from spikeprune.tickets.criteria import check_criterion
 
         for c in self.criteria:
-            if c not in CRITERIA:
-                raise UserError(f"unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")
+            check_criterion(c)
 
 
 @dataclass
