@@ -13,8 +13,10 @@ from typing import Any
 
 from spikeprune.core.config import CommandConfig, hparam, path_option
 from spikeprune.core.diagnostics import UserError
+from spikeprune.engine.neuron import DEFAULT_BETA, DEFAULT_V_RESET
 from spikeprune.theory.firing import ESTIMATORS
 from spikeprune.theory.flips import MODES
+from spikeprune.theory.slth import SLTH_U_TH
 
 __all__ = ["FlipsConfig", "SlthConfig", "TargetConfig", "ValidityConfig", "WidthConfig"]
 
@@ -86,8 +88,8 @@ class TargetConfig(CommandConfig):
     T: int = hparam(1, "timesteps T", bounds="[1, inf)", flags=("--timesteps",))
     eps: float | None = hparam(None, "allowed input-feature error eps", required=True, bounds="(0, inf)")
     delta: float = hparam(0.1, "failure probability delta of Theorem 4.3", bounds="(0, 1]")
-    u_th: float = hparam(0.2, "threshold, 0 < u_th < 1 (checked with the reason by spikeprune.theory.slth)")
-    beta: float = hparam(0.5, "membrane decay", bounds="(0, 1)")
+    u_th: float = hparam(SLTH_U_TH, "threshold, 0 < u_th < 1 (checked with the reason by spikeprune.theory.slth)")
+    beta: float = hparam(DEFAULT_BETA, "membrane decay", bounds="(0, 1)")
 
 
 @dataclass
@@ -101,7 +103,7 @@ class SlthConfig(TargetConfig):
                                   bounds="[0, inf)")
     samples: int = hparam(256, "input spike trains", bounds="[1, inf)")
     rate: float = hparam(0.3, "input firing rate", bounds="[0, 1]")
-    v_reset: float = hparam(0.0, "reset potential, 0 <= v_reset < u_th", bounds="[0, 1)")
+    v_reset: float = hparam(DEFAULT_V_RESET, "reset potential, 0 <= v_reset < u_th", bounds="[0, 1)")
     seed: int = hparam(0, "random seed", bounds="[0, 4294967295]")
     compare_relu: bool = hparam(False, "also measure the two-neurons-per-weight ReLU construction on the same "
                                        "networks")
