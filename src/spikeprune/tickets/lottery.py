@@ -58,7 +58,7 @@ from spikeprune.tickets.masks import Mask, enforce, mask_forward, prunable_weigh
 from spikeprune.tickets.pruning import prune_step
 from spikeprune.tickets.strategies import NORMALIZATIONS, STRATEGIES
 from spikeprune.engine.train import CHECKPOINT, build_model, fit, load_model_state, model_tensors
-from spikeprune.core.rundir import RunResult, check_resumable, first_difference, link_run, log
+from spikeprune.core.rundir import RunResult, first_difference, link_run, log, refuse_unless_resume
 from spikeprune.core.tensorboard_log import open_scalar_log, require_tensorboard
 
 __all__ = ["LotteryConfig", "VARIANTS", "collect_rows", "load_ticket", "rewind_saver", "rewound_ticket", "run_lottery", "train_dense", "adopt_dense"]
@@ -141,9 +141,8 @@ def _check_identity(out: Path, cfg: LotteryConfig, resume: bool) -> None:
     path = out / "lottery.json"
     identity = hyperparameters(cfg)
     if path.exists():
-        if not resume:
-            raise UserError(f"{out} already holds a lottery run; pass --resume to continue it or choose another --out")
-        check_resumable(out, read_json(path).get("hyperparameters", {}), identity, ignore=RESUMABLE_CHANGES)
+        refuse_unless_resume(out, "a lottery run", holds=True, resume=resume,
+                             saved=read_json(path).get("hyperparameters", {}), now=identity, ignore=RESUMABLE_CHANGES)
     write_json(path, {"hyperparameters": identity, "run_id": run_id(cfg), "config": to_dict(cfg)})
 
 
