@@ -208,6 +208,27 @@ def test_bad_options_and_encodings(tmp_path):
     assert isinstance(fit, EventDataset) and isinstance(val, EventDataset) and val.time_bins == 4
 
 
+def _hand_counts(root: Path, time_bins: int = 4) -> dict[str, int]:
+    """Counted by hand from the N-MNIST files written under ``root``: samples per split, and the events of
+    the test split that fall in tonic's ``time_bins`` windows of ``(t_last - t0) // time_bins`` us from t0
+    (events at or after ``t0 + time_bins * window`` fall in no frame; see NMNIST_EVENTS)."""
+    counts = {"train": 0, "test": 0, "test_events": 0}
+    for split, folder in (("train", "Train"), ("test", "Test")):
+        for f in sorted((root / folder).glob("*/*.bin")):
+            raw = f.read_bytes()
+            t = [((raw[i + 2] & 0x7F) << 16) | (raw[i + 3] << 8) | raw[i + 4] for i in range(0, len(raw), 5)]
+            counts[split] += 1
+            if split == "test":
+                end = t[0] + time_bins * ((t[-1] - t[0]) // time_bins)
+                counts["test_events"] += sum(1 for v in t if v < end)
+    return counts
+
+
+def _is_fraction_of(rate: float, n: int) -> bool:
+    """Whether ``rate`` is k / n for a whole k in [0, n] (an accuracy over n samples)."""
+    return 0 <= rate <= 1 and abs(rate * n - round(rate * n)) < 1e-6
+
+
 def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -225,7 +246,11 @@ def test_cli_dense_lottery_cost_on_nmnist(capsys, tmp_path):
     assert code == 0, err
     m = json.loads((tmp_path / "dense" / "metrics.json").read_text())
     assert m["config"]["encoding"] == "events" and m["config"]["dataset"] == "nmnist:time_bins=4"
-    assert 0 <= m["test_accuracy"] <= 1
+    hand = _hand_counts(tmp_path / "d")
+    assert (hand["train"], hand["test"]) == (60, 60)
+    assert _is_fraction_of(m["test_accuracy"], hand["test"])  # correct test samples / the 60 written
+    frames = data.load_dataset("nmnist:time_bins=4", tmp_path / "d", download=False).frames("test")
+    assert frames.shape[0] == hand["test"] and float(frames.sum()) == hand["test_events"]
     ck = tmp_path / "dense" / "checkpoint.safetensors"
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", ck, "--data-dir", tmp_path / "d",
                            "--out", tmp_path / "ev")
@@ -239,7 +264,7 @@ def test_cli_dense_lottery_cost_on_nmnist(capsys, tmp_path):
                              "--latency-repeats", "1", "--out", tmp_path / "cost")
     assert code == 0, err
     report = json.loads((tmp_path / "cost" / "cost.json").read_text())
-    assert report  # the report of a model fed 2-channel event frames
+    assert report["samples"] == min(256, hand["test"])  # --batches 1 of cost's batch size 256: every test sample
     # Mixing the two kinds of input is one line, exit 2.
     code, _, err = run_cli(capsys, "train", *common[:2], "--encoding", "direct", "--data-dir", tmp_path / "d",
                            "--epochs", "1", "--no-progress", "--out", tmp_path / "bad")
@@ -260,5 +285,8 @@ def test_interop_runs_a_users_snntorch_net_on_event_frames(capsys, tmp_path):
                            "--batch-size", "16", "--out", tmp_path / "iop")
     assert code == 0, err
     m = json.loads((tmp_path / "iop" / "metrics.json").read_text())
-    assert m["dataset"] == "nmnist:time_bins=4" and m["timesteps"] == 2 and 0 <= m["pruned"]["accuracy"] <= 1
-    assert m["sparsity"] == pytest.approx(0.8, abs=0.01) and m["energy_uj"] > 0
+    hand = _hand_counts(tmp_path / "d")
+    assert m["dataset"] == "nmnist:time_bins=4" and m["timesteps"] == 2 and hand["test"] == 40
+    assert _is_fraction_of(m["dense"]["accuracy"], hand["test"]) and _is_fraction_of(m["pruned"]["accuracy"], hand["test"])
+    assert m["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert m["energy_uj"] == json.loads((tmp_path / "iop" / "cost.json").read_text())["total"]["energy_uj"]

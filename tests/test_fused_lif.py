@@ -17,12 +17,15 @@ from spikeprune.engine.neuron import lif_multistep
 from spikeprune.engine import fused
 from spikeprune.engine.neuron import SURROGATES, surrogate_gradient
 
-sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
-sj_surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
-
 # Our name -> SpikingJelly 2.0's class (activation_based.surrogate) with the same derivative.
 SJ_SURROGATE = {"atan": "ATan", "sigmoid": "Sigmoid", "triangle": "PiecewiseQuadratic", "rectangle": "Rect"}
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _sj():
+    """SpikingJelly's (neuron, surrogate) modules, the oracle; skips only the test that asks for them."""
+    return (pytest.importorskip("spikingjelly.activation_based.neuron"),
+            pytest.importorskip("spikingjelly.activation_based.surrogate"))
 
 
 def _run(x, mode, monkeypatch, **kw):
@@ -61,6 +64,7 @@ def test_fused_equals_eager_and_spikingjelly(surrogate, detach_reset, T, dtype, 
         _, _, g_e = _run(x32, "eager", monkeypatch, **kw)
         g_f = g32
     assert (g_f - g_e).abs().max().item() <= 1e-6
+    sj_neuron, sj_surrogate = _sj()  # the oracle last: without it the fused == eager checks above still ran
     node = sj_neuron.LIFNode(tau=2.0, decay_input=False, v_reset=0.0, v_threshold=1.0, detach_reset=detach_reset,
                              surrogate_function=getattr(sj_surrogate, SJ_SURROGATE[surrogate])(alpha=SURROGATES[surrogate][1]),
                              step_mode="m")
@@ -160,6 +164,7 @@ def test_concurrent_first_use_builds_once(tmp_path):
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 4.0])
 @pytest.mark.parametrize("surrogate", sorted(SURROGATES))
 def test_surrogate_equals_spikingjelly(surrogate, alpha, monkeypatch):
+    _, sj_surrogate = _sj()
     z = torch.linspace(-3, 3, 6001)  # includes the kinks and box edges of triangle / rectangle
     z_sj = z.clone().requires_grad_()
     getattr(sj_surrogate, SJ_SURROGATE[surrogate])(alpha=alpha)(z_sj).sum().backward()

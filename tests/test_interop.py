@@ -370,6 +370,27 @@ class _SJMultiStepCSNN(nn.Module):
         return self.features(x_seq)
 
 
+def test_analyse_third_party_takes_an_interop_config_and_logs_to_stderr(tmp_path, capsys):
+    """The Python API takes the command's InteropConfig (or the same settings as keywords, not both) and
+    prints its progress on stderr; stdout stays free for the caller."""
+    import json
+
+    from spikeprune.interop.config import InteropConfig
+    from spikeprune.interop.pipeline import analyse_third_party
+
+    (tmp_path / "nets.py").write_text(NETS)
+    cfg = InteropConfig(model=f"{tmp_path / 'nets.py'}:leaky", epochs=1, timesteps=2, analysis_batches=1)
+    with pytest.raises(TypeError, match="epochs"):
+        analyse_third_party(cfg, tmp_path / "both", epochs=2)
+    assert not (tmp_path / "both").exists()
+    result = analyse_third_party(cfg, tmp_path / "out")
+    out, err = capsys.readouterr()
+    assert out == "" and "epoch 1/1" in err and "accuracy dense" in err
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (metrics["epochs"], metrics["timesteps"], metrics["factory"]) == (1, 2, cfg.model)
+    assert result.metrics["sparsity"] == metrics["sparsity"] == pytest.approx(cfg.sparsity, abs=0.01)
+
+
 def test_custom_multistep_spikingjelly_model_and_reset_net():
     torch.manual_seed(2)
     net = _SJMultiStepCSNN()

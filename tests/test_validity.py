@@ -152,3 +152,18 @@ def test_random_criterion_is_not_the_initialisation_replayed():
         w = dict(model.named_parameters())[name]
         rho = spearmanr(s.reshape(-1).numpy(), w.detach().reshape(-1).numpy()).statistic
         assert abs(rho) < 0.2, (name, rho)
+
+
+def test_validity_csv_bytes_are_those_of_the_former_hand_written_csv(tmp_path):
+    """validity.csv goes through the shared CSV writer; its bytes are those the study wrote by hand before."""
+    from spikeprune.core.io import write_csv
+    from spikeprune.theory.validity import VALIDITY_FIELDS, ValidityRow, validity_csv_rows
+
+    rows = [ValidityRow("features.0.weight", "features.2", "sf", 0, 12, 1.23456789e-7, 0.1, 0.333333333, 4096),
+            ValidityRow("features.3.weight", "features.5", "sf-rms", 9, 7, 12345678.9, 2.0, 0.0, 17),
+            ValidityRow("classifier.1.weight", "classifier.2", "random", 3, 1, -0.5, 1e-30, 1.0, 1)]
+    lines = ["layer,neuron,criterion,group,weights,score_sum,score_mean,flip_rate,slots"]
+    lines += [f"{r.layer},{r.neuron},{r.criterion},{r.group},{r.weights},{r.score_sum:.6g},{r.score_mean:.6g},"
+              f"{r.flip_rate:.6g},{r.slots}" for r in rows]
+    write_csv(tmp_path / "validity.csv", validity_csv_rows(rows), VALIDITY_FIELDS)
+    assert (tmp_path / "validity.csv").read_bytes() == ("\n".join(lines) + "\n").encode()

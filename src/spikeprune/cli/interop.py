@@ -10,41 +10,10 @@ The network is checked against the dataset before anything is written: a CIFAR-s
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
-from spikeprune.core.config import CommandConfig, hparam, path_option
 from spikeprune.core.rundir import holds_run_directory
 from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
-
-
-@dataclass
-class InteropConfig(CommandConfig):
-    """What ``spikeprune interop`` reads (flags and ``--config`` YAML keys)."""
-
-    model: str | None = hparam(None, "factory returning the network ('file.py:function' or "
-                                     "'package.module:function'; runs your code)", required=True,
-                               metavar="FILE.py:FN")
-    weights: str | None = path_option("safetensors state_dict of the network to load first")
-    timesteps: int = hparam(4, "timesteps of direct encoding", bounds="[1, inf)", metavar="T")
-    dataset: str = hparam("digits", "dataset (digits: 1x8x8; synthetic: 3x32x32, 10 classes)")
-    data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
-    epochs: int = hparam(0, "train N epochs (Adam) before pruning", bounds="[0, inf)")
-    lr: float = hparam(5e-3, "Adam learning rate for --epochs", bounds="(0, inf)")
-    batch_size: int = hparam(64, "batch size", bounds="[1, inf)")
-    sparsity: float = hparam(0.8, "fraction of weights removed", bounds="[0, 1)")
-    criterion: str = hparam("sf", "pruning criterion")
-    calibration_batches: int = hparam(4, "training batches of the calibration pass", bounds="[1, inf)")
-    analysis_batches: int = hparam(2, "test batches for the cost report and the flip analysis", bounds="[1, inf)")
-    seed: int = hparam(0, "random seed", bounds="[0, 4294967295]")
-
-    def check(self) -> None:
-        from spikeprune.tickets.criteria import CRITERIA
-        from spikeprune.engine.data import parse_dataset
-        from spikeprune.core.diagnostics import UserError
-
-        if self.criterion not in CRITERIA:
-            raise UserError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
-        parse_dataset(self.dataset)  # the name (options: nmnist:time_bins=8) is checked before any work
+from spikeprune.interop.config import InteropConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,9 +29,5 @@ def run(args: argparse.Namespace) -> int:
     from spikeprune.interop.pipeline import analyse_third_party
 
     cfg = config_from_args(InteropConfig, args)
-    analyse_third_party(cfg.model, args.out, timesteps=cfg.timesteps, dataset=cfg.dataset,
-                        data_dir=cfg.data_dir, weights=cfg.weights, epochs=cfg.epochs, lr=cfg.lr,
-                        batch_size=cfg.batch_size, sparsity=cfg.sparsity, criterion=cfg.criterion,
-                        calibration_batches=cfg.calibration_batches, analysis_batches=cfg.analysis_batches,
-                        seed=cfg.seed)
+    analyse_third_party(cfg, args.out, log=print)  # the command prints its progress and report on stdout
     return 0

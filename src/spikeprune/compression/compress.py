@@ -58,7 +58,7 @@ from spikeprune.compression.structured import (
     remove_channels,
     select_channels,
 )
-from spikeprune.core.rundir import RunResult, check_resumable, log
+from spikeprune.core.rundir import RunResult, log, refuse_unless_resume
 from spikeprune.topology import evaluation
 from spikeprune.engine.train import (
     build_model,
@@ -266,12 +266,9 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
     out = check_writable_dir(out)
     manifest = out / "compress.json"
     if manifest.exists():
-        saved = read_json(manifest)
-        if not resume:
-            raise UserError(f"{out} already holds a compression run; pass --resume to continue it or choose "
-                             "another --out")
         # execution details (device, threads, data_dir, ...) may change on resume, as for a training run
-        check_resumable(out, saved, to_dict(cfg), ignore=NOT_HPARAMS)
+        refuse_unless_resume(out, "a compression run", holds=True, resume=resume, saved=read_json(manifest),
+                             now=to_dict(cfg), ignore=NOT_HPARAMS)
         if (out / "metrics.json").exists():
             return RunResult(out, read_json(out / "metrics.json"))
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)

@@ -44,8 +44,8 @@ from typing import Any
 
 from spikeprune.core.diagnostics import UserError
 
-__all__ = ["RunDirectoryError", "RunResult", "holds_run_directory", "lock_holder", "remove_stale_temp_files",
-           "run_directory", "OUTPUTS"]
+__all__ = ["RunDirectoryError", "RunResult", "holds_run_directory", "lock_holder", "refuse_unless_resume",
+           "remove_stale_temp_files", "run_directory", "OUTPUTS"]
 
 LOCK_FILE = ".spikeprune.lock"
 RECORD_FILE = ".spikeprune-run.json"
@@ -102,6 +102,25 @@ def check_resumable(out: str | Path, saved: dict[str, Any], now: dict[str, Any],
     diff = first_difference(saved, now, ignore)
     if diff:
         raise UserError(f"cannot resume {out}: it was {done} with {diff}; use another --out")
+
+
+def refuse_unless_resume(out: str | Path, what: str, *, holds: bool, resume: bool,
+                         saved: dict[str, Any] | None = None, now: dict[str, Any] | None = None, done: str = "run",
+                         ignore: Iterable[str] = ()) -> None:
+    """The one "a run folder that already holds a run is refused unless resuming" check of every resumable
+    command (train, lottery, edge-popup, compress).
+
+    ``holds``: whether ``out`` already holds ``what`` (``"a lottery run"``, ...); then without ``resume`` a
+    :class:`UserError`: ``<out> already holds <what>; pass --resume to continue it or choose another --out``.
+    Resuming with ``saved`` and ``now`` given (the recorded and the present hyperparameters), the identity
+    check :func:`check_resumable` follows (``done``, ``ignore`` as there).
+    """
+    if not holds:
+        return
+    if not resume:
+        raise UserError(f"{out} already holds {what}; pass --resume to continue it or choose another --out")
+    if saved is not None and now is not None:
+        check_resumable(out, saved, now, done=done, ignore=ignore)
 
 
 def link_run(source: str | Path, target: str | Path, names: Iterable[str] | None = None) -> None:

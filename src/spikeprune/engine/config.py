@@ -16,7 +16,8 @@ from typing import Any
 from spikeprune.core.config import fields_of, hparam, validate_fields
 from spikeprune.core.diagnostics import UserError
 from spikeprune.engine.data import ENCODINGS
-from spikeprune.engine.neuron import SURROGATES
+from spikeprune.engine.neuron import (DEFAULT_BETA, DEFAULT_DETACH_RESET, DEFAULT_SURROGATE, DEFAULT_U_TH,
+                                      DEFAULT_V_RESET, SURROGATES, beta_in_range)
 
 __all__ = ["NeuronConfig", "TrainConfig", "validate"]
 
@@ -27,12 +28,12 @@ class NeuronConfig:
 
     ``lif_kwargs()`` is what :class:`~spikeprune.engine.neuron.LIF` and ``create_model(neuron=...)`` take."""
 
-    beta: float = hparam(0.5, "LIF membrane decay beta in (0, 1)")
-    u_th: float = hparam(1.0, "LIF firing threshold u_th")
-    v_reset: float = hparam(0.0, "LIF reset potential V_reset")
-    surrogate: str = hparam("atan", "surrogate gradient", tuple(SURROGATES))
+    beta: float = hparam(DEFAULT_BETA, "LIF membrane decay beta in (0, 1)")
+    u_th: float = hparam(DEFAULT_U_TH, "LIF firing threshold u_th")
+    v_reset: float = hparam(DEFAULT_V_RESET, "LIF reset potential V_reset")
+    surrogate: str = hparam(DEFAULT_SURROGATE, "surrogate gradient", tuple(SURROGATES))
     surrogate_alpha: float | None = hparam(None, "surrogate sharpness (default: the surrogate's own)")
-    detach_reset: bool = hparam(False, "detach the reset path from the gradient")
+    detach_reset: bool = hparam(DEFAULT_DETACH_RESET, "detach the reset path from the gradient")
 
     def __post_init__(self) -> None:
         validate_neuron(self)
@@ -107,7 +108,7 @@ class TrainConfig(NeuronConfig):
 def validate_neuron(cfg: Any) -> None:
     """Coerce and check the neuron fields of ``cfg`` (a :class:`NeuronConfig` or any config extending it)."""
     validate_fields(cfg)
-    _check(0.0 < cfg.beta < 1.0, "beta must be in (0, 1)", cfg.beta)
+    _check(beta_in_range(cfg.beta), "beta must be in (0, 1)", cfg.beta)
     _check(math.isfinite(cfg.u_th) and cfg.u_th > 0, "u_th must be a finite number > 0", cfg.u_th)
     _check(math.isfinite(cfg.v_reset), "v_reset must be finite", cfg.v_reset)
     _check(cfg.surrogate_alpha is None or cfg.surrogate_alpha > 0, "surrogate_alpha must be > 0",

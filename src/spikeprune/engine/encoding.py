@@ -23,6 +23,13 @@ __all__ = ["ENCODINGS", "BatchLoader", "encode", "frames_to_input"]
 ENCODINGS = ("direct", "poisson", "events")
 
 
+def _check_encoding(encoding: object) -> str:
+    """``encoding`` if it is one of :data:`ENCODINGS`, else a :class:`UserError` that lists them."""
+    if encoding not in ENCODINGS:
+        raise UserError(f"unknown encoding {encoding!r}; use one of {ENCODINGS}")
+    return encoding  # type: ignore[return-value]
+
+
 # --------------------------------------------------------------------------------------------------
 # Encodings and batching
 # --------------------------------------------------------------------------------------------------
@@ -39,8 +46,7 @@ def encode(images01: torch.Tensor, encoding: str, timesteps: int | None,
     if encoding == "events":
         raise UserError("encoding 'events' takes the frames of an event dataset, not images in [0, 1]: "
                         "use frames_to_input (or a BatchLoader over an EventDataset)")
-    if encoding != "poisson":
-        raise UserError(f"unknown encoding {encoding!r}; use one of {ENCODINGS}")
+    _check_encoding(encoding)  # direct and events were handled above: what passes is poisson
     if not isinstance(timesteps, int) or timesteps < 1:
         raise UserError(f"poisson encoding needs timesteps >= 1, got {timesteps!r}")
     # rand in [0, 1): p = 0 never fires, p = 1 always does.
@@ -115,8 +121,7 @@ class BatchLoader:
                  drop_last: bool = False, limit: int | None = None, rank: int = 0, world_size: int = 1) -> None:
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if encoding not in ENCODINGS:
-            raise UserError(f"unknown encoding {encoding!r}; use one of {ENCODINGS}")
+        _check_encoding(encoding)
         if encoding == "poisson" and (not isinstance(timesteps, int) or timesteps < 1):
             raise UserError(f"poisson encoding needs timesteps >= 1, got {timesteps!r}")
         is_events = isinstance(dataset, EventDataset)

@@ -34,8 +34,14 @@ from spikeprune.core.diagnostics import UserError
 from spikeprune.engine import fused as _fused
 
 __all__ = [
+    "DEFAULT_BETA",
+    "DEFAULT_DETACH_RESET",
+    "DEFAULT_SURROGATE",
+    "DEFAULT_U_TH",
+    "DEFAULT_V_RESET",
     "LIF",
     "SURROGATES",
+    "beta_in_range",
     "NeuronStatistics",
     "lif_multistep",
     "observe",
@@ -43,6 +49,22 @@ __all__ = [
     "spiking_layers",
     "surrogate_gradient",
 ]
+
+
+# --------------------------------------------------------------------------------------------------
+# The LIF neuron's defaults (LTH-SNN Eq. 2-4), the one place every config and function takes them from.
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_BETA = 0.5  #: membrane decay beta = exp(-dt/tau), i.e. tau = 2 time steps
+DEFAULT_U_TH = 1.0  #: firing threshold u_th
+DEFAULT_V_RESET = 0.0  #: reset potential V_reset (hard reset)
+DEFAULT_SURROGATE = "atan"  #: surrogate gradient (a key of :data:`SURROGATES`)
+DEFAULT_DETACH_RESET = False  #: whether the reset path is detached from the gradient
+
+
+def beta_in_range(beta: object) -> bool:
+    """Whether ``beta`` is a number with ``0 < beta < 1``, the membrane decay of a leaky neuron."""
+    return isinstance(beta, (int, float)) and 0.0 < beta < 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,7 +107,7 @@ SURROGATES: dict[str, tuple[Callable[[torch.Tensor, float], tuple[torch.Tensor, 
 }
 
 
-def surrogate_gradient(z: torch.Tensor, surrogate: str = "atan", alpha: float | None = None) -> torch.Tensor:
+def surrogate_gradient(z: torch.Tensor, surrogate: str = DEFAULT_SURROGATE, alpha: float | None = None) -> torch.Tensor:
     """Surrogate derivative of the Heaviside step at ``z = u - u_th`` (any shape; ``z`` is not modified)."""
     fn, default_alpha = _surrogate(surrogate)
     shape, scale = fn(z.clone(), default_alpha if alpha is None else alpha)
@@ -223,12 +245,12 @@ class _LIFFunction(torch.autograd.Function):
 
 def lif_multistep(
     x: torch.Tensor,
-    beta: float = 0.5,
-    u_th: float = 1.0,
-    v_reset: float = 0.0,
-    surrogate: str = "atan",
+    beta: float = DEFAULT_BETA,
+    u_th: float = DEFAULT_U_TH,
+    v_reset: float = DEFAULT_V_RESET,
+    surrogate: str = DEFAULT_SURROGATE,
     alpha: float | None = None,
-    detach_reset: bool = False,
+    detach_reset: bool = DEFAULT_DETACH_RESET,
     *,
     membrane: Membrane | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,15 +355,15 @@ class LIF(nn.Module):
 
     def __init__(
         self,
-        beta: float = 0.5,
-        u_th: float = 1.0,
-        v_reset: float = 0.0,
-        surrogate: str = "atan",
+        beta: float = DEFAULT_BETA,
+        u_th: float = DEFAULT_U_TH,
+        v_reset: float = DEFAULT_V_RESET,
+        surrogate: str = DEFAULT_SURROGATE,
         alpha: float | None = None,
-        detach_reset: bool = False,
+        detach_reset: bool = DEFAULT_DETACH_RESET,
     ) -> None:
         super().__init__()
-        if not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
+        if not beta_in_range(beta):
             raise UserError(f"beta must be in (0, 1) (beta = exp(-dt/tau)); got {beta!r}")
         if not (isinstance(u_th, (int, float)) and math.isfinite(u_th)):
             raise UserError(f"u_th must be a finite number; got {u_th!r}")

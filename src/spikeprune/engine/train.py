@@ -39,7 +39,7 @@ from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, spli
 from spikeprune.core.io import check_writable_dir, collective, load_checkpoint, save_checkpoint, write_csv, write_json
 from spikeprune.engine.models import create_model
 from spikeprune.engine.neuron import LIF, observe, spiking_layers
-from spikeprune.core.rundir import RunResult, check_resumable, log
+from spikeprune.core.rundir import RunResult, check_resumable, log, refuse_unless_resume
 from spikeprune.core.tensorboard_log import open_scalar_log, require_tensorboard
 
 __all__ = [
@@ -456,9 +456,7 @@ def fit(
         progress, log = False, None
     out = Path(out)
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists() and not resume:
-        raise UserError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
-                         "or choose another --out")
+    refuse_unless_resume(out, f"a run ({CHECKPOINT})", holds=ckpt_path.exists(), resume=resume)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     model = model if model is not None else build_model(cfg, dataset)
     check_training_fits(model, (dataset.in_channels, *dataset.image_size), cfg.timesteps, cfg.batch_size)

@@ -71,7 +71,7 @@ from torch.nn import functional as F
 
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.io import atomic_path
-from spikeprune.engine.neuron import LIF
+from spikeprune.engine.neuron import DEFAULT_DETACH_RESET, DEFAULT_SURROGATE, LIF, SURROGATES
 
 __all__ = ["FORMATS", "NIRNetwork", "NIRNeuron", "export_checkpoint", "from_nir", "read_nir", "to_nir",
            "write_nir"]
@@ -579,7 +579,8 @@ class NIRNeuron(LIF):
         self.u_th, self.v_reset = _f32s(u_th), _f32s(v_reset)
         self.inclusive, self.form = bool(inclusive), form
         self.synapse = None if synapse is None else (_f32s(1.0 - synapse[0]), _f32s(synapse[1]))
-        self.surrogate, self.alpha, self.detach_reset = "atan", 2.0, False
+        self.surrogate, self.detach_reset = DEFAULT_SURROGATE, DEFAULT_DETACH_RESET
+        self.alpha = SURROGATES[DEFAULT_SURROGATE][1]
         self.observer = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

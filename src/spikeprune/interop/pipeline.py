@@ -8,28 +8,30 @@ atomically; nothing is written before the model has been adapted (an unsupported
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spikeprune.core.config import check_fraction
+from spikeprune.core.config import check_fraction, field_default
 from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.calibration import calibrate
 from spikeprune.compression.cost import cost_report
-from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE, sf_fallbacks
+from spikeprune.tickets.criteria import FIRING_AWARE, check_criterion, sf_fallbacks
 from spikeprune.engine.data import BatchLoader, EventDataset, load_dataset
 from spikeprune.core.diagnostics import SpikepruneWarning
 from spikeprune.theory.flips import flip_analysis, flip_rows_csv, flip_summary
 from spikeprune.interop.adapters import adapt, load_factory, neuron_summary, run_user_code
 from spikeprune.core.io import check_writable_dir, write_json, write_text
-from spikeprune.core.rundir import RunResult
+from spikeprune.core.rundir import RunResult, log
+from spikeprune.interop.config import InteropConfig
 from spikeprune.tickets.pruning import prune
 from spikeprune.engine.train import evaluate, train_epoch
 
@@ -121,28 +123,35 @@ def _spikeprune_warnings(log) -> Iterator[list[dict[str, str]]]:
         yield caught
 
 
+#: the settings of :func:`analyse_third_party` besides the factory, with their defaults (:class:`InteropConfig`'s)
+_SETTINGS: dict[str, Any] = {f.name: field_default(f) for f in dataclasses.fields(InteropConfig) if f.name != "model"}
+
+
 def analyse_third_party(
-    factory: str,
+    factory: str | InteropConfig,
     out: str | Path,
     *,
-    timesteps: int = 4,
-    dataset: str = "digits",
-    data_dir: str | None = None,
-    weights: str | None = None,
-    epochs: int = 0,
-    lr: float = 5e-3,
-    batch_size: int = 64,
-    sparsity: float = 0.8,
-    criterion: str = "sf",
-    calibration_batches: int = 4,
-    analysis_batches: int = 2,
-    seed: int = 0,
-    log=print,
+    timesteps: int = _SETTINGS["timesteps"],
+    dataset: str = _SETTINGS["dataset"],
+    data_dir: str | None = _SETTINGS["data_dir"],
+    weights: str | None = _SETTINGS["weights"],
+    epochs: int = _SETTINGS["epochs"],
+    lr: float = _SETTINGS["lr"],
+    batch_size: int = _SETTINGS["batch_size"],
+    sparsity: float = _SETTINGS["sparsity"],
+    criterion: str = _SETTINGS["criterion"],
+    calibration_batches: int = _SETTINGS["calibration_batches"],
+    analysis_batches: int = _SETTINGS["analysis_batches"],
+    seed: int = _SETTINGS["seed"],
+    log: Callable[[str], None] = log,
 ) -> RunResult:
     """Adapt the network ``factory`` builds, (train it,) prune it and analyse what pruning did.
 
     Args:
-        factory: ``"package.module:function"`` or ``"file.py:function"`` returning the network.
+        factory: ``"package.module:function"`` or ``"file.py:function"`` returning the network; or an
+            :class:`~spikeprune.interop.config.InteropConfig` (what ``spikeprune interop`` passes), whose
+            ``model`` is the factory and whose fields are the settings (then no other setting may be given).
+        log: where progress lines go (default: stderr, :func:`spikeprune.core.rundir.log`).
         weights: a safetensors file of the network's ``state_dict`` (loaded before adapting; a spikeprune
             checkpoint's ``model/`` tensors work too).
         epochs: training epochs with Adam at ``lr`` before pruning (0: use the weights as they are).
@@ -153,6 +162,18 @@ def analyse_third_party(
     an ``sf`` run that scored hidden layers by magnitude, a layer emptied by global ranking) are logged as
     ``warning: ...`` lines as they occur and listed in ``metrics["warnings"]``; other warnings pass through.
     """
+    if isinstance(factory, InteropConfig):
+        given = [k for k, v in dict(timesteps=timesteps, dataset=dataset, data_dir=data_dir, weights=weights,
+                                    epochs=epochs, lr=lr, batch_size=batch_size, sparsity=sparsity,
+                                    criterion=criterion, calibration_batches=calibration_batches,
+                                    analysis_batches=analysis_batches, seed=seed).items() if v != _SETTINGS[k]]
+        if given:
+            raise TypeError(f"analyse_third_party takes its settings from the InteropConfig; got {', '.join(given)} "
+                            "as keywords too")
+        cfg, factory = factory, factory.model
+        timesteps, dataset, data_dir, weights = cfg.timesteps, cfg.dataset, cfg.data_dir, cfg.weights
+        epochs, lr, batch_size, sparsity, criterion = cfg.epochs, cfg.lr, cfg.batch_size, cfg.sparsity, cfg.criterion
+        calibration_batches, analysis_batches, seed = cfg.calibration_batches, cfg.analysis_batches, cfg.seed
     with _spikeprune_warnings(log) as caught:
         _positive_int(timesteps, "timesteps")
         _positive_int(epochs, "epochs", 0)
@@ -160,8 +181,7 @@ def analyse_third_party(
         _positive_int(calibration_batches, "calibration batches")
         _positive_int(analysis_batches, "analysis batches")
         check_fraction(sparsity, "sparsity", "[0, 1)", "fraction of weights removed")
-        if criterion not in CRITERIA:
-            raise UserError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+        check_criterion(criterion)
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise UserError(f"lr must be a number > 0; got {lr!r}")
         torch.manual_seed(seed)

@@ -96,7 +96,7 @@ def analyze_flips(cfg: FlipsConfig, out: str | Path) -> RunResult:
         # A `spikeprune compress` checkpoint: rebuild it with its weight and membrane quantization, as it
         # runs (load_model alone gives the stored weights with float membranes).
         model, meta = load_compressed(cfg.checkpoint, next(iter(test))[0])
-    modes = ["local", "end_to_end"] if cfg.mode == "both" else [cfg.mode]
+    modes = list(MODES) if cfg.mode == "both" else [cfg.mode]
     ck = Path(cfg.checkpoint)
     out = check_writable_dir(out)  # only once every input has been read: a refusal leaves nothing
     flip_study(model, perturbations, test, out, modes=modes, p_sup_method=cfg.p_sup, seed=cfg.seed,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spikeprune.core.io import check_writable_dir, write_json, write_text
+from spikeprune.core.io import check_writable_dir, write_csv, write_json
 from spikeprune.core.rundir import RunResult
 from spikeprune.theory.config import ValidityConfig
 
@@ -30,7 +30,8 @@ def analyze_validity(cfg: ValidityConfig, out: str | Path) -> RunResult:
     from spikeprune.engine.data import BatchLoader, split_validation
     from spikeprune.engine.train import checkpoint_dataset, load_model
     from spikeprune.report.plots import plot_validity
-    from spikeprune.theory.validity import criterion_validity, rows_as_dicts, validity_summary
+    from spikeprune.theory.validity import (VALIDITY_FIELDS, criterion_validity, rows_as_dicts, validity_csv_rows,
+                                            validity_summary)
     from spikeprune.tickets.calibration import calibrate
 
     model, meta = load_model(cfg.checkpoint)
@@ -59,10 +60,7 @@ def analyze_validity(cfg: ValidityConfig, out: str | Path) -> RunResult:
               "groups": cfg.groups, "calibration_batches": cfg.calibration_batches, "seed": cfg.seed,
               "summary": summary, "rows": rows_as_dicts(rows)}
     write_json(out / "validity.json", record)
-    lines = ["layer,neuron,criterion,group,weights,score_sum,score_mean,flip_rate,slots"]
-    lines += [f"{r.layer},{r.neuron},{r.criterion},{r.group},{r.weights},{r.score_sum:.6g},{r.score_mean:.6g},"
-              f"{r.flip_rate:.6g},{r.slots}" for r in rows]
-    write_text(out / "validity.csv", "\n".join(lines) + "\n")
+    write_csv(out / "validity.csv", validity_csv_rows(rows), VALIDITY_FIELDS)
     plot_validity(rows, summary, out / "validity.png",
                   title=f"{ck.parent.name}/{ck.name}: flip rate of removed weight sets ({measured_on}, "
                         f"{loader.num_samples} samples)")

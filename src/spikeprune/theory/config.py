@@ -13,6 +13,10 @@ from typing import Any
 
 from spikeprune.core.config import CommandConfig, hparam, path_option
 from spikeprune.core.diagnostics import UserError
+from spikeprune.engine.neuron import DEFAULT_BETA, DEFAULT_V_RESET
+from spikeprune.theory.firing import ESTIMATORS
+from spikeprune.theory.flips import MODES
+from spikeprune.theory.slth import SLTH_U_TH
 
 __all__ = ["FlipsConfig", "SlthConfig", "TargetConfig", "ValidityConfig", "WidthConfig"]
 
@@ -27,12 +31,13 @@ class FlipsConfig(CommandConfig):
             "weight-noise:<sigma, relative to each weight tensor's std> | input-noise:<sigma>",
         required=True, repeat=True, metavar="SPEC")
     mode: str = hparam("both", "local: every layer fed the reference spikes (the lemmas' setting); end_to_end: "
-                               "errors propagate", ("local", "end_to_end", "both"))
+                               "errors propagate", (*MODES, "both"))
     dataset: str | None = hparam(None, "dataset (default: the one the checkpoint was trained on)")
     data_dir: str | None = path_option("directory holding the dataset files", metavar="DIR")
     samples: int = hparam(512, "test samples analysed", bounds="[1, inf)")
     batch_size: int = hparam(128, "batch size", bounds="[1, inf)")
-    p_sup: str = hparam("kde", "estimator of p_sup, the density of u near u_th", ("kde", "gaussian", "empirical"))
+    p_sup: str = hparam("kde", "estimator of p_sup, the density of u near u_th",
+                         tuple(reversed(ESTIMATORS)))  # the default (kde) first
     calibration_batches: int = hparam(8, "training batches for the SF criterion's statistics", bounds="[1, inf)")
     seed: int = hparam(0, "seed of noise and random pruning", bounds="[0, 4294967295]")
 
@@ -68,11 +73,10 @@ class ValidityConfig(CommandConfig):
     seed: int = hparam(0, "seed of the random criterion", bounds="[0, 4294967295]")
 
     def check(self) -> None:
-        from spikeprune.tickets.criteria import CRITERIA
+        from spikeprune.tickets.criteria import check_criterion
 
         for c in self.criteria:
-            if c not in CRITERIA:
-                raise UserError(f"unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")
+            check_criterion(c)
 
 
 @dataclass
@@ -84,8 +88,8 @@ class TargetConfig(CommandConfig):
     T: int = hparam(1, "timesteps T", bounds="[1, inf)", flags=("--timesteps",))
     eps: float | None = hparam(None, "allowed input-feature error eps", required=True, bounds="(0, inf)")
     delta: float = hparam(0.1, "failure probability delta of Theorem 4.3", bounds="(0, 1]")
-    u_th: float = hparam(0.2, "threshold, 0 < u_th < 1 (checked with the reason by spikeprune.theory.slth)")
-    beta: float = hparam(0.5, "membrane decay", bounds="(0, 1)")
+    u_th: float = hparam(SLTH_U_TH, "threshold, 0 < u_th < 1 (checked with the reason by spikeprune.theory.slth)")
+    beta: float = hparam(DEFAULT_BETA, "membrane decay", bounds="(0, 1)")
 
 
 @dataclass
@@ -99,7 +103,7 @@ class SlthConfig(TargetConfig):
                                   bounds="[0, inf)")
     samples: int = hparam(256, "input spike trains", bounds="[1, inf)")
     rate: float = hparam(0.3, "input firing rate", bounds="[0, 1]")
-    v_reset: float = hparam(0.0, "reset potential, 0 <= v_reset < u_th", bounds="[0, 1)")
+    v_reset: float = hparam(DEFAULT_V_RESET, "reset potential, 0 <= v_reset < u_th", bounds="[0, 1)")
     seed: int = hparam(0, "random seed", bounds="[0, 4294967295]")
     compare_relu: bool = hparam(False, "also measure the two-neurons-per-weight ReLU construction on the same "
                                        "networks")

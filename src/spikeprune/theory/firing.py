@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from spikeprune.core.diagnostics import UserError
+from spikeprune.engine.neuron import beta_in_range
 
 __all__ = [
     "ESTIMATORS",
@@ -68,7 +69,7 @@ def _nonnegative(value: Any, name: str) -> float:
 
 def _beta(beta: Any) -> float:
     b = _number(beta, "beta")
-    if not 0.0 < b < 1.0:
+    if not beta_in_range(b):
         raise UserError(f"beta must be in (0, 1); got {beta!r}")
     return b
 

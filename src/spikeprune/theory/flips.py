@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.engine.neuron import LIF, observe, spiking_layers
+from spikeprune.engine.neuron import LIF, beta_in_range, observe, spiking_layers
 from spikeprune.theory.firing import _atom_mass, _method, _p_sup, _refined_bound, bound_lemma33, bound_lemma34
 from spikeprune.theory.perturb import InputFn
 
@@ -204,7 +204,7 @@ def flip_analysis(
     if list(ref_lifs) != list(pert_lifs):
         raise UserError("reference and perturbed models do not have the same spiking layers")
     for name, lif in ref_lifs.items():
-        if not 0.0 < lif.beta < 1.0:  # e.g. an adapted SpikingJelly IFNode (beta = 1, spikeprune.interop)
+        if not beta_in_range(lif.beta):  # e.g. an adapted SpikingJelly IFNode (beta = 1, spikeprune.interop)
             raise UserError(f"spiking layer {name} has beta={lif.beta:g}; the flip bounds of Lemma 3.4 need a "
                              "leaky neuron (0 < beta < 1)")
         other = pert_lifs[name]

@@ -22,7 +22,7 @@ from torch import nn
 
 from spikeprune.core.config import check_fraction
 from spikeprune.core.diagnostics import UserError
-from spikeprune.tickets.criteria import CRITERIA
+from spikeprune.tickets.criteria import check_criterion
 from spikeprune.tickets.masks import Mask, prunable_weights
 
 __all__ = ["PERTURBATIONS", "Perturbation", "apply_perturbation", "parse_perturbation"]
@@ -77,8 +77,7 @@ def parse_perturbation(text: str) -> Perturbation:
             return Perturbation("prune", mask=arg)
         check_fraction(sparsity, "prune sparsity", "[0, 1)", f"fraction of weights removed; in {text!r}")
         criterion = criterion or "magnitude"
-        if criterion not in CRITERIA:
-            raise UserError(f"unknown pruning criterion {criterion!r} in {text!r}; use {', '.join(CRITERIA)}")
+        check_criterion(criterion, text)
         return Perturbation("prune", sparsity=sparsity, criterion=criterion)
     if kind == "quantize":
         bits, _, scale = arg.partition(":")

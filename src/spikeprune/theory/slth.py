@@ -51,10 +51,11 @@ import torch
 
 from spikeprune.core.diagnostics import UserError
 from spikeprune.theory.firing import density_sup
-from spikeprune.engine.neuron import lif_multistep
+from spikeprune.engine.neuron import DEFAULT_BETA, DEFAULT_V_RESET, beta_in_range, lif_multistep
 
 __all__ = [
     "CHUNK",
+    "SLTH_U_TH",
     "LayerTicket",
     "TargetSNN",
     "Ticket",
@@ -126,7 +127,7 @@ def c_th(u_th: float) -> float:
 
 
 def _neuron(beta: Any, u_th: Any, v_reset: Any) -> tuple[float, float, float]:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 < beta < 1.0:
+    if isinstance(beta, bool) or not beta_in_range(beta):
         raise UserError(f"beta must be in (0, 1); got {beta!r}")
     c_th(u_th)
     if isinstance(v_reset, bool) or not isinstance(v_reset, (int, float)) or not 0.0 <= v_reset < u_th:
@@ -162,14 +163,19 @@ def _memory_guard(N: int, L: int, k: int, max_memory: int | None) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+#: the targets' default threshold: with zero-mean weights, Bernoulli(0.3) inputs and beta = 0.5 it keeps
+#: every layer firing through L = 3 layers (:func:`random_target`)
+SLTH_U_TH = 0.2
+
+
 @dataclass(frozen=True)
 class TargetSNN:
     """The target: ``weights[l]`` is ``[N, N]`` (out j, in i) float64; LIF parameters shared by all neurons."""
 
     weights: tuple[torch.Tensor, ...]
-    beta: float = 0.5
-    u_th: float = 0.2
-    v_reset: float = 0.0
+    beta: float = DEFAULT_BETA
+    u_th: float = SLTH_U_TH
+    v_reset: float = DEFAULT_V_RESET
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -191,7 +197,7 @@ class TargetSNN:
         return len(self.weights)
 
 
-def random_target(N: int, L: int, *, beta: float = 0.5, u_th: float = 0.2, v_reset: float = 0.0,
+def random_target(N: int, L: int, *, beta: float = DEFAULT_BETA, u_th: float = SLTH_U_TH, v_reset: float = DEFAULT_V_RESET,
                   seed: int = 0) -> TargetSNN:
     """A target with weights i.i.d. U[-1/sqrt(N), 1/sqrt(N)] (the largest range Theorem 4.3 allows).
 

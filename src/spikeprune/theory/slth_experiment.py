@@ -17,12 +17,15 @@ module may not import ``studies`` (tests/test_architecture.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 
+from spikeprune.core.config import field_default
 from spikeprune.core.limits import check_memory
+from spikeprune.theory.config import SlthConfig
 from spikeprune.theory.firing import _atom_mass
 from spikeprune.theory.slth import (
     TargetSNN,
@@ -49,6 +52,8 @@ from spikeprune.theory.slth import (
 
 __all__ = ["slth_experiment"]
 
+#: the keyword defaults of :func:`slth_experiment`: those of ``theory slth`` (:class:`SlthConfig`), declared once
+_DEFAULTS: dict[str, Any] = {f.name: field_default(f) for f in dataclasses.fields(SlthConfig)}
 
 
 def _auto_ks(target: TargetSNN, eps: float, max_memory: int | None, points: int = 12) -> list[int]:
@@ -82,16 +87,16 @@ def slth_experiment(
     eps: float,
     *,
     ks: list[int] | None = None,
-    trials: int = 50,
-    equality_trials: int = 10,
-    samples: int = 256,
-    rate: float = 0.3,
-    beta: float = 0.5,
-    u_th: float = 0.2,
-    v_reset: float = 0.0,
-    delta: float = 0.1,
-    seed: int = 0,
-    compare_relu: bool = False,
+    trials: int = _DEFAULTS["trials"],
+    equality_trials: int = _DEFAULTS["equality_trials"],
+    samples: int = _DEFAULTS["samples"],
+    rate: float = _DEFAULTS["rate"],
+    beta: float = _DEFAULTS["beta"],
+    u_th: float = _DEFAULTS["u_th"],
+    v_reset: float = _DEFAULTS["v_reset"],
+    delta: float = _DEFAULTS["delta"],
+    seed: int = _DEFAULTS["seed"],
+    compare_relu: bool = _DEFAULTS["compare_relu"],
     max_memory: int | None = None,
 ) -> dict[str, Any]:
     """Run the construction on a random target and measure it against LTH-SNN's formulas.

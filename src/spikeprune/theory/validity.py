@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -36,7 +36,8 @@ from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.criteria import Criterion, compute_scores
 from spikeprune.tickets.masks import prunable_weights
 
-__all__ = ["ValidityRow", "criterion_validity", "driven_neuron", "validity_summary"]
+__all__ = ["VALIDITY_FIELDS", "ValidityRow", "criterion_validity", "driven_neuron", "validity_csv_rows",
+           "validity_summary"]
 
 
 @dataclass
@@ -210,3 +211,14 @@ def validity_summary(rows: Sequence[ValidityRow]) -> list[dict[str, Any]]:
 
 def rows_as_dicts(rows: Sequence[ValidityRow]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
+
+
+#: the columns of ``validity.csv``: the fields of :class:`ValidityRow`, in order
+VALIDITY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ValidityRow))
+
+
+def validity_csv_rows(rows: Sequence[ValidityRow]) -> list[dict[str, Any]]:
+    """The rows as the cells of ``validity.csv`` (for :func:`spikeprune.core.io.write_csv`): the scores and
+    the flip rate to 6 significant digits (``%.6g``), the rest as they are."""
+    return [{**asdict(r), **{k: f"{getattr(r, k):.6g}" for k in ("score_sum", "score_mean", "flip_rate")}}
+            for r in rows]

@@ -34,7 +34,7 @@ from spikeprune.core.diagnostics import SFFallbackWarning
 from spikeprune.tickets.masks import PRUNABLE_TYPES, prunable_weights
 from spikeprune.engine.neuron import LIF
 
-__all__ = ["CRITERIA", "FIRING_AWARE", "Scores", "compute_scores", "magnitude", "random", "sf", "sf_current", "sf_empirical",
+__all__ = ["CRITERIA", "FIRING_AWARE", "Scores", "check_criterion", "compute_scores", "magnitude", "random", "sf", "sf_current", "sf_empirical",
            "sf_fallbacks", "sf_layers", "sf_rms"]
 
 
@@ -247,13 +247,22 @@ CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random, "sf"
 FIRING_AWARE: set[str] = {"sf", "sf-empirical", "sf-current", "sf-rms"}
 
 
+def check_criterion(name: object, where: str | None = None) -> str:
+    """``name`` if it is a criterion of :data:`CRITERIA`, else a :class:`UserError` that lists the choices.
+
+    ``where``: the text the name was read from (a perturbation spec), quoted in the message.
+    """
+    if name not in CRITERIA:
+        context = f" in {where!r}" if where is not None else ""
+        raise UserError(f"unknown criterion {name!r}{context}; choose one of {', '.join(CRITERIA)}")
+    return name  # type: ignore[return-value]
+
+
 def compute_scores(criterion: str | Criterion, model: nn.Module, calibration: Calibration | None = None,
                    *, seed: int = 0) -> Scores:
     """Scores of a named (or callable) criterion; validates the result's names and shapes."""
     if isinstance(criterion, str):
-        if criterion not in CRITERIA:
-            raise UserError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-        fn = CRITERIA[criterion]
+        fn = CRITERIA[check_criterion(criterion)]
     elif callable(criterion):
         fn = criterion
     else:

@@ -26,7 +26,7 @@ from typing import Any
 from spikeprune.core.config import hparam, hyperparameters, to_dict
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.io import check_writable_dir, collective, read_json, write_csv, write_json
-from spikeprune.core.rundir import RunResult, check_resumable, log
+from spikeprune.core.rundir import RunResult, check_resumable, log, refuse_unless_resume
 from spikeprune.core.tensorboard_log import require_tensorboard
 from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import ImageDataset, load_dataset
@@ -286,9 +286,8 @@ def sweep(
             num_kept(w.numel(), d, name)
     ref = read_reference(reference, like=cfg)
     out = Path(out)
-    if not resume and ((out / "results.json").exists() or any((out / n).exists() for n in names)):
-        raise UserError(f"{out} already holds an edge-popup sweep; pass --resume to continue it or choose "
-                         "another --out")
+    refuse_unless_resume(out, "an edge-popup sweep", resume=resume,
+                         holds=(out / "results.json").exists() or any((out / n).exists() for n in names))
     from spikeprune.core.distributed import barrier
 
     barrier()  # under torchrun: every rank has looked before any rank creates a folder

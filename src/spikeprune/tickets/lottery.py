@@ -51,14 +51,14 @@ from spikeprune.core import distributed
 from spikeprune.tickets.calibration import calibrate
 from spikeprune.core.config import hparam, hyperparameters, run_id, to_dict
 from spikeprune.engine.config import TrainConfig
-from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE, sf_layers
+from spikeprune.tickets.criteria import CRITERIA, FIRING_AWARE, check_criterion, sf_layers
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
 from spikeprune.core.io import check_writable_dir, collective, load_checkpoint, read_json, save_checkpoint, write_csv, write_json
 from spikeprune.tickets.masks import Mask, enforce, mask_forward, prunable_weights
 from spikeprune.tickets.pruning import prune_step
 from spikeprune.tickets.strategies import NORMALIZATIONS, STRATEGIES
 from spikeprune.engine.train import CHECKPOINT, build_model, fit, load_model_state, model_tensors
-from spikeprune.core.rundir import RunResult, check_resumable, first_difference, link_run, log
+from spikeprune.core.rundir import RunResult, first_difference, link_run, log, refuse_unless_resume
 from spikeprune.core.tensorboard_log import open_scalar_log, require_tensorboard
 
 __all__ = ["LotteryConfig", "VARIANTS", "collect_rows", "load_ticket", "rewind_saver", "rewound_ticket", "run_lottery", "train_dense", "adopt_dense"]
@@ -82,7 +82,7 @@ class LotteryConfig(TrainConfig):
 
     variant: str = hparam("imp", "imp (static masks), sf-imp-1 (IMP with the SF criterion), sf-imp-2 "
                           "(SF-IMP-1 + dynamic masks on the encoding and FC layers)", VARIANTS)
-    criterion: str | None = hparam(None, "pruning criterion: magnitude, random, sf, sf-empirical, sf-current or sf-rms "
+    criterion: str | None = hparam(None, f"pruning criterion: {', '.join(list(CRITERIA)[:-1])} or {list(CRITERIA)[-1]} "
                                    "(default: magnitude for imp, sf for sf-imp-1/2)")
     rounds: int = hparam(5, "pruning rounds K (>= 1); a finished run resumes with a larger K to go on")
     prune_fraction: float = hparam(0.25, "fraction p of the surviving weights removed per round, in (0, 1)")
@@ -103,8 +103,8 @@ class LotteryConfig(TrainConfig):
             raise UserError(f"rewind_epoch must be in [0, epochs) = [0, {self.epochs}); got {self.rewind_epoch!r}")
         if self.calibration_batches < 1:
             raise UserError(f"calibration_batches must be >= 1; got {self.calibration_batches!r}")
-        if self.criterion is not None and self.criterion not in CRITERIA:
-            raise UserError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
+        if self.criterion is not None:
+            check_criterion(self.criterion)
         if self.variant != "imp" and self.pruning_criterion not in FIRING_AWARE:
             raise UserError(f"variant {self.variant} prunes by a firing-aware criterion "
                              f"({', '.join(sorted(FIRING_AWARE))}); got criterion {self.criterion!r} "
@@ -141,9 +141,8 @@ def _check_identity(out: Path, cfg: LotteryConfig, resume: bool) -> None:
     path = out / "lottery.json"
     identity = hyperparameters(cfg)
     if path.exists():
-        if not resume:
-            raise UserError(f"{out} already holds a lottery run; pass --resume to continue it or choose another --out")
-        check_resumable(out, read_json(path).get("hyperparameters", {}), identity, ignore=RESUMABLE_CHANGES)
+        refuse_unless_resume(out, "a lottery run", holds=True, resume=resume,
+                             saved=read_json(path).get("hyperparameters", {}), now=identity, ignore=RESUMABLE_CHANGES)
     write_json(path, {"hyperparameters": identity, "run_id": run_id(cfg), "config": to_dict(cfg)})
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.engine.neuron import LIF
+from spikeprune.engine.neuron import DEFAULT_U_TH, LIF
 
 NeuronFactory = Callable[[], nn.Module]
 
@@ -36,7 +36,7 @@ class ThresholdDependentBatchNorm2d(nn.BatchNorm2d):
     that the sum keeps the pre-activation variance near u_th^2.
     """
 
-    def __init__(self, num_features: int, alpha: float = 1.0, u_th: float = 1.0, **kwargs) -> None:
+    def __init__(self, num_features: int, alpha: float = 1.0, u_th: float = DEFAULT_U_TH, **kwargs) -> None:
         super().__init__(num_features, **kwargs)
         self.scale = float(alpha * u_th)
 

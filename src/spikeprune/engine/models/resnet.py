@@ -25,6 +25,7 @@ from spikeprune.engine.models.layers import (
     scaled,
 )
 from spikeprune.engine.models.registry import register_model
+from spikeprune.engine.neuron import DEFAULT_U_TH
 
 
 def _bn_factory(tdbn: bool, u_th: float):
@@ -112,7 +113,7 @@ def resnet19(num_classes, in_channels, T, width, image_size, neuron, tdbn: bool 
     identity shortcuts), ``block_channels`` = the inner width (conv1 output) of each of the 8 blocks,
     ``hidden`` = the width of the FC layer before the classifier.
     """
-    u_th = getattr(neuron(), "u_th", 1.0)
+    u_th = getattr(neuron(), "u_th", DEFAULT_U_TH)
     stages = [(128, 3, 1), (256, 3, 2), (512, 2, 2)]
     if stage_channels is not None:
         if len(stage_channels) != len(stages):
