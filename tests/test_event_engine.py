@@ -84,6 +84,32 @@ def test_masked_convnet_identical(density):
     _check_float64(model, x)
 
 
+@pytest.mark.parametrize("density,integer", [(0.05, False), (0.3, False), (0.2, True)])
+def test_flat_channel_lists_equal_the_per_tap_path_bit_for_bit(density, integer):
+    """Interior spikes of input channels whose taps are all sparse walk one flat list (_event_kernel.c):
+    the same sums, in the same spike order, as the per-tap path; and that path is really taken."""
+    model = _mask(_convnet(2), density)
+    if integer:
+        quantize_model(model, 4)
+        freeze(model)
+    x = _images(8, seed=3)
+    engine = ee.compile(model)
+    out_flat = engine(x)
+    convs = [s for s in engine.steps if s.syn is not None and s.syn.kind == "conv"]
+    flats = [s.syn.flat for s in convs if s.syn.flat is not None]
+    assert flats and sum(f[2].numel() for f in flats) > 0, "no synapse in a flat list: the test checks nothing"
+    if density == 0.3:  # and channels with both: a flat list and dense rows (vector adds)
+        assert any(bool(((f[1] > f[0]) & (f[4] > 0)).any()) for f in flats)
+    spikes_flat = [t.clone() for t in engine.spikes] if engine.spikes else None
+    for s in convs:
+        s.syn.flat = None  # every spike through the per-tap path
+    out_tap = engine(x)
+    assert torch.equal(out_flat, out_tap)
+    if spikes_flat is not None:
+        assert all(torch.equal(a, b) for a, b in zip(spikes_flat, engine.spikes))
+    assert ee.spike_flips(ee.compile(model), x)["flips"] == ee.spike_flips(engine, x)["flips"]
+
+
 @pytest.mark.parametrize("bits,per_channel", [(4, False), (2, True), (8, False)])
 def test_quantized_masked_convnet_integer_path(bits, per_channel):
     model = _mask(_convnet(1), 0.2)

@@ -18,18 +18,27 @@
  * full row of C_out values at dvals + doff[src] and added with a contiguous loop that vectorises
  * (8 lanes with AVX2); an indexed scatter costs several times more per weight (measured,
  * docs/engine.md), so sparse lists are kept only for sparse rows.
+ * Flat lists (stride 1 only): each input channel's sparse-row synapses, all k*k taps together, are
+ * also one list fbeg[ci] .. fend[ci] into foff/fval, where foff is the destination's offset from the
+ * output pixel (y + ph, x + pw): (-ky * Wo - kx) * Cout + co; fdense[ci] counts its dense rows. An
+ * interior spike (every tap lands inside the output) walks that list in one loop, then adds its dense
+ * rows (if any) without bounds checks: no per-tap bounds checks, index arithmetic or loop set-up for
+ * the sparse rows, which on a 90 %-sparse ticket cost more than their few weights (measured:
+ * benchmarks/event_engine/run2). Each output element still receives at most one weight per spike, in
+ * the same spike order, so the sums are bit-identical to the per-tap path.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-int event_kernel_version(void) { return 3; }
+int event_kernel_version(void) { return 4; }
 
 #define DEFINE_CONV(NAME, ACC)                                                                          \
     void NAME(const uint8_t *in, ACC *out, int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t Ho,   \
               int64_t Wo, int64_t Cout, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph,     \
               int64_t pw, const int64_t *rowptr, const int32_t *cols, const ACC *vals,                  \
-              const int64_t *doff, const ACC *dvals, int nthreads) {                                   \
+              const int64_t *doff, const ACC *dvals, const int64_t *fbeg, const int64_t *fend,          \
+              const int64_t *foff, const ACC *fval, const int64_t *fdense, int nthreads) {             \
         _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                              \
         for (int64_t n = 0; n < N; n++) {                                                               \
             ACC *o = out + n * Ho * Wo * Cout;                                                          \
@@ -38,8 +47,24 @@ int event_kernel_version(void) { return 3; }
             for (int64_t y = 0; y < H; y++)                                                             \
                 for (int64_t x = 0; x < W; x++) {                                                       \
                     const uint8_t *px = s + (y * W + x) * Cin;                                          \
+                    /* stride 1, every tap inside the output: the flat lists apply */                   \
+                    const int interior = fbeg && y + ph >= KH - 1 && y + ph < Ho && x + pw >= KW - 1 && \
+                                         x + pw < Wo;                                                   \
+                    ACC *centre = interior ? o + ((y + ph) * Wo + (x + pw)) * Cout : o;                 \
                     for (int64_t ci = 0; ci < Cin; ci++) {                                              \
                         if (!px[ci]) continue;                                                          \
+                        if (interior) {                                                                 \
+                            for (int64_t j = fbeg[ci]; j < fend[ci]; j++) centre[foff[j]] += fval[j];   \
+                            if (fdense[ci])                                                             \
+                                for (int64_t t = 0; t < KH * KW; t++) {                                 \
+                                    int64_t src = ci * KH * KW + t;                                     \
+                                    if (doff[src] < 0) continue;                                        \
+                                    ACC *dst = centre - ((t / KW) * Wo + t % KW) * Cout;                \
+                                    const ACC *wv = dvals + doff[src];                                  \
+                                    for (int64_t co = 0; co < Cout; co++) dst[co] += wv[co];            \
+                                }                                                                       \
+                            continue;                                                                   \
+                        }                                                                               \
                         /* output (oy, ox) sees input (oy*sh - ph + ky, ...): ky = y + ph - oy*sh */    \
                         for (int64_t ky = 0; ky < KH; ky++) {                                           \
                             int64_t ty = y + ph - ky, oy = ty;                                          \

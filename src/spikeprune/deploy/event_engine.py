@@ -48,7 +48,7 @@ from spikeprune.topology import BATCHNORM
 __all__ = ["EventModel", "Unsupported", "compile", "load_kernel", "spike_flips"]
 
 _SOURCE = Path(__file__).with_name("_event_kernel.c")
-_VERSION = 3
+_VERSION = 4
 #: a source row with at least this fraction of surviving weights is stored dense (see _event_kernel.c)
 DENSE_ROW = 0.25
 _lib: ctypes.CDLL | None = None
@@ -73,7 +73,7 @@ def load_kernel() -> ctypes.CDLL:
         i64, cint, vp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
         for acc in ("i32", "f32"):
             f = getattr(lib, f"event_conv_{acc}")
-            f.argtypes = [vp, vp] + [i64] * 13 + [vp, vp, vp, vp, vp, cint]
+            f.argtypes = [vp, vp] + [i64] * 13 + [vp] * 10 + [cint]
             f.restype = None
             f = getattr(lib, f"event_linear_{acc}")
             f.argtypes = [vp, vp, i64, i64, i64, vp, vp, vp, vp, vp, cint]
@@ -120,6 +120,28 @@ class _Synapses:
     nnz: int = 0
     dense_synapses: int = 0
     alive_per_source: torch.Tensor | None = None
+    # stride-1 convs: per input channel, all its synapses as one list of (offset, value) (_event_kernel.c)
+    flat: tuple[torch.Tensor, ...] | None = None
+
+
+def _flat_lists(syn: _Synapses, wo: int) -> tuple[torch.Tensor, ...] | None:
+    """(fbeg, fend, foff, fval, fdense) of a stride-1 conv whose output maps are ``wo`` wide: each input
+    channel's sparse-row synapses (all k*k taps) as one list, with their destination's offset
+    ``(-ky * wo - kx) * C_out + co`` from the output pixel (y + ph, x + pw), and its number of dense
+    rows (_event_kernel.c). int64 [C_in], [C_in], [nnz], [nnz], [C_in]; None for strided convs."""
+    kh, kw, sh, sw = syn.geometry[:4]
+    if (sh, sw) != (1, 1):
+        return None
+    taps = kh * kw
+    cin = syn.doff.numel() // taps
+    counts = syn.rowptr[1:] - syn.rowptr[:-1]  # [C_in * k * k] sparse weights per row
+    src = torch.repeat_interleave(torch.arange(cin * taps), counts)  # the row of each sparse weight (sorted)
+    ky, kx = (src % taps) // kw, src % kw
+    foff = ((-ky * wo - kx) * syn.out_channels + syn.cols.long()).contiguous()
+    fend = torch.bincount(src // taps, minlength=cin).cumsum(0)
+    fbeg = torch.cat([torch.zeros(1, dtype=torch.int64), fend[:-1]])
+    fdense = (syn.doff.reshape(cin, taps) >= 0).sum(1)
+    return fbeg.contiguous(), fend.contiguous(), foff, syn.vals, fdense.contiguous()
 
 
 @dataclass
@@ -495,6 +517,7 @@ class EventModel:
                         raise Unsupported(f"{step.name}: {layer.in_channels} input channels, map has {cur[0]}")
                     kh, kw, sh, sw, ph, pw = syn.geometry
                     cur = (syn.out_channels, (cur[1] + 2 * ph - kh) // sh + 1, (cur[2] + 2 * pw - kw) // sw + 1)
+                    syn.flat = _flat_lists(syn, cur[2])
                 else:
                     if len(cur) == 3 and flat_from is None:
                         raise Unsupported(f"{step.name}: linear layer on a spatial map without Flatten")
@@ -578,7 +601,7 @@ class EventModel:
                 getattr(lib, f"event_conv_{suffix}")(
                     spk.data_ptr(), acc.data_ptr(), N, h, w, c, ho, wo, syn.out_channels, kh, kw, sh, sw, ph, pw,
                     syn.rowptr.data_ptr(), syn.cols.data_ptr(), syn.vals.data_ptr(), syn.doff.data_ptr(),
-                    syn.dvals.data_ptr(), nt)
+                    syn.dvals.data_ptr(), *([t.data_ptr() for t in syn.flat] if syn.flat else [None] * 5), nt)
             else:
                 fin = spk.shape[1]
                 acc = self._buffer(step.name + "/acc", (N, syn.out_channels), acc_t)
