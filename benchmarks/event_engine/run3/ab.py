@@ -1,0 +1,18 @@
+import time, sys, torch, statistics
+sys.path.insert(0, "/work/runs/snap2/benchmarks/event_engine")
+from bench import load
+from spikeprune.deploy import event_engine as ee
+from spikeprune.engine.data import BatchLoader, load_dataset
+torch.set_num_threads(1)
+ds = load_dataset("fashion_mnist")
+x, y = next(iter(BatchLoader(ds, "test", 256, shuffle=False, timesteps=4)))
+for path in sys.argv[1:]:
+    eng = ee.compile(load(path), threads=1); eng(x)
+    convs = [s for s in eng.steps if s.syn is not None and s.syn.kind == "conv"]
+    saved = [s.syn.flat for s in convs]
+    t = {"flat": [], "tap": []}
+    for _ in range(6):
+        for mode in ("flat", "tap"):
+            for s, f in zip(convs, saved): s.syn.flat = f if mode == "flat" else None
+            t0 = time.perf_counter(); eng(x); t[mode].append(time.perf_counter() - t0)
+    print(path.split('/')[-2], {k: round(statistics.median(v) * 1e3) for k, v in t.items()})
