@@ -83,17 +83,27 @@ def _metavar(f: dataclasses.Field, tp: Any) -> str:
     return {int: "N", float: "X", str: "NAME"}.get(args[0], "LIST")
 
 
+def add_config_file_argument(parser: argparse.ArgumentParser,
+                             help: str = "YAML file of these options (flags override it)") -> None:
+    """``--config FILE.yaml``: the YAML read by :func:`config_from_args` (every command that has a config)."""
+    parser.add_argument("--config", metavar="FILE.yaml", help=help)
+
+
+def add_force_argument(parser: argparse.ArgumentParser, what: str = "result files") -> None:
+    """``--force``: let :func:`spikeprune.core.rundir.run_directory` overwrite another kind of run's ``what``."""
+    parser.add_argument("--force", action="store_true", help=f"overwrite {what} another kind of run wrote in --out")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, *, out_default: str | None = None, resume: bool = True) -> None:
     """``--config``, ``--out``, ``--resume``, ``--force`` and ``--progress``: where and how a command runs."""
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML preset of hyperparameters (flags override it)")
+    add_config_file_argument(parser, "YAML preset of hyperparameters (flags override it)")
     parser.add_argument("--out", metavar="DIR", type=out_path, default=out_default, required=out_default is None,
                         help="run directory for checkpoints and results" +
                         (f" (default: {out_default})" if out_default else ""))
     if resume:
         parser.add_argument("--resume", action="store_true",
                             help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--force", action="store_true",
-                        help="overwrite result files another kind of run wrote in --out")
+    add_force_argument(parser)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                         help="show progress bars (default: when stderr is a terminal)")
 

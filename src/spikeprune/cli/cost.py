@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from spikeprune.core.config import CommandConfig, hparam, path_option
 from spikeprune.core.rundir import holds_run_directory
-from spikeprune.cli.args import add_config_arguments, config_from_args, out_path
+from spikeprune.cli.args import add_config_file_argument, add_force_argument, add_config_arguments, config_from_args, out_path
 from spikeprune.compression.cost import E_AC_PJ, E_MAC_PJ
 
 
@@ -37,10 +37,10 @@ class CostConfig(CommandConfig):
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cost", help="cost report of a checkpoint (size, SOPs, energy, latency)",
                        description=__doc__)
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options (flags override it)")
+    add_config_file_argument(p)
     add_config_arguments(p, CostConfig, title="settings")
     p.add_argument("--out", metavar="DIR", type=out_path, help="also write cost.json there")
-    p.add_argument("--force", action="store_true", help="overwrite a cost.json another kind of run wrote in --out")
+    add_force_argument(p, "a cost.json")
     p.set_defaults(func=run)
 
 

@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass
 
 from spikeprune.core.config import CommandConfig, hparam, path_option
-from spikeprune.cli.args import add_config_arguments, config_from_args
+from spikeprune.cli.args import add_config_arguments, add_config_file_argument, config_from_args
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ExportConfig(CommandConfig):
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to NIR (neuromorphic tool chains)", description=__doc__)
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options (flags override it)")
+    add_config_file_argument(p)
     add_config_arguments(p, ExportConfig, title="settings")
     p.set_defaults(func=run)
 

@@ -18,7 +18,7 @@ import shlex
 import sys
 
 from spikeprune.core.rundir import holds_run_directory
-from spikeprune.cli.args import out_path, positive_int
+from spikeprune.cli.args import add_force_argument, out_path, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", choices=STUDIES, help="which study")
     p.add_argument("--scale", choices=SCALES, default="smoke", help="smoke (CI), cpu (benchmarks/) or paper (GPU)")
     p.add_argument("--out", required=True, type=out_path, metavar="DIR", help="report directory (runs go to DIR/runs)")
-    p.add_argument("--force", action="store_true", help="overwrite result files another kind of run wrote in --out")
+    add_force_argument(p)
     p.add_argument("--from-results", metavar="DIR", help="only rebuild the report from the runs in DIR")
     p.add_argument("--reference", action="append", default=[], metavar="RUN",
                    help="fig3: an extra dense trained run (folder or metrics.json) for the dashed line")

@@ -11,7 +11,7 @@ import argparse
 import json
 
 from spikeprune.core.rundir import holds_run_directory
-from spikeprune.cli.args import add_config_arguments, add_run_arguments, config_from_args
+from spikeprune.cli.args import add_config_arguments, add_config_file_argument, add_run_arguments, config_from_args
 from spikeprune.theory.config import SlthConfig, WidthConfig
 
 
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_slth)
 
     w = commands.add_parser("width", help="evaluate Theorem 4.3's width bound", description=__doc__)
-    w.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options (flags override it)")
+    add_config_file_argument(w)
     add_config_arguments(w, WidthConfig, title="settings")
     w.set_defaults(func=run_width)
 
