@@ -472,16 +472,7 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, war
     the batch size and the number of intra-op threads. Only ratios measured in one process, side by
     side, are meaningful on a shared machine.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise UserError(f"latency repeats must be a positive integer; got {repeats!r}")
-    times: list[float] = []
-    with evaluation(model):
-        for i in range(warmup + repeats):
-            tick = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append((time.perf_counter() - tick) * 1e3)
-    return {**_summary(times), "repeats": repeats, "batch": sample_count(model, x), "threads": torch.get_num_threads()}
+    return measure_latencies(model, x, repeats=repeats, warmup=warmup)
 
 
 def _summary(times: list[float]) -> dict[str, float]:

@@ -1,5 +1,9 @@
-import time, sys, torch, collections
-sys.path.insert(0, "/work/runs/snap2/benchmarks/event_engine")
+"""Time spent in each event-engine kernel at batch 256, 1 thread, next to the dense path (RESULTS.md, run 2):
+    python benchmarks/event_engine/profile_kernels.py runs/ee/imp/round_03/checkpoint.safetensors ..."""
+import time, sys, torch
+import collections
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).parent))  # bench.load
 from bench import load
 from spikeprune.deploy import event_engine as ee
 from spikeprune.engine.data import BatchLoader, load_dataset
@@ -28,4 +32,4 @@ for path in sys.argv[1:]:
         t0 = time.perf_counter()
         for _ in range(3): model(x)
         dense = (time.perf_counter() - t0) / 3
-    print(path.split('/')[-2], f"event {tot*1e3:.0f} ms dense {dense*1e3:.0f} ms", {k: round(v/3*1e3) for k, v in times.items()}, "python rest", round((tot - sum(times.values())/3)*1e3))
+    print(path, f"event {tot*1e3:.0f} ms dense {dense*1e3:.0f} ms", {k: round(v/3*1e3) for k, v in times.items()}, "python rest", round((tot - sum(times.values())/3)*1e3))
