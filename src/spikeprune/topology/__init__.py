@@ -13,7 +13,9 @@ The package, one layer above ``engine`` (every layer above may import it):
   :class:`Graph` and its queries (consumers, drivers, the BN and neuron a layer drives, tensor layouts,
   channel groups), leaf roles, :func:`channel_axis`, :func:`evaluation`, ``BATCHNORM``;
 * :mod:`spikeprune.topology.tracing`: how it is produced - :func:`trace` (one hooked forward pass) and the
-  reading of an input's layout (:func:`is_time_major`, :func:`sample_count`).
+  reading of an input's layout (:func:`is_time_major`, :func:`sample_count`);
+* :mod:`spikeprune.topology.batches`: :func:`run_batches`, the one loop that runs a few batches through a
+  model under an observer and hooks, traced on the first batch (calibration, the cost report).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from spikeprune.topology.graph import (BATCHNORM, ChannelGroup, Graph, Node, TopologyError, channel_axis, evaluation,
                                        role_of)
 from spikeprune.topology.tracing import input_reading, is_time_major, sample_count, trace
+from spikeprune.topology.batches import BatchRun, run_batches
 
-__all__ = ["BATCHNORM", "ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "evaluation",
-           "input_reading", "is_time_major", "role_of", "sample_count", "trace"]
+__all__ = ["BATCHNORM", "BatchRun", "ChannelGroup", "Graph", "Node", "TopologyError", "channel_axis", "evaluation",
+           "input_reading", "is_time_major", "role_of", "run_batches", "sample_count", "trace"]
