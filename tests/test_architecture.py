@@ -73,6 +73,14 @@ def test_packages_import_only_the_layers_below_them():
     assert not bad, "\n".join(bad)
 
 
+def test_every_layer_is_a_package():
+    """Only the API root and ``python -m`` sit at the top level; every layer is a subpackage (topology too)."""
+    loose = sorted(p.name for p in PKG.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert not loose, f"top-level modules {loose}: make each a package (and place it in ALLOWED)"
+    layers = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").exists())
+    assert set(layers) - {"configs"} <= set(ALLOWED), layers
+
+
 def test_relative_imports_are_not_used():
     """Absolute imports only: a moved module then cannot silently import a sibling of its old place."""
     rel = [str(p.relative_to(PKG)) for p in PKG.rglob("*.py")

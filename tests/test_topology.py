@@ -118,3 +118,68 @@ def test_evaluation_restores_every_modules_own_flag():
     with evaluation(outer):
         assert not any(m.training for m in outer.modules())
     assert outer.training and outer[0].training and not outer[1].training and not outer[1][0].training
+
+
+def _calls_and_lifs(model):
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(tuple(a[0].shape)))
+    return calls, [m for m in model.modules() if isinstance(m, LIF)]
+
+
+def test_run_batches_stops_at_num_batches_and_counts_samples():
+    from spikeprune.topology import run_batches
+    model = sp.create_model("convnet", 10, 1, T=2, image_size=(8, 8))
+    calls, lifs = _calls_and_lifs(model)
+    taken = []
+
+    def data():
+        for i in range(5):
+            taken.append(i)
+            yield torch.rand(4 + i, 1, 8, 8), torch.zeros(4 + i)  # (x, y) pairs
+
+    seen, installed = [], []
+
+    def install(graph):
+        installed.append(graph)
+        return [model.features[0].conv.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))]
+
+    observed = []
+    run = run_batches(model, data(), 2, observer=lambda lif, u, s: observed.append(tuple(u.shape)),
+                      install=install, empty="no data")
+    assert (run.batches, run.samples) == (2, 4 + 5) and run.graph is installed[0]
+    assert taken == [0, 1]  # the loop stops: the third batch is never drawn
+    assert calls == [(3, 1, 8, 8), (4, 1, 8, 8), (5, 1, 8, 8)]  # the trace (3 samples) and 2 batches
+    assert seen == [4, 5]  # hooks see the measured batches, not the trace
+    assert observed == [(2, b, *s) for b in (4, 5) for s in [run.graph.calls(n)[0].out_shape[2:]
+                                                          for n in run.graph.modules("neuron")]]
+    assert not model.features[0].conv._forward_hooks and all(lif.observer is None for lif in lifs)
+    # all batches (None), bare tensors, an explicit batch size
+    run = run_batches(model, [torch.rand(3, 1, 8, 8)] * 3, None, observer=lambda *_: None, install=lambda g: [],
+                      empty="no data", batch_size=7)
+    assert (run.batches, run.samples) == (3, 21)
+
+
+def test_run_batches_refuses_empty_data_before_running_anything():
+    from spikeprune.topology import run_batches
+    model = sp.create_model("mlp", 10, 1, T=2, image_size=(8, 8))
+    calls, _ = _calls_and_lifs(model)
+    installed = []
+    with pytest.raises(sp.UserError, match=r"^the data was empty$"):
+        run_batches(model, iter([]), 4, observer=lambda *_: None, install=installed.append, empty="the data was empty")
+    assert calls == [] and installed == []
+
+
+def test_run_batches_removes_hooks_and_observers_and_restores_flags_when_a_batch_raises():
+    from spikeprune.topology import run_batches
+    model = sp.create_model("convnet", 10, 1, T=2, image_size=(8, 8))
+    model.train()
+    lifs = [m for m in model.modules() if isinstance(m, LIF)]
+    conv = model.features[0].conv
+    bad = torch.rand(4, 2, 8, 8)  # two channels: the first conv refuses it
+    with pytest.raises(RuntimeError):
+        run_batches(model, [torch.rand(4, 1, 8, 8), bad], 5, observer=lambda *_: None,
+                    install=lambda g: [conv.register_forward_hook(lambda *a: None),
+                                       conv.register_forward_pre_hook(lambda *a: None)], empty="no data")
+    assert not conv._forward_hooks and not conv._forward_pre_hooks
+    assert all(lif.observer is None for lif in lifs)
+    assert all(m.training for m in model.modules())

@@ -73,7 +73,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.topology import BATCHNORM, evaluation, sample_count, trace
+from spikeprune.topology import BATCHNORM, evaluation, run_batches, sample_count
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "CostReport", "LayerCost", "cost_report", "measure_latencies", "measure_latency"]
 
@@ -350,8 +350,7 @@ def cost_report(
     if not layers:
         raise UserError(f"{type(model).__name__} has no conv or linear layer to cost")
     acc: dict[str, dict[str, float]] = {}
-    graph = None
-    from spikeprune.engine.neuron import LIF, observe
+    from spikeprune.engine.neuron import LIF
     act = {"nonzero": 0, "numel": 0, "updates": 0}
 
     def act_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
@@ -388,27 +387,13 @@ def cost_report(
                 a["measured"] += _measured_sops(module, x)
         return fn
 
-    samples = seen = 0
-    handles: list[Any] = []
-    try:
-        with evaluation(model), observe(model, lif_observer):
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                if graph is None:  # each layer's layout, traced once on (a few samples of) the first batch
-                    with observe(model, lambda *_: None):
-                        graph = trace(model, x)
-                    handles = [m.register_forward_hook(hook(n, _traced_time_major(graph, n))) for n, m in layers.items()]
-                    handles += [m.register_forward_hook(act_hook) for _, m in _activation_modules(model)]
-                model(x)
-                samples += batch_size if batch_size is not None else sample_count(model, x, graph)
-                seen += 1
-                if num_batches is not None and seen >= num_batches:
-                    break
-    finally:
-        for h in handles:
-            h.remove()
-    if seen == 0:
-        raise UserError("the cost report needs at least one batch; the data was empty")
+    def install(graph: Any) -> list[Any]:  # each layer's layout, from the graph traced on the first batch
+        handles = [m.register_forward_hook(hook(n, _traced_time_major(graph, n))) for n, m in layers.items()]
+        return handles + [m.register_forward_hook(act_hook) for _, m in _activation_modules(model)]
+
+    _, samples, _ = run_batches(model, batches, num_batches, observer=lif_observer, install=install,
+                                empty="the cost report needs at least one batch; the data was empty",
+                                batch_size=batch_size)
 
     rows: list[LayerCost] = []
     for name, module in layers.items():

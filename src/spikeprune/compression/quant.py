@@ -172,6 +172,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[Any], num_batches: 
         m.momentum = None  # cumulative moving average: every batch weighs the same
     was_training = model.training
     model.train()
+    # Not topology.run_batches: this pass runs in train mode (BatchNorm updates) without an observer or trace.
     seen = 0
     try:
         for batch in batches:

@@ -274,6 +274,7 @@ def channel_statistics(model: nn.Module, batches: Iterable[Any], num_batches: in
         stats.samples[name] = stats.samples.get(name, 0) + s.shape[1]
         stats.slots[name] = stats.slots.get(name, 0) + per.shape[0] * per.shape[1] * per.shape[3]
 
+    # Not topology.run_batches: no trace (channel_scores has the channel groups already) and no sample count.
     seen = 0
     # evaluation() puts back every module's own flag: an adapted net may sit in eval mode inside a
     # wrapper in train mode, and model.train(flag) would switch its BatchNorm to training.

@@ -244,7 +244,7 @@ def to_nir(model: nn.Module, example_input: torch.Tensor, *, timesteps: int | No
 
 class _Exporter:
     def __init__(self, nir: Any, graph: Any, dt: float) -> None:
-        from spikeprune.topology import _batch_dims, _layout
+        from spikeprune.topology.graph import _batch_dims, _layout
 
         self.nir, self.g, self.dt = nir, graph, dt
         self.nodes: dict[str, Any] = {}

@@ -262,33 +262,20 @@ def _theory_steps(p: Protocol, root: Path) -> list[Step]:
 
 
 def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
-    from spikeprune.engine.data import BatchLoader, load_dataset
-    from spikeprune.studies.flips import flip_study
+    from spikeprune.studies.flips import analyze_flips
     from spikeprune.theory.perturb import parse_perturbation
     from spikeprune.report.plots import plot_slth
-    from spikeprune.engine.train import fit, load_model
+    from spikeprune.engine.train import fit
 
     train, *rest = _data_dir(_theory_steps(p, root), data_dir)
     flips = [s for s in rest if s.command == "spikeprune analyze flips"]
-    cfg = train.cfg
-    fit(cfg, train.out, resume=True, progress=False, log=log)
-    model, _ = load_model(train.out / "checkpoint.safetensors")
-    dataset = load_dataset(cfg.dataset, cfg.data_dir)
-    f = flips[0].cfg  # every flips step shares its loader settings (samples, batch size, seed)
-    test = BatchLoader(dataset, "test", f.batch_size, shuffle=False, seed=f.seed, encoding=cfg.encoding,
-                       timesteps=cfg.timesteps, limit=f.samples)
-    calib = BatchLoader(dataset, "train", f.batch_size, shuffle=True, seed=f.seed, encoding=cfg.encoding,
-                        timesteps=cfg.timesteps, augment=False)
-    calib_batches = [b for _, b in zip(range(f.calibration_batches), calib)]
-    for step in flips:
+    fit(train.cfg, train.out, resume=True, progress=False, log=log)
+    for step in flips:  # each step is `spikeprune analyze flips` on the dense checkpoint, run as the command runs
         if (step.out / "flips.json").exists():
             continue
-        pert = parse_perturbation(step.cfg.perturb[0])
         if log:
-            log(f"reproduce theory: flips under {pert.label}")
-        flip_study(model, [pert], test, step.out, calibration=calib_batches, p_sup_method=step.cfg.p_sup,
-                   seed=step.cfg.seed, record={"checkpoint": step.cfg.checkpoint, "dataset": dataset.name,
-                                               "samples": test.num_samples})
+            log(f"reproduce theory: flips under {parse_perturbation(step.cfg.perturb[0]).label}")
+        analyze_flips(step.cfg, step.out)
     for step in rest:
         if step.command != "spikeprune theory slth" or (step.out.parent / f"{step.out.name}.json").exists():
             continue

@@ -24,7 +24,6 @@ updated).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +33,8 @@ from torch import nn
 
 from spikeprune.core.diagnostics import UserError
 from spikeprune.tickets.masks import PRUNABLE_TYPES, prunable_weights
-from spikeprune.engine.neuron import LIF, NeuronStatistics, StatisticsRecorder, observe
-from spikeprune.topology import channel_axis, evaluation, sample_count, trace
+from spikeprune.engine.neuron import LIF, NeuronStatistics, StatisticsRecorder
+from spikeprune.topology import channel_axis, run_batches
 
 __all__ = ["Calibration", "LayerRecord", "calibrate"]
 
@@ -109,8 +108,6 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
             binary[name] = binary.get(name, True) and bool(((x == 0) | (x == 1)).all())
         return hook
 
-    handles = []
-
     lif_names = {id(m): n for n, m in named.items() if isinstance(m, LIF)}
     neurons = StatisticsRecorder({n: NeuronStatistics() for n in lif_names.values()})
     near: dict[str, torch.Tensor] = {}
@@ -123,28 +120,11 @@ def calibrate(model: nn.Module, batches: Iterable[Any], num_batches: int | None 
         hits = ((u.detach() - lif.u_th).abs() <= crisis_eps).reshape(u.shape[0], u.shape[1], channels, -1)
         near[name] = near.get(name, 0) + hits.sum(dim=(0, 1, 3)).double()
 
-    seen_batches = seen_samples = 0
-    batches = iter(batches)
-    first = next(batches, None)
-    if first is None:
-        raise UserError("calibration needs at least one batch; the calibration data was empty")
     # Which BN / neuron each layer drives: traced once on the first batch, before anything is observed.
-    graph = trace(model, first[0] if isinstance(first, (tuple, list)) else first)
-    handles = [named[n].register_forward_pre_hook(pre_hook(n)) for n in layer_modules]
-    try:
-        with evaluation(model), observe(model, observer):
-            for batch in itertools.chain([first], batches):
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(x)
-                seen_batches += 1
-                seen_samples += sample_count(model, x, graph)
-                if num_batches is not None and seen_batches >= num_batches:
-                    break
-    finally:
-        for h in handles:
-            h.remove()
-    if seen_batches == 0:
-        raise UserError("calibration needs at least one batch; the calibration data was empty")
+    seen_batches, seen_samples, graph = run_batches(
+        model, batches, num_batches, observer=observer,
+        install=lambda _graph: [named[n].register_forward_pre_hook(pre_hook(n)) for n in layer_modules],
+        empty="calibration needs at least one batch; the calibration data was empty")
 
     layers: dict[str, LayerRecord] = {}
     for module_name, weight_name in layer_modules.items():
