@@ -46,7 +46,7 @@ from spikeprune.engine.config import TrainConfig
 from spikeprune.core.io import check_writable_dir, read_json, write_json, write_text
 from spikeprune.report.reproduction import REF_KEYS, SECTIONS, page, slug
 from spikeprune.studies.protocols import CLAIMS, Protocol, protocol
-from spikeprune.core.rundir import RunResult, log
+from spikeprune.core.rundir import RunResult, log, phase_done
 
 __all__ = ["reproduce", "write_report"]
 
@@ -263,7 +263,7 @@ def _theory_steps(p: Protocol, root: Path) -> list[Step]:
 
 def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
     from spikeprune.engine.data import BatchLoader, load_dataset
-    from spikeprune.studies.flips import flip_study
+    from spikeprune.studies.flips import flip_study, is_complete
     from spikeprune.theory.perturb import parse_perturbation
     from spikeprune.report.plots import plot_slth
     from spikeprune.engine.train import fit, load_model
@@ -281,7 +281,7 @@ def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, dat
                         timesteps=cfg.timesteps, augment=False)
     calib_batches = [b for _, b in zip(range(f.calibration_batches), calib)]
     for step in flips:
-        if (step.out / "flips.json").exists():
+        if is_complete(step.out):
             continue
         pert = parse_perturbation(step.cfg.perturb[0])
         if log:
@@ -290,7 +290,7 @@ def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, dat
                    seed=step.cfg.seed, record={"checkpoint": step.cfg.checkpoint, "dataset": dataset.name,
                                                "samples": test.num_samples})
     for step in rest:
-        if step.command != "spikeprune theory slth" or (step.out.parent / f"{step.out.name}.json").exists():
+        if step.command != "spikeprune theory slth" or phase_done(step.out.parent, f"{step.out.name}.json"):
             continue
         if log:
             log(f"reproduce theory: SLTH construction {step.out.name}")
