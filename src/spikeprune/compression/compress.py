@@ -11,8 +11,10 @@ removal -> fine-tuning at the same bit-width; and the reverse order, for compari
       cost.json            cost report of the compressed model and of the dense reference
       metrics.json         accuracy, size/SOP/energy ratios, measured speed-up, bit-width utilisation
 
-Every phase returns early when its output exists, and ``train.fit`` resumes inside a phase, so a
-killed run continues where it stopped (``--resume``).
+Every phase returns early when its output exists (:func:`~spikeprune.core.rundir.phase_done`: channel
+removal once ``pruned.safetensors`` exists, the whole run once :func:`is_complete`), and ``train.fit``
+resumes inside a started training phase (``dense/``, ``qat/``, ``finetune/``), so a killed run continues
+where it stopped (``--resume``).
 
 Orders (``order``):
 
@@ -58,7 +60,7 @@ from spikeprune.compression.structured import (
     remove_channels,
     select_channels,
 )
-from spikeprune.core.rundir import RunResult, log, refuse_unless_resume
+from spikeprune.core.rundir import RunResult, log, phase_done, refuse_unless_resume
 from spikeprune.topology import evaluation
 from spikeprune.engine.train import (
     build_model,
@@ -73,6 +75,18 @@ from spikeprune.engine.train import (
 __all__ = ["CompressConfig", "compress", "cost_of_checkpoint", "load_compressed", "save_compressed"]
 
 ORDERS = ("quantize-first", "prune-first")
+#: the run's configuration (written once the dense model is there; a resumed run must match it)
+MANIFEST = "compress.json"
+#: the channel-removal phase's output: the model right after removal (that phase is skipped once it exists)
+PRUNED = "pruned.safetensors"
+#: written last by :func:`compress`: with the manifest, its presence means the run is finished
+METRICS = "metrics.json"
+
+
+def is_complete(out: str | Path) -> bool:
+    """Whether the compression run in ``out`` is finished (``compress.json`` and ``metrics.json``, which
+    :func:`compress` writes last, exist): :func:`compress` then only re-reads ``metrics.json``."""
+    return phase_done(out, MANIFEST, METRICS)
 
 
 @dataclass
@@ -264,13 +278,13 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
     if cfg.checkpoint is not None:
         checkpoint_meta(cfg.checkpoint)  # a missing, truncated or foreign checkpoint is refused before OUT is created
     out = check_writable_dir(out)
-    manifest = out / "compress.json"
+    manifest = out / MANIFEST
     if manifest.exists():
         # execution details (device, threads, data_dir, ...) may change on resume, as for a training run
         refuse_unless_resume(out, "a compression run", holds=True, resume=resume, saved=read_json(manifest),
                              now=to_dict(cfg), ignore=NOT_HPARAMS)
-        if (out / "metrics.json").exists():
-            return RunResult(out, read_json(out / "metrics.json"))
+        if is_complete(out):
+            return RunResult(out, read_json(out / METRICS))
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.checkpoint is None:  # fail before training if the channel budget cannot be met
         _check_budget(build_model(TrainConfig.of(cfg), dataset), cfg)
@@ -279,12 +293,12 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
     write_json(manifest, to_dict(cfg))
     calib = _calibration(cfg, dataset)
     example = calib[0][0]
-    pruned_path = out / "pruned.safetensors"
+    pruned_path = out / PRUNED
     reference = copy.deepcopy(dense)
     model = dense
 
     if cfg.order == "quantize-first":
-        if not pruned_path.exists():
+        if not phase_done(out, PRUNED):
             model = _phase(cfg, out, "qat", cfg.qat_epochs, _quantize(model, cfg, calib), dataset, progress, log)
             qat_utilisation = utilisation_report(model)
             history, summary = _prune(model, cfg, calib)
@@ -293,7 +307,7 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
         model, pmeta = load_compressed(pruned_path, example, frozen=False)
         model = _phase(cfg, out, "finetune", cfg.finetune_epochs, model, dataset, progress, log)
     else:
-        if not pruned_path.exists():
+        if not phase_done(out, PRUNED):
             history, summary = _prune(model, cfg, calib)
             save_compressed(pruned_path, model, {"channel_history": [history], "channels": summary,
                                                  "config": to_dict(cfg)})
@@ -345,7 +359,7 @@ def _report(cfg: CompressConfig, out: Path, reference: nn.Module, model: nn.Modu
         "config": to_dict(cfg),
     }
     write_json(out / "cost.json", {"compressed": comp_cost.to_dict(), "dense": dense_cost.to_dict()})
-    write_json(out / "metrics.json", metrics)
+    write_json(out / METRICS, metrics)  # written last: its presence means the run is finished
     if log:
         log(f"compressed: accuracy {metrics['test_accuracy']:.4f} (dense {metrics['dense_test_accuracy']:.4f}), "
             f"{metrics['size_reduction']:.1f}x smaller, {metrics['flop_reduction']:.2f}x fewer ops, "

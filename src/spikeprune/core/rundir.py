@@ -44,8 +44,8 @@ from typing import Any
 
 from spikeprune.core.diagnostics import UserError
 
-__all__ = ["RunDirectoryError", "RunResult", "holds_run_directory", "lock_holder", "refuse_unless_resume",
-           "remove_stale_temp_files", "run_directory", "OUTPUTS"]
+__all__ = ["RunDirectoryError", "RunResult", "holds_run_directory", "lock_holder", "phase_done",
+           "refuse_unless_resume", "remove_stale_temp_files", "run_directory", "OUTPUTS"]
 
 LOCK_FILE = ".spikeprune.lock"
 RECORD_FILE = ".spikeprune-run.json"
@@ -81,6 +81,23 @@ def log(message: str) -> None:
     """A progress or status line of a run: to stderr (stdout carries the results a user pipes), flushed
     at once so a ``nohup``/CI log shows it as it happens. The one logger of every command."""
     print(message, file=sys.stderr, flush=True)
+
+
+def phase_done(where: str | Path, *outputs: str) -> bool:
+    """Whether the phase that writes ``outputs`` (file names in the folder ``where``) is finished: the open_lth
+    rule "a phase whose outputs all exist is done and is skipped", so a killed run resumes where it stopped.
+
+    The one test of every phase skip (a training run's ``metrics.json``, a lottery's dense phase and rounds,
+    an edge-popup density, a compression's pruned model, a study's result file). Each runner names the files
+    that mean "finished" once, next to the code that writes them last (``is_complete`` of ``engine.train``,
+    ``tickets.lottery``, ``tickets.edgepopup``, ``compression.compress``, ``studies.flips``), and sweeps ask
+    those functions. An output is a regular file (a directory of that name does not count); at least one
+    must be named. Whether an existing phase matches the present configuration is a separate check
+    (:func:`check_resumable`)."""
+    if not outputs:
+        raise ValueError("phase_done needs at least one output file name")
+    where = Path(where)
+    return all((where / name).is_file() for name in outputs)
 
 
 def first_difference(saved: dict[str, Any], now: dict[str, Any], ignore: Iterable[str] = ()) -> str | None:

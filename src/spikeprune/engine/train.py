@@ -39,7 +39,7 @@ from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, spli
 from spikeprune.core.io import check_writable_dir, collective, load_checkpoint, save_checkpoint, write_csv, write_json
 from spikeprune.engine.models import create_model
 from spikeprune.engine.neuron import LIF, observe, spiking_layers
-from spikeprune.core.rundir import RunResult, check_resumable, log, refuse_unless_resume
+from spikeprune.core.rundir import RunResult, check_resumable, log, phase_done, refuse_unless_resume
 from spikeprune.core.tensorboard_log import open_scalar_log, require_tensorboard
 
 __all__ = [
@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.safetensors"
+#: written last by :func:`fit`: its presence means the training run is finished (:func:`is_complete`)
+METRICS = "metrics.json"
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
                   "test_accuracy", "firing_rate", "seconds"]
 
@@ -578,5 +580,13 @@ def fit(
         sums = distributed.all_gather_objects(distributed.checksum(model))
         metrics["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend,
                                   "state_checksums": sums, "replicas_identical": len(set(sums)) == 1}
-    write_json(out / "metrics.json", metrics)
+    write_json(out / METRICS, metrics)  # written last: its presence means the run is finished
     return RunResult(out, metrics, history, model)
+
+
+def is_complete(out: str | Path) -> bool:
+    """Whether the training run in ``out`` is finished (its ``metrics.json``, which :func:`fit` writes last,
+    exists): the one definition of a finished training run (a sweep's ``train`` job, a lottery round, the
+    dense run a variant adopts). :func:`fit` itself never skips: resumed at its last epoch it rewrites
+    ``metrics.json`` from the checkpoint."""
+    return phase_done(out, METRICS)

@@ -15,13 +15,22 @@ from typing import Any
 from torch import nn
 
 from spikeprune.core.io import file_slug, read_json, write_json, write_text
-from spikeprune.core.rundir import RunResult
+from spikeprune.core.rundir import RunResult, phase_done
 from spikeprune.theory.config import FlipsConfig
 from spikeprune.theory.flips import MODES, FlipRow, flip_analysis, flip_rows_csv, flip_summary
 from spikeprune.theory.perturb import Perturbation, apply_perturbation, parse_perturbation
 from spikeprune.tickets.criteria import FIRING_AWARE
 
 __all__ = ["analyze_flips", "flip_study"]
+
+#: the study's result file (summary and rows): :func:`is_complete` tests it
+RESULT = "flips.json"
+
+
+def is_complete(out: str | Path) -> bool:
+    """Whether the flip study in ``out`` is done (its ``flips.json`` exists): the ``reproduce theory``
+    runner then skips that perturbation."""
+    return phase_done(out, RESULT)
 
 
 def flip_study(
@@ -60,9 +69,9 @@ def flip_study(
         plot_flips(got, out / f"flips-{file_slug(p.label)}.png",
                    f"{title}: {p.label}" if title else p.label, modes=MODES)
     write_text(out / "flips.csv", flip_rows_csv(rows))
-    write_json(out / "flips.json", {**(record or {}), "modes": modes, "p_sup_estimator": p_sup_method,
-                                    "seed": seed, "perturbations": [p.label for p in perturbations],
-                                    "summary": flip_summary(rows), "rows": [r.as_dict() for r in rows]})
+    write_json(out / RESULT, {**(record or {}), "modes": modes, "p_sup_estimator": p_sup_method,
+                              "seed": seed, "perturbations": [p.label for p in perturbations],
+                              "summary": flip_summary(rows), "rows": [r.as_dict() for r in rows]})
     plot_flip_summary(flip_summary(rows), out / "flips.png", modes=MODES)
     return rows
 
@@ -103,5 +112,5 @@ def analyze_flips(cfg: FlipsConfig, out: str | Path) -> RunResult:
                calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration)],
                record={"checkpoint": str(cfg.checkpoint), "dataset": dataset.name, "samples": test.num_samples},
                title=f"{ck.parent.name}/{ck.name}")
-    metrics = read_json(out / "flips.json")  # the file itself: the result and the file cannot disagree
+    metrics = read_json(out / RESULT)  # the file itself: the result and the file cannot disagree
     return RunResult(out, metrics, metrics.pop("rows"), model)

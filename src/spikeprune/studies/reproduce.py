@@ -46,7 +46,7 @@ from spikeprune.engine.config import TrainConfig
 from spikeprune.core.io import check_writable_dir, read_json, write_json, write_text
 from spikeprune.report.reproduction import REF_KEYS, SECTIONS, page, slug
 from spikeprune.studies.protocols import CLAIMS, Protocol, protocol
-from spikeprune.core.rundir import RunResult, log
+from spikeprune.core.rundir import RunResult, log, phase_done
 
 __all__ = ["reproduce", "write_report"]
 
@@ -262,7 +262,7 @@ def _theory_steps(p: Protocol, root: Path) -> list[Step]:
 
 
 def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, data_dir: str | None, log: Log) -> None:
-    from spikeprune.studies.flips import analyze_flips
+    from spikeprune.studies.flips import analyze_flips, is_complete
     from spikeprune.theory.perturb import parse_perturbation
     from spikeprune.report.plots import plot_slth
     from spikeprune.engine.train import fit
@@ -271,13 +271,13 @@ def _theory_run(p: Protocol, root: Path, out: Path, jobs: int, threads: int, dat
     flips = [s for s in rest if s.command == "spikeprune analyze flips"]
     fit(train.cfg, train.out, resume=True, progress=False, log=log)
     for step in flips:  # each step is `spikeprune analyze flips` on the dense checkpoint, run as the command runs
-        if (step.out / "flips.json").exists():
+        if is_complete(step.out):
             continue
         if log:
             log(f"reproduce theory: flips under {parse_perturbation(step.cfg.perturb[0]).label}")
         analyze_flips(step.cfg, step.out)
     for step in rest:
-        if step.command != "spikeprune theory slth" or (step.out.parent / f"{step.out.name}.json").exists():
+        if step.command != "spikeprune theory slth" or phase_done(step.out.parent, f"{step.out.name}.json"):
             continue
         if log:
             log(f"reproduce theory: SLTH construction {step.out.name}")

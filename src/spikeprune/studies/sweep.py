@@ -22,10 +22,11 @@ job gets SIGTERM from the kernel (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere a
 notices the parent is gone). A terminated job stops like a killed run and resumes next time. Each
 job holds its own run directory (:mod:`spikeprune.core.rundir`), the sweep holds ``out``.
 
-Resumable: a finished job is skipped (its result file exists), an interrupted one resumes from its
-last checkpoint (every job runs with ``resume=True``). A failed job does not stop the others; the
-sweep then writes the summary of what finished and raises ``ValueError`` naming the failed jobs and
-their logs. With ``jobs=1`` the runs execute one after another in this process (no start-up cost).
+Resumable: a finished job is skipped (its result file exists: :meth:`Job.done` asks the job's runner,
+whose ``is_complete`` names that file), an interrupted one resumes from its last checkpoint (every job
+runs with ``resume=True``). A failed job does not stop the others; the sweep then writes the summary of
+what finished and raises ``ValueError`` naming the failed jobs and their logs. With ``jobs=1`` the runs
+execute one after another in this process (no start-up cost).
 """
 
 from __future__ import annotations
@@ -63,16 +64,24 @@ class Job:
     out: str
 
     def done(self) -> bool:
-        """True when the run's final result file exists (it is then skipped)."""
-        out = Path(self.out)
+        """True when the run is finished (it is then skipped), as its runner defines finished: the
+        ``is_complete`` of :mod:`~spikeprune.engine.train` (train), :mod:`~spikeprune.tickets.lottery`
+        (lottery; ``dense_complete`` for lottery-dense) and :mod:`~spikeprune.tickets.edgepopup`."""
         if self.kind == "train":
-            return (out / "metrics.json").is_file()
+            from spikeprune.engine.train import is_complete
+
+            return is_complete(self.out)
         if self.kind == "lottery-dense":
-            return (out / "dense" / "metrics.json").is_file() and (out / "dense" / "rewind.safetensors").is_file()
+            from spikeprune.tickets.lottery import dense_complete
+
+            return dense_complete(self.out)
         if self.kind == "lottery":
-            k = int(self.config["rounds"])
-            return (out / f"round_{k:02d}" / "metrics.json").is_file() and (out / "results.json").is_file()
-        return (out / "result.json").is_file()
+            from spikeprune.tickets.lottery import is_complete
+
+            return is_complete(self.out, int(self.config["rounds"]))
+        from spikeprune.tickets.edgepopup import is_complete
+
+        return is_complete(self.out)
 
 
 def _config(kind: str, values: dict[str, Any]) -> Any:
@@ -310,7 +319,9 @@ def train_jobs(cfg: TrainConfig, seeds: Iterable[int], out: str | Path, prefix: 
 
 def _link_dense(shared: Path, run: Path) -> None:
     """Give the variant run ``run`` the seed's dense phase (hard links; copies where links fail)."""
-    if not (run / "dense" / "metrics.json").exists():
+    from spikeprune.engine.train import is_complete
+
+    if not is_complete(run / "dense"):
         link_run(shared, run / "dense")
 
 
@@ -417,6 +428,7 @@ def edgepopup_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = 
     ``reference``: dense trained runs (their folders or metrics.json), the dashed line of the plots.
     Returns a :class:`RunResult`: ``metrics`` = ``out/results.json``'s summary, ``rows`` = its points."""
     from spikeprune.tickets.edgepopup import (
+        RESULT_FILE,
         EdgePopupConfig,
         check_density,
         read_reference,
@@ -439,9 +451,8 @@ def edgepopup_sweep(cfg: Any, out: str | Path, *, seeds: Iterable[int] | None = 
     status = run_jobs(grid, out, max_jobs=jobs, threads=threads, log=log)
     rows: dict[int, list[dict[str, Any]]] = {}
     for job in grid:
-        f = Path(job.out) / "result.json"
-        if f.is_file():
-            rows.setdefault(int(job.config["seed"]), []).append(read_json(f))
+        if job.done():
+            rows.setdefault(int(job.config["seed"]), []).append(read_json(Path(job.out) / RESULT_FILE))
     complete = all(not s.startswith("failed") for s in status.values())
     if per_seed_dirs:
         for s, r in rows.items():

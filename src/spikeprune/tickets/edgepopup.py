@@ -26,7 +26,7 @@ from typing import Any
 from spikeprune.core.config import hparam, hyperparameters, to_dict
 from spikeprune.core.diagnostics import UserError
 from spikeprune.core.io import check_writable_dir, collective, read_json, write_csv, write_json
-from spikeprune.core.rundir import RunResult, check_resumable, log, refuse_unless_resume
+from spikeprune.core.rundir import RunResult, check_resumable, log, phase_done, refuse_unless_resume
 from spikeprune.core.tensorboard_log import require_tensorboard
 from spikeprune.engine.config import TrainConfig
 from spikeprune.engine.data import ImageDataset, load_dataset
@@ -44,6 +44,12 @@ __all__ = [*subnet.__all__, "EdgePopupConfig", "demo", "read_reference", "run_di
 SUBNET_CHECKPOINT = "subnet.safetensors"
 MASK_FILE = "mask.safetensors"
 RESULT_FILE = "result.json"
+
+
+def is_complete(out: str | Path) -> bool:
+    """Whether the search of one density in ``out`` is finished: its ``result.json`` exists (:func:`search`
+    writes it last). A sweep skips that density (:func:`sweep`; a sweep's ``edgepopup`` job)."""
+    return phase_done(out, RESULT_FILE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +303,7 @@ def sweep(
     for i, (d, name) in enumerate(zip(densities, names)):
         cfg_d = replace(cfg, density=d, densities=())
         run = out / name
-        if (run / RESULT_FILE).is_file():
+        if is_complete(run):
             row = read_json(run / RESULT_FILE)
             check_resumable(run, row.get("hyperparameters") or {}, hyperparameters(cfg_d), done="searched")
             if log:

@@ -24,7 +24,9 @@ function of (rewind state, mask, seed): required for bit-identical resumption an
 dense run between variants. Each round gets a fresh optimizer (zero momentum) and a fresh cosine
 schedule over its ``epochs - R`` epochs, as in Kim et al.'s ``train_snn_laterewindlth.py``.
 
-Files (open_lth style: a phase whose outputs exist is skipped, so a killed run resumes where it stopped)::
+Files (open_lth style: a phase whose outputs exist is skipped, so a killed run resumes where it stopped;
+:func:`dense_complete`, :func:`mask_written`, :func:`round_complete` and :func:`is_complete` name those outputs,
+tested by :func:`spikeprune.core.rundir.phase_done`)::
 
     out/lottery.json                the run's hyperparameters (checked on --resume)
     out/dense/                      fit() run: checkpoint.safetensors, history.csv, metrics.json,
@@ -57,8 +59,9 @@ from spikeprune.core.io import check_writable_dir, collective, load_checkpoint, 
 from spikeprune.tickets.masks import Mask, enforce, mask_forward, prunable_weights
 from spikeprune.tickets.pruning import prune_step
 from spikeprune.tickets.strategies import NORMALIZATIONS, STRATEGIES
-from spikeprune.engine.train import CHECKPOINT, build_model, fit, load_model_state, model_tensors
-from spikeprune.core.rundir import RunResult, first_difference, link_run, log, refuse_unless_resume
+from spikeprune.engine.train import CHECKPOINT, METRICS, build_model, fit, load_model_state, model_tensors
+from spikeprune.engine.train import is_complete as training_complete
+from spikeprune.core.rundir import RunResult, first_difference, link_run, log, phase_done, refuse_unless_resume
 from spikeprune.core.tensorboard_log import open_scalar_log, require_tensorboard
 
 __all__ = ["LotteryConfig", "VARIANTS", "collect_rows", "load_ticket", "rewind_saver", "rewound_ticket", "run_lottery", "train_dense", "adopt_dense"]
@@ -66,6 +69,8 @@ __all__ = ["LotteryConfig", "VARIANTS", "collect_rows", "load_ticket", "rewind_s
 VARIANTS = ("imp", "sf-imp-1", "sf-imp-2")
 REWIND = "rewind.safetensors"
 MASK = "mask.safetensors"
+#: rebuilt after every round; with the last round's metrics.json it means the whole run is finished
+RESULTS = "results.json"
 ROUND_FIELDS = ["round", "sparsity", "density", "val_accuracy", "test_accuracy", "best_val_epoch",
                 "best_val_accuracy", "test_accuracy_at_best_val", "firing_rate", "seconds", "prune_seconds", "epochs"]
 #: the rounds.csv numbers a lottery logs per round with ``tensorboard=True`` (not wall-clock, not counters)
@@ -133,6 +138,37 @@ def round_dir(out: Path, k: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# Completion: the files that mean "this phase is finished" (core.rundir.phase_done), named once here
+# for the phases below and for a sweep's lottery jobs (studies.sweep.Job.done).
+# ---------------------------------------------------------------------------------------------
+
+
+def dense_complete(out: str | Path) -> bool:
+    """Round 0 of the lottery run ``out`` is finished: ``dense/`` is a finished training run
+    (``metrics.json``) and holds the rewind state (``rewind.safetensors``). Then :func:`train_dense` and
+    :func:`run_lottery` skip it (possibly shared with other variants, or adopted from a training run)."""
+    where = round_dir(Path(out), 0)
+    return training_complete(where) and phase_done(where, REWIND)
+
+
+def round_complete(out: str | Path, k: int) -> bool:
+    """Round ``k`` of the lottery run ``out`` has trained: its folder is a finished training run
+    (``round_KK/metrics.json``; round 0: ``dense/metrics.json``)."""
+    return training_complete(round_dir(Path(out), k))
+
+
+def mask_written(out: str | Path, k: int) -> bool:
+    """Round ``k``'s mask is written (``round_KK/mask.safetensors``, atomically, before the round trains)."""
+    return phase_done(round_dir(Path(out), k), MASK)
+
+
+def is_complete(out: str | Path, rounds: int) -> bool:
+    """The lottery run ``out`` of ``rounds`` rounds is finished: its last round has trained and
+    ``results.json`` exists."""
+    return round_complete(out, rounds) and phase_done(out, RESULTS)
+
+
+# ---------------------------------------------------------------------------------------------
 # Identity checks.
 # ---------------------------------------------------------------------------------------------
 
@@ -166,8 +202,8 @@ def _dense(cfg: LotteryConfig, out: Path, dataset: ImageDataset, progress: bool,
     """Round 0: train the dense network, saving the state after ``rewind_epoch`` epochs."""
     where, tcfg, R = round_dir(out, 0), train_config(cfg), cfg.rewind_epoch
     rewind = where / REWIND
-    if (where / "metrics.json").exists() and rewind.exists():
-        _check_dense_matches(where, read_json(where / "metrics.json").get("config", {}), tcfg)
+    if dense_complete(out):
+        _check_dense_matches(where, read_json(where / METRICS).get("config", {}), tcfg)
         return  # phase done (possibly shared with other variants)
     ckpt = where / CHECKPOINT
     model = build_model(tcfg, dataset)
@@ -298,9 +334,9 @@ def _train_round(cfg: LotteryConfig, out: Path, k: int, dataset: ImageDataset, p
 
 def _row(out: Path, k: int) -> dict[str, Any] | None:
     where = round_dir(out, k)
-    if not (where / "metrics.json").exists():
+    if not round_complete(out, k):
         return None
-    m = read_json(where / "metrics.json")
+    m = read_json(where / METRICS)
     if k == 0:
         density, layers, prune_seconds = 1.0, None, 0.0
     else:
@@ -329,7 +365,7 @@ def _write_results(out: Path, cfg: LotteryConfig, rows: list[dict[str, Any]]) ->
 
     write_csv(out / "rounds.csv", rows, ROUND_FIELDS)
     label = f"{cfg.variant} ({cfg.pruning_criterion})"
-    write_json(out / "results.json", {"label": label, "variant": cfg.variant, "criterion": cfg.pruning_criterion,
+    write_json(out / RESULTS, {"label": label, "variant": cfg.variant, "criterion": cfg.pruning_criterion,
                                       "run_id": run_id(cfg), "config": to_dict(cfg), "rounds": rows})
     dense = read_json(round_dir(out, 0) / "metrics.json") if (round_dir(out, 0) / "metrics.json").exists() else {}
     plot_accuracy_vs_sparsity({label: rows}, out / "accuracy_vs_sparsity.png", reference=rows[0]["test_accuracy"],
@@ -423,10 +459,9 @@ def run_lottery(cfg: LotteryConfig, out: str | Path, *, resume: bool = False, da
         _dense(cfg, out, dataset, progress, log, tensorboard)
         log_rounds()
         for k in range(1, cfg.rounds + 1):
-            where = round_dir(out, k)
-            if (where / "metrics.json").exists():
+            if round_complete(out, k):
                 continue
-            if not (where / MASK).exists():
+            if not mask_written(out, k):
                 _prune(cfg, out, k, dataset, log)
             _train_round(cfg, out, k, dataset, progress, log, tensorboard)
             _write_results(out, cfg, collect_rows(out))
