@@ -25,8 +25,8 @@ from spikeprune.tickets.edgepopup import (
     load_search_model,
     scored_layers,
     search,
+    search_densities,
     subnet_mask,
-    sweep,
     to_edgepopup,
 )
 from spikeprune.tickets.masks import Mask, prunable_weights
@@ -428,7 +428,7 @@ def test_preset_runs_end_to_end_at_tiny_size(preset, tmp_path):
                                          "train_limit": 32, "test_limit": 16, "densities": (0.1, 0.9)})
     classes = 100 if cfg.dataset == "cifar100" else 10
     data = load_dataset("synthetic", num_classes=classes, in_channels=3, image_size=32, train_size=32, test_size=16)
-    summary = sweep(cfg, tmp_path, dataset=data, progress=False, log=None).metrics
+    summary = search_densities(cfg, tmp_path, dataset=data, progress=False, log=None).metrics
     assert summary["complete"] and len(summary["rows"]) == 2
     for row in summary["rows"]:
         assert row["exported_test_accuracy"] == row["test_accuracy"] and row["timesteps"] == 5
