@@ -287,8 +287,22 @@ def test_config_rules():
             EdgePopupConfig(**bad)
 
 
+def test_the_run_over_densities_is_search_densities_not_a_sweep():
+    """Issue 17: "sweep" names the job sweeps of spikeprune.studies.sweep; edge-popup's loop over densities of
+    one configuration is ``search_densities`` (no alias left under the old name)."""
+    import spikeprune
+    from spikeprune.studies import sweep as job_sweeps
+    from spikeprune.tickets import edgepopup
+
+    assert "search_densities" in edgepopup.__all__ and edgepopup.search_densities is search_densities
+    assert "sweep" not in edgepopup.__all__ and not hasattr(edgepopup, "sweep")
+    assert spikeprune.edgepopup_sweep is job_sweeps.edgepopup_sweep
+    with pytest.raises(ValueError, match=r"use search_densities\(\) for densities"):
+        search(EdgePopupConfig(densities=(0.1, 0.5)), "unused")
+
+
 # ---------------------------------------------------------------------------------------------
-# CLI: sweep files, resume, evaluate the export, one-line errors.
+# CLI: files of several densities, resume, evaluate the export, one-line errors.
 # ---------------------------------------------------------------------------------------------
 
 SMOKE = ["--model", "convnet", "--dataset", "digits", "--width", "0.25", "--timesteps", "2", "--epochs", "1",
@@ -311,7 +325,7 @@ def test_cli_sweep_resume_and_evaluate_export(capsys, tmp_path, monkeypatch):
     calls = []
     real_search = edgepopup.search
 
-    def killed_after_first(cfg, *a, **kw):  # the sweep "dies" while starting its second density
+    def killed_after_first(cfg, *a, **kw):  # the run "dies" while starting its second density
         calls.append(cfg.density)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -323,7 +337,7 @@ def test_cli_sweep_resume_and_evaluate_export(capsys, tmp_path, monkeypatch):
     partial = json.loads((out / "results.json").read_text())
     assert not partial["complete"] and [r["density"] for r in partial["rows"]] == [0.3]
     first = (out / "density-0.3" / "result.json").stat().st_mtime_ns
-    # without --resume an existing sweep is refused; with it the finished density is not redone
+    # without --resume an existing run is refused; with it the finished density is not redone
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
     monkeypatch.setattr(edgepopup, "search", real_search)
