@@ -93,7 +93,7 @@ class _Renamed(argparse.Action):
         flag = "--" + f.name.replace("_", "-")
         choices = f.metadata.get("choices")
         what = f.metadata.get("help", "") + (f": {'|'.join(map(str, choices))}" if choices else "")
-        parser.error(f"{option_string} is now {flag} ({what}); pass {flag}" + (f" {values}" if values else ""))
+        parser.error(f"{option_string} is now {flag} ({what}); pass {flag} {values or 'NAME'}")
 
 
 def _metavar(f: dataclasses.Field, tp: Any) -> str:
