@@ -33,8 +33,9 @@ PYTHON_EQUIVALENTS: list[tuple[str, tuple[str, ...], str]] = [
     ("lottery", ("spikeprune.run_lottery",), "`run_lottery(LotteryConfig(...), out)` -> RunResult (results.json, "
      "rounds.csv rows)"),
     ("lottery --seeds/--variants/--jobs", ("spikeprune.lottery_sweep",), "-> RunResult (summary.json)"),
-    ("edgepopup", ("spikeprune.tickets.edgepopup.sweep", "spikeprune.tickets.edgepopup.search"),
-     "`sweep(EdgePopupConfig(...), out)` -> RunResult (results.json; one density: `search`, result.json)"),
+    ("edgepopup", ("spikeprune.tickets.edgepopup.search_densities", "spikeprune.tickets.edgepopup.search"),
+     "`search_densities(EdgePopupConfig(...), out)` -> RunResult (results.json; one density: `search`, "
+     "result.json)"),
     ("edgepopup --seeds/--jobs", ("spikeprune.edgepopup_sweep",), "-> RunResult (results.json)"),
     ("compress", ("spikeprune.compress",), "`compress(CompressConfig(checkpoint=..., <the checkpoint's model "
      "settings>), out)` -> RunResult (metrics.json); `compression.compress.recorded_training(checkpoint)` gives "

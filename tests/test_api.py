@@ -19,7 +19,7 @@ def test_every_run_declares_run_result():
     from spikeprune.tickets import edgepopup
 
     runs = [getattr(sp, n) for n in RUNS] + [sp.load_ticket.__globals__["train_dense"], edgepopup.search,
-                                            edgepopup.sweep]
+                                            edgepopup.search_densities]
     for fn in runs:
         ret = inspect.signature(fn).return_annotation
         assert ret in ("RunResult", RunResult), f"{fn.__qualname__} returns {ret}, not RunResult"

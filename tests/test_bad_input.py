@@ -236,7 +236,9 @@ ROWS: list[tuple[str, list[str]]] = [
     ("cmp-ck-deep", ["compress", "--checkpoint", "{deep}", "--out", "{new}"]),
     ("cmp-percentile-zero", ["compress", "--percentile", "0", "--out", "{new}"]),
     ("cmp-finetune-lr-nan", ["compress", "--finetune-lr", "nan", "--out", "{new}"]),
-    ("cmp-criterion-unknown", ["compress", "--criterion", "nope", "--out", "{new}"]),
+    ("cmp-criterion-unknown", ["compress", "--channel-criterion", "nope", "--out", "{new}"]),
+    # issue 17: the former flag is refused naming the new one
+    ("cmp-criterion-renamed", ["compress", "--criterion", "svs", "--out", "{new}"]),
     # --- cost ---
     ("cost-ck-corrupt", ["cost", "--checkpoint", "{corrupt}", "--out", "{new}"]),
     ("cost-ck-deep", ["cost", "--checkpoint", "{deep}", "--out", "{new}"]),

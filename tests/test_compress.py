@@ -52,7 +52,7 @@ def dense_checkpoint(tmp_path_factory):
 def test_compress_smoke_resume_and_cost(capsys, tmp_path, dense_checkpoint, order):
     out = tmp_path / "c"
     argv = ["compress", *TINY, "--checkpoint", dense_checkpoint, "--bits", "3", "--channel-sparsity", "0.5",
-            "--criterion", "svs", "--qat-epochs", "1", "--finetune-epochs", "1", "--order", order, "--out", out]
+            "--channel-criterion", "svs", "--qat-epochs", "1", "--finetune-epochs", "1", "--order", order, "--out", out]
     code, stdout, err = run_cli(capsys, *argv)
     assert code == 0, err
     m = json.loads((out / "metrics.json").read_text())
@@ -127,7 +127,7 @@ def test_compress_with_membrane_quantization(capsys, tmp_path, dense_checkpoint)
     (["--membrane-bits", "1"], "membrane_bits"),
     (["--channel-sparsity", "1.0"], "channel_sparsity"),
     (["--channel-sparsity", "-0.1"], "channel_sparsity"),
-    (["--criterion", "nope"], "criterion"),
+    (["--channel-criterion", "nope"], "channel_criterion"),
     # width 0.0625: the first conv has 2 channels; removing 90 % of them would remove both
     (["--width", "0.0625", "--channel-sparsity", "0.9"], "every channel of layer features.0"),
 ])
@@ -197,7 +197,7 @@ def test_compress_preset_loads():
     from spikeprune.core.config import from_mapping, load_yaml
 
     cfg = from_mapping(CompressConfig, load_yaml(Path(__file__).parent.parent / "configs" / "qpsnn_fashion_mnist.yaml"))
-    assert (cfg.bits, cfg.channel_sparsity, cfg.criterion) == (4, 0.5, "svs")
+    assert (cfg.bits, cfg.channel_sparsity, cfg.channel_criterion) == (4, 0.5, "svs")
 
 
 def test_compress_reads_the_network_from_its_checkpoint(capsys, tmp_path, dense_checkpoint):
@@ -214,3 +214,76 @@ def test_compress_reads_the_network_from_its_checkpoint(capsys, tmp_path, dense_
     # an explicit flag that contradicts the checkpoint is still refused, naming both
     assert_user_error(capsys, ["compress", "--checkpoint", dense_checkpoint, "--timesteps", "4", "--out",
                                tmp_path / "d"], "has width 0.25 and T 2", out_dir=tmp_path / "d")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 17: the field was `criterion` (a word lottery uses for the weight criterion); old files still load.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_former_criterion_key_loads_from_yaml_and_mappings(tmp_path):
+    import argparse
+
+    from spikeprune.cli.args import add_config_arguments, config_from_args
+    from spikeprune.compression.compress import CompressConfig
+    from spikeprune.core.config import from_mapping, to_argv
+    from spikeprune.core.diagnostics import UserError
+
+    assert from_mapping(CompressConfig, {"criterion": "l1"}).channel_criterion == "l1"
+    with pytest.raises(UserError, match="both channel_criterion and criterion"):
+        from_mapping(CompressConfig, {"criterion": "l1", "channel_criterion": "bn"})
+    old = tmp_path / "old.yaml"
+    old.write_text("bits: 3\ncriterion: l1\n")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_arguments(parser, CompressConfig)
+    cfg = config_from_args(CompressConfig, parser.parse_args(["--config", str(old)]))
+    assert (cfg.bits, cfg.channel_criterion) == (3, "l1")
+    # a flag still overrides the YAML, whichever name the YAML uses
+    cfg = config_from_args(CompressConfig, parser.parse_args(["--config", str(old), "--channel-criterion", "bn"]))
+    assert cfg.channel_criterion == "bn"
+    # a command rendered against an old YAML does not repeat what the YAML already says
+    assert to_argv(CompressConfig(bits=3, channel_criterion="l1"), base={"bits": 3, "criterion": "l1"}) == []
+
+
+def _legacy_run(out: Path, criterion: str) -> "object":
+    """A finished compression run folder as an earlier version wrote it: its manifest says `criterion`."""
+    from spikeprune.compression.compress import CompressConfig
+    from spikeprune.core.config import to_dict
+
+    cfg = CompressConfig(dataset="digits", width=0.25, timesteps=2, qat_epochs=1)
+    saved = {("criterion" if k == "channel_criterion" else k): v for k, v in to_dict(cfg).items()}
+    saved["criterion"] = criterion
+    out.mkdir()
+    (out / "compress.json").write_text(json.dumps(saved))
+    (out / "metrics.json").write_text(json.dumps({"test_accuracy": 0.5, "config": saved}))
+    return cfg
+
+
+def test_a_run_folder_whose_manifest_says_criterion_resumes(tmp_path):
+    from spikeprune.compression.compress import compress
+    from spikeprune.core.diagnostics import UserError
+
+    cfg = _legacy_run(tmp_path / "run", "svs")
+    result = compress(cfg, tmp_path / "run", resume=True, log=None)
+    assert result.metrics["test_accuracy"] == 0.5
+    with pytest.raises(UserError, match="already holds a compression run"):
+        compress(cfg, tmp_path / "run", log=None)
+    # the former name is compared as the new one: another channel criterion is refused, naming it
+    cfg = _legacy_run(tmp_path / "other", "l1")
+    with pytest.raises(UserError, match="channel_criterion='l1', now channel_criterion='svs'"):
+        compress(cfg, tmp_path / "other", resume=True, log=None)
+
+
+def test_the_former_criterion_flag_is_refused_naming_the_new_one(capsys, tmp_path):
+    out = tmp_path / "c"
+    with pytest.raises(SystemExit) as exit_:  # a usage error: argparse's exit, as for an unknown flag
+        main(["compress", *TINY, "--criterion", "l1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "--criterion is now --channel-criterion" in err and "pass --channel-criterion l1" in err, err
+    assert not out.exists()
+    # the flag of lottery's own weight criterion is untouched
+    from spikeprune.cli import build_parser
+
+    assert build_parser().parse_args(["lottery", "--criterion", "sf", "--out", str(out)]).criterion == "sf"

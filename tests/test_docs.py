@@ -56,7 +56,7 @@ SHRINK = {
     "spikeprune lottery --config configs/kim_resnet19_cifar10.yaml --variant sf-imp-2 --out runs/kim":
         [("--out", f"{_CIFAR_TINY} --timesteps 2 --epochs 2 --rewind-epoch 1 --rounds 1 --out")],
     "spikeprune compress --checkpoint runs/fmnist/checkpoint.safetensors --bits 4 --channel-sparsity 0.5 "
-    "--criterion svs --finetune-epochs 3 --out runs/qp": [("--finetune-epochs 3", "--qat-epochs 1 --finetune-epochs 1")],
+    "--channel-criterion svs --finetune-epochs 3 --out runs/qp": [("--finetune-epochs 3", "--qat-epochs 1 --finetune-epochs 1")],
     "spikeprune analyze flips --checkpoint runs/fmnist/checkpoint.safetensors --perturb prune:0.8:sf --perturb "
     "quantize:4 --perturb weight-noise:0.05 --out runs/flips": [("--out", "--samples 64 --out")],
     "spikeprune theory slth --N 8 --L 2 --T 4 --eps 0.1 --out runs/slth":

@@ -25,8 +25,8 @@ from spikeprune.tickets.edgepopup import (
     load_search_model,
     scored_layers,
     search,
+    search_densities,
     subnet_mask,
-    sweep,
     to_edgepopup,
 )
 from spikeprune.tickets.masks import Mask, prunable_weights
@@ -287,8 +287,22 @@ def test_config_rules():
             EdgePopupConfig(**bad)
 
 
+def test_the_run_over_densities_is_search_densities_not_a_sweep():
+    """Issue 17: "sweep" names the job sweeps of spikeprune.studies.sweep; edge-popup's loop over densities of
+    one configuration is ``search_densities`` (no alias left under the old name)."""
+    import spikeprune
+    from spikeprune.studies import sweep as job_sweeps
+    from spikeprune.tickets import edgepopup
+
+    assert "search_densities" in edgepopup.__all__ and edgepopup.search_densities is search_densities
+    assert "sweep" not in edgepopup.__all__ and not hasattr(edgepopup, "sweep")
+    assert spikeprune.edgepopup_sweep is job_sweeps.edgepopup_sweep
+    with pytest.raises(ValueError, match=r"use search_densities\(\) for densities"):
+        search(EdgePopupConfig(densities=(0.1, 0.5)), "unused")
+
+
 # ---------------------------------------------------------------------------------------------
-# CLI: sweep files, resume, evaluate the export, one-line errors.
+# CLI: files of several densities, resume, evaluate the export, one-line errors.
 # ---------------------------------------------------------------------------------------------
 
 SMOKE = ["--model", "convnet", "--dataset", "digits", "--width", "0.25", "--timesteps", "2", "--epochs", "1",
@@ -311,7 +325,7 @@ def test_cli_sweep_resume_and_evaluate_export(capsys, tmp_path, monkeypatch):
     calls = []
     real_search = edgepopup.search
 
-    def killed_after_first(cfg, *a, **kw):  # the sweep "dies" while starting its second density
+    def killed_after_first(cfg, *a, **kw):  # the run "dies" while starting its second density
         calls.append(cfg.density)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -323,7 +337,7 @@ def test_cli_sweep_resume_and_evaluate_export(capsys, tmp_path, monkeypatch):
     partial = json.loads((out / "results.json").read_text())
     assert not partial["complete"] and [r["density"] for r in partial["rows"]] == [0.3]
     first = (out / "density-0.3" / "result.json").stat().st_mtime_ns
-    # without --resume an existing sweep is refused; with it the finished density is not redone
+    # without --resume an existing run is refused; with it the finished density is not redone
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
     monkeypatch.setattr(edgepopup, "search", real_search)
@@ -428,7 +442,7 @@ def test_preset_runs_end_to_end_at_tiny_size(preset, tmp_path):
                                          "train_limit": 32, "test_limit": 16, "densities": (0.1, 0.9)})
     classes = 100 if cfg.dataset == "cifar100" else 10
     data = load_dataset("synthetic", num_classes=classes, in_channels=3, image_size=32, train_size=32, test_size=16)
-    summary = sweep(cfg, tmp_path, dataset=data, progress=False, log=None).metrics
+    summary = search_densities(cfg, tmp_path, dataset=data, progress=False, log=None).metrics
     assert summary["complete"] and len(summary["rows"]) == 2
     for row in summary["rows"]:
         assert row["exported_test_accuracy"] == row["test_accuracy"] and row["timesteps"] == 5

@@ -204,14 +204,15 @@ def _same_json_across(a: Path, b: Path, root_a: Path, root_b: Path) -> None:
     assert _untimed(json.loads(text_a)) == _untimed(json.loads(b.read_text())), a.name
 
 
-def test_edgepopup_is_sweep(tmp_path, capsys):
-    """``spikeprune edgepopup`` == ``tickets.edgepopup.sweep`` (a RunResult: metrics = results.json's summary)."""
-    from spikeprune.tickets.edgepopup import sweep
+def test_edgepopup_is_search_densities(tmp_path, capsys):
+    """``spikeprune edgepopup`` == ``tickets.edgepopup.search_densities`` (a RunResult: metrics = results.json's
+    summary)."""
+    from spikeprune.tickets.edgepopup import search_densities
 
     ep = dict(TINY, epochs=1, density=0.5)
     assert main(["edgepopup", *_flags(**ep), "--no-progress", "--out", str(tmp_path / "cli")]) == 0
     capsys.readouterr()
-    result = sweep(sp.EdgePopupConfig(**ep), tmp_path / "py", progress=False, log=None)
+    result = search_densities(sp.EdgePopupConfig(**ep), tmp_path / "py", progress=False, log=None)
     cli, py = tmp_path / "cli", tmp_path / "py"
     _same_json_across(cli / "results.json", py / "results.json", cli, py)
     _same_json_across(cli / "density-0.5" / "result.json", py / "density-0.5" / "result.json", cli, py)

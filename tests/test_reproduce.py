@@ -181,7 +181,7 @@ def test_qpsnn_report_knows_when_the_flat_study_results_are_complete(tmp_path):
     for i, v in enumerate(cells):
         (tmp_path / f"cell{i}.json").write_text(json.dumps({
             "id": f"cell{i}", "bits": v["bits"], "scale": v["scale"], "sparsity": v["channel_sparsity"],
-            "criterion": v["criterion"], "order": v["order"], "ft_epochs": v["finetune_epochs"],
+            "criterion": v["channel_criterion"], "order": v["order"], "ft_epochs": v["finetune_epochs"],
             "membrane_bits": None, "test_accuracy": 0.9}))
     assert _qpsnn_collect(p, tmp_path)["complete"]
     (tmp_path / "cell0.json").unlink()

@@ -13,7 +13,7 @@ import sys
 import typing
 from typing import Any, NoReturn
 
-from spikeprune.core.config import from_mapping, load_yaml, preset_path
+from spikeprune.core.config import current_names, from_mapping, load_yaml, preset_path
 from spikeprune.core.diagnostics import UserError
 
 
@@ -72,6 +72,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: se
         else:
             group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
                                metavar=f.metadata.get("metavar") or _metavar(f, hints[f.name]), help=_describe(f, defaults))
+        for former in f.metadata.get("formerly", ()):
+            flag = "--" + former.replace("_", "-")
+            if flag not in parser._option_string_actions:  # never shadow another field's flag
+                group.add_argument(flag, dest=f"former {former}", nargs="?", default=argparse.SUPPRESS,
+                                   action=_Renamed, renamed_to=f, help=argparse.SUPPRESS)
+
+
+class _Renamed(argparse.Action):
+    """The flag of a field's former name (metadata ``formerly``): refused in one line naming the new flag.
+    (YAML files and saved configs that use the former name still load: :func:`~spikeprune.core.config.current_names`.)"""
+
+    def __init__(self, *args: Any, renamed_to: dataclasses.Field, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.renamed_to = renamed_to
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        f = self.renamed_to
+        flag = "--" + f.name.replace("_", "-")
+        choices = f.metadata.get("choices")
+        what = f.metadata.get("help", "") + (f": {'|'.join(map(str, choices))}" if choices else "")
+        parser.error(f"{option_string} is now {flag} ({what}); pass {flag} {values or 'NAME'}")
 
 
 def _metavar(f: dataclasses.Field, tp: Any) -> str:
@@ -142,7 +164,7 @@ def _preset(cls: type, name: str | None) -> dict[str, Any]:
     if name is None:
         return {}
     path = preset_path(name)
-    values = {str(k).replace("-", "_"): v for k, v in load_yaml(path).items()}
+    values = current_names(cls, load_yaml(path), source=str(path))
     from_mapping(cls, values, source=str(path))  # a broken shipped preset fails at the first --help
     return values
 
@@ -158,10 +180,11 @@ def config_from_args(cls: type, args: argparse.Namespace, preset: str | None = N
     given; then the dataclass validates every value.
     """
     names = {f.name for f in dataclasses.fields(cls)}
-    defaults = {**_preset(cls, preset), **(base or {})}
-    from_yaml = load_yaml(args.config) if getattr(args, "config", None) else {}
+    defaults = {**_preset(cls, preset), **current_names(cls, base or {})}
+    # a field's former name in the YAML (CompressConfig's `criterion`) is read as the field
+    from_yaml = current_names(cls, load_yaml(args.config), source=args.config) if getattr(args, "config", None) else {}
     flags = {k: v for k, v in vars(args).items() if k in names}
-    given = {**{str(k).replace("-", "_"): v for k, v in from_yaml.items()}, **flags}
+    given = {**from_yaml, **flags}
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("required") and f.name not in given:

@@ -1,13 +1,13 @@
 """``spikeprune edgepopup``: find subnetworks of a random SNN without training any weight (edge-popup).
 
 One search:  spikeprune edgepopup --model convnet --dataset fashion_mnist --density 0.5 --out runs/ep
-A sweep:     spikeprune edgepopup ... --densities 0.1,0.3,0.5,0.7,0.9 --reference runs/dense --out runs/ep
+Densities:   spikeprune edgepopup ... --densities 0.1,0.3,0.5,0.7,0.9 --reference runs/dense --out runs/ep
 
 ``density`` = fraction of weights KEPT in every prunable layer (sparsity = 1 - density). Each density
 runs in OUT/density-<d>/ (search checkpoint, history.csv, subnet.safetensors = the found subnetwork
 as an ordinary model for ``spikeprune evaluate --checkpoint``, mask.safetensors, result.json);
 OUT/results.{json,csv,png} compare them (with the dense trained --reference as a dashed line).
-A killed sweep continues with --resume: finished densities are not redone.
+A killed search continues with --resume: finished densities are not redone.
 
 Seeds x densities as independent jobs (at most --jobs at a time, each its own process):
              spikeprune edgepopup ... --densities 0.1,0.5,0.9 --seeds 0,1,2 --jobs 2 --out runs/ep
@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 @holds_run_directory("edgepopup")
 def run(args: argparse.Namespace) -> int:
     from spikeprune.report.tables import format_edgepopup_table
-    from spikeprune.tickets.edgepopup import EdgePopupConfig, sweep
+    from spikeprune.tickets.edgepopup import EdgePopupConfig, search_densities
 
     check_tensorboard(args)
     cfg = config_from_args(EdgePopupConfig, args)
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         summary = edgepopup_sweep(cfg, args.out, seeds=args.seeds, reference=args.reference,
                                   jobs=args.jobs or 1, threads=args.threads).metrics
     else:
-        summary = sweep(cfg, args.out, resume=args.resume, reference=args.reference, progress=args.progress,
-                        tensorboard=args.tensorboard).metrics
+        summary = search_densities(cfg, args.out, resume=args.resume, reference=args.reference,
+                                   progress=args.progress, tensorboard=args.tensorboard).metrics
     print(summary["bn"])
     print(format_edgepopup_table(summary), end="")
     print(f"results: {args.out}/results.json, results.csv, results.png")

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from spikeprune.core.diagnostics import UserError
-from spikeprune.core.config import NOT_HPARAMS, check_fraction, fields_of, hparam, to_dict
+from spikeprune.core.config import NOT_HPARAMS, check_fraction, current_names, fields_of, hparam, to_dict
 from spikeprune.engine.config import TrainConfig, validate
 from spikeprune.compression.cost import E_AC_PJ, E_MAC_PJ, CostReport, cost_report, measure_latencies, measure_latency
 from spikeprune.engine.data import BatchLoader, ImageDataset, load_dataset, split_validation
@@ -110,7 +110,9 @@ class CompressConfig(TrainConfig):
                                             "float) or spikeprune (the defaults); sets --scale, --per-channel, "
                                             "--quant-gradient, --first-last", tuple(PRESETS))
     channel_sparsity: float = hparam(0.5, "fraction of channels removed, in [0, 1)")
-    criterion: str = hparam("svs", "channel criterion", CHANNEL_CRITERIA)
+    # `criterion` until issue 17 (lottery's `criterion` is the weight criterion, and "sf" means another score
+    # there); YAML files, compress.json manifests and results that say `criterion` still load and resume.
+    channel_criterion: str = hparam("svs", "channel criterion", CHANNEL_CRITERIA, formerly=("criterion",))
     scope: str = hparam("layerwise", "channel budget: the same ratio per layer, or one global budget",
                         ("layerwise", "global"))
     order: str = hparam("quantize-first", "QP-SNN order (QAT, prune, fine-tune) or prune-first", ORDERS)
@@ -241,7 +243,7 @@ def _check_budget(model: nn.Module, cfg: CompressConfig) -> None:
 def _prune(model: nn.Module, cfg: CompressConfig, batches: list[Any]) -> tuple[dict[str, list[int]], dict]:
     example = batches[0][0]  # the traced input: channel groups come from one forward pass
     groups = channel_groups(model, example)
-    scores = channel_scores(cfg.criterion, model, batches, num_batches=cfg.calibration_batches, groups=groups,
+    scores = channel_scores(cfg.channel_criterion, model, batches, num_batches=cfg.calibration_batches, groups=groups,
                             seed=cfg.seed)
     keep = select_channels(scores, cfg.channel_sparsity, scope=cfg.scope)
     before = {g.name: g.size for g in groups}
@@ -281,7 +283,9 @@ def compress(cfg: CompressConfig, out: str | Path, *, resume: bool = False, data
     manifest = out / MANIFEST
     if manifest.exists():
         # execution details (device, threads, data_dir, ...) may change on resume, as for a training run
-        refuse_unless_resume(out, "a compression run", holds=True, resume=resume, saved=read_json(manifest),
+        # a manifest of an earlier version names fields by their former names (`criterion`)
+        saved = current_names(CompressConfig, read_json(manifest), source=str(manifest))
+        refuse_unless_resume(out, "a compression run", holds=True, resume=resume, saved=saved,
                              now=to_dict(cfg), ignore=NOT_HPARAMS)
         if is_complete(out):
             return RunResult(out, read_json(out / METRICS))

@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 from spikeprune.core.diagnostics import UserError
 
-__all__ = ["CommandConfig", "hparam", "path_option", "validate_fields", "load_yaml", "run_id", "from_mapping", "to_dict", "to_argv", "NOT_HPARAMS"]
+__all__ = ["CommandConfig", "hparam", "path_option", "validate_fields", "load_yaml", "run_id", "current_names",
+           "from_mapping", "to_dict", "to_argv", "NOT_HPARAMS"]
 
 #: fields that describe where/how a run executes, not what it computes (excluded from run identity)
 NOT_HPARAMS = frozenset({"data_dir", "progress", "compile", "threads", "device"})
@@ -40,7 +41,9 @@ def hparam(default: Any, help: str, choices: tuple | None = None, *, bounds: str
     ``bounds`` is an interval in the usual notation, e.g. ``"[1, inf)"`` or ``"(0, 1]"``: the field's value
     (when not None) must lie in it, checked by :func:`validate_fields` for flags, YAML and Python alike.
     Other metadata: ``flags`` (extra CLI spellings), ``repeat`` (the flag may be given several times),
-    ``excludes`` (names of fields that may not be given together with this one).
+    ``excludes`` (names of fields that may not be given together with this one), ``formerly`` (names the
+    field had in earlier versions: :func:`current_names` reads them from YAML files and saved configs, and
+    the old flag is refused naming the new one).
     """
     if bounds is not None:
         parse_bounds(bounds)  # a typo in a declaration fails at import, not at a user's run
@@ -212,10 +215,30 @@ def fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in names}
 
 
-def from_mapping(cls: type, values: dict[str, Any], source: str = "config") -> Any:
-    """Build ``cls`` from a mapping; an unknown key raises ValueError naming it and the valid keys."""
-    names = {f.name for f in fields(cls)}
+def current_names(cls: type, values: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """``values`` (keys spelled ``a_b`` or ``a-b``) with every former name of a field of ``cls`` (its
+    metadata ``formerly``, e.g. CompressConfig's ``criterion`` for ``channel_criterion``) replaced by the
+    field's name, in place (the order of the keys is kept). The one reading of renamed keys: YAML files and
+    the configs earlier versions saved (``compress.json``, a result's ``config``) still load and resume.
+    Both names given at once raise a UserError naming ``source``."""
+    former = {old: f.name for f in fields(cls) for old in f.metadata.get("formerly", ())}
     normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+    if not former.keys() & normalised.keys():
+        return normalised
+    renamed: dict[str, Any] = {}
+    for k, v in normalised.items():
+        new = former.get(k, k)
+        if new in renamed or (new != k and new in normalised):
+            raise UserError(f"{source} gives both {new} and {k} (the former name of {new}); keep {new}")
+        renamed[new] = v
+    return renamed
+
+
+def from_mapping(cls: type, values: dict[str, Any], source: str = "config") -> Any:
+    """Build ``cls`` from a mapping; an unknown key raises ValueError naming it and the valid keys. A field's
+    former name (:func:`current_names`) is read as the field."""
+    names = {f.name for f in fields(cls)}
+    normalised = current_names(cls, values, source)
     unknown = sorted(set(normalised) - names)
     if unknown:
         raise UserError(f"unknown key {unknown[0]!r} in {source}; valid keys: {', '.join(sorted(names))}")
@@ -318,7 +341,7 @@ def to_argv(cfg: Any, base: dict[str, Any] | None = None) -> list[str]:
     command that means something else.
     """
     hints = type_hints(type(cfg))
-    given = {str(k).replace("-", "_"): v for k, v in (base or {}).items()}  # YAML keys may be spelled either way
+    given = current_names(type(cfg), base or {})  # YAML keys may be spelled either way, or by a former name
     argv: list[str] = []
     for f in fields(cfg):
         value = getattr(cfg, f.name)

@@ -1,8 +1,8 @@
 """Data-parallel training under ``torchrun`` (DistributedDataParallel), picked up automatically.
 
 Launch any spikeprune command (or a script calling :func:`~spikeprune.engine.train.fit`,
-:func:`~spikeprune.tickets.lottery.run_lottery`, :func:`~spikeprune.tickets.edgepopup.sweep`) with ``torchrun`` and it
-runs data-parallel; launched plainly it runs exactly as before (one process, world size 1)::
+:func:`~spikeprune.tickets.lottery.run_lottery`, :func:`~spikeprune.tickets.edgepopup.search_densities`) with
+``torchrun`` and it runs data-parallel; launched plainly it runs exactly as before (one process, world size 1)::
 
     torchrun --standalone --nproc_per_node 2 -m spikeprune.cli lottery --dataset digits --out runs/ddp
 

@@ -482,7 +482,9 @@ def qpsnn_section(p: Any, data: dict[str, Any], out: Path) -> tuple[list[str], d
     candidates = [c for c in cells if c.get("bits") == 4 and c.get("scale") == "mean"
                   and (c.get("channel_sparsity") or 0) > 0]
     # QP-SNN's own setting first: SVS channel scores, the protocol's default fine-tuning
-    candidates.sort(key=lambda c: (c.get("criterion", "svs") != "svs", c.get("tag") not in (None, "grid"),
+    # (benchmarks/qpsnn/study.py's flat cells name the channel criterion `criterion`)
+    candidates.sort(key=lambda c: (c.get("channel_criterion", c.get("criterion", "svs")) != "svs",
+                                   c.get("tag") not in (None, "grid"),
                                    c.get("order", "quantize-first") != "quantize-first"))
     target = candidates[0] if candidates else None
     if target:

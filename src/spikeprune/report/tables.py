@@ -251,7 +251,7 @@ def format_flip_table(rows: Sequence[Any]) -> str:
 
 
 def format_edgepopup_table(summary: Mapping[str, Any]) -> str:
-    """An edge-popup sweep's ``results.json`` (``summary["rows"]``) as the console table of
+    """The ``results.json`` of an edge-popup run over densities (``summary["rows"]``) as the console table of
     ``spikeprune edgepopup``: density, sparsity, test accuracy, the exported subnetwork's accuracy, and the
     accuracy relative to the dense reference ("-" without one)."""
     lines = [f"{'density':>8} {'sparsity':>8} {'accuracy':>9} {'exported':>9} {'vs dense':>9}"]

@@ -59,7 +59,7 @@ FLIPS_CPU = ["prune:0.5:magnitude", "prune:0.8:magnitude", "prune:0.95:magnitude
 
 # benchmarks/qpsnn/study.py's main cells (configs/qpsnn_fashion_mnist.yaml), from the DENSE_CPU checkpoint.
 QPSNN_CPU_BASE = dict(model="convnet", dataset="fashion_mnist", train_limit=20000, qat_epochs=1, finetune_epochs=3,
-                      finetune_lr=0.01, criterion="svs", order="quantize-first")
+                      finetune_lr=0.01, channel_criterion="svs", order="quantize-first")
 
 
 def _presets(root: Path | None, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -152,7 +152,7 @@ def protocol(study: str, scale: str, *, project_root: str | Path | None = None) 
                         {"dense": dict(DENSE_CPU)})
     # paper: 9.6 % of the connections kept = (1 - s)^2 of every conv between pruned layers -> s = 0.69
     base = dict(model="vgg16", dataset="cifar10", timesteps=4, epochs=300, lr=0.1, batch_size=128, bits=4,
-                scale="mean", channel_sparsity=0.69, criterion="svs", qat_epochs=100, finetune_epochs=100,
+                scale="mean", channel_sparsity=0.69, channel_criterion="svs", qat_epochs=100, finetune_epochs=100,
                 finetune_lr=0.01)
     return Protocol(study, scale, {"CIFAR-10, VGG-16, T=4, 4-bit, 31 % channels kept": base}, (0,),
                     "QP-SNN's VGG-16 CIFAR-10 setting (epoch counts are our reading; the paper's appendix "

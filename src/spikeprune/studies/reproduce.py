@@ -394,8 +394,9 @@ def _qpsnn_collect(p: Protocol, root: Path) -> dict[str, Any]:
 def _flat_cell_done(values: dict[str, Any], cells: list[dict[str, Any]]) -> bool:
     """Whether benchmarks/qpsnn/study.py's flat results hold the protocol cell ``values`` (same bits, scale,
     channel sparsity, criterion, order, fine-tuning epochs; full-precision membranes)."""
+    # the flat files name the channel criterion `criterion` (their own column, recorded before issue 17)
     want = {"bits": values.get("bits"), "scale": values.get("scale"), "sparsity": values.get("channel_sparsity"),
-            "criterion": values.get("criterion"), "order": values.get("order"),
+            "criterion": values.get("channel_criterion"), "order": values.get("order"),
             "ft_epochs": values.get("finetune_epochs"), "membrane_bits": values.get("membrane_bits")}
     return any(all(c.get(k) == v for k, v in want.items()) for c in cells if "id" in c)
 

@@ -1,4 +1,4 @@
-"""Edge-popup runs: learn the scores of a random SNN into a run folder, one density or a sweep of them.
+"""Edge-popup runs: learn the scores of a random SNN into a run folder, at one density or at several.
 
 Ramanujan et al., "What's hidden in a randomly weighted neural network?" (CVPR 2020), applied to SNNs as
 in LTH-SNN §5 / Appendix E (the strong lottery ticket, SPEC §5). The method itself -- the score-carrying
@@ -9,7 +9,8 @@ too). This module is the orchestration:
 * :class:`EdgePopupConfig`: TrainConfig plus the edge-popup knobs (flags and YAML keys of ``spikeprune edgepopup``);
 * :func:`search`: one density into a run folder (scores learnt by :func:`~spikeprune.engine.train.fit`,
   resumable per epoch; the exported subnetwork, its mask and ``result.json``);
-* :func:`sweep`: one search per density (``density-<d>/``), ``results.{json,csv,png}`` after each, resumable;
+* :func:`search_densities`: one search per density (``density-<d>/``), ``results.{json,csv,png}`` after each,
+  resumable (the multi-seed job sweeps are :mod:`spikeprune.studies.sweep`'s ``edgepopup_sweep``);
 * :func:`demo`: the quickstart's edge-popup step.
 
 Files are written through :mod:`spikeprune.core.io`, the plot is :func:`~spikeprune.report.plots.plot_subnetwork_accuracy`.
@@ -38,8 +39,8 @@ from spikeprune.tickets import subnet
 from spikeprune.tickets.subnet import *  # noqa: F401,F403
 from spikeprune.tickets.subnet import INITS, check_density, export_subnetwork, num_kept, scored_layers, to_edgepopup
 
-__all__ = [*subnet.__all__, "EdgePopupConfig", "demo", "read_reference", "run_dir_name", "search", "sweep",
-           "write_results"]
+__all__ = [*subnet.__all__, "EdgePopupConfig", "demo", "read_reference", "run_dir_name", "search",
+           "search_densities", "write_results"]
 
 SUBNET_CHECKPOINT = "subnet.safetensors"
 MASK_FILE = "mask.safetensors"
@@ -53,7 +54,7 @@ def is_complete(out: str | Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Runs: one search, a sweep over densities.
+# Runs: one search, one search per density.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -63,7 +64,7 @@ class EdgePopupConfig(TrainConfig):
 
     density: float = hparam(0.5, "fraction of weights KEPT in every prunable layer, in (0, 1] "
                                  "(sparsity = 1 - density)")
-    densities: tuple[float, ...] = hparam((), "sweep: one search per density, e.g. 0.1,0.3,0.5,0.7,0.9 "
+    densities: tuple[float, ...] = hparam((), "several densities: one search per density, e.g. 0.1,0.3,0.5,0.7,0.9 "
                                               "(then leave --density unset)", excludes=("density",))
     init: str = hparam("signed_constant", "frozen random weights", INITS)
     affine_bn: bool = hparam(False, "also TRAIN BatchNorm gamma/beta (results then say the network is not "
@@ -78,7 +79,7 @@ class EdgePopupConfig(TrainConfig):
         if len(set(self.densities)) != len(self.densities):
             raise UserError(f"densities has a repeated value; got {self.densities!r}")
         if self.densities and self.density != type(self).__dataclass_fields__["density"].default:
-            raise UserError(f"give either density (one search) or densities (a sweep), not both; got "
+            raise UserError(f"give either density (one search) or densities (one search per density), not both; got "
                              f"density={self.density!r} and densities={self.densities!r}")
 
 
@@ -90,7 +91,7 @@ def _bn_statement(affine_bn: bool) -> str:
 
 
 def run_dir_name(density: float) -> str:
-    """Folder of one density inside a sweep's output folder, e.g. ``density-0.3``."""
+    """Folder of one density inside the output folder of :func:`search_densities`, e.g. ``density-0.3``."""
     return f"density-{density:.6g}"
 
 
@@ -119,7 +120,7 @@ def search(
     search's epochs are also logged into ``out/tensorboard/`` (as :func:`~spikeprune.engine.train.fit` does).
     """
     if cfg.densities:
-        raise UserError("search() runs one density; use sweep() for densities")
+        raise UserError("search() runs one density; use search_densities() for densities")
     if tensorboard:
         require_tensorboard()  # before any work
     from spikeprune.core.distributed import context, is_main
@@ -254,7 +255,7 @@ def write_results(out: str | Path, rows: Sequence[dict[str, Any]], *, cfg: EdgeP
 
 
 @collective  # data parallel under torchrun: every rank calls it, rank 0 writes the files
-def sweep(
+def search_densities(
     cfg: EdgePopupConfig,
     out: str | Path,
     *,
@@ -270,7 +271,7 @@ def sweep(
 
     Resumable: with ``resume=True`` a finished density (its ``result.json`` exists) is read, not
     redone, and an interrupted one continues from its last epoch. Without ``resume`` an ``out``
-    that already holds a sweep is refused. Everything a user can get wrong (densities, model,
+    that already holds such a search is refused. Everything a user can get wrong (densities, model,
     dataset, reference files) is checked before the first file is written. ``tensorboard=True``: each
     density's search logs its epochs into ``out/density-<d>/tensorboard/``.
     """
@@ -292,7 +293,7 @@ def sweep(
             num_kept(w.numel(), d, name)
     ref = read_reference(reference, like=cfg)
     out = Path(out)
-    refuse_unless_resume(out, "an edge-popup sweep", resume=resume,
+    refuse_unless_resume(out, "an edge-popup search", resume=resume,
                          holds=(out / "results.json").exists() or any((out / n).exists() for n in names))
     from spikeprune.core.distributed import barrier
 
@@ -328,5 +329,5 @@ def demo(base: TrainConfig, out: str | Path, *, density: float = 0.5, epochs: in
     # only TrainConfig's fields carry over: ``base`` may be a command config with extra knobs
     cfg = EdgePopupConfig(**{**to_dict(TrainConfig.of(base)), "density": density, "epochs": epochs or base.epochs})
     t0 = time.perf_counter()
-    summary = sweep(cfg, out, resume=True, progress=progress, log=log, tensorboard=tensorboard).metrics
+    summary = search_densities(cfg, out, resume=True, progress=progress, log=log, tensorboard=tensorboard).metrics
     return {**summary["rows"][0], "wall_seconds": time.perf_counter() - t0}

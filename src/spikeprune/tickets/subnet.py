@@ -39,7 +39,7 @@ Export: :func:`export_subnetwork` turns a searched model into an *ordinary* regi
 running statistics) plus a :class:`~spikeprune.tickets.masks.Mask`; it computes exactly what the searched
 model computes, with no score machinery.
 
-The search that learns the scores (run folders, resume, sweeps over densities, the quickstart demo)
+The search that learns the scores (run folders, resume, one search per density, the quickstart demo)
 is :mod:`spikeprune.tickets.edgepopup`, which re-exports every public name of this module.
 """
 
