@@ -106,3 +106,27 @@ def test_real_runs_are_complete_by_their_runners_definition(tmp_path):
     ep = tmp_path / "edgepopup"
     search(EdgePopupConfig(**TINY, epochs=1, density=0.5), ep, progress=False, log=None)
     assert Job("e", "edgepopup", {}, str(ep)).done() and edgepopup.is_complete(ep)
+
+
+def test_a_flip_study_killed_before_its_result_file_is_not_complete(tmp_path, monkeypatch):
+    """flips.json is the completion file, so it is written last: a study that dies after its plots but
+    before flips.json must be redone, not taken as finished without them."""
+    import torch
+
+    from spikeprune import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mlp", in_channels=1, num_classes=10, image_size=(8, 8))
+    test = [(torch.rand(8, 1, 8, 8) * 4, torch.zeros(8, dtype=torch.long))]
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt("killed while writing flips.json")
+
+    monkeypatch.setattr(flips, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        flips.flip_study(model, ["weight-noise:0.2"], test, tmp_path)
+    assert (tmp_path / "flips.png").is_file() and (tmp_path / "flips.csv").is_file()
+    assert not flips.is_complete(tmp_path)
+    monkeypatch.undo()
+    flips.flip_study(model, ["weight-noise:0.2"], test, tmp_path)
+    assert flips.is_complete(tmp_path)

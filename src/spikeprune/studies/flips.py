@@ -50,8 +50,8 @@ def flip_study(
 
     For every perturbation: :func:`apply_perturbation` (``calibration`` batches feed the SF criterion),
     :func:`flip_analysis` against the unperturbed ``model``, and ``OUT/flips-<label>.png``. Then
-    ``OUT/flips.csv``, ``OUT/flips.json`` (``record`` — checkpoint, dataset, samples … — plus modes,
-    estimator, seed, perturbations, summary and rows) and ``OUT/flips.png``, each written atomically.
+    ``OUT/flips.csv``, ``OUT/flips.png`` and last ``OUT/flips.json`` (``record`` — checkpoint, dataset,
+    samples … — plus modes, estimator, seed, perturbations, summary and rows), each written atomically.
     Returns the rows of all perturbations.
     """
     out = Path(out)
@@ -69,10 +69,12 @@ def flip_study(
         plot_flips(got, out / f"flips-{file_slug(p.label)}.png",
                    f"{title}: {p.label}" if title else p.label, modes=MODES)
     write_text(out / "flips.csv", flip_rows_csv(rows))
+    plot_flip_summary(flip_summary(rows), out / "flips.png", modes=MODES)
+    # flips.json last: it is the study's completion file (is_complete), so a study killed before it is
+    # redone whole instead of being taken as finished without its summary plot
     write_json(out / RESULT, {**(record or {}), "modes": modes, "p_sup_estimator": p_sup_method,
                               "seed": seed, "perturbations": [p.label for p in perturbations],
                               "summary": flip_summary(rows), "rows": [r.as_dict() for r in rows]})
-    plot_flip_summary(flip_summary(rows), out / "flips.png", modes=MODES)
     return rows
 
 
