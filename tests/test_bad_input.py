@@ -78,6 +78,8 @@ def files(tmp_path_factory):
     f["badyaml"] = root / "bad.yaml"
     (root / "list.yaml").write_text("- epochs\n- 3\n")
     f["listyaml"] = root / "list.yaml"
+    (root / "binary.yaml").write_bytes(b"\x00\xff\xfe epochs: 3\n")  # not UTF-8 text (e.g. a checkpoint renamed)
+    f["binaryyaml"] = root / "binary.yaml"
     (root / "unknown.yaml").write_text("no_such_option: 3\n")
     f["unknownyaml"] = root / "unknown.yaml"
     (root / "typed.yaml").write_text("timesteps: abc\n")
@@ -155,6 +157,7 @@ ROWS: list[tuple[str, list[str]]] = [
     ("train-epochs-float", ["train", "--epochs", "2.5", "--out", "{new}"]),
     ("train-epochs-text", ["train", "--epochs", "ten", "--out", "{new}"]),
     ("train-config-list", ["train", "--config", "{listyaml}", "--out", "{new}"]),
+    ("train-config-binary", ["train", "--config", "{binaryyaml}", "--out", "{new}"]),
     ("train-config-unknown-key", ["train", "--config", "{unknownyaml}", "--out", "{new}"]),
     ("train-config-wrong-type", ["train", "--config", "{typedyaml}", "--out", "{new}"]),
     ("train-config-nan", ["train", "--config", "{nanyaml}", "--out", "{new}"]),

@@ -274,6 +274,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except OSError as e:
         raise UserError(f"cannot read config {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError:  # a binary file given as --config (a checkpoint, an archive)
+        raise UserError(f"config {p} is not a UTF-8 text file; --config takes a YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
