@@ -218,7 +218,7 @@ def fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 def current_names(cls: type, values: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """``values`` (keys spelled ``a_b`` or ``a-b``) with every former name of a field of ``cls`` (its
     metadata ``formerly``, e.g. CompressConfig's ``criterion`` for ``channel_criterion``) replaced by the
-    field's name, in place (the order of the keys is kept). The one reading of renamed keys: YAML files and
+    field's name, as a new dict (the order of the keys is kept; ``values`` is not changed). The one reading of renamed keys: YAML files and
     the configs earlier versions saved (``compress.json``, a result's ``config``) still load and resume.
     Both names given at once raise a UserError naming ``source``."""
     former = {old: f.name for f in fields(cls) for old in f.metadata.get("formerly", ())}
